@@ -1,0 +1,54 @@
+package v1alpha1
+
+// Condition types shared by the kinds of this package. Ready follows the convention that kstatus,
+// Flux and Argo CD read; Reconciling and Stalled are kstatus's abnormal-true conditions.
+const (
+	// ConditionReady is True when the object rests in the state its spec asks for.
+	ConditionReady = "Ready"
+	// ConditionReconciling is True while a task moves the object towards its spec.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True when the object cannot reach its spec without a change by someone.
+	ConditionStalled = "Stalled"
+	// ConditionScheduled is True once an instance has a node.
+	ConditionScheduled = "Scheduled"
+)
+
+// Condition reasons. A reason is a CamelCase code that a person can search for.
+const (
+	// ReasonDesiredStateReached: the instance rests in the state its spec asks for.
+	ReasonDesiredStateReached = "DesiredStateReached"
+	// ReasonTaskInProgress: a task runs; the message names it.
+	ReasonTaskInProgress = "TaskInProgress"
+	// ReasonInvalidState: the spec asks for an action that the current vm state does not allow.
+	ReasonInvalidState = "InvalidState"
+	// ReasonLocked: the instance is locked.
+	ReasonLocked = "Locked"
+	// ReasonNotSupported: the spec asks for an operation this version cannot carry out yet.
+	ReasonNotSupported = "NotSupported"
+	// ReasonNoValidHost: no node passes the scheduler's filters.
+	ReasonNoValidHost = "NoValidHost"
+	// ReasonScheduled: a node was chosen.
+	ReasonScheduled = "Scheduled"
+	// ReasonFlavorNotFound: spec.flavor names no Flavor.
+	ReasonFlavorNotFound = "FlavorNotFound"
+	// ReasonImageNotFound: spec.image names no Image.
+	ReasonImageNotFound = "ImageNotFound"
+	// ReasonTaskFailed: the node agent reported that a task failed.
+	ReasonTaskFailed = "TaskFailed"
+	// ReasonInstanceError: the instance is in vm state Error.
+	ReasonInstanceError = "InstanceError"
+	// ReasonNodeDown: the instance's node has stopped answering.
+	ReasonNodeDown = "NodeDown"
+	// ReasonHeartbeatCurrent: a hypervisor's agent renews its lease.
+	ReasonHeartbeatCurrent = "HeartbeatCurrent"
+	// ReasonHeartbeatLapsed: a hypervisor's agent has not renewed its lease in time.
+	ReasonHeartbeatLapsed = "HeartbeatLapsed"
+)
+
+// Labels and annotations kubenova sets.
+const (
+	// FinalizerInstance keeps an Instance until its domain and disks are gone from its node.
+	FinalizerInstance = "compute.kubenova.io/instance"
+	// LabelHypervisor is set on an agent's Lease to name its node.
+	LabelHypervisor = "compute.kubenova.io/hypervisor"
+)

@@ -1,0 +1,164 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// HypervisorState says whether a hypervisor's agent is alive, as Nova's service state up/down.
+// +kubebuilder:validation:Enum=Up;Down
+type HypervisorState string
+
+// The hypervisor states.
+const (
+	HypervisorUp   HypervisorState = "Up"
+	HypervisorDown HypervisorState = "Down"
+)
+
+// VirtType is the libvirt domain type a node runs guests with.
+// +kubebuilder:validation:Enum=kvm;qemu
+type VirtType string
+
+// The virt types: KVM where /dev/kvm works, TCG (qemu) otherwise.
+const (
+	VirtTypeKVM  VirtType = "kvm"
+	VirtTypeQEMU VirtType = "qemu"
+)
+
+// HypervisorSpec is what an administrator sets on a compute node. The agent creates the object
+// and never writes its spec.
+type HypervisorSpec struct {
+	// Disabled keeps the scheduler from placing new instances here (nova service-disable).
+	// +optional
+	Disabled bool `json:"disabled,omitempty"`
+
+	// DisabledReason says why.
+	// +kubebuilder:validation:MaxLength=255
+	// +optional
+	DisabledReason string `json:"disabledReason,omitempty"`
+
+	// ForcedDown fences the node: the administrator asserts that nothing runs there any more, so
+	// its instances may be evacuated (nova service-force-down).
+	// +optional
+	ForcedDown bool `json:"forcedDown,omitempty"`
+
+	// CPUAllocationRatio is how many vCPUs may be placed per physical CPU.
+	// +kubebuilder:default="16.0"
+	// +kubebuilder:validation:Pattern=`^[0-9]+(\.[0-9]+)?$`
+	// +kubebuilder:validation:XValidation:rule="double(self) > 0.0",message="cpuAllocationRatio must be greater than 0"
+	// +optional
+	CPUAllocationRatio string `json:"cpuAllocationRatio,omitempty"`
+
+	// MemoryAllocationRatio is how much guest memory may be placed per MiB of host memory.
+	// +kubebuilder:default="1.5"
+	// +kubebuilder:validation:Pattern=`^[0-9]+(\.[0-9]+)?$`
+	// +kubebuilder:validation:XValidation:rule="double(self) > 0.0",message="memoryAllocationRatio must be greater than 0"
+	// +optional
+	MemoryAllocationRatio string `json:"memoryAllocationRatio,omitempty"`
+
+	// DiskAllocationRatio is how much root disk may be placed per GiB of storage.
+	// +kubebuilder:default="1.0"
+	// +kubebuilder:validation:Pattern=`^[0-9]+(\.[0-9]+)?$`
+	// +kubebuilder:validation:XValidation:rule="double(self) > 0.0",message="diskAllocationRatio must be greater than 0"
+	// +optional
+	DiskAllocationRatio string `json:"diskAllocationRatio,omitempty"`
+}
+
+// Resources is an amount of the three resources the scheduler counts.
+type Resources struct {
+	// VCPUs is a number of virtual CPUs.
+	VCPUs int64 `json:"vcpus"`
+	// MemoryMiB is memory in MiB.
+	MemoryMiB int64 `json:"memoryMiB"`
+	// DiskGiB is disk in GiB.
+	DiskGiB int64 `json:"diskGiB"`
+}
+
+// HypervisorStatus is split between its two writers: the agent reports what the node has
+// (capacity, versions, URIs); the manager reports what is placed there and whether it is up.
+type HypervisorStatus struct {
+	// Capacity is what the node has (agent).
+	// +optional
+	Capacity Resources `json:"capacity,omitempty"`
+	// Reserved is held back for the host itself (agent).
+	// +optional
+	Reserved Resources `json:"reserved,omitempty"`
+	// VirtType the agent runs guests with (agent).
+	// +optional
+	VirtType VirtType `json:"virtType,omitempty"`
+	// LibvirtVersion of the node's libvirtd (agent).
+	// +optional
+	LibvirtVersion string `json:"libvirtVersion,omitempty"`
+	// QEMUVersion of the node's hypervisor (agent).
+	// +optional
+	QEMUVersion string `json:"qemuVersion,omitempty"`
+	// HostUUID is libvirt's host UUID (agent).
+	// +optional
+	HostUUID string `json:"hostUUID,omitempty"`
+	// MigrationURI is the libvirt URI other nodes migrate to (agent).
+	// +optional
+	MigrationURI string `json:"migrationURI,omitempty"`
+	// StorageRoot is the directory instance disks live under (agent).
+	// +optional
+	StorageRoot string `json:"storageRoot,omitempty"`
+	// AgentVersion is the agent's build (agent).
+	// +optional
+	AgentVersion string `json:"agentVersion,omitempty"`
+
+	// Allocated is the sum of the flavors of the instances placed here (manager).
+	// +optional
+	Allocated Resources `json:"allocated,omitempty"`
+	// Instances placed here (manager).
+	// +optional
+	Instances int32 `json:"instances,omitempty"`
+	// State is Up while the agent renews its lease (manager).
+	// +optional
+	State HypervisorState `json:"state,omitempty"`
+	// LastHeartbeatTime is the lease's last renewal the manager saw (manager).
+	// +optional
+	LastHeartbeatTime *metav1.Time `json:"lastHeartbeatTime,omitempty"`
+	// Conditions: Ready (manager).
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Hypervisor is one compute node as Nova sees it: its capacity, what is placed on it, and
+// whether its agent is alive. Named after the node.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=hv,categories=nova
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Disabled",type=boolean,JSONPath=`.spec.disabled`
+// +kubebuilder:printcolumn:name="Forced_Down",type=boolean,JSONPath=`.spec.forcedDown`
+// +kubebuilder:printcolumn:name="Virt",type=string,JSONPath=`.status.virtType`
+// +kubebuilder:printcolumn:name="VCPUs",type=integer,JSONPath=`.status.capacity.vcpus`
+// +kubebuilder:printcolumn:name="VCPUs_Used",type=integer,JSONPath=`.status.allocated.vcpus`
+// +kubebuilder:printcolumn:name="Memory_MiB",type=integer,JSONPath=`.status.capacity.memoryMiB`
+// +kubebuilder:printcolumn:name="Memory_Used",type=integer,JSONPath=`.status.allocated.memoryMiB`
+// +kubebuilder:printcolumn:name="Instances",type=integer,JSONPath=`.status.instances`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Hypervisor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the administrator's settings.
+	// +optional
+	Spec HypervisorSpec `json:"spec,omitempty"`
+	// Status is the node's report and the manager's bookkeeping.
+	// +optional
+	Status HypervisorStatus `json:"status,omitempty"`
+}
+
+// HypervisorList is a list of Hypervisors.
+// +kubebuilder:object:root=true
+type HypervisorList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// Items are the hypervisors.
+	Items []Hypervisor `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Hypervisor{}, &HypervisorList{})
+}

@@ -1,0 +1,354 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// VMState is Nova's vm_state: the stable state an instance rests in between tasks.
+// +kubebuilder:validation:Enum=Building;Active;Stopped;Paused;Suspended;Rescued;Resized;Shelved;ShelvedOffloaded;Deleted;Error
+type VMState string
+
+// The vm states, named after nova/compute/vm_states.py.
+const (
+	VMStateBuilding         VMState = "Building"
+	VMStateActive           VMState = "Active"
+	VMStateStopped          VMState = "Stopped"
+	VMStatePaused           VMState = "Paused"
+	VMStateSuspended        VMState = "Suspended"
+	VMStateRescued          VMState = "Rescued"
+	VMStateResized          VMState = "Resized"
+	VMStateShelved          VMState = "Shelved"
+	VMStateShelvedOffloaded VMState = "ShelvedOffloaded"
+	VMStateDeleted          VMState = "Deleted"
+	VMStateError            VMState = "Error"
+)
+
+// TaskState is Nova's task_state: the task an instance is going through; empty means none.
+// +kubebuilder:validation:Enum="";Scheduling;Spawning;PoweringOff;PoweringOn;Rebooting;RebootingHard;Pausing;Unpausing;Suspending;Resuming;ImageSnapshot;ImageUploading;ResizePrep;ResizeMigrating;ResizeFinish;ResizeConfirming;ResizeReverting;Migrating;Rescuing;Unrescuing;Rebuilding;Shelving;ShelvingOffloading;Unshelving;Deleting
+type TaskState string
+
+// The task states, named after nova/compute/task_states.py. Nova's finer sub-steps (for example
+// block_device_mapping or resize_migrated) are recorded as steps in status.task instead.
+const (
+	TaskStateNone               TaskState = ""
+	TaskStateScheduling         TaskState = "Scheduling"
+	TaskStateSpawning           TaskState = "Spawning"
+	TaskStatePoweringOff        TaskState = "PoweringOff"
+	TaskStatePoweringOn         TaskState = "PoweringOn"
+	TaskStateRebooting          TaskState = "Rebooting"
+	TaskStateRebootingHard      TaskState = "RebootingHard"
+	TaskStatePausing            TaskState = "Pausing"
+	TaskStateUnpausing          TaskState = "Unpausing"
+	TaskStateSuspending         TaskState = "Suspending"
+	TaskStateResuming           TaskState = "Resuming"
+	TaskStateImageSnapshot      TaskState = "ImageSnapshot"
+	TaskStateImageUploading     TaskState = "ImageUploading"
+	TaskStateResizePrep         TaskState = "ResizePrep"
+	TaskStateResizeMigrating    TaskState = "ResizeMigrating"
+	TaskStateResizeFinish       TaskState = "ResizeFinish"
+	TaskStateResizeConfirming   TaskState = "ResizeConfirming"
+	TaskStateResizeReverting    TaskState = "ResizeReverting"
+	TaskStateMigrating          TaskState = "Migrating"
+	TaskStateRescuing           TaskState = "Rescuing"
+	TaskStateUnrescuing         TaskState = "Unrescuing"
+	TaskStateRebuilding         TaskState = "Rebuilding"
+	TaskStateShelving           TaskState = "Shelving"
+	TaskStateShelvingOffloading TaskState = "ShelvingOffloading"
+	TaskStateUnshelving         TaskState = "Unshelving"
+	TaskStateDeleting           TaskState = "Deleting"
+)
+
+// PowerState is Nova's power_state: what the hypervisor says the domain is doing.
+// +kubebuilder:validation:Enum=NoState;Running;Paused;Shutdown;Crashed;Suspended
+type PowerState string
+
+// The power states, named after nova/compute/power_state.py.
+const (
+	PowerStateNoState   PowerState = "NoState"
+	PowerStateRunning   PowerState = "Running"
+	PowerStatePaused    PowerState = "Paused"
+	PowerStateShutdown  PowerState = "Shutdown"
+	PowerStateCrashed   PowerState = "Crashed"
+	PowerStateSuspended PowerState = "Suspended"
+)
+
+// DesiredPowerState is the state a user asks an instance to rest in.
+// +kubebuilder:validation:Enum=Running;Stopped;Paused;Suspended;Shelved
+type DesiredPowerState string
+
+// The desired power states a spec may ask for.
+const (
+	DesiredRunning   DesiredPowerState = "Running"
+	DesiredStopped   DesiredPowerState = "Stopped"
+	DesiredPaused    DesiredPowerState = "Paused"
+	DesiredSuspended DesiredPowerState = "Suspended"
+	DesiredShelved   DesiredPowerState = "Shelved"
+)
+
+// RebootType says how a reboot is carried out.
+// +kubebuilder:validation:Enum=Soft;Hard
+type RebootType string
+
+// The reboot types of `nova reboot` and `nova reboot --hard`.
+const (
+	RebootSoft RebootType = "Soft"
+	RebootHard RebootType = "Hard"
+)
+
+// ImageReference names an Image in the instance's namespace.
+type ImageReference struct {
+	// Name of the Image.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// RebootRequest asks for one reboot. A new requestedAt asks for another; status.lastRebootRequestedAt
+// acknowledges the one served, so each request is served exactly once.
+type RebootRequest struct {
+	// Type of reboot: Soft (ACPI, falls back to Hard on timeout) or Hard (reset).
+	// +kubebuilder:default=Soft
+	// +optional
+	Type RebootType `json:"type,omitempty"`
+
+	// RequestedAt identifies the request; `kubectl nova reboot` stamps the current time.
+	RequestedAt metav1.Time `json:"requestedAt"`
+}
+
+// RescueSpec asks for the instance to be booted from a rescue image with its own root disk
+// attached as a second disk.
+type RescueSpec struct {
+	// Image to boot; empty means the cluster's default rescue image.
+	// +optional
+	Image *ImageReference `json:"image,omitempty"`
+}
+
+// InstanceSpec is the desired state of a virtual machine.
+// +kubebuilder:validation:XValidation:rule="!has(self.lockedReason) || (has(self.locked) && self.locked)",message="lockedReason may only be set when locked is true"
+type InstanceSpec struct {
+	// Flavor names the cluster-scoped Flavor that sizes the instance. Changing it resizes.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Flavor string `json:"flavor"`
+
+	// Image the root disk is built from. Changing it rebuilds the instance.
+	Image ImageReference `json:"image"`
+
+	// PowerState the instance should rest in.
+	// +kubebuilder:default=Running
+	// +optional
+	PowerState DesiredPowerState `json:"powerState,omitempty"`
+
+	// RebootRequest asks for a reboot; see RebootRequest.
+	// +optional
+	RebootRequest *RebootRequest `json:"rebootRequest,omitempty"`
+
+	// Locked refuses every change to the instance but unlocking, except from administrators.
+	// +optional
+	Locked bool `json:"locked,omitempty"`
+
+	// LockedReason says why the instance is locked.
+	// +kubebuilder:validation:MaxLength=255
+	// +optional
+	LockedReason string `json:"lockedReason,omitempty"`
+
+	// Rescue, when set, boots the instance from a rescue image; removing it unrescues.
+	// +optional
+	Rescue *RescueSpec `json:"rescue,omitempty"`
+
+	// NodeSelector restricts scheduling to nodes whose labels match all of these.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// AvailabilityZone restricts scheduling to nodes labelled
+	// topology.kubernetes.io/zone=<zone>.
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	AvailabilityZone string `json:"availabilityZone,omitempty"`
+}
+
+// AppliedFlavor is the copy of a flavor an instance was sized with, kept in status as Nova keeps
+// instance.flavor: deleting or replacing the Flavor object never changes a running instance.
+type AppliedFlavor struct {
+	// Name of the Flavor.
+	Name string `json:"name"`
+	// FlavorSpec is the flavor's sizing when it was applied.
+	FlavorSpec `json:",inline"`
+}
+
+// Action is one instance operation of the Nova state machine (internal/lifecycle holds the table).
+// +kubebuilder:validation:Enum=Launch;Start;Stop;Reboot;HardReboot;Pause;Unpause;Suspend;Resume;Snapshot;Resize;ConfirmResize;RevertResize;Migrate;LiveMigrate;Evacuate;Shelve;ShelveOffload;Unshelve;Rescue;Unrescue;Rebuild;Lock;Unlock;Terminate
+type Action string
+
+// The actions of the sixteen Nova operations.
+const (
+	ActionLaunch        Action = "Launch"
+	ActionStart         Action = "Start"
+	ActionStop          Action = "Stop"
+	ActionReboot        Action = "Reboot"
+	ActionHardReboot    Action = "HardReboot"
+	ActionPause         Action = "Pause"
+	ActionUnpause       Action = "Unpause"
+	ActionSuspend       Action = "Suspend"
+	ActionResume        Action = "Resume"
+	ActionSnapshot      Action = "Snapshot"
+	ActionResize        Action = "Resize"
+	ActionConfirmResize Action = "ConfirmResize"
+	ActionRevertResize  Action = "RevertResize"
+	ActionMigrate       Action = "Migrate"
+	ActionLiveMigrate   Action = "LiveMigrate"
+	ActionEvacuate      Action = "Evacuate"
+	ActionShelve        Action = "Shelve"
+	ActionShelveOffload Action = "ShelveOffload"
+	ActionUnshelve      Action = "Unshelve"
+	ActionRescue        Action = "Rescue"
+	ActionUnrescue      Action = "Unrescue"
+	ActionRebuild       Action = "Rebuild"
+	ActionLock          Action = "Lock"
+	ActionUnlock        Action = "Unlock"
+	ActionTerminate     Action = "Terminate"
+)
+
+// Task is the order the manager gives the node agent: carry out Action. The agent answers in
+// status.agentReport with the same ID, so the manager can tell an old answer from a new one.
+type Task struct {
+	// ID increases with every task the instance is given.
+	ID int64 `json:"id"`
+	// Action being carried out.
+	Action Action `json:"action"`
+	// StartedAt is when the manager started the task.
+	StartedAt metav1.Time `json:"startedAt"`
+}
+
+// TaskResult is an agent's outcome of a task.
+// +kubebuilder:validation:Enum=Succeeded;Failed
+type TaskResult string
+
+// The outcomes of a task.
+const (
+	TaskSucceeded TaskResult = "Succeeded"
+	TaskFailed    TaskResult = "Failed"
+)
+
+// AgentReport is written only by the agent of the instance's node: what the node really has.
+type AgentReport struct {
+	// NodeName of the agent that wrote the report.
+	NodeName string `json:"nodeName"`
+	// TaskID of the last task this agent finished, with its result.
+	// +optional
+	TaskID int64 `json:"taskID,omitempty"`
+	// TaskResult of that task.
+	// +optional
+	TaskResult TaskResult `json:"taskResult,omitempty"`
+	// Message explains a failed task.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// DomainName is the libvirt domain's name.
+	// +optional
+	DomainName string `json:"domainName,omitempty"`
+	// ConsoleLogPath is the node-local file the serial console is logged to.
+	// +optional
+	ConsoleLogPath string `json:"consoleLogPath,omitempty"`
+	// LastSyncTime is when the agent last compared this report with the hypervisor.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+}
+
+// InstanceFault records why an instance went to Error, as Nova's instance_faults table does.
+type InstanceFault struct {
+	// Reason is a CamelCase code.
+	Reason string `json:"reason"`
+	// Message is for people.
+	Message string `json:"message"`
+	// Time the fault happened.
+	Time metav1.Time `json:"time"`
+}
+
+// InstanceStatus is the observed state of a virtual machine. The manager writes every field but
+// powerState and agentReport, which only the agent of status.nodeName writes.
+type InstanceStatus struct {
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// VMState is Nova's vm_state.
+	// +optional
+	VMState VMState `json:"vmState,omitempty"`
+	// TaskState is Nova's task_state; empty when no task runs.
+	// +optional
+	TaskState TaskState `json:"taskState,omitempty"`
+	// PowerState is what the hypervisor reports.
+	// +optional
+	PowerState PowerState `json:"powerState,omitempty"`
+	// NodeName is the node the instance is placed on.
+	// +optional
+	NodeName string `json:"nodeName,omitempty"`
+	// Flavor is the sizing the instance has now; during a resize it differs from spec.flavor.
+	// +optional
+	Flavor *AppliedFlavor `json:"flavor,omitempty"`
+	// Image is the image the root disk was built from.
+	// +optional
+	Image *ImageReference `json:"image,omitempty"`
+	// Task is the task in flight, if any.
+	// +optional
+	Task *Task `json:"task,omitempty"`
+	// LastTaskID is the ID of the last task given; the next task gets LastTaskID+1.
+	// +optional
+	LastTaskID int64 `json:"lastTaskID,omitempty"`
+	// LastRebootRequestedAt acknowledges spec.rebootRequest.requestedAt once that reboot is served.
+	// +optional
+	LastRebootRequestedAt *metav1.Time `json:"lastRebootRequestedAt,omitempty"`
+	// AgentReport is the node agent's account of the instance.
+	// +optional
+	AgentReport *AgentReport `json:"agentReport,omitempty"`
+	// LaunchedAt is when the instance first became Active.
+	// +optional
+	LaunchedAt *metav1.Time `json:"launchedAt,omitempty"`
+	// Fault says why the instance is in Error.
+	// +optional
+	Fault *InstanceFault `json:"fault,omitempty"`
+	// SchedulingAttempts counts failed attempts to place the instance, for backoff.
+	// +optional
+	SchedulingAttempts int32 `json:"schedulingAttempts,omitempty"`
+	// Conditions: Ready (the instance rests in the state its spec asks for), Scheduled,
+	// Reconciling and Stalled (as kstatus reads them).
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Instance is a virtual machine, Nova's server.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=inst,categories=nova
+// +kubebuilder:selectablefield:JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.vmState`
+// +kubebuilder:printcolumn:name="Task",type=string,JSONPath=`.status.taskState`
+// +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="Flavor",type=string,JSONPath=`.spec.flavor`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image.name`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Instance struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the desired state.
+	Spec InstanceSpec `json:"spec"`
+	// Status is the observed state.
+	// +optional
+	Status InstanceStatus `json:"status,omitempty"`
+}
+
+// InstanceList is a list of Instances.
+// +kubebuilder:object:root=true
+type InstanceList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// Items are the instances.
+	Items []Instance `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Instance{}, &InstanceList{})
+}

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Runs N independent libvirt "hosts" on one machine, for kubenova's multi-node tests.
+#
+#   hack/libvirt-hosts.sh start  DIR N   start host-1 .. host-N (names: see LIBVIRT_HOST_NAMES)
+#   hack/libvirt-hosts.sh stop   DIR     stop every libvirtd and QEMU those hosts started
+#   hack/libvirt-hosts.sh status DIR     print each host and whether its libvirtd answers
+#
+# Each host is a libvirtd in its own mount and UTS namespace (unshare -m -u, private mount
+# propagation) whose hostname is the host's name and whose libvirt directories are
+# bind-mounted from DIR/<host>/:
+#   DIR/<host>/run  -> /run/libvirt      (socket: DIR/<host>/run/libvirt-sock)
+#   DIR/<host>/lib  -> /var/lib/libvirt
+#   DIR/<host>/etc  -> /etc/libvirt      (libvirtd.conf with its own host_uuid, qemu.conf)
+#   DIR/<host>/log  -> /var/log/libvirt  (libvirtd.log, qemu/<domain>.log)
+#   DIR/<host>/cache -> /var/cache/libvirt
+#   DIR/<host>/hosts -> /etc/hosts       (all host names of this start, for libvirt's lookups)
+# DIR/<host>/storage is created but NOT bind-mounted: paths under DIR are the same inside and
+# outside every namespace, so a node agent outside can create disks there and hand their
+# paths to the host's libvirtd, and host-1's libvirtd can reach host-2's socket for a
+# peer-to-peer migration.
+#
+# start writes DIR/<host>/uri (qemu+unix:///system?socket=DIR/<host>/run/libvirt-sock),
+# DIR/<host>/host-uuid, DIR/<host>/mntns and DIR/hosts (one host name per line), and prints
+# "<host> <uri>" per host once every daemon answers. Nothing uses the machine's /run/libvirt,
+# so a system libvirtd, if any, is not disturbed.
+#
+# Environment:
+#   LIBVIRT_HOST_NAMES    space-separated names instead of host-1 .. host-N (N must match)
+#   LIBVIRT_HOST_TIMEOUT  seconds to wait for a daemon to answer / processes to exit (60)
+#
+# Needs root and hack/install-libvirt.sh. Domains must use <domain type='qemu'> (TCG).
+set -euo pipefail
+
+timeout_s=${LIBVIRT_HOST_TIMEOUT:-60}
+
+usage() {
+  echo "usage: $0 start DIR N | stop DIR | status DIR" >&2
+  exit 2
+}
+log() { echo "libvirt-hosts.sh: $*" >&2; }
+
+uri_of() { echo "qemu+unix:///system?socket=$1/run/libvirt-sock"; }
+
+# answers HOSTDIR: true when the host's libvirtd serves requests on its socket.
+answers() {
+  [ -S "$1/run/libvirt-sock" ] && timeout 10 virsh -q -c "$(uri_of "$1")" hostname >/dev/null 2>&1
+}
+
+# ns_of PID: the mount namespace of a process ("mnt:[4026532...]"), empty if it is gone.
+ns_of() { readlink "/proc/$1/ns/mnt" 2>/dev/null || true; }
+
+# host_pids HOSTDIR: the libvirtd and QEMU processes of one host, one pid per line.
+# A process belongs to the host when it is named in one of the host's pid files or lives in the
+# host's mount namespace, and in both cases only if it is a libvirtd or a QEMU (so a reused pid
+# or namespace id never makes us kill anything else).
+host_pids() {
+  local hd=$1 ns="" pid exe f
+  [ -f "$hd/mntns" ] && ns=$(cat "$hd/mntns")
+  {
+    for f in "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid; do
+      [ -f "$f" ] && head -n1 "$f"
+    done
+    if [ -n "$ns" ]; then
+      for f in /proc/[0-9]*/ns/mnt; do
+        [ "$(readlink "$f" 2>/dev/null)" = "$ns" ] && { f=${f#/proc/}; echo "${f%%/*}"; }
+      done
+    fi
+  } | sort -un | while read -r pid; do
+    [ -n "$pid" ] || continue
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    case ${exe##*/} in
+      libvirtd | qemu-system-*) ;;
+      *) continue ;;
+    esac
+    # A pid from a pid file must also be in the host's namespace when we know it.
+    if [ -n "$ns" ] && [ "$(ns_of "$pid")" != "$ns" ]; then continue; fi
+    echo "$pid"
+  done
+}
+
+host_dirs() { # DIR: the host directories listed in DIR/hosts
+  local name
+  [ -f "$1/hosts" ] || return 0
+  while read -r name; do
+    [ -n "$name" ] && echo "$1/$name"
+  done <"$1/hosts"
+}
+
+start_host() { # DIR NAME ALLNAMES...
+  local dir=$1 name=$2 hd pid uuid i
+  shift 2
+  hd=$dir/$name
+  mkdir -p "$hd"/{run,lib,etc,log/qemu,cache,storage}
+
+  if answers "$hd"; then
+    log "$name already running"
+    return 0
+  fi
+  # A daemon that does not answer (e.g. half-started before) is stopped first.
+  stop_host "$hd"
+  rm -f "$hd/run/libvirtd.pid" "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock"
+
+  # Configuration: the machine's top-level files (not its subdirectories, where a host keeps
+  # its own persistent domain definitions), then our own libvirtd.conf and qemu.conf.
+  find /etc/libvirt -maxdepth 1 -type f -name '*.conf' -exec cp {} "$hd/etc/" \;
+  [ -s "$hd/host-uuid" ] || cat /proc/sys/kernel/random/uuid >"$hd/host-uuid"
+  uuid=$(cat "$hd/host-uuid")
+  cat >"$hd/etc/libvirtd.conf" <<EOF
+# Written by hack/libvirt-hosts.sh for $name.
+host_uuid = "$uuid"
+# Only root can reach the socket (mode 0700), so no further authentication.
+unix_sock_rw_perms = "0700"
+unix_sock_ro_perms = "0700"
+unix_sock_admin_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+EOF
+  # QEMU runs as root without security driver and cgroups (none of those work here); libvirtd
+  # writes QEMU's stdout/stderr log itself (stdio_handler = "file"), so there is no virtlogd.
+  cat >"$hd/etc/qemu.conf" <<'EOF'
+# Written by hack/libvirt-hosts.sh.
+user = "root"
+group = "root"
+dynamic_ownership = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+stdio_handler = "file"
+EOF
+  # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
+  # libvirt's hostname lookups answer at once instead of waiting for an unreachable DNS.
+  {
+    cat /etc/hosts
+    for i in "$@"; do echo "127.0.1.1 $i"; done
+  } >"$hd/hosts"
+
+  mkdir -p /run/libvirt /var/lib/libvirt /etc/libvirt /var/log/libvirt /var/cache/libvirt
+  # The namespace lives as long as a process is in it: libvirtd (which daemonizes with -d,
+  # writing its pid to DIR/<host>/run/libvirtd.pid) and the QEMUs it starts.
+  HD=$hd NAME=$name unshare --mount --uts --propagation private -- /bin/sh -ec '
+    mount --bind "$HD/run" /run/libvirt
+    mount --bind "$HD/lib" /var/lib/libvirt
+    mount --bind "$HD/etc" /etc/libvirt
+    mount --bind "$HD/log" /var/log/libvirt
+    mount --bind "$HD/cache" /var/cache/libvirt
+    mount --bind "$HD/hosts" /etc/hosts
+    hostname "$NAME"
+    exec libvirtd -d -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
+  ' </dev/null >>"$hd/log/start.log" 2>&1 || {
+    log "$name: libvirtd failed to start; $hd/log/start.log:"
+    tail -n 20 "$hd/log/start.log" >&2
+    return 1
+  }
+  pid=$(head -n1 "$hd/run/libvirtd.pid" 2>/dev/null || true)
+  if [ -z "$pid" ] || [ -z "$(ns_of "$pid")" ]; then
+    log "$name: libvirtd exited at once; $hd/log/libvirtd.log:"
+    tail -n 20 "$hd/log/libvirtd.log" >&2 || true
+    return 1
+  fi
+  ns_of "$pid" >"$hd/mntns"
+  uri_of "$hd" >"$hd/uri"
+}
+
+wait_answers() { # HOSTDIR
+  local hd=$1 deadline pid
+  deadline=$((SECONDS + timeout_s))
+  until answers "$hd"; do
+    pid=$(head -n1 "$hd/run/libvirtd.pid" 2>/dev/null || true)
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      log "${hd##*/}: libvirtd died; $hd/log/libvirtd.log:"
+      tail -n 20 "$hd/log/libvirtd.log" >&2 || true
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "${hd##*/}: libvirtd does not answer after ${timeout_s}s"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+stop_host() { # HOSTDIR
+  local hd=$1 pids deadline
+  pids=$(host_pids "$hd")
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086 # one pid per word
+    kill -TERM $pids 2>/dev/null || true
+    deadline=$((SECONDS + timeout_s / 2))
+    while [ -n "$(host_pids "$hd")" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    pids=$(host_pids "$hd")
+    if [ -n "$pids" ]; then
+      log "${hd##*/}: killing $(echo "$pids" | tr '\n' ' ')"
+      # shellcheck disable=SC2086
+      kill -KILL $pids 2>/dev/null || true
+      deadline=$((SECONDS + timeout_s / 2))
+      while [ -n "$(host_pids "$hd")" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+      if [ -n "$(host_pids "$hd")" ]; then
+        log "${hd##*/}: processes still running: $(host_pids "$hd" | tr '\n' ' ')"
+        return 1
+      fi
+    fi
+  fi
+  # Stale runtime files of killed processes; the disks and logs stay.
+  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid
+}
+
+cmd=${1:-}
+[ $# -ge 2 ] || usage
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root"
+  exit 1
+fi
+case $cmd in
+  start)
+    [ $# -eq 3 ] || usage
+    n=$3
+    case $n in '' | *[!0-9]* | 0) usage ;; esac
+    mkdir -p "$2"
+    dir=$(cd "$2" && pwd)
+    if [ -n "${LIBVIRT_HOST_NAMES:-}" ]; then
+      read -r -a names <<<"$LIBVIRT_HOST_NAMES"
+      if [ "${#names[@]}" -ne "$n" ]; then
+        log "LIBVIRT_HOST_NAMES has ${#names[@]} names, expected $n"
+        exit 2
+      fi
+    else
+      names=()
+      for ((i = 1; i <= n; i++)); do names+=("host-$i"); done
+    fi
+    printf '%s\n' "${names[@]}" >"$dir/hosts"
+    for name in "${names[@]}"; do start_host "$dir" "$name" "${names[@]}"; done
+    # The daemons start in parallel; wait for each in turn (bounded by LIBVIRT_HOST_TIMEOUT).
+    for name in "${names[@]}"; do wait_answers "$dir/$name"; done
+    for name in "${names[@]}"; do echo "$name $(cat "$dir/$name/uri")"; done
+    ;;
+  stop)
+    [ $# -eq 2 ] || usage
+    [ -d "$2" ] || exit 0
+    dir=$(cd "$2" && pwd)
+    rc=0
+    while read -r hd; do stop_host "$hd" || rc=1; done < <(host_dirs "$dir")
+    exit "$rc"
+    ;;
+  status)
+    [ $# -eq 2 ] || usage
+    dir=$(cd "$2" && pwd)
+    rc=0
+    while read -r hd; do
+      if answers "$hd"; then
+        echo "${hd##*/} running $(uri_of "$hd")"
+      else
+        echo "${hd##*/} not-answering $(uri_of "$hd")"
+        rc=1
+      fi
+    done < <(host_dirs "$dir")
+    exit "$rc"
+    ;;
+  *) usage ;;
+esac
