@@ -143,6 +143,7 @@ type Hypervisor struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	// Spec is the administrator's settings.
+	// +kubebuilder:default={}
 	// +optional
 	Spec HypervisorSpec `json:"spec,omitempty"`
 	// Status is the node's report and the manager's bookkeeping.
