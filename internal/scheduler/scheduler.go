@@ -1,0 +1,183 @@
+// Package scheduler places instances on hypervisors the way Nova's filter scheduler does: every
+// filter must pass, then a weigher picks among the survivors. It is pure: the caller supplies
+// the hosts, their usage and the request, so it is cheap to test and to benchmark.
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// ZoneLabel is the node label that holds its availability zone.
+const ZoneLabel = corev1.LabelTopologyZone
+
+// Host is one candidate: its Hypervisor, its Node and what is placed on it.
+type Host struct {
+	Hypervisor *v1.Hypervisor
+	// Node is the Kubernetes Node of the same name; nil if there is none.
+	Node *corev1.Node
+	// Used is the sum of the flavors placed here, claims not yet visible included.
+	Used v1.Resources
+}
+
+// Name is the host's node name.
+func (h Host) Name() string { return h.Hypervisor.Name }
+
+// Request is what an instance needs of a host.
+type Request struct {
+	Resources        v1.Resources
+	NodeSelector     map[string]string
+	AvailabilityZone string
+	// Exclude lists hosts that must not be chosen (a migration's source).
+	Exclude []string
+}
+
+// Filter rejects hosts that cannot take a request.
+type Filter struct {
+	// Name appears in NoValidHost messages, as Nova's filter names do.
+	Name string
+	// Passes says whether the host can take the request.
+	Passes func(h Host, r Request) bool
+}
+
+// DefaultFilters are applied in order; the first one a host fails is the one blamed.
+var DefaultFilters = []Filter{
+	{Name: "ExcludedHostFilter", Passes: func(h Host, r Request) bool {
+		for _, x := range r.Exclude {
+			if x == h.Name() {
+				return false
+			}
+		}
+		return true
+	}},
+	{Name: "ComputeFilter", Passes: func(h Host, _ Request) bool {
+		hv := h.Hypervisor
+		return hv.Status.State == v1.HypervisorUp && !hv.Spec.Disabled && !hv.Spec.ForcedDown
+	}},
+	{Name: "NodeSchedulableFilter", Passes: func(h Host, _ Request) bool {
+		return h.Node != nil && !h.Node.Spec.Unschedulable && !outOfService(h.Node)
+	}},
+	{Name: "AvailabilityZoneFilter", Passes: func(h Host, r Request) bool {
+		return r.AvailabilityZone == "" || (h.Node != nil && h.Node.Labels[ZoneLabel] == r.AvailabilityZone)
+	}},
+	{Name: "NodeSelectorFilter", Passes: func(h Host, r Request) bool {
+		for k, v := range r.NodeSelector {
+			if h.Node == nil || h.Node.Labels[k] != v {
+				return false
+			}
+		}
+		return true
+	}},
+	{Name: "VCPUFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.VCPUs <= Free(h).VCPUs
+	}},
+	{Name: "RAMFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.MemoryMiB <= Free(h).MemoryMiB
+	}},
+	{Name: "DiskFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.DiskGiB <= Free(h).DiskGiB
+	}},
+}
+
+func outOfService(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == corev1.TaintNodeOutOfService {
+			return true
+		}
+	}
+	return false
+}
+
+// Capacity is what may be placed on a host: (total - reserved) x allocation ratio, as Placement
+// computes an inventory's capacity.
+func Capacity(hv *v1.Hypervisor) v1.Resources {
+	c, r := hv.Status.Capacity, hv.Status.Reserved
+	return v1.Resources{
+		VCPUs:     scale(c.VCPUs-r.VCPUs, hv.Spec.CPUAllocationRatio, 16.0),
+		MemoryMiB: scale(c.MemoryMiB-r.MemoryMiB, hv.Spec.MemoryAllocationRatio, 1.5),
+		DiskGiB:   scale(c.DiskGiB-r.DiskGiB, hv.Spec.DiskAllocationRatio, 1.0),
+	}
+}
+
+// Free is a host's capacity less what is placed on it.
+func Free(h Host) v1.Resources {
+	c := Capacity(h.Hypervisor)
+	return v1.Resources{
+		VCPUs:     c.VCPUs - h.Used.VCPUs,
+		MemoryMiB: c.MemoryMiB - h.Used.MemoryMiB,
+		DiskGiB:   c.DiskGiB - h.Used.DiskGiB,
+	}
+}
+
+// scale multiplies by a ratio written as a decimal string; the CRD validates the string, and an
+// empty one (an object written before defaulting) takes Nova's default.
+func scale(amount int64, ratio string, fallback float64) int64 {
+	f, err := strconv.ParseFloat(ratio, 64)
+	if err != nil || f <= 0 {
+		f = fallback
+	}
+	if amount < 0 {
+		return 0
+	}
+	return int64(float64(amount) * f)
+}
+
+// NoValidHost explains why no host fits, filter by filter, as Nova's NoValidHost does.
+type NoValidHost struct {
+	Hosts    int
+	Rejected map[string]int
+	order    []string
+}
+
+// Error implements error.
+func (e *NoValidHost) Error() string {
+	if e.Hosts == 0 {
+		return "no valid host: there are no hypervisors"
+	}
+	parts := make([]string, 0, len(e.order))
+	for _, name := range e.order {
+		parts = append(parts, fmt.Sprintf("%s rejected %d", name, e.Rejected[name]))
+	}
+	return fmt.Sprintf("no valid host among %d: %s", e.Hosts, strings.Join(parts, ", "))
+}
+
+// Select runs the filters and the RAM-spread weigher and returns the chosen host's name.
+func Select(hosts []Host, r Request, filters []Filter) (string, error) {
+	nvh := &NoValidHost{Hosts: len(hosts), Rejected: map[string]int{}}
+	var passed []Host
+	for _, h := range hosts {
+		ok := true
+		for _, f := range filters {
+			if !f.Passes(h, r) {
+				if nvh.Rejected[f.Name] == 0 {
+					nvh.order = append(nvh.order, f.Name)
+				}
+				nvh.Rejected[f.Name]++
+				ok = false
+				break
+			}
+		}
+		if ok {
+			passed = append(passed, h)
+		}
+	}
+	if len(passed) == 0 {
+		return "", nvh
+	}
+	// RAMWeigher with a positive multiplier: spread, the host with the most free memory wins.
+	// Ties go to the name so that the same inputs always give the same answer.
+	sort.Slice(passed, func(i, j int) bool {
+		fi, fj := Free(passed[i]).MemoryMiB, Free(passed[j]).MemoryMiB
+		if fi != fj {
+			return fi > fj
+		}
+		return passed[i].Name() < passed[j].Name()
+	})
+	return passed[0].Name(), nil
+}

@@ -1,0 +1,174 @@
+package scheduler
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+func host(name string, vcpus, memMiB, diskGiB int64, mods ...func(*Host)) Host {
+	h := Host{
+		Hypervisor: &v1.Hypervisor{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       v1.HypervisorSpec{CPUAllocationRatio: "1.0", MemoryAllocationRatio: "1.0", DiskAllocationRatio: "1.0"},
+			Status: v1.HypervisorStatus{State: v1.HypervisorUp,
+				Capacity: v1.Resources{VCPUs: vcpus, MemoryMiB: memMiB, DiskGiB: diskGiB}},
+		},
+		Node: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}}},
+	}
+	for _, m := range mods {
+		m(&h)
+	}
+	return h
+}
+
+func small() Request { return Request{Resources: v1.Resources{VCPUs: 1, MemoryMiB: 512, DiskGiB: 1}} }
+
+func TestFilters(t *testing.T) {
+	cases := []struct {
+		name   string
+		host   Host
+		req    Request
+		blamed string // "" = passes
+	}{
+		{"fits", host("a", 4, 4096, 10), small(), ""},
+		{"down", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Status.State = v1.HypervisorDown }), small(), "ComputeFilter"},
+		{"never reported", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Status.State = "" }), small(), "ComputeFilter"},
+		{"disabled", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Spec.Disabled = true }), small(), "ComputeFilter"},
+		{"forced down", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Spec.ForcedDown = true }), small(), "ComputeFilter"},
+		{"cordoned", host("a", 4, 4096, 10, func(h *Host) { h.Node.Spec.Unschedulable = true }), small(), "NodeSchedulableFilter"},
+		{"no node", host("a", 4, 4096, 10, func(h *Host) { h.Node = nil }), small(), "NodeSchedulableFilter"},
+		{"out of service", host("a", 4, 4096, 10, func(h *Host) {
+			h.Node.Spec.Taints = []corev1.Taint{{Key: corev1.TaintNodeOutOfService, Effect: corev1.TaintEffectNoExecute}}
+		}), small(), "NodeSchedulableFilter"},
+		{"excluded", host("a", 4, 4096, 10), Request{Resources: small().Resources, Exclude: []string{"a"}}, "ExcludedHostFilter"},
+		{"wrong zone", host("a", 4, 4096, 10, func(h *Host) { h.Node.Labels[ZoneLabel] = "z1" }),
+			Request{Resources: small().Resources, AvailabilityZone: "z2"}, "AvailabilityZoneFilter"},
+		{"right zone", host("a", 4, 4096, 10, func(h *Host) { h.Node.Labels[ZoneLabel] = "z2" }),
+			Request{Resources: small().Resources, AvailabilityZone: "z2"}, ""},
+		{"selector misses", host("a", 4, 4096, 10), Request{Resources: small().Resources, NodeSelector: map[string]string{"gpu": "yes"}}, "NodeSelectorFilter"},
+		{"too many vcpus", host("a", 1, 4096, 10), Request{Resources: v1.Resources{VCPUs: 2, MemoryMiB: 512}}, "VCPUFilter"},
+		{"too much ram", host("a", 4, 256, 10), small(), "RAMFilter"},
+		{"too much disk", host("a", 4, 4096, 0), small(), "DiskFilter"},
+		{"used up", host("a", 4, 1024, 10, func(h *Host) { h.Used = v1.Resources{MemoryMiB: 768} }), small(), "RAMFilter"},
+		{"ratio makes room", host("a", 1, 4096, 10, func(h *Host) { h.Hypervisor.Spec.CPUAllocationRatio = "4.0"; h.Used.VCPUs = 3 }), small(), ""},
+		{"reserved counts", host("a", 4, 1024, 10, func(h *Host) { h.Hypervisor.Status.Reserved.MemoryMiB = 768 }), small(), "RAMFilter"},
+	}
+	for _, c := range cases {
+		got, err := Select([]Host{c.host}, c.req, DefaultFilters)
+		if c.blamed == "" {
+			if err != nil || got != "a" {
+				t.Errorf("%s: got %q, %v; want a", c.name, got, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%s: chose %q, want NoValidHost blaming %s", c.name, got, c.blamed)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.blamed+" rejected 1") {
+			t.Errorf("%s: %v; want %s blamed", c.name, err, c.blamed)
+		}
+	}
+}
+
+func TestNoValidHostCountsPerFilter(t *testing.T) {
+	hosts := []Host{
+		host("a", 4, 256, 10), host("b", 4, 256, 10),
+		host("c", 4, 4096, 10, func(h *Host) { h.Hypervisor.Spec.Disabled = true }),
+	}
+	_, err := Select(hosts, small(), DefaultFilters)
+	want := "no valid host among 3: RAMFilter rejected 2, ComputeFilter rejected 1"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	if _, err := Select(nil, small(), DefaultFilters); err == nil || !strings.Contains(err.Error(), "no hypervisors") {
+		t.Fatalf("no hosts: %v", err)
+	}
+}
+
+func TestRAMSpread(t *testing.T) {
+	hosts := []Host{host("a", 8, 2048, 10), host("b", 8, 8192, 10), host("c", 8, 8192, 10, func(h *Host) { h.Used.MemoryMiB = 4096 })}
+	got, err := Select(hosts, small(), DefaultFilters)
+	if err != nil || got != "b" {
+		t.Fatalf("got %q, %v; want b, the host with the most free RAM", got, err)
+	}
+}
+
+// TestConcurrentClaimsNeverOvercommit plays many schedulers' worth of launches at once against
+// a node that fits three, with a cache that never shows any of them placed: Placement's pending
+// claims alone must stop the fourth.
+func TestConcurrentClaimsNeverOvercommit(t *testing.T) {
+	p := NewPlacement()
+	var instances []v1.Instance
+	for i := 0; i < 20; i++ {
+		instances = append(instances, v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(fmt.Sprint(i))}})
+	}
+	node := host("only", 3, 3*512, 100)
+	var mu sync.Mutex
+	placed := 0
+	var wg sync.WaitGroup
+	for i := range instances {
+		wg.Add(1)
+		go func(uid types.UID) {
+			defer wg.Done()
+			p.Lock()
+			defer p.Unlock()
+			h := node
+			h.Used = p.Usage(instances)["only"]
+			if _, err := Select([]Host{h}, small(), DefaultFilters); err != nil {
+				return
+			}
+			p.Assume(uid, "only", small().Resources)
+			mu.Lock()
+			placed++
+			mu.Unlock()
+		}(instances[i].UID)
+	}
+	wg.Wait()
+	if placed != 3 {
+		t.Fatalf("placed %d instances on a node that fits 3", placed)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	p := NewPlacement()
+	flavor := &v1.AppliedFlavor{Name: "m1", FlavorSpec: v1.FlavorSpec{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}}
+	placedInst := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "placed"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateActive}}
+	offloaded := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "off"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateShelvedOffloaded}}
+	stale := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "stale"}}
+	p.Assume("stale", "b", FlavorResources(flavor.FlavorSpec))
+	p.Assume("gone", "b", FlavorResources(flavor.FlavorSpec))
+	p.Assume("placed", "a", FlavorResources(flavor.FlavorSpec))
+
+	used := p.Usage([]v1.Instance{placedInst, offloaded, stale})
+	if used["a"] != (v1.Resources{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}) {
+		t.Errorf("a: %+v; the placed instance counts once and the offloaded one not at all", used["a"])
+	}
+	if used["b"] != (v1.Resources{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}) {
+		t.Errorf("b: %+v; the stale instance's claim counts, the deleted one's does not", used["b"])
+	}
+	if len(p.pending) != 1 {
+		t.Errorf("pending claims %v: only the stale one should remain", p.pending)
+	}
+}
+
+func BenchmarkSelect100Hosts(b *testing.B) {
+	hosts := make([]Host, 100)
+	for i := range hosts {
+		hosts[i] = host(fmt.Sprintf("h%03d", i), 64, int64(65536+i), 1000)
+	}
+	r := small()
+	for b.Loop() {
+		if _, err := Select(hosts, r, DefaultFilters); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
