@@ -60,7 +60,9 @@ mkdir -p /var/log/libvirt/qemu /var/lib/libvirt /etc/libvirt
 
 # qemu.conf: run QEMU as root without a security driver or cgroups (none of those work in a
 # container without systemd), and let libvirtd write the QEMU logs itself
-# (stdio_handler = "file") so no virtlogd is needed next to each libvirtd.
+# (stdio_handler = "file") so no virtlogd is needed next to each libvirtd, and keep QEMU in
+# libvirtd's mount namespace (namespaces = [ ]; a private /dev buys nothing without a security
+# driver).
 # The block between the markers is rewritten on every run; the rest of the file is kept.
 qemu_conf=/etc/libvirt/qemu.conf
 begin='# BEGIN kubenova: written by hack/install-libvirt.sh'
@@ -77,6 +79,7 @@ dynamic_ownership = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "file"
+namespaces = [ ]
 $end
 EOF
 chmod 0600 "$tmp"

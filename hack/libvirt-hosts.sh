@@ -20,8 +20,8 @@
 # peer-to-peer migration.
 #
 # start writes DIR/<host>/uri (qemu+unix:///system?socket=DIR/<host>/run/libvirt-sock),
-# DIR/<host>/host-uuid, DIR/<host>/mntns and DIR/hosts (one host name per line), and prints
-# "<host> <uri>" per host once every daemon answers. Nothing uses the machine's /run/libvirt,
+# DIR/<host>/host-uuid, DIR/<host>/mntns and DIR/hosts (every host name started in DIR, one per
+# line), and prints "<host> <uri>" per host once every daemon answers. Nothing uses the machine's /run/libvirt,
 # so a system libvirtd, if any, is not disturbed.
 #
 # Environment:
@@ -55,19 +55,29 @@ ns_of() { readlink "/proc/$1/ns/mnt" 2>/dev/null || true; }
 # or namespace id never makes us kill anything else).
 host_pids() {
   local hd=$1 ns="" pid exe f
-  [ -f "$hd/mntns" ] && ns=$(cat "$hd/mntns")
+  if [ -f "$hd/mntns" ]; then ns=$(cat "$hd/mntns"); fi
   {
+    # run/qemu/driver.pid is the QEMU driver's lock file holding libvirtd's own pid.
     for f in "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid; do
-      [ -f "$f" ] && head -n1 "$f"
+      # (libvirt's pid files have no trailing newline)
+      if [ -f "$f" ]; then
+        head -n1 "$f"
+        echo
+      fi
     done
     if [ -n "$ns" ]; then
       for f in /proc/[0-9]*/ns/mnt; do
-        [ "$(readlink "$f" 2>/dev/null)" = "$ns" ] && { f=${f#/proc/}; echo "${f%%/*}"; }
+        if [ "$(readlink "$f" 2>/dev/null)" = "$ns" ]; then
+          f=${f#/proc/}
+          echo "${f%%/*}"
+        fi
       done
     fi
   } | sort -un | while read -r pid; do
     [ -n "$pid" ] || continue
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
+    # argv[0] rather than /proc/PID/exe, which cannot always be read across mount namespaces
+    # in this sandbox. A zombie has an empty command line and counts as gone.
+    exe=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || continue
     case ${exe##*/} in
       libvirtd | qemu-system-*) ;;
       *) continue ;;
@@ -76,6 +86,7 @@ host_pids() {
     if [ -n "$ns" ] && [ "$(ns_of "$pid")" != "$ns" ]; then continue; fi
     echo "$pid"
   done
+  return 0
 }
 
 host_dirs() { # DIR: the host directories listed in DIR/hosts
@@ -118,6 +129,8 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
   # QEMU runs as root without security driver and cgroups (none of those work here); libvirtd
   # writes QEMU's stdout/stderr log itself (stdio_handler = "file"), so there is no virtlogd.
+  # namespaces = [ ]: QEMU stays in the host's mount namespace (instead of a private one with
+  # its own /dev), which is how stop finds every QEMU of a host.
   cat >"$hd/etc/qemu.conf" <<'EOF'
 # Written by hack/libvirt-hosts.sh.
 user = "root"
@@ -126,6 +139,7 @@ dynamic_ownership = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "file"
+namespaces = [ ]
 EOF
   # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
   # libvirt's hostname lookups answer at once instead of waiting for an unreachable DNS.
@@ -137,6 +151,7 @@ EOF
   mkdir -p /run/libvirt /var/lib/libvirt /etc/libvirt /var/log/libvirt /var/cache/libvirt
   # The namespace lives as long as a process is in it: libvirtd (which daemonizes with -d,
   # writing its pid to DIR/<host>/run/libvirtd.pid) and the QEMUs it starts.
+  # shellcheck disable=SC2016 # expanded by the inner shell
   HD=$hd NAME=$name unshare --mount --uts --propagation private -- /bin/sh -ec '
     mount --bind "$HD/run" /run/libvirt
     mount --bind "$HD/lib" /var/lib/libvirt
@@ -200,7 +215,7 @@ stop_host() { # HOSTDIR
       fi
     fi
   fi
-  # Stale runtime files of killed processes; the disks and logs stay.
+  # Stale runtime files of killed processes (all of them are gone now); disks and logs stay.
   rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid
 }
 
@@ -227,7 +242,11 @@ case $cmd in
       names=()
       for ((i = 1; i <= n; i++)); do names+=("host-$i"); done
     fi
-    printf '%s\n' "${names[@]}" >"$dir/hosts"
+    # DIR/hosts keeps every host ever started in DIR, so that stop finds them all.
+    touch "$dir/hosts"
+    for name in "${names[@]}"; do
+      grep -qxF "$name" "$dir/hosts" || echo "$name" >>"$dir/hosts"
+    done
     for name in "${names[@]}"; do start_host "$dir" "$name" "${names[@]}"; done
     # The daemons start in parallel; wait for each in turn (bounded by LIBVIRT_HOST_TIMEOUT).
     for name in "${names[@]}"; do wait_answers "$dir/$name"; done

@@ -1,0 +1,120 @@
+// Package domainxml is the one place that writes libvirt domain XML for an instance. It is
+// pure Go (no cgo), so its golden-file tests run anywhere.
+package domainxml
+
+import (
+	"encoding/xml"
+	"fmt"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+)
+
+// MetadataNamespace is the XML namespace of kubenova's element in a domain's <metadata>.
+const MetadataNamespace = "https://kubenova.io/xmlns/instance/1"
+
+// InstanceMetadata is kubenova's element in <metadata>: which Instance owns the domain, so an
+// agent can recognise its domains (and orphans) from libvirt alone.
+type InstanceMetadata struct {
+	XMLName   xml.Name `xml:"https://kubenova.io/xmlns/instance/1 instance"`
+	Namespace string   `xml:"namespace,attr"`
+	Name      string   `xml:"name,attr"`
+}
+
+// Build returns the domain XML of a machine.
+func Build(m driver.Machine) (string, error) {
+	if m.UUID == "" || m.Name == "" || m.RootDisk == "" {
+		return "", fmt.Errorf("machine %q lacks a uuid, name or root disk", m.Name)
+	}
+	if m.VCPUs < 1 || m.MemoryMiB < 1 {
+		return "", fmt.Errorf("machine %q has %d vcpus and %d MiB", m.Name, m.VCPUs, m.MemoryMiB)
+	}
+	meta, err := xml.Marshal(InstanceMetadata{Namespace: m.Namespace, Name: m.InstanceName})
+	if err != nil {
+		return "", fmt.Errorf("metadata of %s: %w", m.Name, err)
+	}
+	virtType := string(m.VirtType)
+	if virtType == "" {
+		virtType = string(v1.VirtTypeQEMU)
+	}
+	port := uint(0)
+	dom := &libvirtxml.Domain{
+		Type:     virtType,
+		Name:     m.Name,
+		UUID:     m.UUID,
+		Metadata: &libvirtxml.DomainMetadata{XML: string(meta)},
+		Memory:   &libvirtxml.DomainMemory{Value: uint(m.MemoryMiB), Unit: "MiB"},
+		VCPU:     &libvirtxml.DomainVCPU{Value: uint(m.VCPUs)},
+		OS: &libvirtxml.DomainOS{
+			Type:        &libvirtxml.DomainOSType{Arch: "x86_64", Machine: "pc", Type: "hvm"},
+			BootDevices: []libvirtxml.DomainBootDevice{{Dev: "hd"}},
+		},
+		Features: &libvirtxml.DomainFeatureList{
+			// ACPI lets the guest hear the power button (graceful shut off, soft reboot).
+			ACPI: &libvirtxml.DomainFeature{},
+			APIC: &libvirtxml.DomainFeatureAPIC{},
+		},
+		Clock: &libvirtxml.DomainClock{Offset: "utc"},
+		// A guest that powers itself off or crashes stays down and is reported, as Nova expects;
+		// a guest reboot is a reboot.
+		OnPoweroff: "destroy",
+		OnReboot:   "restart",
+		OnCrash:    "destroy",
+		Devices: &libvirtxml.DomainDeviceList{
+			Disks: []libvirtxml.DomainDisk{{
+				Device: "disk",
+				Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2"},
+				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: m.RootDisk}},
+				Target: &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
+			}},
+			// The serial console is a pty (for `virsh console`) whose output QEMU also appends
+			// to a file, the instance's console log.
+			Serials: []libvirtxml.DomainSerial{{
+				Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}},
+				Target: &libvirtxml.DomainSerialTarget{Port: &port},
+				Log:    &libvirtxml.DomainChardevLog{File: m.ConsoleLog, Append: "on"},
+			}},
+			MemBalloon: &libvirtxml.DomainMemBalloon{Model: "virtio"},
+		},
+	}
+	if m.VirtType == v1.VirtTypeKVM {
+		// KVM guests see the host CPU so that live migration between like hosts keeps working
+		// and guests get the host's features; TCG emulates its default model.
+		dom.CPU = &libvirtxml.DomainCPU{Mode: "host-passthrough"}
+	}
+	if m.ConsoleLog == "" {
+		dom.Devices.Serials[0].Log = nil
+	}
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("marshal domain %s: %w", m.Name, err)
+	}
+	return out, nil
+}
+
+// ParseMetadata reads kubenova's element from a domain's XML; ok is false for domains that
+// kubenova did not define.
+func ParseMetadata(domainXML string) (InstanceMetadata, bool) {
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(domainXML); err != nil || dom.Metadata == nil {
+		return InstanceMetadata{}, false
+	}
+	var meta InstanceMetadata
+	// The metadata element may hold other applications' elements too; find ours.
+	dec := xml.NewDecoder(strings.NewReader(dom.Metadata.XML))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return InstanceMetadata{}, false
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Space == MetadataNamespace && se.Name.Local == "instance" {
+			if err := dec.DecodeElement(&meta, &se); err != nil {
+				return InstanceMetadata{}, false
+			}
+			return meta, true
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package domainxml
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func machine(virt v1.VirtType) driver.Machine {
+	return driver.Machine{
+		UUID: "6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10", Name: "kubenova-6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10",
+		Namespace: "default", InstanceName: "web", VCPUs: 2, MemoryMiB: 512,
+		RootDisk:   "/var/lib/kubenova/instances/6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10/disk",
+		ConsoleLog: "/var/lib/kubenova/instances/6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10/console.log",
+		VirtType:   virt,
+	}
+}
+
+func TestGolden(t *testing.T) {
+	for _, c := range []struct {
+		golden string
+		m      driver.Machine
+	}{
+		{"tcg.xml", machine(v1.VirtTypeQEMU)},
+		{"kvm.xml", machine(v1.VirtTypeKVM)},
+	} {
+		got, err := Build(c.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join("testdata", c.golden)
+		if *update {
+			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test ./internal/driver/domainxml -update to create it)", err)
+		}
+		if got != string(want) {
+			t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", c.golden, got, want)
+		}
+	}
+}
+
+func TestMetadataRoundTrip(t *testing.T) {
+	x, err := Build(machine(v1.VirtTypeQEMU))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, ok := ParseMetadata(x)
+	if !ok || meta.Namespace != "default" || meta.Name != "web" {
+		t.Fatalf("metadata %+v, %v", meta, ok)
+	}
+	if _, ok := ParseMetadata(`<domain type="qemu"><name>other</name></domain>`); ok {
+		t.Error("a domain without kubenova metadata was taken for one of ours")
+	}
+}
+
+func TestRefusesIncompleteMachines(t *testing.T) {
+	m := machine(v1.VirtTypeQEMU)
+	m.RootDisk = ""
+	if _, err := Build(m); err == nil {
+		t.Error("built a domain without a root disk")
+	}
+	m = machine(v1.VirtTypeQEMU)
+	m.MemoryMiB = 0
+	if _, err := Build(m); err == nil {
+		t.Error("built a domain without memory")
+	}
+}
