@@ -113,9 +113,6 @@ type HypervisorStatus struct {
 	// State is Up while the agent renews its lease (manager).
 	// +optional
 	State HypervisorState `json:"state,omitempty"`
-	// LastHeartbeatTime is the lease's last renewal the manager saw (manager).
-	// +optional
-	LastHeartbeatTime *metav1.Time `json:"lastHeartbeatTime,omitempty"`
 	// Conditions: Ready (manager).
 	// +listType=map
 	// +listMapKey=type

@@ -306,9 +306,6 @@ type InstanceStatus struct {
 	// Fault says why the instance is in Error.
 	// +optional
 	Fault *InstanceFault `json:"fault,omitempty"`
-	// SchedulingAttempts counts failed attempts to place the instance, for backoff.
-	// +optional
-	SchedulingAttempts int32 `json:"schedulingAttempts,omitempty"`
 	// Conditions: Ready (the instance rests in the state its spec asks for), Scheduled,
 	// Reconciling and Stalled (as kstatus reads them).
 	// +listType=map

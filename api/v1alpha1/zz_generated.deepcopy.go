@@ -204,10 +204,6 @@ func (in *HypervisorStatus) DeepCopyInto(out *HypervisorStatus) {
 	out.Capacity = in.Capacity
 	out.Reserved = in.Reserved
 	out.Allocated = in.Allocated
-	if in.LastHeartbeatTime != nil {
-		in, out := &in.LastHeartbeatTime, &out.LastHeartbeatTime
-		*out = (*in).DeepCopy()
-	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]v1.Condition, len(*in))

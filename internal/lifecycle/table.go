@@ -123,7 +123,9 @@ func allTaskStates() []v1.TaskState {
 func AllVMStates() []v1.VMState { return append([]v1.VMState(nil), allStates...) }
 
 // AllTaskStates lists every task state, none included.
-func AllTaskStates() []v1.TaskState { return append([]v1.TaskState{v1.TaskStateNone}, allTaskStates()...) }
+func AllTaskStates() []v1.TaskState {
+	return append([]v1.TaskState{v1.TaskStateNone}, allTaskStates()...)
+}
 
 // Transitions returns a copy of the whole table.
 func Transitions() []Transition { return append([]Transition(nil), table...) }

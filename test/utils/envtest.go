@@ -9,12 +9,11 @@ import (
 	"runtime"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/scheme"
 )
 
 // RepoRoot is the checkout's top directory.
@@ -29,18 +28,6 @@ func BinDir() string {
 		return d
 	}
 	return filepath.Join(RepoRoot(), "bin")
-}
-
-// Scheme knows the built-in kinds and kubenova's.
-func Scheme() *k8sruntime.Scheme {
-	s := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := v1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
 }
 
 // Env is a running control plane with kubenova's CRDs installed.
@@ -62,7 +49,7 @@ func StartEnv() (*Env, error) {
 		BinaryAssetsDirectory: bin,
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
-		Scheme:                Scheme(),
+		Scheme:                scheme.New(),
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -1,0 +1,81 @@
+// Command manager is kubenova's control loop: it schedules instances, drives them through Nova's
+// state machine and keeps the Hypervisors' bookkeeping. It links no libvirt code.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/kubenova/kubenova/controllers"
+	"github.com/kubenova/kubenova/internal/scheduler"
+	kubescheme "github.com/kubenova/kubenova/internal/scheme"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "manager:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		leaderElect    = flag.Bool("leader-elect", false, "elect a leader so that only one manager acts (enable when running more than one)")
+		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases and of the leader Lease")
+		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
+		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
+		probeAddr      = flag.String("health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
+	)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                  kubescheme.New(),
+		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:  *probeAddr,
+		LeaderElection:          *leaderElect,
+		LeaderElectionID:        "kubenova-manager",
+		LeaderElectionNamespace: *leaseNamespace,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{*leaseNamespace: {}}},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	if err := controllers.IndexInstanceNode(context.Background(), mgr); err != nil {
+		return err
+	}
+	if err := (&controllers.InstanceReconciler{
+		Client:    mgr.GetClient(),
+		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
+		Placement: scheduler.NewPlacement(),
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("instance controller: %w", err)
+	}
+	if err := (&controllers.HypervisorReconciler{
+		Client: mgr.GetClient(), LeaseNamespace: *leaseNamespace, Grace: *nodeDownGrace,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("hypervisor controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}

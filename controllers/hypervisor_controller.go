@@ -1,0 +1,153 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/scheduler"
+)
+
+// LeaseName is the name of the Lease a node's agent renews as its heartbeat.
+func LeaseName(node string) string { return "kubenova-agent-" + node }
+
+// HypervisorReconciler keeps the manager's half of each Hypervisor's status: whether its agent
+// is alive (from the agent's Lease) and what is placed on it (from the Instances).
+type HypervisorReconciler struct {
+	client.Client
+	// LeaseNamespace is where agents keep their Leases.
+	LeaseNamespace string
+	// Grace is added to a lease's duration before its node counts as down.
+	Grace time.Duration
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+
+// Reconcile computes state, heartbeat, allocations and the Ready condition of one hypervisor.
+func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	hv := &v1.Hypervisor{}
+	if err := r.Get(ctx, req.NamespacedName, hv); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	orig := hv.DeepCopy()
+
+	recheck, err := r.heartbeat(ctx, hv)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.allocations(ctx, hv); err != nil {
+		return ctrl.Result{}, err
+	}
+	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
+		return ctrl.Result{RequeueAfter: recheck}, nil
+	}
+	err = r.Status().Patch(ctx, hv, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{RequeueAfter: staleRetry}, nil
+	}
+	return ctrl.Result{RequeueAfter: recheck}, err
+}
+
+// heartbeat sets state Up while the agent's lease is current, Down once it lapsed, and returns
+// when to look again (the moment the lease would lapse).
+func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor) (time.Duration, error) {
+	lease := &coordinationv1.Lease{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: r.LeaseNamespace, Name: LeaseName(hv.Name)}, lease)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return 0, err
+	}
+	now := r.now()
+	renewedEver := err == nil && lease.Spec.RenewTime != nil && lease.Spec.LeaseDurationSeconds != nil
+	var expires time.Time
+	if renewedEver {
+		// The renewal time itself is not copied into status: that would be a write per heartbeat,
+		// which is what Leases exist to avoid. Status changes only when the state does.
+		expires = lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + r.Grace)
+	}
+	cond := metav1.Condition{Type: v1.ConditionReady, ObservedGeneration: hv.Generation}
+	var recheck time.Duration
+	if now.Before(expires) {
+		hv.Status.State = v1.HypervisorUp
+		cond.Status, cond.Reason = metav1.ConditionTrue, v1.ReasonHeartbeatCurrent
+		cond.Message = "the agent renews its lease"
+		recheck = expires.Sub(now) + time.Second
+	} else {
+		hv.Status.State = v1.HypervisorDown
+		cond.Status, cond.Reason = metav1.ConditionFalse, v1.ReasonHeartbeatLapsed
+		cond.Message = fmt.Sprintf("no lease renewal from the agent of %s in time", hv.Name)
+		if !renewedEver {
+			cond.Message = fmt.Sprintf("the agent of %s has never renewed a lease", hv.Name)
+		}
+	}
+	meta.SetStatusCondition(&hv.Status.Conditions, cond)
+	return recheck, nil
+}
+
+// allocations sums the flavors of the instances placed on the hypervisor.
+func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hypervisor) error {
+	var list v1.InstanceList
+	if err := r.List(ctx, &list, client.MatchingFields{"status.nodeName": hv.Name}); err != nil {
+		return err
+	}
+	var used v1.Resources
+	var count int32
+	for i := range list.Items {
+		if scheduler.Holds(&list.Items[i]) {
+			used = scheduler.Add(used, scheduler.FlavorResources(list.Items[i].Status.Flavor.FlavorSpec))
+			count++
+		}
+	}
+	hv.Status.Allocated, hv.Status.Instances = used, count
+	return nil
+}
+
+func (r *HypervisorReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// IndexInstanceNode lets the manager's cache list instances by node.
+func IndexInstanceNode(ctx context.Context, mgr ctrl.Manager) error {
+	return mgr.GetFieldIndexer().IndexField(ctx, &v1.Instance{}, "status.nodeName", func(o client.Object) []string {
+		if n := o.(*v1.Instance).Status.NodeName; n != "" {
+			return []string{n}
+		}
+		return nil
+	})
+}
+
+// SetupWithManager watches Hypervisors, their agents' Leases and the Instances placed on them.
+func (r *HypervisorReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.Hypervisor{}).
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if o.GetNamespace() != r.LeaseNamespace || o.GetLabels()[v1.LabelHypervisor] == "" {
+				return nil
+			}
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetLabels()[v1.LabelHypervisor]}}}
+		})).
+		Watches(&v1.Instance{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if n := o.(*v1.Instance).Status.NodeName; n != "" {
+				return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: n}}}
+			}
+			return nil
+		})).
+		Complete(r)
+}

@@ -1,0 +1,507 @@
+// Package controllers holds the manager's reconcilers, one per kind. They decide; the node
+// agents carry out and report.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/lifecycle"
+	"github.com/kubenova/kubenova/internal/scheduler"
+)
+
+// InstanceReconciler drives each Instance through Nova's state machine: it schedules, gives the
+// node agent its tasks, reads back the agent's reports and keeps status and conditions honest.
+type InstanceReconciler struct {
+	client.Client
+	Recorder  events.EventRecorder
+	Placement *scheduler.Placement
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+	// MaxSchedulingBackoff caps the wait between attempts to place an instance.
+	MaxSchedulingBackoff time.Duration
+
+	attemptsMu sync.Mutex
+	attempts   map[types.UID]int
+}
+
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/finalizers,verbs=update
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// step is one idempotent piece of a reconcile. It changes the instance in memory and returns a
+// result when the reconcile should stop there (work in flight, or a retry due).
+type step func(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error)
+
+// reconcileState carries what the steps learn for the conditions computed at the end.
+type reconcileState struct {
+	refusal *lifecycle.Refusal
+	waiting *lifecycle.Refusal
+}
+
+// Reconcile reads like a table of contents: initialise, place, collect the agent's answer,
+// start what the spec asks for, then summarise in conditions. Status is written once, at the end.
+func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	inst := &v1.Instance{}
+	if err := r.Get(ctx, req.NamespacedName, inst); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !inst.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, inst)
+	}
+	if controllerutil.AddFinalizer(inst, v1.FinalizerInstance) {
+		// The finalizer must be stored before anything is placed, so that no domain can
+		// outlive its Instance.
+		return ctrl.Result{}, r.Update(ctx, inst)
+	}
+
+	orig := inst.DeepCopy()
+	st := &reconcileState{}
+	result, err := r.runSteps(ctx, inst, st,
+		r.initialize,
+		r.schedule,
+		r.collectReport,
+		r.startRequestedAction,
+	)
+	r.setConditions(inst, st)
+	if perr := r.patchStatus(ctx, orig, inst); errors.Is(perr, errStale) {
+		return ctrl.Result{RequeueAfter: staleRetry}, nil
+	} else if perr != nil {
+		return ctrl.Result{}, perr
+	}
+	return result, err
+}
+
+// staleRetry is how soon a reconcile that lost a write race runs again.
+const staleRetry = 200 * time.Millisecond
+
+func (r *InstanceReconciler) runSteps(ctx context.Context, inst *v1.Instance, st *reconcileState, steps ...step) (ctrl.Result, error) {
+	for _, s := range steps {
+		res, err := s(ctx, inst, st)
+		if err != nil || res != nil {
+			if res == nil {
+				res = &ctrl.Result{}
+			}
+			return *res, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// initialize puts a new instance in Building/Scheduling with its launch task.
+func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+	if inst.Status.VMState != "" {
+		return nil, nil
+	}
+	inst.Status.VMState = v1.VMStateBuilding
+	r.startTask(inst, v1.ActionLaunch)
+	r.event(inst, corev1.EventTypeNormal, "Launching", "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
+	return nil, nil
+}
+
+// schedule places a building instance on a node, or says why it cannot yet and retries with
+// backoff.
+func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	if inst.Status.TaskState != v1.TaskStateScheduling {
+		return nil, nil
+	}
+	flavor := &v1.Flavor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: inst.Spec.Flavor}, flavor); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonFlavorNotFound,
+			Message: fmt.Sprintf("flavor %q does not exist; create it or change spec.flavor", inst.Spec.Flavor)}
+		return &ctrl.Result{}, nil // the Flavor watch brings us back
+	}
+	image := &v1.Image{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: inst.Spec.Image.Name}, image); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonImageNotFound,
+			Message: fmt.Sprintf("image %q does not exist in namespace %s", inst.Spec.Image.Name, inst.Namespace)}
+		return &ctrl.Result{}, nil // the Image watch brings us back
+	}
+	request := scheduler.Request{
+		Resources:        scheduler.FlavorResources(flavor.Spec),
+		NodeSelector:     inst.Spec.NodeSelector,
+		AvailabilityZone: inst.Spec.AvailabilityZone,
+	}
+	node, err := r.place(ctx, inst, request)
+	if err != nil {
+		var nvh *scheduler.NoValidHost
+		if !errors.As(err, &nvh) {
+			return nil, err
+		}
+		attempts := r.failedAttempt(inst.UID)
+		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonNoValidHost, Message: nvh.Error()}
+		meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
+			Status: metav1.ConditionFalse, Reason: v1.ReasonNoValidHost, Message: nvh.Error(),
+			ObservedGeneration: inst.Generation})
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
+		return &ctrl.Result{RequeueAfter: r.backoff(attempts)}, nil
+	}
+	inst.Status.NodeName = node
+	inst.Status.Flavor = &v1.AppliedFlavor{Name: flavor.Name, FlavorSpec: flavor.Spec}
+	inst.Status.Image = inst.Spec.Image.DeepCopy()
+	r.forgetAttempts(inst.UID)
+	launch, _ := lifecycle.Lookup(v1.ActionLaunch)
+	inst.Status.TaskState, _ = launch.NextTask(v1.TaskStateScheduling)
+	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
+		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
+		ObservedGeneration: inst.Generation})
+	r.event(inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "placed on node %s", node)
+	return nil, nil
+}
+
+// place runs the scheduler under the placement lock and claims the chosen node's resources
+// until the cache shows the instance there.
+func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, request scheduler.Request) (string, error) {
+	hosts, instances, err := r.candidates(ctx)
+	if err != nil {
+		return "", err
+	}
+	r.Placement.Lock()
+	defer r.Placement.Unlock()
+	used := r.Placement.Usage(instances)
+	for i := range hosts {
+		hosts[i].Used = used[hosts[i].Name()]
+	}
+	node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
+	if err != nil {
+		return "", err
+	}
+	r.Placement.Assume(inst.UID, node, request.Resources)
+	return node, nil
+}
+
+func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, []v1.Instance, error) {
+	var hvs v1.HypervisorList
+	if err := r.List(ctx, &hvs); err != nil {
+		return nil, nil, err
+	}
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes); err != nil {
+		return nil, nil, err
+	}
+	var instances v1.InstanceList
+	if err := r.List(ctx, &instances); err != nil {
+		return nil, nil, err
+	}
+	byName := map[string]*corev1.Node{}
+	for i := range nodes.Items {
+		byName[nodes.Items[i].Name] = &nodes.Items[i]
+	}
+	hosts := make([]scheduler.Host, 0, len(hvs.Items))
+	for i := range hvs.Items {
+		hosts = append(hosts, scheduler.Host{Hypervisor: &hvs.Items[i], Node: byName[hvs.Items[i].Name]})
+	}
+	return hosts, instances.Items, nil
+}
+
+// failedAttempt counts a failed attempt to place an instance. The count lives in memory, not in
+// status: writing it would wake the controller again at once and defeat the backoff.
+func (r *InstanceReconciler) failedAttempt(uid types.UID) int {
+	r.attemptsMu.Lock()
+	defer r.attemptsMu.Unlock()
+	if r.attempts == nil {
+		r.attempts = map[types.UID]int{}
+	}
+	r.attempts[uid]++
+	return r.attempts[uid]
+}
+
+func (r *InstanceReconciler) forgetAttempts(uid types.UID) {
+	r.attemptsMu.Lock()
+	defer r.attemptsMu.Unlock()
+	delete(r.attempts, uid)
+}
+
+// backoff doubles from 5 s per failed attempt up to MaxSchedulingBackoff. A change to a
+// Hypervisor, Node, Flavor or Image retries at once regardless.
+func (r *InstanceReconciler) backoff(attempts int) time.Duration {
+	limit := r.MaxSchedulingBackoff
+	if limit == 0 {
+		limit = 5 * time.Minute
+	}
+	d := 5 * time.Second
+	for i := 1; i < attempts && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// collectReport finishes the task in flight once the node agent has answered it.
+func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+	task, report := inst.Status.Task, inst.Status.AgentReport
+	if task == nil || inst.Status.TaskState == v1.TaskStateScheduling {
+		return nil, nil
+	}
+	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
+		return &ctrl.Result{}, nil // the agent is still at it; its report brings us back
+	}
+	tr, _ := lifecycle.Lookup(task.Action)
+	succeeded := report.TaskResult == v1.TaskSucceeded
+	from := inst.Status.VMState
+	inst.Status.VMState = tr.Outcome(from, succeeded, from == v1.VMStateStopped)
+	inst.Status.TaskState = v1.TaskStateNone
+	inst.Status.Task = nil
+	if !succeeded {
+		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
+			Time: metav1.NewTime(r.now())}
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
+		return nil, nil
+	}
+	if task.Action == v1.ActionLaunch && inst.Status.LaunchedAt == nil {
+		t := metav1.NewTime(r.now())
+		inst.Status.LaunchedAt = &t
+	}
+	if inst.Status.VMState != v1.VMStateError {
+		inst.Status.Fault = nil
+	}
+	r.event(inst, corev1.EventTypeNormal, string(task.Action)+"Succeeded", string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
+	return nil, nil
+}
+
+// supportedActions are the actions the node agent of this version carries out; the rest are
+// refused with NotSupported rather than left waiting.
+var supportedActions = map[v1.Action]bool{v1.ActionLaunch: true, v1.ActionTerminate: true}
+
+// startRequestedAction compares the spec with the vm state and starts the action that closes
+// the gap, if the state machine allows it; otherwise it records why not.
+func (r *InstanceReconciler) startRequestedAction(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	if inst.Status.Task != nil {
+		return nil, nil
+	}
+	action, due := r.requestedAction(inst)
+	if !due {
+		return nil, nil
+	}
+	situation := lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState, Locked: inst.Spec.Locked}
+	if refusal := lifecycle.Check(action, situation); refusal != nil {
+		st.refusal = refusal
+		r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
+		return nil, nil
+	}
+	if !supportedActions[action] {
+		st.refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,
+			Message: fmt.Sprintf("%s is not supported by this version of kubenova yet", action)}
+		return nil, nil
+	}
+	r.startTask(inst, action)
+	return nil, nil
+}
+
+// requestedAction is the action the spec asks for now, if any.
+func (r *InstanceReconciler) requestedAction(inst *v1.Instance) (v1.Action, bool) {
+	if req := inst.Spec.RebootRequest; req != nil &&
+		(inst.Status.LastRebootRequestedAt == nil || !inst.Status.LastRebootRequestedAt.Equal(&req.RequestedAt)) {
+		if req.Type == v1.RebootHard {
+			return v1.ActionHardReboot, true
+		}
+		return v1.ActionReboot, true
+	}
+	if inst.Spec.Rescue != nil && inst.Status.VMState != v1.VMStateRescued {
+		return v1.ActionRescue, true
+	}
+	if inst.Spec.Rescue == nil && inst.Status.VMState == v1.VMStateRescued {
+		return v1.ActionUnrescue, true
+	}
+	desired := inst.Spec.PowerState
+	if desired == "" {
+		desired = v1.DesiredRunning
+	}
+	return lifecycle.PowerAction(desired, inst.Status.VMState)
+}
+
+// startTask gives the instance a new task with a fresh ID.
+func (r *InstanceReconciler) startTask(inst *v1.Instance, action v1.Action) {
+	tr, _ := lifecycle.Lookup(action)
+	inst.Status.LastTaskID++
+	inst.Status.Task = &v1.Task{ID: inst.Status.LastTaskID, Action: action, StartedAt: metav1.NewTime(r.now())}
+	inst.Status.TaskState = tr.FirstTask()
+}
+
+// setConditions summarises the instance in Ready, Reconciling and Stalled.
+func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState) {
+	desired := inst.Spec.PowerState
+	if desired == "" {
+		desired = v1.DesiredRunning
+	}
+	_, actionDue := r.requestedAction(inst)
+	obs := lifecycle.Observation{
+		VMState:        inst.Status.VMState,
+		TaskState:      inst.Status.TaskState,
+		DesiredReached: lifecycle.Reached(desired, inst.Status.VMState) && !actionDue,
+		Refusal:        st.refusal,
+		Waiting:        st.waiting,
+		Fault:          inst.Status.Fault,
+	}
+	for _, c := range lifecycle.Health(obs) {
+		c.ObservedGeneration = inst.Generation
+		meta.SetStatusCondition(&inst.Status.Conditions, c)
+	}
+	inst.Status.ObservedGeneration = inst.Generation
+}
+
+// reconcileDelete terminates the instance on its node, then lets the object go. When the node
+// is gone or down, it deletes locally as Nova does: the record goes at once and the returning
+// agent removes the domain and disks of instances that no longer exist.
+func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Instance) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(inst, v1.FinalizerInstance) {
+		return ctrl.Result{}, nil
+	}
+	if inst.Status.NodeName == "" {
+		return ctrl.Result{}, r.release(ctx, inst)
+	}
+	if down, why, err := r.nodeDown(ctx, inst.Status.NodeName); err != nil {
+		return ctrl.Result{}, err
+	} else if down {
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
+			"node %s is down (%s): deleted locally; its agent removes the domain and disks when it returns", inst.Status.NodeName, why)
+		return ctrl.Result{}, r.release(ctx, inst)
+	}
+	orig := inst.DeepCopy()
+	task := inst.Status.Task
+	if task == nil || task.Action != v1.ActionTerminate {
+		r.startTask(inst, v1.ActionTerminate)
+		r.event(inst, corev1.EventTypeNormal, "Terminating", "Terminate", "terminating on node %s", inst.Status.NodeName)
+		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, errStale) {
+			return ctrl.Result{RequeueAfter: staleRetry}, nil
+		} else if err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, nil
+	}
+	report := inst.Status.AgentReport
+	if report == nil || report.TaskID != task.ID {
+		// The agent is at it. Come back now and then in case its node goes down meanwhile.
+		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	if report.TaskResult == v1.TaskFailed {
+		// The agent retries on its own; keep the object so nothing is left behind unseen.
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s", report.NodeName, report.Message)
+		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	return ctrl.Result{}, r.release(ctx, inst)
+}
+
+// nodeDown says whether an instance's node can no longer act: its Hypervisor or Node object is
+// gone, or its agent stopped renewing its lease.
+func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, string, error) {
+	hv := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
+		return true, "no Hypervisor object", nil
+	} else if err != nil {
+		return false, "", err
+	}
+	if hv.Status.State == v1.HypervisorDown {
+		return true, "its agent stopped renewing its lease", nil
+	}
+	n := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); apierrors.IsNotFound(err) {
+		return true, "no Node object", nil
+	} else if err != nil {
+		return false, "", err
+	}
+	return false, "", nil
+}
+
+// release drops the instance's claim and finalizer.
+func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) error {
+	r.Placement.Lock()
+	r.Placement.Forget(inst.UID)
+	r.Placement.Unlock()
+	r.forgetAttempts(inst.UID)
+	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
+		return client.IgnoreNotFound(r.Update(ctx, inst))
+	}
+	return nil
+}
+
+// errStale says a status patch lost a race; the reconcile is repeated on fresh data.
+var errStale = errors.New("status changed underneath")
+
+// patchStatus writes status once, only if it changed, and only over the version it was computed
+// from: a conflict means someone (the agent) wrote in between, and the next reconcile starts
+// again from fresh data. This is what keeps a stale cache from placing an instance twice.
+func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
+	if equality.Semantic.DeepEqual(orig.Status, inst.Status) {
+		return nil
+	}
+	err := r.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		if orig.Status.NodeName == "" && inst.Status.NodeName != "" {
+			r.Placement.Lock()
+			r.Placement.Forget(inst.UID)
+			r.Placement.Unlock()
+		}
+		log.FromContext(ctx).V(1).Info("status changed underneath; retrying", "error", err.Error())
+		return errStale
+	}
+	return err
+}
+
+func (r *InstanceReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *InstanceReconciler) event(inst *v1.Instance, eventType, reason, action, note string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...)
+	}
+}
+
+// SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can
+// unblock an instance waiting to be placed.
+func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	waiting := handler.EnqueueRequestsFromMapFunc(r.waitingInstances)
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.Instance{}).
+		Watches(&v1.Flavor{}, waiting).
+		Watches(&v1.Image{}, waiting).
+		Watches(&v1.Hypervisor{}, waiting).
+		Watches(&corev1.Node{}, waiting).
+		Complete(r)
+}
+
+// waitingInstances lists the instances still waiting to be placed.
+func (r *InstanceReconciler) waitingInstances(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list v1.InstanceList
+	if err := r.List(ctx, &list); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if list.Items[i].Status.TaskState == v1.TaskStateScheduling || list.Items[i].Status.VMState == "" {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return out
+}

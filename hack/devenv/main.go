@@ -1,0 +1,79 @@
+// Command devenv is `make dev`: a local control plane, the manager and two agents on real
+// libvirt hosts, with the sample manifests applied. It stays up until Ctrl-C, then tears down
+// everything it started.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+func main() {
+	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/dev", "where the hosts, disks, kubeconfig and logs go")
+	hosts := flag.Int("hosts", 2, "how many libvirt hosts (compute nodes) to start")
+	flag.Parse()
+	if err := run(*workDir, *hosts); err != nil {
+		fmt.Fprintln(os.Stderr, "devenv:", err)
+		os.Exit(1)
+	}
+}
+
+func run(workDir string, hosts int) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Printf("starting kube-apiserver, etcd, %d libvirt hosts with their agents, and the manager in %s\n", hosts, workDir)
+	cluster, err := utils.StartCluster(ctx, workDir, hosts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("\ntearing down")
+		cluster.Stop()
+	}()
+
+	var manifests []byte
+	for _, name := range []string{"flavors.yaml", "image.yaml", "instance.yaml"} {
+		b, err := utils.RenderSample(name)
+		if err != nil {
+			return err
+		}
+		manifests = append(append(manifests, b...), []byte("\n---\n")...)
+	}
+	rendered := filepath.Join(workDir, "samples.yaml")
+	if err := os.WriteFile(rendered, manifests, 0o644); err != nil {
+		return err
+	}
+	out, err := cluster.Kubectl(ctx, "apply", "-f", rendered)
+	fmt.Print(out)
+	if err != nil {
+		return fmt.Errorf("apply samples: %w", err)
+	}
+
+	kubectl := filepath.Join(utils.BinDir(), "kubectl")
+	fmt.Printf(`
+kubenova is up. In another shell:
+
+  export KUBECONFIG=%s
+  %s get instances,hypervisors
+  %s describe instance demo
+  tail -f %s/hosts/host-*/storage/instances/*/console.log
+
+Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
+`, cluster.Kubeconfig, kubectl, kubectl, workDir, workDir)
+
+	watch := exec.CommandContext(ctx, kubectl, "get", "instances", "--watch")
+	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.Kubeconfig)
+	watch.Stdout, watch.Stderr = os.Stdout, os.Stderr
+	_ = watch.Run()
+	<-ctx.Done()
+	return nil
+}

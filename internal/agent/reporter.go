@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// Reporter keeps the agent's half of its Hypervisor's status and renews the node's Lease, the
+// heartbeat the manager judges the node by. It also removes domains whose Instance is gone.
+type Reporter struct {
+	Client client.Client
+	// Reader reads from the API server directly. Orphan checks must not trust the agent's
+	// cache, which holds only this node's instances: an instance evacuated elsewhere would look
+	// deleted there, and its disks would go.
+	Reader         client.Reader
+	Driver         driver.Driver
+	Storage        *storage.Node
+	NodeName       string
+	VirtType       v1.VirtType
+	MigrationURI   string
+	AgentVersion   string
+	LeaseNamespace string
+	// LeaseDuration is how long a renewal vouches for the node; the agent renews at a quarter
+	// of it, as kubelets do.
+	LeaseDuration time.Duration
+	// ReportPeriod is how often capacity and versions are re-read.
+	ReportPeriod time.Duration
+	// CleanupPeriod is how often orphaned domains are looked for.
+	CleanupPeriod time.Duration
+}
+
+// Start runs until ctx ends. It implements manager.Runnable.
+func (r *Reporter) Start(ctx context.Context) error {
+	logger := log.FromContext(ctx).WithName("reporter")
+	renew := time.NewTicker(r.LeaseDuration / 4)
+	defer renew.Stop()
+	report := time.NewTicker(r.ReportPeriod)
+	defer report.Stop()
+	cleanup := time.NewTicker(r.CleanupPeriod)
+	defer cleanup.Stop()
+
+	run := func(what string, f func(context.Context) error) {
+		if err := f(ctx); err != nil && ctx.Err() == nil {
+			logger.Error(err, what)
+		}
+	}
+	run("report hypervisor", r.ReportHypervisor)
+	run("renew lease", r.RenewLease)
+	run("clean up orphaned domains", r.CleanupOrphans)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-renew.C:
+			run("renew lease", r.RenewLease)
+		case <-report.C:
+			run("report hypervisor", r.ReportHypervisor)
+		case <-cleanup.C:
+			run("clean up orphaned domains", r.CleanupOrphans)
+		}
+	}
+}
+
+// ReportHypervisor creates the node's Hypervisor if needed and patches the fields the agent owns.
+func (r *Reporter) ReportHypervisor(ctx context.Context) error {
+	info, err := r.Driver.HostInfo(ctx)
+	if err != nil {
+		return err
+	}
+	disk, err := r.Storage.CapacityGiB()
+	if err != nil {
+		return err
+	}
+	hv := &v1.Hypervisor{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: r.NodeName}, hv); apierrors.IsNotFound(err) {
+		hv = &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
+		if err := r.Client.Create(ctx, hv); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create hypervisor %s: %w", r.NodeName, err)
+		}
+	} else if err != nil {
+		return err
+	}
+	orig := hv.DeepCopy()
+	s := &hv.Status
+	s.Capacity = v1.Resources{VCPUs: info.VCPUs, MemoryMiB: info.MemoryMiB, DiskGiB: disk}
+	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
+	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
+	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
+		return nil
+	}
+	// A plain merge patch carries only the fields changed here, all of them the agent's, so it
+	// cannot undo what the manager writes into the same status.
+	return r.Client.Status().Patch(ctx, hv, client.MergeFrom(orig))
+}
+
+// RenewLease records a heartbeat.
+func (r *Reporter) RenewLease(ctx context.Context) error {
+	key := types.NamespacedName{Namespace: r.LeaseNamespace, Name: "kubenova-agent-" + r.NodeName}
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{}
+	err := r.Client.Get(ctx, key, lease)
+	if apierrors.IsNotFound(err) {
+		lease = &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name,
+				Labels: map[string]string{v1.LabelHypervisor: r.NodeName}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(r.NodeName),
+				LeaseDurationSeconds: ptr.To(int32(r.LeaseDuration / time.Second)), RenewTime: &now},
+		}
+		return r.Client.Create(ctx, lease)
+	}
+	if err != nil {
+		return err
+	}
+	lease.Spec.RenewTime = &now
+	lease.Spec.HolderIdentity = ptr.To(r.NodeName)
+	lease.Spec.LeaseDurationSeconds = ptr.To(int32(r.LeaseDuration / time.Second))
+	return r.Client.Update(ctx, lease)
+}
+
+// CleanupOrphans destroys the domains of instances that no longer live here, as Nova's compute
+// does at start. An instance that was deleted loses its files too; one that now lives on
+// another node (evacuated) keeps them, since they may be the very disk it runs from now.
+func (r *Reporter) CleanupOrphans(ctx context.Context) error {
+	domains, err := r.Driver.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range domains {
+		if d.InstanceName == "" {
+			continue // not kubenova's
+		}
+		inst := &v1.Instance{}
+		err := r.Reader.Get(ctx, types.NamespacedName{Namespace: d.Namespace, Name: d.InstanceName}, inst)
+		switch {
+		case apierrors.IsNotFound(err) || (err == nil && string(inst.UID) != d.UUID):
+			log.FromContext(ctx).Info("removing the domain and files of a deleted instance", "domain", d.Name)
+			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
+				return err
+			}
+			if err := r.Storage.DeleteInstanceFiles(d.UUID); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName:
+			log.FromContext(ctx).Info("destroying the domain of an instance that now lives elsewhere; its disks stay",
+				"domain", d.Name, "node", inst.Status.NodeName)
+			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// NeedLeaderElection is false: every agent runs its reporter.
+func (r *Reporter) NeedLeaderElection() bool { return false }

@@ -1,0 +1,240 @@
+package utils
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// Cluster is kubenova running for real on one machine: kube-apiserver and etcd, the manager,
+// and one agent per libvirt "host" (its own libvirtd in its own mount and UTS namespace), each
+// with a Node object. `make dev` and the e2e suite both start one.
+type Cluster struct {
+	*Env
+	// WorkDir holds the kubeconfig, the hosts' state and disks, and the processes' logs.
+	WorkDir    string
+	Kubeconfig string
+	Hosts      []Host
+
+	procs []*exec.Cmd
+}
+
+// Host is one libvirt host playing a compute node.
+type Host struct {
+	Name        string
+	URI         string
+	StorageRoot string
+}
+
+// StartCluster starts a control plane, n libvirt hosts with their agents, and the manager.
+func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err error) {
+	if err := os.MkdirAll(filepath.Join(workDir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	env, err := StartEnv()
+	if err != nil {
+		return nil, err
+	}
+	c = &Cluster{Env: env, WorkDir: workDir}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	if err := c.writeKubeconfig(); err != nil {
+		return c, err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubenova-system"}}
+	if err := c.Client.Create(ctx, ns); err != nil {
+		return c, fmt.Errorf("create namespace kubenova-system: %w", err)
+	}
+	if err := c.startHosts(ctx, n); err != nil {
+		return c, err
+	}
+	for _, h := range c.Hosts {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: h.Name, Labels: map[string]string{
+			"kubernetes.io/hostname": h.Name, "topology.kubernetes.io/zone": "zone-1"}}}
+		if err := c.Client.Create(ctx, node); err != nil {
+			return c, fmt.Errorf("create node %s: %w", h.Name, err)
+		}
+		if err := c.StartAgent(h); err != nil {
+			return c, err
+		}
+	}
+	if err := c.start("manager", filepath.Join(BinDir(), "manager"),
+		"--health-probe-bind-address=0", "--node-down-grace=5s"); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// writeKubeconfig gives the processes and kubectl an administrator's kubeconfig.
+func (c *Cluster) writeKubeconfig() error {
+	user, err := c.ControlPlane.AddUser(envtest.User{Name: "kubenova-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("add admin user: %w", err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig = filepath.Join(c.WorkDir, "kubeconfig")
+	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+}
+
+func (c *Cluster) startHosts(ctx context.Context, n int) error {
+	dir := filepath.Join(c.WorkDir, "hosts")
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	// A previous run cut short may have left hosts running; stop them before starting anew.
+	_ = exec.CommandContext(ctx, script, "stop", dir).Run()
+	out, err := exec.CommandContext(ctx, script, "start", dir, fmt.Sprint(n)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("start libvirt hosts: %w: %s", err, out)
+	}
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("host-%d", i)
+		uri, err := os.ReadFile(filepath.Join(dir, name, "uri"))
+		if err != nil {
+			return err
+		}
+		c.Hosts = append(c.Hosts, Host{Name: name, URI: strings.TrimSpace(string(uri)),
+			StorageRoot: filepath.Join(dir, name, "storage")})
+	}
+	return nil
+}
+
+// StartAgent starts the agent of one host.
+func (c *Cluster) StartAgent(h Host) error {
+	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"),
+		"--node-name="+h.Name, "--libvirt-uri="+h.URI, "--virt-type=qemu",
+		"--storage-root="+h.StorageRoot, "--lease-duration=12s")
+}
+
+// start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.
+func (c *Cluster) start(name, binary string, args ...string) error {
+	logFile, err := os.Create(filepath.Join(c.WorkDir, "logs", name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = logFile.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	c.procs = append(c.procs, cmd)
+	return nil
+}
+
+// Kubectl runs bin/kubectl against the cluster.
+func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(BinDir(), "kubectl"), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// Virsh runs virsh against one host.
+func (h Host) Virsh(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-c", h.URI}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Stop ends the processes, the libvirt hosts (and their guests) and the control plane. It is
+// safe to call on a cluster that only partly started.
+func (c *Cluster) Stop() {
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		stopProcess(c.procs[i])
+	}
+	c.procs = nil
+	if len(c.Hosts) > 0 || fileExists(filepath.Join(c.WorkDir, "hosts", "hosts")) {
+		script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+		if out, err := exec.Command(script, "stop", filepath.Join(c.WorkDir, "hosts")).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "stop libvirt hosts: %v: %s\n", err, out)
+		}
+	}
+	if c.Env != nil {
+		_ = c.Env.Stop()
+	}
+}
+
+// stopProcess sends SIGTERM to the process group, then SIGKILL after ten seconds.
+func stopProcess(cmd *exec.Cmd) {
+	if cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// StopAgent ends one host's agent, as a node failure would (its libvirtd and guests stay).
+func (c *Cluster) StopAgent(h Host) error {
+	for i, cmd := range c.procs {
+		if filepath.Base(cmd.Path) == "agent" && containsArg(cmd.Args, "--node-name="+h.Name) {
+			stopProcess(cmd)
+			c.procs = append(c.procs[:i], c.procs[i+1:]...)
+			return nil
+		}
+	}
+	return errors.New("no agent runs for " + h.Name)
+}
+
+func containsArg(args []string, want string) bool {
+	for _, a := range args {
+		if a == want {
+			return true
+		}
+	}
+	return false
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// GuestImage is the test guest built by hack/build-test-guest.sh, and its digest.
+func GuestImage() (path, sha string, err error) {
+	path = filepath.Join(BinDir(), "guest", "kubenova-test-guest.qcow2")
+	sum, err := os.ReadFile(path + ".sha256")
+	if err != nil {
+		return "", "", fmt.Errorf("test guest missing (run make test-guest): %w", err)
+	}
+	return path, strings.TrimSpace(string(sum)), nil
+}
+
+// RenderSample reads a manifest of config/samples with ${GUEST_IMAGE} and ${GUEST_SHA256}
+// filled in.
+func RenderSample(name string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "config", "samples", name))
+	if err != nil {
+		return nil, err
+	}
+	img, sha, err := GuestImage()
+	if err != nil {
+		return nil, err
+	}
+	return []byte(strings.NewReplacer("${GUEST_IMAGE}", img, "${GUEST_SHA256}", sha).Replace(string(b))), nil
+}
