@@ -1,0 +1,58 @@
+// Package e2e runs kubenova for real: kube-apiserver and etcd, the manager binary, and one agent
+// binary per libvirt host, each host its own libvirtd in its own namespaces, booting the tiny
+// test guest under QEMU.
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+var cluster *utils.Cluster
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "kubenova e2e")
+}
+
+var _ = BeforeSuite(func(ctx SpecContext) {
+	workDir := os.Getenv("KUBENOVA_WORK_DIR")
+	if workDir == "" {
+		workDir = filepath.Join(os.TempDir(), "kubenova-e2e")
+	}
+	Expect(os.RemoveAll(filepath.Join(workDir, "hosts"))).To(Succeed())
+	start := time.Now()
+	var err error
+	cluster, err = utils.StartCluster(context.Background(), workDir, 2)
+	Expect(err).NotTo(HaveOccurred())
+	GinkgoWriter.Printf("cluster with 2 hosts started in %s (work dir %s)\n", time.Since(start).Round(time.Millisecond), workDir)
+}, NodeTimeout(3*time.Minute))
+
+var _ = AfterSuite(func() {
+	if cluster != nil {
+		cluster.Stop()
+	}
+})
+
+// Dump the processes' logs when a spec fails, so CI output says why.
+var _ = ReportAfterEach(func(report SpecReport) {
+	if !report.Failed() || cluster == nil {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(cluster.WorkDir, "logs", "*.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if len(b) > 6000 {
+			b = b[len(b)-6000:]
+		}
+		GinkgoWriter.Printf("==== %s (tail)\n%s\n", l, b)
+	}
+})

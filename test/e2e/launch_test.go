@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+const bootLine = "kubenova-test-guest: booted count=1"
+
+func instance(ctx context.Context, name string) func() (*v1.Instance, error) {
+	return func() (*v1.Instance, error) {
+		inst := &v1.Instance{}
+		err := cluster.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, inst)
+		return inst, err
+	}
+}
+
+func host(name string) utils.Host {
+	for _, h := range cluster.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	Fail("no host " + name)
+	return utils.Host{}
+}
+
+func applySample(ctx context.Context, name string) {
+	manifest, err := utils.RenderSample(name)
+	Expect(err).NotTo(HaveOccurred())
+	path := filepath.Join(cluster.WorkDir, "rendered-"+name)
+	Expect(os.WriteFile(path, manifest, 0o644)).To(Succeed())
+	out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+	Expect(err).NotTo(HaveOccurred(), out)
+}
+
+var _ = Describe("Launch and terminate", Ordered, func() {
+	BeforeAll(func(ctx SpecContext) {
+		Eventually(func(g Gomega) {
+			var hvs v1.HypervisorList
+			g.Expect(cluster.Client.List(ctx, &hvs)).To(Succeed())
+			g.Expect(hvs.Items).To(HaveLen(2))
+			for _, hv := range hvs.Items {
+				g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp), hv.Name)
+				g.Expect(hv.Status.VirtType).To(Equal(v1.VirtTypeQEMU))
+				g.Expect(hv.Status.Capacity.VCPUs).To(BeNumerically(">", 0))
+				g.Expect(hv.Status.LibvirtVersion).NotTo(BeEmpty())
+				g.Expect(hv.Status.HostUUID).NotTo(BeEmpty())
+			}
+			g.Expect(hvs.Items[0].Status.HostUUID).NotTo(Equal(hvs.Items[1].Status.HostUUID), "each host has its own libvirt host UUID")
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+	})
+
+	It("boots real guests on both nodes, shows Nova's columns, and removes domain and disk on delete", func(ctx SpecContext) {
+		// Two instances of 256 MiB: the RAM-spread weigher puts them on different nodes.
+		second := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: demo-2", 1)
+		Expect(os.WriteFile(filepath.Join(cluster.WorkDir, "demo-2.yaml"), []byte(second), 0o644)).To(Succeed())
+		applied := time.Now()
+		applySample(ctx, "instance.yaml")
+		out, err := cluster.Kubectl(ctx, "apply", "-f", filepath.Join(cluster.WorkDir, "demo-2.yaml"))
+		Expect(err).NotTo(HaveOccurred(), out)
+
+		nodes := map[string]string{}
+		for _, name := range []string{"demo", "demo-2"} {
+			Eventually(func(g Gomega) {
+				inst, err := instance(ctx, name)()
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
+				g.Expect(inst.Status.TaskState).To(BeEmpty())
+				g.Expect(inst.Status.PowerState).To(Equal(v1.PowerStateRunning))
+				g.Expect(meta.IsStatusConditionTrue(inst.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+				g.Expect(inst.Status.ObservedGeneration).To(Equal(inst.Generation))
+				nodes[name] = inst.Status.NodeName
+			}).WithContext(ctx).WithTimeout(90 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+		}
+		GinkgoWriter.Printf("apply to Active (both instances): %s\n", time.Since(applied).Round(time.Millisecond))
+		Expect(nodes["demo"]).NotTo(Equal(nodes["demo-2"]), "RAM spread places the two instances on different nodes")
+
+		var disk string
+		for name, node := range nodes {
+			inst, err := instance(ctx, name)()
+			Expect(err).NotTo(HaveOccurred())
+			h := host(node)
+			dominfo, err := h.Virsh(ctx, "domstate", inst.Status.AgentReport.DomainName)
+			Expect(err).NotTo(HaveOccurred(), dominfo)
+			Expect(dominfo).To(ContainSubstring("running"))
+			Eventually(func() (string, error) {
+				b, err := os.ReadFile(inst.Status.AgentReport.ConsoleLogPath)
+				return string(b), err
+			}).WithContext(ctx).WithTimeout(90*time.Second).WithPolling(250*time.Millisecond).Should(ContainSubstring(bootLine), name)
+			GinkgoWriter.Printf("%s: apply to console boot line: %s\n", name, time.Since(applied).Round(time.Millisecond))
+			if name == "demo" {
+				disk = filepath.Join(h.StorageRoot, "instances", string(inst.UID), "disk")
+			}
+		}
+		Expect(disk).To(BeAnExistingFile())
+
+		out, err = cluster.Kubectl(ctx, "get", "instances", "-n", "default")
+		Expect(err).NotTo(HaveOccurred(), out)
+		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
+		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "FLAVOR", "IMAGE", "AGE"}))
+		Expect(out).To(MatchRegexp(`demo\s+Active\s+Running\s+host-\d\s+m1.tiny\s+test-guest`))
+		GinkgoWriter.Printf("kubectl get instances:\n%s", out)
+
+		demo, err := instance(ctx, "demo")()
+		Expect(err).NotTo(HaveOccurred())
+		h := host(demo.Status.NodeName)
+		deleted := time.Now()
+		out, err = cluster.Kubectl(ctx, "delete", "instance", "demo", "-n", "default", "--wait=true", "--timeout=60s")
+		Expect(err).NotTo(HaveOccurred(), out)
+		GinkgoWriter.Printf("kubectl delete to gone: %s\n", time.Since(deleted).Round(time.Millisecond))
+		list, err := h.Virsh(ctx, "list", "--all", "--name")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(list).NotTo(ContainSubstring(demo.Status.AgentReport.DomainName))
+		Expect(disk).NotTo(BeAnExistingFile())
+		_, err = os.Stat(filepath.Dir(disk))
+		Expect(os.IsNotExist(err)).To(BeTrue(), "the instance directory is gone")
+		base, err := filepath.Glob(filepath.Join(h.StorageRoot, "_base", "*"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(base).NotTo(BeEmpty(), "the node's image cache is kept")
+
+		// The other instance and its disk are untouched.
+		other, err := instance(ctx, "demo-2")()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(other.Status.VMState).To(Equal(v1.VMStateActive))
+		Expect(filepath.Join(host(other.Status.NodeName).StorageRoot, "instances", string(other.UID), "disk")).To(BeAnExistingFile())
+
+		out, err = cluster.Kubectl(ctx, "delete", "instance", "demo-2", "-n", "default", "--wait=true", "--timeout=60s")
+		Expect(err).NotTo(HaveOccurred(), out)
+	}, NodeTimeout(5*time.Minute))
+
+	It("does not hang deleting an instance whose node died", func(ctx SpecContext) {
+		second := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: orphan", 1)
+		path := filepath.Join(cluster.WorkDir, "orphan.yaml")
+		Expect(os.WriteFile(path, []byte(second), 0o644)).To(Succeed())
+		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		var inst *v1.Instance
+		Eventually(func(g Gomega) {
+			inst, err = instance(ctx, "orphan")()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
+		}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
+		h := host(inst.Status.NodeName)
+
+		By("stopping the node's agent, as a node failure would")
+		Expect(cluster.StopAgent(h)).To(Succeed())
+		Eventually(func(g Gomega) {
+			hv := &v1.Hypervisor{}
+			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)).To(Succeed())
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorDown))
+			g.Expect(meta.IsStatusConditionFalse(hv.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+
+		out, err = cluster.Kubectl(ctx, "delete", "instance", "orphan", "-n", "default", "--wait=true", "--timeout=60s")
+		Expect(err).NotTo(HaveOccurred(), out)
+
+		By("restarting the agent: it removes the domain and files of the deleted instance")
+		Expect(cluster.StartAgent(h)).To(Succeed())
+		Eventually(func() (string, error) {
+			return h.Virsh(ctx, "list", "--all", "--name")
+		}).WithContext(ctx).WithTimeout(60 * time.Second).ShouldNot(ContainSubstring(inst.Status.AgentReport.DomainName))
+		Eventually(filepath.Join(h.StorageRoot, "instances", string(inst.UID))).WithTimeout(30 * time.Second).ShouldNot(BeADirectory())
+		Eventually(func(g Gomega) {
+			hv := &v1.Hypervisor{}
+			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)).To(Succeed())
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+	}, NodeTimeout(5*time.Minute))
+})
+
+func mustRender(name string) string {
+	b, err := utils.RenderSample(name)
+	Expect(err).NotTo(HaveOccurred())
+	return string(b)
+}
