@@ -10,10 +10,8 @@ export GOFLAGS
 
 CONTROLLER_GEN_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
-GINKGO_VERSION ?= v2.34.0
 CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
-GINKGO := $(BIN)/ginkgo
 
 # Where the e2e suite and `make dev` keep their libvirt hosts, disks and logs.
 WORK_DIR ?= /var/lib/kubenova-dev
@@ -65,11 +63,11 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 
 .PHONY: test-unit
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
-	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... -count=1
+	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
-test-e2e: build $(GINKGO) ## End-to-end suite: API server, manager and two agents on real libvirt guests.
-	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e $(GINKGO) -v --timeout=20m ./test/e2e
+test-e2e: build ## End-to-end suite: API server, manager and two agents on real libvirt guests.
+	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
 
 .PHONY: test
 test: manifests generate vet control-plane libvirt test-guest test-unit test-e2e ## Everything: generate, vet, unit, envtest and e2e.
@@ -92,6 +90,3 @@ $(CONTROLLER_GEN):
 
 $(GOLANGCI_LINT):
 	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
-
-$(GINKGO):
-	GOBIN=$(BIN) go install github.com/onsi/ginkgo/v2/ginkgo@$(GINKGO_VERSION)

@@ -16,8 +16,8 @@ type Observation struct {
 	DesiredReached bool
 	// Refusal is the request the state machine turned down, if any.
 	Refusal *Refusal
-	// Waiting explains why the instance is not there yet when no task runs (for example no
-	// node fits yet); nil when nothing is pending.
+	// Waiting explains what a task waits for (for example a node that fits, or a missing
+	// flavor); nil when nothing blocks it. It is more telling than the task's name.
 	Waiting *Refusal
 	// Fault is why the instance is in Error.
 	Fault *v1.InstanceFault
@@ -32,6 +32,9 @@ func Health(o Observation) []metav1.Condition {
 	stalled := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionFalse}
 
 	switch {
+	case o.Waiting != nil:
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Waiting.Reason, o.Waiting.Message
+		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, ready.Reason, ready.Message
 	case o.TaskState != v1.TaskStateNone:
 		ready.Status, ready.Reason = metav1.ConditionFalse, v1.ReasonTaskInProgress
 		ready.Message = fmt.Sprintf("task %s in progress (vm state %s)", o.TaskState, o.VMState)
@@ -46,9 +49,6 @@ func Health(o Observation) []metav1.Condition {
 	case o.Refusal != nil:
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Refusal.Reason, o.Refusal.Message
 		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, ready.Reason, ready.Message
-	case o.Waiting != nil:
-		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Waiting.Reason, o.Waiting.Message
-		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, ready.Reason, ready.Message
 	case o.DesiredReached:
 		ready.Status, ready.Reason = metav1.ConditionTrue, v1.ReasonDesiredStateReached
 		ready.Message = fmt.Sprintf("the instance is %s as its spec asks", o.VMState)

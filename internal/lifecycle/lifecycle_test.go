@@ -229,7 +229,7 @@ func TestHealth(t *testing.T) {
 		{"in a task", Observation{VMState: v1.VMStateActive, TaskState: v1.TaskStatePausing}, want{F, T, F}},
 		{"error", Observation{VMState: v1.VMStateError, Fault: &v1.InstanceFault{Message: "disk gone"}}, want{F, F, T}},
 		{"refused request", Observation{VMState: v1.VMStateStopped, Refusal: refused}, want{F, F, T}},
-		{"waiting for a host", Observation{VMState: v1.VMStateBuilding, Waiting: &Refusal{Reason: v1.ReasonNoValidHost, Message: "no host"}}, want{F, T, F}},
+		{"waiting for a host", Observation{VMState: v1.VMStateBuilding, TaskState: v1.TaskStateScheduling, Waiting: &Refusal{Reason: v1.ReasonNoValidHost, Message: "no host"}}, want{F, T, F}},
 		{"not there, nothing running", Observation{VMState: v1.VMStateResized}, want{F, T, F}},
 	}
 	for _, c := range cases {
@@ -244,8 +244,20 @@ func TestHealth(t *testing.T) {
 			}
 		}
 	}
+	waiting := Health(Observation{VMState: v1.VMStateBuilding, TaskState: v1.TaskStateScheduling,
+		Waiting: &Refusal{Reason: v1.ReasonFlavorNotFound, Message: "flavor x does not exist"}})
+	if waiting[0].Reason != v1.ReasonFlavorNotFound {
+		t.Errorf("what a task waits for should be the Ready reason, got %s", waiting[0].Reason)
+	}
 	errConds := Health(Observation{VMState: v1.VMStateError, Fault: &v1.InstanceFault{Message: "disk gone"}})
 	if !strings.Contains(errConds[0].Message, "disk gone") {
 		t.Errorf("an Error's message should carry the fault: %q", errConds[0].Message)
+	}
+}
+
+func TestHealthOfATaskOutOfError(t *testing.T) {
+	conds := Health(Observation{VMState: v1.VMStateError, TaskState: v1.TaskStateRebootingHard})
+	if conds[1].Status != metav1.ConditionTrue || conds[2].Status != metav1.ConditionFalse {
+		t.Errorf("a hard reboot out of Error is progress, not a stall: %+v", conds)
 	}
 }

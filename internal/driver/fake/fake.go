@@ -16,10 +16,8 @@ import (
 type Driver struct {
 	mu      sync.Mutex
 	domains map[string]*domain
-	// FailSpawn, when set, is returned by Spawn.
-	FailSpawn error
-	// Calls counts calls by method name.
-	Calls map[string]int
+	failSpawn error
+	calls     map[string]int
 }
 
 type domain struct {
@@ -31,11 +29,33 @@ var _ driver.Driver = (*Driver)(nil)
 
 // New returns an empty fake.
 func New() *Driver {
-	return &Driver{domains: map[string]*domain{}, Calls: map[string]int{}}
+	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}}
 }
 
 func (d *Driver) called(name string) {
-	d.Calls[name]++
+	d.calls[name]++
+}
+
+// SetFailSpawn makes Spawn return err from now on; nil heals it.
+func (d *Driver) SetFailSpawn(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failSpawn = err
+}
+
+// CallCount says how often a method was called.
+func (d *Driver) CallCount(method string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.calls[method]
+}
+
+// Has says whether a domain with this UUID is defined.
+func (d *Driver) Has(uuid string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.domains[uuid]
+	return ok
 }
 
 // Spawn implements driver.Driver.
@@ -43,8 +63,8 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.called("Spawn")
-	if d.FailSpawn != nil {
-		return d.FailSpawn
+	if d.failSpawn != nil {
+		return d.failSpawn
 	}
 	if m.UUID == "" || m.RootDisk == "" {
 		return fmt.Errorf("spawn %s: machine lacks uuid or root disk", m.Name)

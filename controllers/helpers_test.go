@@ -1,0 +1,90 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
+
+// makeNode creates a Node and its Hypervisor with the given capacity (allocation ratios 1.0,
+// so the capacity is exact) and a lease that keeps it up for leaseFor.
+func makeNode(ctx context.Context, name string, capacity v1.Resources, labels map[string]string, leaseFor time.Duration) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	Expect(k8s.Create(ctx, node)).To(Succeed())
+	hv := &v1.Hypervisor{ObjectMeta: metaName(name), Spec: v1.HypervisorSpec{
+		CPUAllocationRatio: "1.0", MemoryAllocationRatio: "1.0", DiskAllocationRatio: "1.0"}}
+	Expect(k8s.Create(ctx, hv)).To(Succeed())
+	// The manager writes this status too, so a write may conflict; retry on fresh data.
+	Eventually(func() error {
+		cur := hypervisor(ctx, name)
+		cur.Status.Capacity = capacity
+		cur.Status.VirtType = v1.VirtTypeQEMU
+		return k8s.Status().Update(ctx, cur)
+	}).WithContext(ctx).Should(Succeed())
+	renewLease(ctx, name, leaseFor)
+	Eventually(func() v1.HypervisorState { return hypervisor(ctx, name).Status.State }).Should(Equal(v1.HypervisorUp))
+}
+
+func renewLease(ctx context.Context, node string, d time.Duration) {
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: leaseNamespace, Name: LeaseName(node),
+		Labels: map[string]string{v1.LabelHypervisor: node}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(d / time.Second)), RenewTime: &now}}
+	err := k8s.Create(ctx, lease)
+	if apierrors.IsAlreadyExists(err) {
+		existing := &coordinationv1.Lease{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: LeaseName(node)}, existing)).To(Succeed())
+		existing.Spec = lease.Spec
+		err = k8s.Update(ctx, existing)
+	}
+	Expect(err).NotTo(HaveOccurred())
+}
+
+func hypervisor(ctx context.Context, name string) *v1.Hypervisor {
+	hv := &v1.Hypervisor{}
+	Expect(k8s.Get(ctx, types.NamespacedName{Name: name}, hv)).To(Succeed())
+	return hv
+}
+
+func makeFlavor(ctx context.Context, name string, vcpus, memMiB, diskGiB int32) {
+	Expect(k8s.Create(ctx, &v1.Flavor{ObjectMeta: metaName(name),
+		Spec: v1.FlavorSpec{VCPUs: vcpus, MemoryMiB: memMiB, DiskGiB: diskGiB}})).To(Succeed())
+}
+
+func makeImage(ctx context.Context, namespace, name string) {
+	Expect(k8s.Create(ctx, &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec: v1.ImageSpec{Source: v1.ImageSource{File: imageFile}, SHA256: imageSum, DiskFormat: v1.DiskFormatQCOW2}})).To(Succeed())
+}
+
+func makeNamespace(ctx context.Context, prefix string) string {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	Expect(k8s.Create(ctx, ns)).To(Succeed())
+	return ns.Name
+}
+
+func newInstance(namespace, name, flavor, image string) *v1.Instance {
+	return &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec: v1.InstanceSpec{Flavor: flavor, Image: v1.ImageReference{Name: image}}}
+}
+
+func get(ctx context.Context, inst *v1.Instance) func() (*v1.Instance, error) {
+	return func() (*v1.Instance, error) {
+		out := &v1.Instance{}
+		err := k8s.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: inst.Name}, out)
+		return out, err
+	}
+}
+
+func unique(prefix string) string { return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()) }

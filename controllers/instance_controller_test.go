@@ -1,0 +1,241 @@
+package controllers
+
+import (
+	"errors"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// onNodeA keeps an instance on the node that has the (fake) agent.
+var onNodeA = map[string]string{"agent": "fake"}
+
+var _ = Describe("Instance controller", Ordered, func() {
+	BeforeAll(func(ctx SpecContext) {
+		makeNode(ctx, "node-a", v1.Resources{VCPUs: 8, MemoryMiB: 16384, DiskGiB: 100}, onNodeA, time.Hour)
+		makeFlavor(ctx, "small", 1, 256, 1)
+		makeFlavor(ctx, "huge", 64, 1<<20, 1)
+	})
+
+	It("launches: Building/Scheduling, then Spawning on the node, then Active and Ready", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "launch")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+			g.Expect(got.Status.PowerState).To(Equal(v1.PowerStateRunning))
+			g.Expect(got.Status.NodeName).To(Equal("node-a"))
+			g.Expect(got.Status.Flavor.VCPUs).To(Equal(int32(1)))
+			g.Expect(got.Status.LaunchedAt).NotTo(BeNil())
+			g.Expect(got.Finalizers).To(ContainElement(v1.FinalizerInstance))
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
+			g.Expect(ready.ObservedGeneration).To(Equal(got.Generation))
+			g.Expect(meta.IsStatusConditionFalse(got.Status.Conditions, v1.ConditionReconciling)).To(BeTrue())
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionScheduled)).To(BeTrue())
+			g.Expect(fakeDriver.Has(string(got.UID))).To(BeTrue())
+		}).WithContext(ctx).Should(Succeed())
+
+		Eventually(func() v1.Resources { return hypervisor(ctx, "node-a").Status.Allocated }).
+			WithContext(ctx).Should(Equal(v1.Resources{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}))
+
+		By("terminating")
+		got, _ := get(ctx, inst)()
+		Expect(k8s.Delete(ctx, inst)).To(Succeed())
+		Eventually(func() bool {
+			_, err := get(ctx, inst)()
+			return apierrors.IsNotFound(err)
+		}).WithContext(ctx).Should(BeTrue())
+		Expect(fakeDriver.Has(string(got.UID))).To(BeFalse(), "the domain is destroyed")
+		dir, err := agentStore.InstanceDir(string(got.UID))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dir).NotTo(BeADirectory(), "the instance's files are deleted")
+		Eventually(func() v1.Resources { return hypervisor(ctx, "node-a").Status.Allocated }).
+			WithContext(ctx).Should(Equal(v1.Resources{}))
+	})
+
+	It("waits with FlavorNotFound until the flavor exists", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "flavorless")
+		makeImage(ctx, ns, "img")
+		flavor := unique("later")
+		inst := newInstance(ns, "web", flavor, "img")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonFlavorNotFound), "%+v", got.Status)
+			g.Expect(ready.Message).To(ContainSubstring(flavor))
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateBuilding))
+		}).WithContext(ctx).Should(Succeed())
+
+		makeFlavor(ctx, flavor, 1, 128, 1)
+		Eventually(func() (v1.VMState, error) {
+			got, err := get(ctx, inst)()
+			return got.Status.VMState, err
+		}).WithContext(ctx).Should(Equal(v1.VMStateActive))
+	})
+
+	It("says NoValidHost with the filter to blame, records an Event, and places once a node fits", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "novalid")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "big", "huge", "img")
+		inst.Spec.NodeSelector = map[string]string{"pool": "big"}
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			sched := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionScheduled)
+			g.Expect(sched).NotTo(BeNil())
+			g.Expect(sched.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(sched.Reason).To(Equal(v1.ReasonNoValidHost))
+			g.Expect(sched.Message).To(ContainSubstring("NodeSelectorFilter rejected"))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReconciling)).To(BeTrue(),
+				"waiting for a host is progress to kstatus, not failure")
+		}).WithContext(ctx).Should(Succeed())
+		Eventually(func(g Gomega) {
+			var events eventsv1.EventList
+			g.Expect(k8s.List(ctx, &events, client.InNamespace(ns))).To(Succeed())
+			reasons := []string{}
+			for _, e := range events.Items {
+				if e.Regarding.Name == "big" {
+					reasons = append(reasons, e.Reason)
+				}
+			}
+			g.Expect(reasons).To(ContainElement(v1.ReasonNoValidHost))
+		}).WithContext(ctx).Should(Succeed())
+
+		By("adding a node that fits, without an agent: the instance is placed there and waits in Spawning")
+		makeNode(ctx, "big-node", v1.Resources{VCPUs: 64, MemoryMiB: 1 << 21, DiskGiB: 100}, map[string]string{"pool": "big"}, time.Hour)
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.NodeName).To(Equal("big-node"))
+			g.Expect(got.Status.TaskState).To(Equal(v1.TaskStateSpawning))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionScheduled)).To(BeTrue())
+		}).WithContext(ctx).Should(Succeed())
+
+		By("deleting it while its node's agent never answers: once the node is down, it goes")
+		Expect(k8s.Delete(ctx, inst)).To(Succeed())
+		Consistently(func() error { _, err := get(ctx, inst)(); return err }).WithContext(ctx).
+			WithTimeout(2 * time.Second).Should(Succeed(), "the node is up: the agent must get its chance to clean up")
+		expireLease(ctx, "big-node")
+		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).
+			WithContext(ctx).WithTimeout(30 * time.Second).Should(BeTrue())
+	})
+
+	It("never overcommits a small node when many instances launch at once", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "crowd")
+		makeImage(ctx, ns, "img")
+		makeNode(ctx, "tiny-node", v1.Resources{VCPUs: 3, MemoryMiB: 3 * 256, DiskGiB: 100}, map[string]string{"pool": "tiny"}, time.Hour)
+		const launched = 12
+		for i := 0; i < launched; i++ {
+			inst := newInstance(ns, unique("crowd"), "small", "img")
+			inst.Spec.NodeSelector = map[string]string{"pool": "tiny"}
+			Expect(k8s.Create(ctx, inst)).To(Succeed())
+		}
+		count := func() (placed, refused int) {
+			var list v1.InstanceList
+			Expect(k8s.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+			for _, inst := range list.Items {
+				if inst.Status.NodeName == "tiny-node" {
+					placed++
+				}
+				if c := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionScheduled); c != nil && c.Reason == v1.ReasonNoValidHost {
+					refused++
+				}
+			}
+			return placed, refused
+		}
+		Eventually(func(g Gomega) {
+			placed, refused := count()
+			g.Expect(placed).To(Equal(3))
+			g.Expect(refused).To(Equal(launched - 3))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		Consistently(func() int { p, _ := count(); return p }).WithContext(ctx).WithTimeout(3 * time.Second).Should(Equal(3))
+		Eventually(func() v1.Resources { return hypervisor(ctx, "tiny-node").Status.Allocated }).
+			WithContext(ctx).Should(Equal(v1.Resources{VCPUs: 3, MemoryMiB: 768, DiskGiB: 3}))
+
+		expireLease(ctx, "tiny-node")
+		Expect(k8s.DeleteAllOf(ctx, &v1.Instance{}, client.InNamespace(ns))).To(Succeed())
+		Eventually(func() int { p, _ := count(); return p }).WithContext(ctx).WithTimeout(30 * time.Second).Should(BeZero())
+	})
+
+	It("puts an instance whose spawn fails in Error, with the fault, as Stalled", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "broken")
+		makeImage(ctx, ns, "img")
+		fakeDriver.SetFailSpawn(errors.New("the disk is on fire"))
+		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateError))
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+			g.Expect(got.Status.Fault).NotTo(BeNil())
+			g.Expect(got.Status.Fault.Message).To(ContainSubstring("the disk is on fire"))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready.Reason).To(Equal(v1.ReasonInstanceError))
+		}).WithContext(ctx).Should(Succeed())
+	})
+
+	It("refuses requests the state machine forbids, with a reason, and changes nothing", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "refuse")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func() (v1.VMState, error) { got, err := get(ctx, inst)(); return got.Status.VMState, err }).
+			WithContext(ctx).Should(Equal(v1.VMStateActive))
+
+		By("locking it and asking for a reboot")
+		got, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		got.Spec.Locked = true
+		got.Spec.LockedReason = "audit"
+		got.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: metav1.Now()}
+		Expect(k8s.Update(ctx, got)).To(Succeed())
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready.Reason).To(Equal(v1.ReasonLocked))
+			g.Expect(ready.ObservedGeneration).To(Equal(cur.Generation))
+			g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
+			g.Expect(cur.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(cur.Status.Task).To(BeNil())
+		}).WithContext(ctx).Should(Succeed())
+	})
+})
+
+// expireLease makes a node's heartbeat lapse, as when its agent dies.
+func expireLease(ctx SpecContext, node string) {
+	lease := &coordinationv1.Lease{}
+	Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: LeaseName(node)}, lease)).To(Succeed())
+	old := metav1.NewMicroTime(time.Now().Add(-time.Hour))
+	lease.Spec.RenewTime = &old
+	Expect(k8s.Update(ctx, lease)).To(Succeed())
+	Eventually(func() v1.HypervisorState { return hypervisor(ctx, node).Status.State }).WithContext(ctx).Should(Equal(v1.HypervisorDown))
+}

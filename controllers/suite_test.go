@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/agent"
+	"github.com/kubenova/kubenova/internal/driver/fake"
+	"github.com/kubenova/kubenova/internal/scheduler"
+	"github.com/kubenova/kubenova/internal/storage"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+// The controller suite runs the manager's reconcilers against a real kube-apiserver and etcd,
+// with one in-process agent on node "node-a" whose driver is the fake: the protocol between
+// manager and agent is real, only the hypervisor is not.
+var (
+	env        *utils.Env
+	k8s        client.Client
+	fakeDriver *fake.Driver
+	agentStore *storage.Node
+	imageFile  string
+	imageSum   string
+	cancel     context.CancelFunc
+)
+
+const leaseNamespace = "kubenova-system"
+
+func TestControllers(t *testing.T) {
+	RegisterFailHandler(Fail)
+	SetDefaultEventuallyTimeout(20 * time.Second)
+	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
+	SetDefaultConsistentlyDuration(2 * time.Second)
+	EnforceDefaultTimeoutsWhenUsingContexts()
+	RunSpecs(t, "controllers")
+}
+
+var _ = BeforeSuite(func() {
+	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	var err error
+	env, err = utils.StartEnv()
+	Expect(err).NotTo(HaveOccurred())
+	k8s = env.Client
+	ctx, c := context.WithCancel(context.Background())
+	cancel = c
+	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metaName(leaseNamespace)})).To(Succeed())
+
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"}})
+	Expect(err).NotTo(HaveOccurred())
+	Expect(IndexInstanceNode(ctx, mgr)).To(Succeed())
+	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"),
+		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
+
+	// The agent of node-a, in its own manager with its node-filtered cache, as cmd/agent sets it up.
+	agentMgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.nodeName", "node-a")}}},
+	})
+	Expect(err).NotTo(HaveOccurred())
+	fakeDriver = fake.New()
+	agentStore = &storage.Node{Root: GinkgoT().TempDir()}
+	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
+		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU}).SetupWithManager(agentMgr)).To(Succeed())
+
+	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.
+	imageFile = filepath.Join(GinkgoT().TempDir(), "image.qcow2")
+	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", imageFile, "64M").CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), string(out))
+	b, err := os.ReadFile(imageFile)
+	Expect(err).NotTo(HaveOccurred())
+	sum := sha256.Sum256(b)
+	imageSum = hex.EncodeToString(sum[:])
+
+	go func() { defer GinkgoRecover(); Expect(mgr.Start(ctx)).To(Succeed()) }()
+	go func() { defer GinkgoRecover(); Expect(agentMgr.Start(ctx)).To(Succeed()) }()
+})
+
+var _ = AfterSuite(func() {
+	if cancel != nil {
+		cancel()
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
