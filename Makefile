@@ -70,17 +70,17 @@ test-e2e: build ## End-to-end suite: API server, manager and two agents on real 
 	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
 
 .PHONY: test
-test: manifests generate vet control-plane libvirt test-guest test-unit test-e2e ## Everything: generate, vet, unit, envtest and e2e.
+test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.
 
 ##@ Build
 
 .PHONY: build
-build: ## Build manager, agent and kubectl-nova into bin/.
+build: ## Build the manager and the agent into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=1 go build -o $(BIN)/agent ./cmd/agent
 
 .PHONY: dev
-dev: build control-plane libvirt test-guest ## Run a local control plane, the manager and two agents on real libvirt, with sample VMs.
+dev: libvirt control-plane test-guest build ## Run a local control plane, the manager and two agents on real libvirt, with sample VMs.
 	KUBENOVA_BIN=$(BIN) go run ./hack/devenv --work-dir $(WORK_DIR)/dev
 
 ##@ Tools

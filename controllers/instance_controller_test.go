@@ -137,7 +137,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 		By("deleting it while its node's agent never answers: once the node is down, it goes")
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
 		Consistently(func() error { _, err := get(ctx, inst)(); return err }).WithContext(ctx).
-			WithTimeout(2 * time.Second).Should(Succeed(), "the node is up: the agent must get its chance to clean up")
+			WithTimeout(2*time.Second).Should(Succeed(), "the node is up: the agent must get its chance to clean up")
 		expireLease(ctx, "big-node")
 		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).
 			WithContext(ctx).WithTimeout(30 * time.Second).Should(BeTrue())

@@ -53,5 +53,5 @@ type FlavorList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Flavor{}, &FlavorList{})
+	registerTypes(&Flavor{}, &FlavorList{})
 }

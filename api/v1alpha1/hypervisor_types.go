@@ -158,5 +158,5 @@ type HypervisorList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Hypervisor{}, &HypervisorList{})
+	registerTypes(&Hypervisor{}, &HypervisorList{})
 }

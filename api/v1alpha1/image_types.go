@@ -120,5 +120,5 @@ type ImageList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Image{}, &ImageList{})
+	registerTypes(&Image{}, &ImageList{})
 }

@@ -347,5 +347,5 @@ type InstanceList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Instance{}, &InstanceList{})
+	registerTypes(&Instance{}, &InstanceList{})
 }

@@ -140,5 +140,5 @@ type MigrationList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Migration{}, &MigrationList{})
+	registerTypes(&Migration{}, &MigrationList{})
 }

@@ -95,5 +95,5 @@ type SnapshotList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Snapshot{}, &SnapshotList{})
+	registerTypes(&Snapshot{}, &SnapshotList{})
 }

@@ -209,5 +209,5 @@ func (n *Node) CapacityGiB() (int64, error) {
 	if err := syscall.Statfs(n.Root, &st); err != nil {
 		return 0, fmt.Errorf("statfs %s: %w", n.Root, err)
 	}
-	return int64(st.Blocks) * int64(st.Bsize) >> 30, nil
+	return int64(st.Blocks) * st.Bsize >> 30, nil
 }

@@ -179,8 +179,11 @@ func stopProcess(cmd *exec.Cmd) {
 		return
 	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // a signalled process exits non-zero; that is the point
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

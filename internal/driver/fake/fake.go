@@ -14,8 +14,8 @@ import (
 
 // Driver keeps domains in a map.
 type Driver struct {
-	mu      sync.Mutex
-	domains map[string]*domain
+	mu        sync.Mutex
+	domains   map[string]*domain
 	failSpawn error
 	calls     map[string]int
 }
