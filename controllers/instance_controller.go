@@ -330,6 +330,12 @@ func (r *InstanceReconciler) requestedAction(inst *v1.Instance) (v1.Action, bool
 	if inst.Spec.Rescue == nil && inst.Status.VMState == v1.VMStateRescued {
 		return v1.ActionUnrescue, true
 	}
+	if f := inst.Status.Flavor; f != nil && inst.Spec.Flavor != f.Name && inst.Status.VMState != v1.VMStateResized {
+		return v1.ActionResize, true
+	}
+	if img := inst.Status.Image; img != nil && inst.Spec.Image.Name != img.Name {
+		return v1.ActionRebuild, true
+	}
 	desired := inst.Spec.PowerState
 	if desired == "" {
 		desired = v1.DesiredRunning

@@ -210,8 +210,22 @@ var _ = Describe("Instance controller", Ordered, func() {
 		Eventually(func() (v1.VMState, error) { got, err := get(ctx, inst)(); return got.Status.VMState, err }).
 			WithContext(ctx).Should(Equal(v1.VMStateActive))
 
-		By("locking it and asking for a reboot")
+		By("changing its flavor, a resize this version cannot do yet: refused, not ignored")
 		got, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		got.Spec.Flavor = "huge"
+		Expect(k8s.Update(ctx, got)).To(Succeed())
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready.Reason).To(Equal(v1.ReasonNotSupported))
+			g.Expect(ready.Message).To(ContainSubstring("Resize"))
+			g.Expect(cur.Status.Flavor.Name).To(Equal("small"), "the instance keeps the flavor it runs with")
+		}).WithContext(ctx).Should(Succeed())
+
+		By("locking it and asking for a reboot")
+		got, err = get(ctx, inst)()
 		Expect(err).NotTo(HaveOccurred())
 		got.Spec.Locked = true
 		got.Spec.LockedReason = "audit"

@@ -27,8 +27,11 @@ import (
 func DomainName(uid types.UID) string { return "kubenova-" + string(uid) }
 
 // attemptsBeforeFailing is how often a task is tried before the agent reports it failed; the
-// retries absorb passing trouble such as a libvirtd restart.
+// retries, retryStep apart and more each time, absorb passing trouble such as a libvirtd restart.
 const attemptsBeforeFailing = 3
+
+// retryStep is the wait after the first failed attempt; the n-th waits n times as long.
+const retryStep = 2 * time.Second
 
 // resyncPeriod is how often the agent compares each instance with its domain even when
 // nothing changed (Nova's sync_power_states).
@@ -71,8 +74,9 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
 		if err := r.carryOut(ctx, inst, task); err != nil {
-			if r.retry(inst.UID) {
-				return ctrl.Result{}, fmt.Errorf("%s of %s (will retry): %w", task.Action, req.NamespacedName, err)
+			if attempt, again := r.retry(inst.UID); again {
+				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
+				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
 			}
 			report.TaskResult, report.Message = v1.TaskFailed, err.Error()
 		} else {
@@ -154,14 +158,14 @@ func (r *InstanceReconciler) terminate(ctx context.Context, inst *v1.Instance) e
 }
 
 // retry counts a failed attempt and says whether another is due.
-func (r *InstanceReconciler) retry(uid types.UID) bool {
+func (r *InstanceReconciler) retry(uid types.UID) (int, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.attempts == nil {
 		r.attempts = map[types.UID]int{}
 	}
 	r.attempts[uid]++
-	return r.attempts[uid] < attemptsBeforeFailing
+	return r.attempts[uid], r.attempts[uid] < attemptsBeforeFailing
 }
 
 func (r *InstanceReconciler) forget(uid types.UID) {

@@ -1,0 +1,190 @@
+package libvirt
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/onsi/gomega"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+// These tests run the driver against a real libvirtd (one host started by
+// hack/libvirt-hosts.sh) booting the test guest under QEMU/TCG.
+var (
+	hostURI string
+	hostDir string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kubenova-libvirt-driver-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	script := filepath.Join(utils.RepoRoot(), "hack", "libvirt-hosts.sh")
+	if out, err := exec.Command(script, "start", dir, "1").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "start a libvirt host (run make libvirt first): %v\n%s", err, out)
+		os.Exit(1)
+	}
+	uri, err := os.ReadFile(filepath.Join(dir, "host-1", "uri"))
+	if err == nil {
+		hostURI, hostDir = strings.TrimSpace(string(uri)), dir
+	}
+	code := 1
+	if err == nil {
+		code = m.Run()
+	} else {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	if out, err := exec.Command(script, "stop", dir).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "stop the libvirt host: %v\n%s", err, out)
+	}
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// machine makes a machine whose root disk is an overlay on the test guest.
+func machine(t *testing.T, uuid string) driver.Machine {
+	t.Helper()
+	guest, _, err := utils.GuestImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(hostDir, "host-1", "storage", uuid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", guest, disk).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return driver.Machine{UUID: uuid, Name: "kubenova-" + uuid, Namespace: "tests", InstanceName: "vm-" + uuid[:4],
+		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: filepath.Join(dir, "console.log"), VirtType: v1.VirtTypeQEMU}
+}
+
+// waitFor polls cond with Gomega's Eventually until it holds or the timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, error)) {
+	t.Helper()
+	gomega.NewWithT(t).Eventually(cond).WithTimeout(timeout).WithPolling(100*time.Millisecond).
+		Should(gomega.BeTrue(), what)
+}
+
+func TestSpawnIsIdempotentAndBootsTheGuest(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	m := machine(t, "0c6b1b7e-52a3-4d8f-9c59-0d5ad0b5e001")
+
+	if p, err := d.PowerState(ctx, m.UUID); err != nil || p != v1.PowerStateNoState {
+		t.Fatalf("before spawn: %s, %v; want NoState", p, err)
+	}
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatalf("a second spawn of a running domain must succeed: %v", err)
+	}
+	if p, err := d.PowerState(ctx, m.UUID); err != nil || p != v1.PowerStateRunning {
+		t.Fatalf("after spawn: %s, %v", p, err)
+	}
+	waitFor(t, "the guest's boot line on the console log", 90*time.Second, func() (bool, error) {
+		b, err := os.ReadFile(m.ConsoleLog)
+		if os.IsNotExist(err) {
+			return false, nil
+		}
+		return strings.Contains(string(b), "kubenova-test-guest: booted count=1"), err
+	})
+
+	doms, err := d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, dom := range doms {
+		if dom.UUID == m.UUID {
+			found = true
+			if dom.Namespace != "tests" || dom.InstanceName != m.InstanceName || dom.Power != v1.PowerStateRunning {
+				t.Errorf("listed as %+v", dom)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("List does not show the domain: %+v", doms)
+	}
+
+	if err := d.Destroy(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, m.UUID); err != nil {
+		t.Fatalf("destroying a missing domain must succeed: %v", err)
+	}
+	if p, err := d.PowerState(ctx, m.UUID); err != nil || p != v1.PowerStateNoState {
+		t.Fatalf("after destroy: %s, %v", p, err)
+	}
+	if _, err := os.Stat(m.RootDisk); err != nil {
+		t.Errorf("Destroy must leave the disk alone: %v", err)
+	}
+}
+
+func TestSpawnStartsAStoppedDomainAgainFromTheSameDisk(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	m := machine(t, "0c6b1b7e-52a3-4d8f-9c59-0d5ad0b5e002")
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Destroy(ctx, m.UUID) }()
+	bootLine := func(n int) func() (bool, error) {
+		return func() (bool, error) {
+			b, err := os.ReadFile(m.ConsoleLog)
+			if os.IsNotExist(err) {
+				return false, nil
+			}
+			return strings.Contains(string(b), fmt.Sprintf("booted count=%d", n)), err
+		}
+	}
+	waitFor(t, "first boot", 90*time.Second, bootLine(1))
+	// Power the domain off behind the driver's back, as a guest shutting itself down would.
+	if out, err := exec.Command("virsh", "-c", hostURI, "destroy", m.Name).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if p, err := d.PowerState(ctx, m.UUID); err != nil || p != v1.PowerStateShutdown {
+		t.Fatalf("after virsh destroy: %s, %v; want Shutdown", p, err)
+	}
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "second boot from the same disk (the guest's counter on its disk goes up)", 90*time.Second, bootLine(2))
+}
+
+func TestHostInfo(t *testing.T) {
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	info, err := d.HostInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Hostname != "host-1" || info.HostUUID == "" || info.VCPUs < 1 || info.MemoryMiB < 256 ||
+		!strings.HasPrefix(info.LibvirtVersion, "9.") || info.QEMUVersion == "" {
+		t.Errorf("host info %+v", info)
+	}
+}
