@@ -69,6 +69,11 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 test-e2e: build ## End-to-end suite: API server, manager and two agents on real libvirt guests.
 	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
 
+.PHONY: bench
+bench: libvirt control-plane test-guest build ## Benchmarks: the scheduler, and launch time beside a raw virsh boot of the same guest.
+	go test ./internal/scheduler -run '^$$' -bench . -benchmem
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/launch --runs 5 --work-dir $(WORK_DIR)/bench
+
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.
 

@@ -1,0 +1,223 @@
+// Command launch measures how long kubenova takes to launch an instance, beside a baseline run
+// side by side on the same libvirt host: the same guest, the same domain XML, started with
+// virsh directly. It prints each run and the median ratio kubenova/baseline.
+//
+//	go run ./test/bench/launch --runs 5
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/driver/domainxml"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+const bootLine = "kubenova-test-guest: booted count=1"
+
+func main() {
+	runs := flag.Int("runs", 5, "launches of each kind")
+	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench", "where the cluster keeps its state")
+	flag.Parse()
+	if err := run(*runs, *workDir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type sample struct{ baselineBoot, active, boot time.Duration }
+
+func run(runs int, workDir string) error {
+	ctx := context.Background()
+	_ = os.RemoveAll(filepath.Join(workDir, "hosts"))
+	cluster, err := utils.StartCluster(ctx, workDir, 1)
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+	h := cluster.Hosts[0]
+	for _, name := range []string{"flavors.yaml", "image.yaml"} {
+		b, err := utils.RenderSample(name)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(workDir, name)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return err
+		}
+		if out, err := cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	if err := poll(60*time.Second, func() (bool, error) {
+		hv := &v1.Hypervisor{}
+		err := cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)
+		return err == nil && hv.Status.State == v1.HypervisorUp, client404(err)
+	}); err != nil {
+		return fmt.Errorf("hypervisor up: %w", err)
+	}
+
+	// The first launch also fills the node's image cache; report it apart.
+	first, err := launch(ctx, cluster, "warmup")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("first launch (image copied into the node's cache): Active %s, boot line %s\n\n", ms(first.active), ms(first.boot))
+
+	var samples []sample
+	fmt.Printf("%-4s %18s %18s %18s\n", "run", "baseline boot", "kubenova Active", "kubenova boot")
+	for i := 0; i < runs; i++ {
+		base, err := baseline(ctx, h)
+		if err != nil {
+			return err
+		}
+		k, err := launch(ctx, cluster, fmt.Sprintf("bench-%d", i))
+		if err != nil {
+			return err
+		}
+		k.baselineBoot = base
+		samples = append(samples, k)
+		fmt.Printf("%-4d %18s %18s %18s\n", i+1, ms(base), ms(k.active), ms(k.boot))
+	}
+	b := median(samples, func(s sample) time.Duration { return s.baselineBoot })
+	a := median(samples, func(s sample) time.Duration { return s.active })
+	k := median(samples, func(s sample) time.Duration { return s.boot })
+	fmt.Printf("\nmedian: baseline (virsh define+start) to boot line %s; kubenova apply to Active %s, to boot line %s\n", ms(b), ms(a), ms(k))
+	fmt.Printf("ratio kubenova/baseline, time to the guest's boot line: %.2f\n", float64(k)/float64(b))
+	return nil
+}
+
+// baseline boots the test guest with virsh on the host, with the domain XML kubenova would
+// write, and returns the time from define to the boot line.
+func baseline(ctx context.Context, h utils.Host) (time.Duration, error) {
+	guest, _, err := utils.GuestImage()
+	if err != nil {
+		return 0, err
+	}
+	id := uuid.NewString()
+	dir := filepath.Join(h.StorageRoot, "baseline", id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	disk := filepath.Join(dir, "disk")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", guest, disk, "1G").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	m := driver.Machine{UUID: id, Name: "baseline-" + id, Namespace: "bench", InstanceName: "baseline",
+		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: filepath.Join(dir, "console.log"), VirtType: v1.VirtTypeQEMU}
+	x, err := domainxml.Build(m)
+	if err != nil {
+		return 0, err
+	}
+	xmlPath := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xmlPath, []byte(x), 0o644); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if out, err := h.Virsh(ctx, "define", xmlPath); err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	defer func() {
+		_, _ = h.Virsh(ctx, "destroy", m.Name)
+		_, _ = h.Virsh(ctx, "undefine", m.Name)
+	}()
+	if out, err := h.Virsh(ctx, "start", m.Name); err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	if err := poll(120*time.Second, consoleHas(m.ConsoleLog)); err != nil {
+		return 0, fmt.Errorf("baseline boot: %w", err)
+	}
+	return time.Since(start), nil
+}
+
+// launch creates an Instance and returns the times to Active and to the boot line, then
+// deletes it and waits until it is gone.
+func launch(ctx context.Context, cluster *utils.Cluster, name string) (sample, error) {
+	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"}}}
+	key := types.NamespacedName{Namespace: "default", Name: name}
+	start := time.Now()
+	if err := cluster.Client.Create(ctx, inst); err != nil {
+		return sample{}, err
+	}
+	var s sample
+	if err := poll(120*time.Second, func() (bool, error) {
+		err := cluster.Client.Get(ctx, key, inst)
+		return err == nil && inst.Status.VMState == v1.VMStateActive, err
+	}); err != nil {
+		return s, fmt.Errorf("%s to Active: %w (status %+v)", name, err, inst.Status)
+	}
+	s.active = time.Since(start)
+	if err := poll(120*time.Second, consoleHas(inst.Status.AgentReport.ConsoleLogPath)); err != nil {
+		return s, fmt.Errorf("%s boot: %w", name, err)
+	}
+	s.boot = time.Since(start)
+	if err := cluster.Client.Delete(ctx, inst); err != nil {
+		return s, err
+	}
+	return s, poll(60*time.Second, func() (bool, error) {
+		err := cluster.Client.Get(ctx, key, inst)
+		return apierrors.IsNotFound(err), client404(err)
+	})
+}
+
+func consoleHas(path string) func() (bool, error) {
+	return func() (bool, error) {
+		b, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			return false, nil
+		}
+		return strings.Contains(string(b), bootLine), err
+	}
+}
+
+func client404(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// poll checks cond every 20 ms until it holds, fails or the timeout passes.
+func poll(timeout time.Duration, cond func() (bool, error)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func median(s []sample, f func(sample) time.Duration) time.Duration {
+	d := make([]time.Duration, len(s))
+	for i := range s {
+		d[i] = f(s[i])
+	}
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
