@@ -53,6 +53,7 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.allocations(ctx, hv); err != nil {
 		return ctrl.Result{}, err
 	}
+	hv.Status.ObservedGeneration = hv.Generation
 	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
 		return ctrl.Result{RequeueAfter: recheck}, nil
 	}

@@ -412,6 +412,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s", report.NodeName, report.Message)
 		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
 	}
+	r.event(inst, corev1.EventTypeNormal, "Terminated", "Terminate", "domain and disks removed from node %s", report.NodeName)
 	return ctrl.Result{}, r.release(ctx, inst)
 }
 

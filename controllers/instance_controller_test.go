@@ -55,6 +55,9 @@ var _ = Describe("Instance controller", Ordered, func() {
 
 		Eventually(func() v1.Resources { return hypervisor(ctx, "node-a").Status.Allocated }).
 			WithContext(ctx).Should(Equal(v1.Resources{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}))
+		hv := hypervisor(ctx, "node-a")
+		Expect(hv.Status.ObservedGeneration).To(Equal(hv.Generation))
+		Expect(hv.Status.Instances).To(Equal(int32(1)))
 
 		By("terminating")
 		got, _ := get(ctx, inst)()

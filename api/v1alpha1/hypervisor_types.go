@@ -104,6 +104,9 @@ type HypervisorStatus struct {
 	// +optional
 	AgentVersion string `json:"agentVersion,omitempty"`
 
+	// ObservedGeneration is the spec generation the manager last judged (manager).
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// Allocated is the sum of the flavors of the instances placed here (manager).
 	// +optional
 	Allocated Resources `json:"allocated,omitempty"`
