@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -38,6 +39,8 @@ func run() error {
 		migrationURI   = flag.String("migration-uri", "", "libvirt URI other nodes reach this node's libvirtd at (default: --libvirt-uri)")
 		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto (KVM on bare metal with a usable /dev/kvm)")
 		storageRoot    = flag.String("storage-root", "/var/lib/kubenova", "directory for the image cache and instance disks")
+		imageDirs      = flag.String("image-dirs", "/var/lib/kubenova/images", "comma-separated directories that Image file sources may name")
+		maxImageSize   = flag.Int64("max-image-bytes", storage.DefaultMaxImageBytes, "largest image the node accepts")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
@@ -65,7 +68,13 @@ func run() error {
 		return err
 	}
 	defer func() { _ = drv.Close() }()
-	store := &storage.Node{Root: *storageRoot}
+	if *leaseDuration < 4*time.Second {
+		return fmt.Errorf("--lease-duration must be at least 4s, not %s", *leaseDuration)
+	}
+	store := &storage.Node{Root: *storageRoot, ImageDirs: strings.Split(*imageDirs, ","), MaxImageBytes: *maxImageSize}
+	if err := store.RemoveStaleDownloads(); err != nil {
+		return err
+	}
 
 	scheme := kubescheme.New()
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,9 +32,17 @@ type Node struct {
 	Root string
 	// HTTPClient downloads images; nil means http.DefaultClient.
 	HTTPClient *http.Client
+	// ImageDirs are the only directories an Image's file source may name. A tenant's manifest
+	// must not make the agent read any file of the node (its disks, /dev/zero).
+	ImageDirs []string
+	// MaxImageBytes caps an image's size; 0 means DefaultMaxImageBytes.
+	MaxImageBytes int64
 
 	locks sync.Map // sha256 -> *sync.Mutex: one download per image however many instances wait
 }
+
+// DefaultMaxImageBytes is the largest image a node accepts unless told otherwise.
+const DefaultMaxImageBytes = 64 << 30
 
 var (
 	uidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -97,15 +106,27 @@ func (n *Node) EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, erro
 	}
 	defer func() { _ = os.Remove(tmp.Name()) }()
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), src); err != nil {
+	limit := n.MaxImageBytes
+	if limit <= 0 {
+		limit = DefaultMaxImageBytes
+	}
+	copied, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(src, limit+1))
+	if err != nil {
 		_ = tmp.Close()
 		return "", fmt.Errorf("fetch image from %s: %w", describe(spec.Source), err)
+	}
+	if copied > limit {
+		_ = tmp.Close()
+		return "", fmt.Errorf("image from %s is larger than the node's limit of %d bytes", describe(spec.Source), limit)
 	}
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != spec.SHA256 {
 		return "", fmt.Errorf("image from %s has sha256 %s, want %s", describe(spec.Source), got, spec.SHA256)
+	}
+	if err := inspect(ctx, tmp.Name(), spec.DiskFormat); err != nil {
+		return "", fmt.Errorf("image from %s: %w", describe(spec.Source), err)
 	}
 	if err := os.Chmod(tmp.Name(), 0o444); err != nil {
 		return "", err
@@ -126,9 +147,17 @@ func describe(s v1.ImageSource) string {
 func (n *Node) open(ctx context.Context, s v1.ImageSource) (io.ReadCloser, error) {
 	switch {
 	case s.File != "":
+		if !n.fileAllowed(s.File) {
+			return nil, fmt.Errorf("image file %s is outside the directories this node serves images from (%s)",
+				s.File, strings.Join(n.ImageDirs, ", "))
+		}
 		f, err := os.Open(s.File)
 		if err != nil {
 			return nil, fmt.Errorf("open image file: %w", err)
+		}
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			_ = f.Close()
+			return nil, fmt.Errorf("image file %s is not a regular file", s.File)
 		}
 		return f, nil
 	case s.URL != "":
@@ -151,6 +180,62 @@ func (n *Node) open(ctx context.Context, s v1.ImageSource) (io.ReadCloser, error
 		return resp.Body, nil
 	}
 	return nil, errors.New("image has no source")
+}
+
+// fileAllowed says whether path lies inside one of the image directories, links resolved.
+func (n *Node) fileAllowed(path string) bool {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return false
+	}
+	for _, dir := range n.ImageDirs {
+		d, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			continue
+		}
+		if rel, err := filepath.Rel(d, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") && rel != "." {
+			return true
+		}
+	}
+	return false
+}
+
+// imageInfo is the part of `qemu-img info --output=json` that inspect reads.
+type imageInfo struct {
+	Format          string `json:"format"`
+	BackingFilename string `json:"backing-filename"`
+	FormatSpecific  struct {
+		Data struct {
+			DataFile string `json:"data-file"`
+		} `json:"data"`
+	} `json:"format-specific"`
+}
+
+// inspect refuses images that are not what they claim, or that point outside themselves: a
+// qcow2 with a backing file or an external data file could make a guest read the node's disks
+// or another instance's, whatever its checksum (Nova's image fetch refuses them too).
+func inspect(ctx context.Context, path string, declared v1.DiskFormat) error {
+	if declared == "" {
+		declared = v1.DiskFormatQCOW2
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", path).Output()
+	if err != nil {
+		return fmt.Errorf("qemu-img info: %w", err)
+	}
+	var info imageInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		return fmt.Errorf("qemu-img info: %w", err)
+	}
+	if info.Format != string(declared) {
+		return fmt.Errorf("the image is %s, not %s as its diskFormat says", info.Format, declared)
+	}
+	if info.BackingFilename != "" {
+		return fmt.Errorf("the image has a backing file (%s); images must be standalone", info.BackingFilename)
+	}
+	if info.FormatSpecific.Data.DataFile != "" {
+		return fmt.Errorf("the image has an external data file (%s); images must be standalone", info.FormatSpecific.Data.DataFile)
+	}
+	return nil
 }
 
 // CreateRootDisk makes an instance's root disk, a qcow2 overlay on a cached base image, sized to
@@ -196,6 +281,39 @@ func (n *Node) DeleteInstanceFiles(uid string) error {
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("delete files of instance %s: %w", uid, err)
+	}
+	return nil
+}
+
+// InstanceUIDs lists the instances that have files on this node.
+func (n *Node) InstanceUIDs() ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(n.Root, "instances"))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var uids []string
+	for _, e := range entries {
+		if e.IsDir() && uidPattern.MatchString(e.Name()) {
+			uids = append(uids, e.Name())
+		}
+	}
+	return uids, nil
+}
+
+// RemoveStaleDownloads deletes the partial downloads of an agent that died mid-download. Call
+// it at start, before any download runs.
+func (n *Node) RemoveStaleDownloads() error {
+	stale, err := filepath.Glob(filepath.Join(n.Root, "_base", ".download-*"))
+	if err != nil {
+		return err
+	}
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
 	return nil
 }

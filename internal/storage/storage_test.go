@@ -31,7 +31,7 @@ func TestEnsureImageDownloadsOnceAndVerifies(t *testing.T) {
 	}))
 	defer srv.Close()
 	n := &Node{Root: t.TempDir()}
-	spec := v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL + "/img"}, SHA256: digest(body)}
+	spec := v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL + "/img"}, SHA256: digest(body), DiskFormat: v1.DiskFormatRaw}
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 10)
@@ -65,7 +65,7 @@ func TestEnsureImageRefusesWrongBytes(t *testing.T) {
 	if err := os.WriteFile(src, []byte("tampered"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	n := &Node{Root: filepath.Join(dir, "root")}
+	n := &Node{Root: filepath.Join(dir, "root"), ImageDirs: []string{dir}}
 	want := digest([]byte("original"))
 	_, err := n.EnsureImage(context.Background(), v1.ImageSpec{Source: v1.ImageSource{File: src}, SHA256: want})
 	if err == nil || !strings.Contains(err.Error(), "has sha256") {
@@ -134,5 +134,78 @@ func TestRootDiskLifecycle(t *testing.T) {
 	}
 	if err := n.DeleteInstanceFiles("../../etc"); err == nil {
 		t.Error("a path that is not a UID was accepted for deletion")
+	}
+}
+
+func qemuImg(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
+	}
+}
+
+func fileSpec(t *testing.T, path string, format v1.DiskFormat) v1.ImageSpec {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v1.ImageSpec{Source: v1.ImageSource{File: path}, SHA256: digest(b), DiskFormat: format}
+}
+
+// TestEnsureImageRefusesDangerousImages: the checksum is the tenant's own, so it proves nothing
+// about what the bytes point at.
+func TestEnsureImageRefusesDangerousImages(t *testing.T) {
+	images := t.TempDir()
+	victim := filepath.Join(t.TempDir(), "victim-disk")
+	qemuImg(t, "create", "-q", "-f", "raw", victim, "1M")
+	backed := filepath.Join(images, "backed.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", victim, backed)
+	plain := filepath.Join(images, "plain.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", plain, "1M")
+	outside := filepath.Join(t.TempDir(), "outside.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", outside, "1M")
+	n := &Node{Root: t.TempDir(), ImageDirs: []string{images}}
+	ctx := context.Background()
+
+	cases := []struct {
+		name string
+		spec v1.ImageSpec
+		want string
+	}{
+		{"a qcow2 backed by another disk", fileSpec(t, backed, v1.DiskFormatQCOW2), "backing file"},
+		{"a qcow2 declared raw", fileSpec(t, plain, v1.DiskFormatRaw), "is qcow2, not raw"},
+		{"a file outside the image directories", fileSpec(t, outside, v1.DiskFormatQCOW2), "outside the directories"},
+		{"a device", v1.ImageSpec{Source: v1.ImageSource{File: "/dev/zero"}, SHA256: digest(nil)}, "outside the directories"},
+	}
+	for _, c := range cases {
+		_, err := n.EnsureImage(ctx, c.spec)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+	if _, err := n.EnsureImage(ctx, fileSpec(t, plain, v1.DiskFormatQCOW2)); err != nil {
+		t.Errorf("a standalone qcow2 was refused: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(n.Root, "_base"))
+	if len(entries) != 1 {
+		t.Errorf("the cache holds %d entries, want only the accepted image", len(entries))
+	}
+
+	devices := &Node{Root: t.TempDir(), ImageDirs: []string{"/dev"}}
+	if _, err := devices.EnsureImage(ctx, v1.ImageSpec{Source: v1.ImageSource{File: "/dev/zero"}, SHA256: digest(nil)}); err == nil ||
+		!strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a device inside an image directory: %v", err)
+	}
+}
+
+func TestEnsureImageEnforcesTheSizeLimit(t *testing.T) {
+	body := make([]byte, 4096)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
+	defer srv.Close()
+	n := &Node{Root: t.TempDir(), MaxImageBytes: 1024}
+	_, err := n.EnsureImage(context.Background(), v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL}, SHA256: digest(body), DiskFormat: v1.DiskFormatRaw})
+	if err == nil || !strings.Contains(err.Error(), "larger than the node's limit") {
+		t.Fatalf("got %v", err)
 	}
 }

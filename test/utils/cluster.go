@@ -118,7 +118,8 @@ func (c *Cluster) startHosts(ctx context.Context, n int) error {
 func (c *Cluster) StartAgent(h Host) error {
 	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"),
 		"--node-name="+h.Name, "--libvirt-uri="+h.URI, "--virt-type=qemu",
-		"--storage-root="+h.StorageRoot, "--lease-duration=12s")
+		"--storage-root="+h.StorageRoot, "--lease-duration=12s",
+		"--image-dirs="+filepath.Join(BinDir(), "guest"))
 }
 
 // start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.
