@@ -38,14 +38,18 @@ func makeNode(ctx context.Context, name string, capacity v1.Resources, labels ma
 }
 
 func renewLease(ctx context.Context, node string, d time.Duration) {
-	now := metav1.NewMicroTime(time.Now())
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: leaseNamespace, Name: LeaseName(node),
+	setLease(ctx, node, d, time.Now())
+}
+
+func setLease(ctx context.Context, node string, d time.Duration, renewed time.Time) {
+	now := metav1.NewMicroTime(renewed)
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: leaseNamespace, Name: v1.AgentLeaseName(node),
 		Labels: map[string]string{v1.LabelHypervisor: node}},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(d / time.Second)), RenewTime: &now}}
 	err := k8s.Create(ctx, lease)
 	if apierrors.IsAlreadyExists(err) {
 		existing := &coordinationv1.Lease{}
-		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: LeaseName(node)}, existing)).To(Succeed())
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: v1.AgentLeaseName(node)}, existing)).To(Succeed())
 		existing.Spec = lease.Spec
 		err = k8s.Update(ctx, existing)
 	}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -20,9 +21,6 @@ import (
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
-// LeaseName is the name of the Lease a node's agent renews as its heartbeat.
-func LeaseName(node string) string { return "kubenova-agent-" + node }
-
 // HypervisorReconciler keeps the manager's half of each Hypervisor's status: whether its agent
 // is alive (from the agent's Lease) and what is placed on it (from the Instances).
 type HypervisorReconciler struct {
@@ -33,6 +31,33 @@ type HypervisorReconciler struct {
 	Grace time.Duration
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
+
+	renewalsMu sync.Mutex
+	renewals   map[string]renewal
+}
+
+// renewal is the last lease renewal seen from a node's agent, and when the manager saw it.
+type renewal struct {
+	renewTime time.Time
+	seenAt    time.Time
+}
+
+// observeRenewal returns when the manager first saw the lease's current renewal. Judging the
+// lease by the manager's own clock, as the node lifecycle controller does, keeps a node whose
+// clock is wrong from looking dead (or alive) for as long as its clock is off. A restarted
+// manager gives every node one full lease duration from its first look.
+func (r *HypervisorReconciler) observeRenewal(node string, renewTime time.Time) time.Time {
+	r.renewalsMu.Lock()
+	defer r.renewalsMu.Unlock()
+	if r.renewals == nil {
+		r.renewals = map[string]renewal{}
+	}
+	last, ok := r.renewals[node]
+	if !ok || !last.renewTime.Equal(renewTime) {
+		last = renewal{renewTime: renewTime, seenAt: r.now()}
+		r.renewals[node] = last
+	}
+	return last.seenAt
 }
 
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
@@ -68,7 +93,7 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 // when to look again (the moment the lease would lapse).
 func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor) (time.Duration, error) {
 	lease := &coordinationv1.Lease{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: r.LeaseNamespace, Name: LeaseName(hv.Name)}, lease)
+	err := r.Get(ctx, types.NamespacedName{Namespace: r.LeaseNamespace, Name: v1.AgentLeaseName(hv.Name)}, lease)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return 0, err
 	}
@@ -78,7 +103,8 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 	if renewedEver {
 		// The renewal time itself is not copied into status: that would be a write per heartbeat,
 		// which is what Leases exist to avoid. Status changes only when the state does.
-		expires = lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + r.Grace)
+		seen := r.observeRenewal(hv.Name, lease.Spec.RenewTime.Time)
+		expires = seen.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + r.Grace)
 	}
 	cond := metav1.Condition{Type: v1.ConditionReady, ObservedGeneration: hv.Generation}
 	var recheck time.Duration

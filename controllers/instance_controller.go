@@ -38,6 +38,9 @@ type InstanceReconciler struct {
 	Now func() time.Time
 	// MaxSchedulingBackoff caps the wait between attempts to place an instance.
 	MaxSchedulingBackoff time.Duration
+	// TerminateRetry is how long after a failed terminate task started a new one is given
+	// (default 30 s).
+	TerminateRetry time.Duration
 
 	attemptsMu sync.Mutex
 	attempts   map[types.UID]int
@@ -83,6 +86,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.initialize,
 		r.schedule,
 		r.collectReport,
+		r.checkPlacement,
 		r.startRequestedAction,
 	)
 	r.setConditions(inst, st)
@@ -117,7 +121,7 @@ func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, _ 
 	}
 	inst.Status.VMState = v1.VMStateBuilding
 	r.startTask(inst, v1.ActionLaunch)
-	r.event(inst, corev1.EventTypeNormal, "Launching", "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
+	r.event(inst, corev1.EventTypeNormal, v1.ReasonLaunching, "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
 	return nil, nil
 }
 
@@ -180,12 +184,13 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 // place runs the scheduler under the placement lock and claims the chosen node's resources
 // until the cache shows the instance there.
 func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, request scheduler.Request) (string, error) {
+	// Read the candidates under the lock, so no decision made meanwhile is missing from them.
+	r.Placement.Lock()
+	defer r.Placement.Unlock()
 	hosts, instances, err := r.candidates(ctx)
 	if err != nil {
 		return "", err
 	}
-	r.Placement.Lock()
-	defer r.Placement.Unlock()
 	used := r.Placement.Usage(instances)
 	for i := range hosts {
 		hosts[i].Used = used[hosts[i].Name()]
@@ -282,7 +287,33 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	if inst.Status.VMState != v1.VMStateError {
 		inst.Status.Fault = nil
 	}
-	r.event(inst, corev1.EventTypeNormal, string(task.Action)+"Succeeded", string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
+	r.event(inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
+	return nil, nil
+}
+
+// checkPlacement says so when the node an instance runs on no longer matches its spec's node
+// selector or zone: nothing moves a placed instance yet, and a silent ignore would leave the
+// user believing the change took effect.
+func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	if inst.Status.NodeName == "" || inst.Status.Task != nil {
+		return nil, nil
+	}
+	node := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: inst.Status.NodeName}, node); apierrors.IsNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	host := scheduler.Host{Node: node, Hypervisor: &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}}
+	request := scheduler.Request{NodeSelector: inst.Spec.NodeSelector, AvailabilityZone: inst.Spec.AvailabilityZone}
+	for _, f := range scheduler.PlacementFilters {
+		if !f.Passes(host, request) {
+			st.refusal = &lifecycle.Refusal{Action: v1.ActionMigrate, Reason: v1.ReasonNotSupported,
+				Message: fmt.Sprintf("node %s no longer matches the spec (%s): moving a placed instance is not supported by this version yet",
+					node.Name, f.Name)}
+			return nil, nil
+		}
+	}
 	return nil, nil
 }
 
@@ -301,14 +332,18 @@ func (r *InstanceReconciler) startRequestedAction(_ context.Context, inst *v1.In
 		return nil, nil
 	}
 	situation := lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState, Locked: inst.Spec.Locked}
-	if refusal := lifecycle.Check(action, situation); refusal != nil {
-		st.refusal = refusal
-		r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
-		return nil, nil
-	}
-	if !supportedActions[action] {
-		st.refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,
+	refusal := lifecycle.Check(action, situation)
+	if refusal == nil && !supportedActions[action] {
+		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,
 			Message: fmt.Sprintf("%s is not supported by this version of kubenova yet", action)}
+	}
+	if refusal != nil {
+		st.refusal = refusal
+		// One Event per refusal, not one per reconcile: the Ready condition already says it.
+		if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); ready == nil ||
+			ready.Reason != refusal.Reason || ready.Message != refusal.Message {
+			r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
+		}
 		return nil, nil
 	}
 	r.startTask(inst, action)
@@ -394,7 +429,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	task := inst.Status.Task
 	if task == nil || task.Action != v1.ActionTerminate {
 		r.startTask(inst, v1.ActionTerminate)
-		r.event(inst, corev1.EventTypeNormal, "Terminating", "Terminate", "terminating on node %s", inst.Status.NodeName)
+		r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
 		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, errStale) {
 			return ctrl.Result{RequeueAfter: staleRetry}, nil
 		} else if err != nil {
@@ -408,11 +443,25 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
 	}
 	if report.TaskResult == v1.TaskFailed {
-		// The agent retries on its own; keep the object so nothing is left behind unseen.
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s", report.NodeName, report.Message)
-		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+		// Keep the object so nothing is left behind unseen, and give the agent a new terminate
+		// task (a new ID) once the retry interval has passed since the failed one started.
+		retry := r.TerminateRetry
+		if retry == 0 {
+			retry = 30 * time.Second
+		}
+		if wait := task.StartedAt.Add(retry).Sub(r.now()); wait > 0 {
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
+		r.startTask(inst, v1.ActionTerminate)
+		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, errStale) {
+			return ctrl.Result{RequeueAfter: staleRetry}, nil
+		} else if err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, nil
 	}
-	r.event(inst, corev1.EventTypeNormal, "Terminated", "Terminate", "domain and disks removed from node %s", report.NodeName)
+	r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
 	return ctrl.Result{}, r.release(ctx, inst)
 }
 
@@ -439,9 +488,7 @@ func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, s
 
 // release drops the instance's claim and finalizer.
 func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) error {
-	r.Placement.Lock()
-	r.Placement.Forget(inst.UID)
-	r.Placement.Unlock()
+	r.Placement.Release(inst.UID)
 	r.forgetAttempts(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
 		return client.IgnoreNotFound(r.Update(ctx, inst))
@@ -462,9 +509,7 @@ func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Ins
 	err := r.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 		if orig.Status.NodeName == "" && inst.Status.NodeName != "" {
-			r.Placement.Lock()
-			r.Placement.Forget(inst.UID)
-			r.Placement.Unlock()
+			r.Placement.Release(inst.UID)
 		}
 		log.FromContext(ctx).V(1).Info("status changed underneath; retrying", "error", err.Error())
 		return errStale

@@ -6,12 +6,10 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -139,8 +137,16 @@ var _ = Describe("Instance controller", Ordered, func() {
 
 		By("deleting it while its node's agent never answers: once the node is down, it goes")
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred(), "the node is up: the object stays until its agent has cleaned up")
+			g.Expect(got.DeletionTimestamp).NotTo(BeNil())
+			g.Expect(got.Status.Task).NotTo(BeNil())
+			g.Expect(got.Status.Task.Action).To(Equal(v1.ActionTerminate))
+			g.Expect(got.Status.TaskState).To(Equal(v1.TaskStateDeleting))
+		}).WithContext(ctx).Should(Succeed())
 		Consistently(func() error { _, err := get(ctx, inst)(); return err }).WithContext(ctx).
-			WithTimeout(2*time.Second).Should(Succeed(), "the node is up: the agent must get its chance to clean up")
+			WithTimeout(2*time.Second).Should(Succeed(), "no answer from the agent: the object waits")
 		expireLease(ctx, "big-node")
 		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).
 			WithContext(ctx).WithTimeout(30 * time.Second).Should(BeTrue())
@@ -204,6 +210,40 @@ var _ = Describe("Instance controller", Ordered, func() {
 		}).WithContext(ctx).Should(Succeed())
 	})
 
+	It("gives a failed terminate a new task until the domain is gone, never dropping the object", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "stubborn")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func() (v1.VMState, error) { got, err := get(ctx, inst)(); return got.Status.VMState, err }).
+			WithContext(ctx).Should(Equal(v1.VMStateActive))
+		fakeDriver.SetFailDestroy(errors.New("device busy"))
+		DeferCleanup(func() { fakeDriver.SetFailDestroy(nil) })
+		Expect(k8s.Delete(ctx, inst)).To(Succeed())
+
+		var firstID int64
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.AgentReport).NotTo(BeNil())
+			g.Expect(got.Status.AgentReport.TaskResult).To(Equal(v1.TaskFailed))
+			g.Expect(got.Status.AgentReport.Message).To(ContainSubstring("device busy"))
+			firstID = got.Status.AgentReport.TaskID
+		}).WithContext(ctx).Should(Succeed())
+		Eventually(func() (int64, error) {
+			got, err := get(ctx, inst)()
+			if err != nil || got.Status.Task == nil {
+				return 0, err
+			}
+			return got.Status.Task.ID, nil
+		}).WithContext(ctx).Should(BeNumerically(">", firstID), "a new terminate task is given")
+
+		fakeDriver.SetFailDestroy(nil)
+		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).
+			WithContext(ctx).WithTimeout(40 * time.Second).Should(BeTrue())
+	})
+
 	It("refuses requests the state machine forbids, with a reason, and changes nothing", func(ctx SpecContext) {
 		ns := makeNamespace(ctx, "refuse")
 		makeImage(ctx, ns, "img")
@@ -247,12 +287,10 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 })
 
-// expireLease makes a node's heartbeat lapse, as when its agent dies.
+// expireLease makes a node's heartbeat lapse, as when its agent dies: the last renewal vouches
+// for one second only. (The manager judges renewals by its own clock, so backdating the renew
+// time alone would not do.)
 func expireLease(ctx SpecContext, node string) {
-	lease := &coordinationv1.Lease{}
-	Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: LeaseName(node)}, lease)).To(Succeed())
-	old := metav1.NewMicroTime(time.Now().Add(-time.Hour))
-	lease.Spec.RenewTime = &old
-	Expect(k8s.Update(ctx, lease)).To(Succeed())
+	setLease(ctx, node, time.Second, time.Now().Add(-time.Hour))
 	Eventually(func() v1.HypervisorState { return hypervisor(ctx, node).Status.State }).WithContext(ctx).Should(Equal(v1.HypervisorDown))
 }

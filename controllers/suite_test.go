@@ -67,7 +67,7 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 	Expect(IndexInstanceNode(ctx, mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"),
-		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second}).SetupWithManager(mgr)).To(Succeed())
+		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 
 	// The agent of node-a, in its own manager with its node-filtered cache, as cmd/agent sets it up.
@@ -78,12 +78,13 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	fakeDriver = fake.New()
-	agentStore = &storage.Node{Root: GinkgoT().TempDir()}
+	imageDir := GinkgoT().TempDir()
+	agentStore = &storage.Node{Root: GinkgoT().TempDir(), ImageDirs: []string{imageDir}}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
 		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.
-	imageFile = filepath.Join(GinkgoT().TempDir(), "image.qcow2")
+	imageFile = filepath.Join(imageDir, "image.qcow2")
 	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", imageFile, "64M").CombinedOutput()
 	Expect(err).NotTo(HaveOccurred(), string(out))
 	b, err := os.ReadFile(imageFile)

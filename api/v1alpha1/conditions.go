@@ -45,6 +45,21 @@ const (
 	ReasonHeartbeatLapsed = "HeartbeatLapsed"
 )
 
+// Event reasons that are not condition reasons.
+const (
+	// ReasonLaunching: a new instance starts its launch.
+	ReasonLaunching = "Launching"
+	// ReasonTaskSucceeded: the node agent finished a task; the note names it.
+	ReasonTaskSucceeded = "TaskSucceeded"
+	// ReasonTerminating: the node agent was told to terminate the instance.
+	ReasonTerminating = "Terminating"
+	// ReasonTerminated: the instance's domain and disks are gone from its node.
+	ReasonTerminated = "Terminated"
+)
+
+// AgentLeaseName is the name of the Lease a node's agent renews as its heartbeat.
+func AgentLeaseName(node string) string { return "kubenova-agent-" + node }
+
 // Labels and annotations kubenova sets.
 const (
 	// FinalizerInstance keeps an Instance until its domain and disks are gone from its node.

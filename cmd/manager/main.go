@@ -31,7 +31,7 @@ func main() {
 
 func run() error {
 	var (
-		leaderElect    = flag.Bool("leader-elect", false, "elect a leader so that only one manager acts (enable when running more than one)")
+		leaderElect    = flag.Bool("leader-elect", true, "elect a leader so that only one manager schedules and acts; the scheduler's claims are in memory, so never run two managers without it")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases and of the leader Lease")
 		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
@@ -49,6 +49,8 @@ func run() error {
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "kubenova-manager",
 		LeaderElectionNamespace: *leaseNamespace,
+		// A manager that stops cleanly hands over at once instead of after the lease expires.
+		LeaderElectionReleaseOnCancel: true,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{*leaseNamespace: {}}},
 		}},

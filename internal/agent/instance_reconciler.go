@@ -33,6 +33,9 @@ const attemptsBeforeFailing = 3
 // retryStep is the wait after the first failed attempt; the n-th waits n times as long.
 const retryStep = 2 * time.Second
 
+// staleRetry is how soon a reconcile that lost a write race to the manager runs again.
+const staleRetry = 200 * time.Millisecond
+
 // resyncPeriod is how often the agent compares each instance with its domain even when
 // nothing changed (Nova's sync_power_states).
 const resyncPeriod = time.Minute
@@ -49,7 +52,13 @@ type InstanceReconciler struct {
 	VirtType v1.VirtType
 
 	mu       sync.Mutex
-	attempts map[types.UID]int
+	attempts map[attemptKey]int
+}
+
+// attemptKey counts the failed attempts of one task of one instance.
+type attemptKey struct {
+	uid    types.UID
+	taskID int64
 }
 
 // Reconcile carries out the instance's task if the agent has not answered it yet, then reports
@@ -72,9 +81,11 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		report.ConsoleLogPath = logPath
 	}
 
+	var done *attemptKey
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
+		key := attemptKey{uid: inst.UID, taskID: task.ID}
 		if err := r.carryOut(ctx, inst, task); err != nil {
-			if attempt, again := r.retry(inst.UID); again {
+			if attempt, again := r.retry(key); again {
 				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
 				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
 			}
@@ -82,27 +93,36 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		} else {
 			report.TaskResult, report.Message = v1.TaskSucceeded, ""
 		}
-		r.forget(inst.UID)
 		report.TaskID = task.ID
+		done = &key
 	}
 
-	power, err := r.Driver.PowerState(ctx, string(inst.UID))
-	if err != nil {
-		return ctrl.Result{}, err
+	// A failure to read the power state must not hold back the task's result: report what is
+	// known, then try again.
+	power, powerErr := r.Driver.PowerState(ctx, string(inst.UID))
+	if powerErr == nil {
+		inst.Status.PowerState = power
 	}
-	inst.Status.PowerState = power
-	if equality.Semantic.DeepEqual(orig.Status, inst.Status) {
-		return ctrl.Result{RequeueAfter: resyncPeriod}, nil
+	if !equality.Semantic.DeepEqual(orig.Status, inst.Status) {
+		now := metav1.Now()
+		report.LastSyncTime = &now
+		err := r.Client.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			// The manager wrote in between; the task is idempotent, so it is safe to look again.
+			log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
+			return ctrl.Result{RequeueAfter: staleRetry}, nil
+		}
+		if err != nil {
+			return ctrl.Result{}, err
+		}
 	}
-	now := metav1.Now()
-	report.LastSyncTime = &now
-	err = r.Client.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-		// The manager wrote in between; the task is idempotent, so it is safe to look again.
-		log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
-		return ctrl.Result{RequeueAfter: 200 * time.Millisecond}, nil
+	if done != nil {
+		r.forget(*done)
 	}
-	return ctrl.Result{RequeueAfter: resyncPeriod}, err
+	if powerErr != nil {
+		return ctrl.Result{}, fmt.Errorf("power state of %s: %w", req.NamespacedName, powerErr)
+	}
+	return ctrl.Result{RequeueAfter: resyncPeriod}, nil
 }
 
 // carryOut performs one task. Every branch is idempotent: repeating a task that was cut short
@@ -157,21 +177,21 @@ func (r *InstanceReconciler) terminate(ctx context.Context, inst *v1.Instance) e
 	return r.Storage.DeleteInstanceFiles(string(inst.UID))
 }
 
-// retry counts a failed attempt and says whether another is due.
-func (r *InstanceReconciler) retry(uid types.UID) (int, bool) {
+// retry counts a failed attempt of a task and says whether another is due.
+func (r *InstanceReconciler) retry(k attemptKey) (int, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.attempts == nil {
-		r.attempts = map[types.UID]int{}
+		r.attempts = map[attemptKey]int{}
 	}
-	r.attempts[uid]++
-	return r.attempts[uid], r.attempts[uid] < attemptsBeforeFailing
+	r.attempts[k]++
+	return r.attempts[k], r.attempts[k] < attemptsBeforeFailing
 }
 
-func (r *InstanceReconciler) forget(uid types.UID) {
+func (r *InstanceReconciler) forget(k attemptKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.attempts, uid)
+	delete(r.attempts, k)
 }
 
 // SetupWithManager watches the node's instances.

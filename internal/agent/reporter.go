@@ -109,7 +109,7 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 
 // RenewLease records a heartbeat.
 func (r *Reporter) RenewLease(ctx context.Context) error {
-	key := types.NamespacedName{Namespace: r.LeaseNamespace, Name: "kubenova-agent-" + r.NodeName}
+	key := types.NamespacedName{Namespace: r.LeaseNamespace, Name: v1.AgentLeaseName(r.NodeName)}
 	now := metav1.NewMicroTime(time.Now())
 	lease := &coordinationv1.Lease{}
 	err := r.Client.Get(ctx, key, lease)
@@ -131,35 +131,53 @@ func (r *Reporter) RenewLease(ctx context.Context) error {
 	return r.Client.Update(ctx, lease)
 }
 
-// CleanupOrphans destroys the domains of instances that no longer live here, as Nova's compute
-// does at start. An instance that was deleted loses its files too; one that now lives on
-// another node (evacuated) keeps them, since they may be the very disk it runs from now.
+// CleanupOrphans removes what instances left on this node, as Nova's compute does at start:
+// the domain and files of an instance that no longer exists, and the domain (never the disks:
+// they may be the shared disk it runs from now) of an instance that lives on another node.
+//
+// It looks at the node first and at the API second, with a live read rather than the agent's
+// node-filtered cache: whatever it found on the node was made for an instance created before
+// the read, so an instance missing from the read is really gone.
 func (r *Reporter) CleanupOrphans(ctx context.Context) error {
+	logger := log.FromContext(ctx)
 	domains, err := r.Driver.List(ctx)
 	if err != nil {
 		return err
+	}
+	dirs, err := r.Storage.InstanceUIDs()
+	if err != nil {
+		return err
+	}
+	var list v1.InstanceList
+	if err := r.Reader.List(ctx, &list); err != nil {
+		return err
+	}
+	nodeOf := make(map[string]string, len(list.Items))
+	for i := range list.Items {
+		nodeOf[string(list.Items[i].UID)] = list.Items[i].Status.NodeName
 	}
 	for _, d := range domains {
 		if d.InstanceName == "" {
 			continue // not kubenova's
 		}
-		inst := &v1.Instance{}
-		err := r.Reader.Get(ctx, types.NamespacedName{Namespace: d.Namespace, Name: d.InstanceName}, inst)
+		node, exists := nodeOf[d.UUID]
 		switch {
-		case apierrors.IsNotFound(err) || (err == nil && string(inst.UID) != d.UUID):
-			log.FromContext(ctx).Info("removing the domain and files of a deleted instance", "domain", d.Name)
+		case !exists:
+			logger.Info("removing the domain of a deleted instance", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
 			}
-			if err := r.Storage.DeleteInstanceFiles(d.UUID); err != nil {
+		case node != "" && node != r.NodeName:
+			logger.Info("destroying the domain of an instance that now lives elsewhere; its disks stay", "domain", d.Name, "node", node)
+			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
 			}
-		case err != nil:
-			return err
-		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName:
-			log.FromContext(ctx).Info("destroying the domain of an instance that now lives elsewhere; its disks stay",
-				"domain", d.Name, "node", inst.Status.NodeName)
-			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
+		}
+	}
+	for _, uid := range dirs {
+		if _, exists := nodeOf[uid]; !exists {
+			logger.Info("removing the files of a deleted instance", "uid", uid)
+			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
 				return err
 			}
 		}

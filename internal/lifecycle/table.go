@@ -34,7 +34,7 @@ type Transition struct {
 	RunsOnNode bool
 }
 
-// idle is every vm state an instance can rest in once built.
+// allStates is every vm state an instance can be in before it is deleted.
 var allStates = []v1.VMState{
 	v1.VMStateBuilding, v1.VMStateActive, v1.VMStateStopped, v1.VMStatePaused, v1.VMStateSuspended,
 	v1.VMStateRescued, v1.VMStateResized, v1.VMStateShelved, v1.VMStateShelvedOffloaded, v1.VMStateError,

@@ -54,8 +54,12 @@ func (p *Placement) Assume(uid types.UID, node string, r v1.Resources) {
 	p.pending[uid] = claim{node: node, resources: r}
 }
 
-// Forget drops a claim, for an instance that failed to bind or is gone. Call with the lock held.
-func (p *Placement) Forget(uid types.UID) { delete(p.pending, uid) }
+// Release drops a claim, for an instance that failed to bind or is gone. It takes the lock.
+func (p *Placement) Release(uid types.UID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.pending, uid)
+}
 
 // Usage sums the allocations per node from instances, plus the pending claims of instances
 // that do not show their node yet. Claims that the instances already show are dropped, and so

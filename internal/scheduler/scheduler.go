@@ -63,6 +63,22 @@ var DefaultFilters = []Filter{
 	{Name: "NodeSchedulableFilter", Passes: func(h Host, _ Request) bool {
 		return h.Node != nil && !h.Node.Spec.Unschedulable && !outOfService(h.Node)
 	}},
+	PlacementFilters[0],
+	PlacementFilters[1],
+	{Name: "VCPUFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.VCPUs <= Free(h).VCPUs
+	}},
+	{Name: "RAMFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.MemoryMiB <= Free(h).MemoryMiB
+	}},
+	{Name: "DiskFilter", Passes: func(h Host, r Request) bool {
+		return r.Resources.DiskGiB <= Free(h).DiskGiB
+	}},
+}
+
+// PlacementFilters are the filters that depend only on the spec's placement constraints; the
+// manager re-checks them against a placed instance's node.
+var PlacementFilters = []Filter{
 	{Name: "AvailabilityZoneFilter", Passes: func(h Host, r Request) bool {
 		return r.AvailabilityZone == "" || (h.Node != nil && h.Node.Labels[ZoneLabel] == r.AvailabilityZone)
 	}},
@@ -73,15 +89,6 @@ var DefaultFilters = []Filter{
 			}
 		}
 		return true
-	}},
-	{Name: "VCPUFilter", Passes: func(h Host, r Request) bool {
-		return r.Resources.VCPUs <= Free(h).VCPUs
-	}},
-	{Name: "RAMFilter", Passes: func(h Host, r Request) bool {
-		return r.Resources.MemoryMiB <= Free(h).MemoryMiB
-	}},
-	{Name: "DiskFilter", Passes: func(h Host, r Request) bool {
-		return r.Resources.DiskGiB <= Free(h).DiskGiB
 	}},
 }
 

@@ -14,10 +14,11 @@ import (
 
 // Driver keeps domains in a map.
 type Driver struct {
-	mu        sync.Mutex
-	domains   map[string]*domain
-	failSpawn error
-	calls     map[string]int
+	mu          sync.Mutex
+	domains     map[string]*domain
+	failSpawn   error
+	failDestroy error
+	calls       map[string]int
 }
 
 type domain struct {
@@ -41,6 +42,13 @@ func (d *Driver) SetFailSpawn(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.failSpawn = err
+}
+
+// SetFailDestroy makes Destroy return err from now on; nil heals it.
+func (d *Driver) SetFailDestroy(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failDestroy = err
 }
 
 // CallCount says how often a method was called.
@@ -78,6 +86,9 @@ func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.called("Destroy")
+	if d.failDestroy != nil {
+		return d.failDestroy
+	}
 	delete(d.domains, uuid)
 	return nil
 }

@@ -16,10 +16,11 @@ import (
 	"github.com/kubenova/kubenova/internal/driver/domainxml"
 )
 
-// Driver talks to one libvirtd.
+// Driver talks to one libvirtd. Calls share one connection; a call that finds it dead
+// reconnects, and no connection is closed while another call may still be using it.
 type Driver struct {
 	uri  string
-	mu   sync.Mutex
+	mu   sync.RWMutex // read-held for the length of every call, write-held to reconnect
 	conn *golibvirt.Connect
 }
 
@@ -28,29 +29,53 @@ var _ driver.Driver = (*Driver)(nil)
 // New connects to the libvirtd at uri (for example qemu:///system).
 func New(uri string) (*Driver, error) {
 	d := &Driver{uri: uri}
-	if _, err := d.connection(); err != nil {
+	if err := d.reconnect(nil); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// connection returns a live connection, reconnecting when libvirtd restarted under us.
-func (d *Driver) connection() (*golibvirt.Connect, error) {
+// with runs f with a live connection, reconnecting once if libvirtd restarted under us.
+func (d *Driver) with(f func(c *golibvirt.Connect) error) error {
+	d.mu.RLock()
+	c := d.conn
+	alive := false
+	if c != nil {
+		alive, _ = c.IsAlive()
+	}
+	if alive {
+		defer d.mu.RUnlock()
+		return f(c)
+	}
+	d.mu.RUnlock()
+	if err := d.reconnect(c); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.conn == nil {
+		return fmt.Errorf("libvirt at %s: not connected", d.uri)
+	}
+	return f(d.conn)
+}
+
+// reconnect replaces the connection dead, unless another caller replaced it already.
+func (d *Driver) reconnect(dead *golibvirt.Connect) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.conn != dead {
+		return nil
+	}
 	if d.conn != nil {
-		if alive, err := d.conn.IsAlive(); err == nil && alive {
-			return d.conn, nil
-		}
 		_, _ = d.conn.Close()
 		d.conn = nil
 	}
 	c, err := golibvirt.NewConnect(d.uri)
 	if err != nil {
-		return nil, fmt.Errorf("connect to libvirt at %s: %w", d.uri, err)
+		return fmt.Errorf("connect to libvirt at %s: %w", d.uri, err)
 	}
 	d.conn = c
-	return c, nil
+	return nil
 }
 
 func isNotFound(err error) bool {
@@ -59,11 +84,7 @@ func isNotFound(err error) bool {
 }
 
 // lookup finds a domain by UUID; driver.ErrNotFound when there is none. The caller frees it.
-func (d *Driver) lookup(uuid string) (*golibvirt.Domain, error) {
-	c, err := d.connection()
-	if err != nil {
-		return nil, err
-	}
+func lookup(c *golibvirt.Connect, uuid string) (*golibvirt.Domain, error) {
 	dom, err := c.LookupDomainByUUIDString(uuid)
 	if isNotFound(err) {
 		return nil, driver.ErrNotFound
@@ -74,72 +95,83 @@ func (d *Driver) lookup(uuid string) (*golibvirt.Domain, error) {
 	return dom, nil
 }
 
+// withDomain runs f on the domain of uuid; driver.ErrNotFound when there is none.
+func (d *Driver) withDomain(uuid string, f func(dom *golibvirt.Domain) error) error {
+	return d.with(func(c *golibvirt.Connect) error {
+		dom, err := lookup(c, uuid)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = dom.Free() }()
+		return f(dom)
+	})
+}
+
 // Spawn implements driver.Driver.
 func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	x, err := domainxml.Build(m)
 	if err != nil {
 		return err
 	}
-	dom, err := d.lookup(m.UUID)
-	if errors.Is(err, driver.ErrNotFound) {
-		c, cerr := d.connection()
-		if cerr != nil {
-			return cerr
+	return d.with(func(c *golibvirt.Connect) error {
+		dom, err := lookup(c, m.UUID)
+		if errors.Is(err, driver.ErrNotFound) {
+			dom, err = c.DomainDefineXML(x)
+			if err != nil {
+				return fmt.Errorf("define domain %s: %w", m.Name, err)
+			}
+		} else if err != nil {
+			return err
 		}
-		dom, err = c.DomainDefineXML(x)
+		defer func() { _ = dom.Free() }()
+		// Any active domain counts as spawned: QEMU pauses a guest whose disk is full, and a
+		// repeated spawn must not fail on it.
+		active, err := dom.IsActive()
 		if err != nil {
-			return fmt.Errorf("define domain %s: %w", m.Name, err)
+			return fmt.Errorf("state of domain %s: %w", m.Name, err)
 		}
-	} else if err != nil {
-		return err
-	}
-	defer func() { _ = dom.Free() }()
-	state, _, err := dom.GetState()
-	if err != nil {
-		return fmt.Errorf("state of domain %s: %w", m.Name, err)
-	}
-	if state == golibvirt.DOMAIN_RUNNING {
+		if active {
+			return nil
+		}
+		if err := dom.Create(); err != nil {
+			return fmt.Errorf("start domain %s: %w", m.Name, err)
+		}
 		return nil
-	}
-	if err := dom.Create(); err != nil {
-		return fmt.Errorf("start domain %s: %w", m.Name, err)
-	}
-	return nil
+	})
 }
 
 // Destroy implements driver.Driver.
 func (d *Driver) Destroy(_ context.Context, uuid string) error {
-	dom, err := d.lookup(uuid)
+	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		if active, err := dom.IsActive(); err == nil && active {
+			if err := dom.Destroy(); err != nil && !isNotFound(err) {
+				return fmt.Errorf("destroy domain %s: %w", uuid, err)
+			}
+		}
+		flags := golibvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | golibvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+		if err := dom.UndefineFlags(flags); err != nil && !isNotFound(err) {
+			return fmt.Errorf("undefine domain %s: %w", uuid, err)
+		}
+		return nil
+	})
 	if errors.Is(err, driver.ErrNotFound) {
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	defer func() { _ = dom.Free() }()
-	if active, err := dom.IsActive(); err == nil && active {
-		if err := dom.Destroy(); err != nil && !isNotFound(err) {
-			return fmt.Errorf("destroy domain %s: %w", uuid, err)
-		}
-	}
-	flags := golibvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | golibvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-	if err := dom.UndefineFlags(flags); err != nil && !isNotFound(err) {
-		return fmt.Errorf("undefine domain %s: %w", uuid, err)
-	}
-	return nil
+	return err
 }
 
 // PowerState implements driver.Driver.
 func (d *Driver) PowerState(_ context.Context, uuid string) (v1.PowerState, error) {
-	dom, err := d.lookup(uuid)
+	var p v1.PowerState
+	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		var err error
+		p, err = powerState(dom)
+		return err
+	})
 	if errors.Is(err, driver.ErrNotFound) {
 		return v1.PowerStateNoState, nil
 	}
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = dom.Free() }()
-	return powerState(dom)
+	return p, err
 }
 
 // powerState maps libvirt's domain state to Nova's power state, as nova/virt/libvirt does; a
@@ -168,30 +200,25 @@ func powerState(dom *golibvirt.Domain) (v1.PowerState, error) {
 	}
 }
 
-// List implements driver.Driver.
+// List implements driver.Driver. A domain that cannot be described is left out rather than
+// failing the whole list; one undefined while we list is simply gone.
 func (d *Driver) List(_ context.Context) ([]driver.Domain, error) {
-	c, err := d.connection()
-	if err != nil {
-		return nil, err
-	}
-	doms, err := c.ListAllDomains(0)
-	if err != nil {
-		return nil, fmt.Errorf("list domains: %w", err)
-	}
-	out := make([]driver.Domain, 0, len(doms))
-	for i := range doms {
-		dom := &doms[i]
-		info, err := describe(dom)
-		_ = dom.Free()
-		if isNotFound(err) {
-			continue // undefined while we listed
-		}
+	var out []driver.Domain
+	err := d.with(func(c *golibvirt.Connect) error {
+		doms, err := c.ListAllDomains(0)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("list domains: %w", err)
 		}
-		out = append(out, info)
-	}
-	return out, nil
+		for i := range doms {
+			info, err := describe(&doms[i])
+			_ = doms[i].Free()
+			if err == nil {
+				out = append(out, info)
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 func describe(dom *golibvirt.Domain) (driver.Domain, error) {
@@ -220,42 +247,40 @@ func describe(dom *golibvirt.Domain) (driver.Domain, error) {
 
 // HostInfo implements driver.Driver.
 func (d *Driver) HostInfo(_ context.Context) (driver.HostInfo, error) {
-	c, err := d.connection()
-	if err != nil {
-		return driver.HostInfo{}, err
-	}
-	node, err := c.GetNodeInfo()
-	if err != nil {
-		return driver.HostInfo{}, fmt.Errorf("node info: %w", err)
-	}
-	hostname, err := c.GetHostname()
-	if err != nil {
-		return driver.HostInfo{}, fmt.Errorf("hostname: %w", err)
-	}
-	libVersion, err := c.GetLibVersion()
-	if err != nil {
-		return driver.HostInfo{}, fmt.Errorf("libvirt version: %w", err)
-	}
-	qemuVersion, err := c.GetVersion()
-	if err != nil {
-		return driver.HostInfo{}, fmt.Errorf("hypervisor version: %w", err)
-	}
-	capsXML, err := c.GetCapabilities()
-	if err != nil {
-		return driver.HostInfo{}, fmt.Errorf("capabilities: %w", err)
-	}
-	var caps libvirtxml.Caps
-	if err := caps.Unmarshal(capsXML); err != nil {
-		return driver.HostInfo{}, fmt.Errorf("parse capabilities: %w", err)
-	}
-	return driver.HostInfo{
-		Hostname:       hostname,
-		HostUUID:       caps.Host.UUID,
-		VCPUs:          int64(node.Cpus),
-		MemoryMiB:      int64(node.Memory / 1024),
-		LibvirtVersion: version(libVersion),
-		QEMUVersion:    version(qemuVersion),
-	}, nil
+	var info driver.HostInfo
+	err := d.with(func(c *golibvirt.Connect) error {
+		node, err := c.GetNodeInfo()
+		if err != nil {
+			return fmt.Errorf("node info: %w", err)
+		}
+		hostname, err := c.GetHostname()
+		if err != nil {
+			return fmt.Errorf("hostname: %w", err)
+		}
+		libVersion, err := c.GetLibVersion()
+		if err != nil {
+			return fmt.Errorf("libvirt version: %w", err)
+		}
+		qemuVersion, err := c.GetVersion()
+		if err != nil {
+			return fmt.Errorf("hypervisor version: %w", err)
+		}
+		capsXML, err := c.GetCapabilities()
+		if err != nil {
+			return fmt.Errorf("capabilities: %w", err)
+		}
+		var caps libvirtxml.Caps
+		if err := caps.Unmarshal(capsXML); err != nil {
+			return fmt.Errorf("parse capabilities: %w", err)
+		}
+		info = driver.HostInfo{
+			Hostname: hostname, HostUUID: caps.Host.UUID,
+			VCPUs: int64(node.Cpus), MemoryMiB: int64(node.Memory / 1024),
+			LibvirtVersion: version(libVersion), QEMUVersion: version(qemuVersion),
+		}
+		return nil
+	})
+	return info, err
 }
 
 // version renders libvirt's major*1e6+minor*1e3+micro encoding.

@@ -1,0 +1,75 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/driver/fake"
+	"github.com/kubenova/kubenova/internal/scheme"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+const (
+	uidHere      = "00000000-0000-4000-8000-00000000000a" // lives here
+	uidMoved     = "00000000-0000-4000-8000-00000000000b" // evacuated to another node
+	uidDeleted   = "00000000-0000-4000-8000-00000000000c" // deleted while the node was down
+	uidDirOnly   = "00000000-0000-4000-8000-00000000000d" // deleted before its domain was made
+	uidNotOurs   = "00000000-0000-4000-8000-00000000000e" // a domain kubenova did not define
+	thisNodeName = "node-1"
+)
+
+func instance(uid, node string) *v1.Instance {
+	return &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "i-" + uid[len(uid)-1:], UID: types.UID(uid)},
+		Status: v1.InstanceStatus{NodeName: node}}
+}
+
+func TestCleanupOrphans(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	drv := fake.New()
+	for _, uid := range []string{uidHere, uidMoved, uidDeleted, uidDirOnly} {
+		dir, _ := store.InstanceDir(uid)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "disk"), []byte("data"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, uid := range []string{uidHere, uidMoved, uidDeleted, uidNotOurs} {
+		name := "i-" + uid[len(uid)-1:]
+		if uid == uidNotOurs {
+			name = "" // no kubenova metadata
+		}
+		if err := drv.Spawn(ctx, driver.Machine{UUID: uid, Name: "d-" + uid, Namespace: "ns", InstanceName: name, RootDisk: "/x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).
+		WithObjects(instance(uidHere, thisNodeName), instance(uidMoved, "node-2")).Build()
+	r := &Reporter{Client: c, Reader: c, Driver: drv, Storage: store, NodeName: thisNodeName}
+
+	if err := r.CleanupOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for uid, want := range map[string]bool{uidHere: true, uidMoved: false, uidDeleted: false, uidNotOurs: true} {
+		if drv.Has(uid) != want {
+			t.Errorf("domain %s defined: %v, want %v", uid, drv.Has(uid), want)
+		}
+	}
+	for uid, want := range map[string]bool{uidHere: true, uidMoved: true, uidDeleted: false, uidDirOnly: false} {
+		dir, _ := store.InstanceDir(uid)
+		_, err := os.Stat(filepath.Join(dir, "disk"))
+		if (err == nil) != want {
+			t.Errorf("disk of %s kept: %v, want %v", uid, err == nil, want)
+		}
+	}
+}
