@@ -92,3 +92,24 @@ func get(ctx context.Context, inst *v1.Instance) func() (*v1.Instance, error) {
 }
 
 func unique(prefix string) string { return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()) }
+
+// createOnNodeA creates, in a new namespace, an image and a small instance that only node-a
+// (the node with the in-process agent) can take.
+func createOnNodeA(ctx context.Context, prefix string) *v1.Instance {
+	ns := makeNamespace(ctx, prefix)
+	makeImage(ctx, ns, "img")
+	inst := newInstance(ns, "web", "small", "img")
+	inst.Spec.NodeSelector = onNodeA
+	Expect(k8s.Create(ctx, inst)).To(Succeed())
+	return inst
+}
+
+func waitForVMState(ctx context.Context, inst *v1.Instance, want v1.VMState) {
+	Eventually(func() (v1.VMState, error) {
+		got, err := get(ctx, inst)()
+		if err != nil {
+			return "", err
+		}
+		return got.Status.VMState, nil
+	}).WithContext(ctx).Should(Equal(want))
+}

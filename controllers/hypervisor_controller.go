@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
@@ -82,8 +84,8 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
 		return ctrl.Result{RequeueAfter: recheck}, nil
 	}
-	err = r.Status().Patch(ctx, hv, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	if apierrors.IsConflict(err) {
+	err = kube.PatchStatus(ctx, r.Client, orig, hv)
+	if errors.Is(err, kube.ErrStale) {
 		return ctrl.Result{RequeueAfter: staleRetry}, nil
 	}
 	return ctrl.Result{RequeueAfter: recheck}, err

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/lifecycle"
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
@@ -90,7 +91,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.startRequestedAction,
 	)
 	r.setConditions(inst, st)
-	if perr := r.patchStatus(ctx, orig, inst); errors.Is(perr, errStale) {
+	if perr := r.patchStatus(ctx, orig, inst); errors.Is(perr, kube.ErrStale) {
 		return ctrl.Result{RequeueAfter: staleRetry}, nil
 	} else if perr != nil {
 		return ctrl.Result{}, perr
@@ -430,7 +431,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	if task == nil || task.Action != v1.ActionTerminate {
 		r.startTask(inst, v1.ActionTerminate)
 		r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
-		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, errStale) {
+		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, kube.ErrStale) {
 			return ctrl.Result{RequeueAfter: staleRetry}, nil
 		} else if err != nil {
 			return ctrl.Result{}, err
@@ -454,7 +455,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		}
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
 		r.startTask(inst, v1.ActionTerminate)
-		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, errStale) {
+		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, kube.ErrStale) {
 			return ctrl.Result{RequeueAfter: staleRetry}, nil
 		} else if err != nil {
 			return ctrl.Result{}, err
@@ -496,23 +497,19 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 	return nil
 }
 
-// errStale says a status patch lost a race; the reconcile is repeated on fresh data.
-var errStale = errors.New("status changed underneath")
-
 // patchStatus writes status once, only if it changed, and only over the version it was computed
-// from: a conflict means someone (the agent) wrote in between, and the next reconcile starts
-// again from fresh data. This is what keeps a stale cache from placing an instance twice.
+// from (kube.PatchStatus): this is what keeps a stale cache from placing an instance twice. A
+// lost race undoes the claim the reconcile made.
 func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
 	if equality.Semantic.DeepEqual(orig.Status, inst.Status) {
 		return nil
 	}
-	err := r.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+	err := kube.PatchStatus(ctx, r.Client, orig, inst)
+	if errors.Is(err, kube.ErrStale) {
 		if orig.Status.NodeName == "" && inst.Status.NodeName != "" {
 			r.Placement.Release(inst.UID)
 		}
-		log.FromContext(ctx).V(1).Info("status changed underneath; retrying", "error", err.Error())
-		return errStale
+		log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
 	}
 	return err
 }

@@ -26,11 +26,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 
 	It("launches: Building/Scheduling, then Spawning on the node, then Active and Ready", func(ctx SpecContext) {
-		ns := makeNamespace(ctx, "launch")
-		makeImage(ctx, ns, "img")
-		inst := newInstance(ns, "web", "small", "img")
-		inst.Spec.NodeSelector = onNodeA
-		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		inst := createOnNodeA(ctx, "launch")
 
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
@@ -190,13 +186,9 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 
 	It("puts an instance whose spawn fails in Error, with the fault, as Stalled", func(ctx SpecContext) {
-		ns := makeNamespace(ctx, "broken")
-		makeImage(ctx, ns, "img")
 		fakeDriver.SetFailSpawn(errors.New("the disk is on fire"))
 		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })
-		inst := newInstance(ns, "web", "small", "img")
-		inst.Spec.NodeSelector = onNodeA
-		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		inst := createOnNodeA(ctx, "broken")
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
@@ -211,13 +203,8 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 
 	It("gives a failed terminate a new task until the domain is gone, never dropping the object", func(ctx SpecContext) {
-		ns := makeNamespace(ctx, "stubborn")
-		makeImage(ctx, ns, "img")
-		inst := newInstance(ns, "web", "small", "img")
-		inst.Spec.NodeSelector = onNodeA
-		Expect(k8s.Create(ctx, inst)).To(Succeed())
-		Eventually(func() (v1.VMState, error) { got, err := get(ctx, inst)(); return got.Status.VMState, err }).
-			WithContext(ctx).Should(Equal(v1.VMStateActive))
+		inst := createOnNodeA(ctx, "stubborn")
+		waitForVMState(ctx, inst, v1.VMStateActive)
 		fakeDriver.SetFailDestroy(errors.New("device busy"))
 		DeferCleanup(func() { fakeDriver.SetFailDestroy(nil) })
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
@@ -245,13 +232,8 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 
 	It("refuses requests the state machine forbids, with a reason, and changes nothing", func(ctx SpecContext) {
-		ns := makeNamespace(ctx, "refuse")
-		makeImage(ctx, ns, "img")
-		inst := newInstance(ns, "web", "small", "img")
-		inst.Spec.NodeSelector = onNodeA
-		Expect(k8s.Create(ctx, inst)).To(Succeed())
-		Eventually(func() (v1.VMState, error) { got, err := get(ctx, inst)(); return got.Status.VMState, err }).
-			WithContext(ctx).Should(Equal(v1.VMStateActive))
+		inst := createOnNodeA(ctx, "refuse")
+		waitForVMState(ctx, inst, v1.VMStateActive)
 
 		By("changing its flavor, a resize this version cannot do yet: refused, not ignored")
 		got, err := get(ctx, inst)()

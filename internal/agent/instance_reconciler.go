@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -20,6 +19,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/storage"
 )
 
@@ -106,8 +106,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !equality.Semantic.DeepEqual(orig.Status, inst.Status) {
 		now := metav1.Now()
 		report.LastSyncTime = &now
-		err := r.Client.Status().Patch(ctx, inst, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+		err := kube.PatchStatus(ctx, r.Client, orig, inst)
+		if errors.Is(err, kube.ErrStale) {
 			// The manager wrote in between; the task is idempotent, so it is safe to look again.
 			log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
 			return ctrl.Result{RequeueAfter: staleRetry}, nil
