@@ -182,6 +182,55 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 	}, NodeTimeout(5*time.Minute))
 })
 
+var _ = Describe("Restarts", Ordered, func() {
+	It("finishes a launch across restarts of the manager and of every agent", func(ctx SpecContext) {
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: phoenix", 1)
+		path := filepath.Join(cluster.WorkDir, "phoenix.yaml")
+		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
+
+		By("creating the instance while no manager runs")
+		Expect(cluster.StopManager()).To(Succeed())
+		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		inst, err := instance(ctx, "phoenix")()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(inst.Status.VMState).To(BeEmpty(), "nothing acts on it yet")
+
+		By("stopping every agent, then starting the manager: it places the instance and waits")
+		for _, h := range cluster.Hosts {
+			Expect(cluster.StopAgent(h)).To(Succeed())
+		}
+		Expect(cluster.StartManager()).To(Succeed())
+		Eventually(func(g Gomega) {
+			inst, err := instance(ctx, "phoenix")()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(inst.Status.VMState).To(Equal(v1.VMStateBuilding))
+			g.Expect(inst.Status.TaskState).To(Equal(v1.TaskStateSpawning))
+			g.Expect(inst.Status.NodeName).NotTo(BeEmpty())
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+
+		By("starting the agents again: the one of its node spawns it")
+		for _, h := range cluster.Hosts {
+			Expect(cluster.StartAgent(h)).To(Succeed())
+		}
+		Eventually(func(g Gomega) {
+			inst, err = instance(ctx, "phoenix")()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(meta.IsStatusConditionTrue(inst.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
+		Eventually(func() (string, error) {
+			b, err := os.ReadFile(inst.Status.AgentReport.ConsoleLogPath)
+			return string(b), err
+		}).WithContext(ctx).WithTimeout(90 * time.Second).Should(ContainSubstring(bootLine))
+
+		out, err = cluster.Kubectl(ctx, "delete", "instance", "phoenix", "-n", "default", "--wait=true", "--timeout=60s")
+		Expect(err).NotTo(HaveOccurred(), out)
+	}, NodeTimeout(5*time.Minute))
+})
+
 func mustRender(name string) string {
 	b, err := utils.RenderSample(name)
 	Expect(err).NotTo(HaveOccurred())

@@ -72,11 +72,21 @@ func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err e
 			return c, err
 		}
 	}
-	if err := c.start("manager", filepath.Join(BinDir(), "manager"),
-		"--health-probe-bind-address=0", "--node-down-grace=5s"); err != nil {
+	if err := c.StartManager(); err != nil {
 		return c, err
 	}
 	return c, nil
+}
+
+// StartManager starts the manager.
+func (c *Cluster) StartManager() error {
+	return c.start("manager", filepath.Join(BinDir(), "manager"),
+		"--health-probe-bind-address=0", "--node-down-grace=5s")
+}
+
+// StopManager ends the manager, as a crash or an upgrade would.
+func (c *Cluster) StopManager() error {
+	return c.stop(func(cmd *exec.Cmd) bool { return filepath.Base(cmd.Path) == "manager" }, "manager")
 }
 
 // writeKubeconfig gives the processes and kubectl an administrator's kubeconfig.
@@ -124,7 +134,8 @@ func (c *Cluster) StartAgent(h Host) error {
 
 // start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.
 func (c *Cluster) start(name, binary string, args ...string) error {
-	logFile, err := os.Create(filepath.Join(c.WorkDir, "logs", name+".log"))
+	// Append, so that a restarted process keeps its predecessor's log.
+	logFile, err := os.OpenFile(filepath.Join(c.WorkDir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -195,14 +206,21 @@ func stopProcess(cmd *exec.Cmd) {
 
 // StopAgent ends one host's agent, as a node failure would (its libvirtd and guests stay).
 func (c *Cluster) StopAgent(h Host) error {
+	return c.stop(func(cmd *exec.Cmd) bool {
+		return filepath.Base(cmd.Path) == "agent" && containsArg(cmd.Args, "--node-name="+h.Name)
+	}, "agent of "+h.Name)
+}
+
+// stop ends the first process that matches.
+func (c *Cluster) stop(match func(*exec.Cmd) bool, what string) error {
 	for i, cmd := range c.procs {
-		if filepath.Base(cmd.Path) == "agent" && containsArg(cmd.Args, "--node-name="+h.Name) {
+		if match(cmd) {
 			stopProcess(cmd)
 			c.procs = append(c.procs[:i], c.procs[i+1:]...)
 			return nil
 		}
 	}
-	return errors.New("no agent runs for " + h.Name)
+	return errors.New("no process runs for the " + what)
 }
 
 func containsArg(args []string, want string) bool {
