@@ -150,6 +150,12 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 			Message: fmt.Sprintf("image %q does not exist in namespace %s", inst.Spec.Image.Name, inst.Namespace)}
 		return &ctrl.Result{}, nil // the Image watch brings us back
 	}
+	if msg := flavorTooSmall(flavor, image); msg != "" {
+		// Nova refuses these at the API (FlavorDiskSmallerThanMinDisk, FlavorMemoryTooSmall);
+		// only a change of spec.flavor or of the image helps, so the instance is Stalled.
+		st.refusal = &lifecycle.Refusal{Action: v1.ActionLaunch, Reason: v1.ReasonFlavorTooSmall, Message: msg}
+		return &ctrl.Result{}, nil
+	}
 	request := scheduler.Request{
 		Resources:        scheduler.FlavorResources(flavor.Spec),
 		NodeSelector:     inst.Spec.NodeSelector,
@@ -180,6 +186,17 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		ObservedGeneration: inst.Generation})
 	r.event(inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "placed on node %s", node)
 	return nil, nil
+}
+
+// flavorTooSmall says why a flavor cannot boot an image, or "" when it can.
+func flavorTooSmall(flavor *v1.Flavor, image *v1.Image) string {
+	if d := flavor.Spec.DiskGiB; d > 0 && d < image.Spec.MinDiskGiB {
+		return fmt.Sprintf("flavor %s has a %d GiB disk; image %s needs at least %d GiB", flavor.Name, d, image.Name, image.Spec.MinDiskGiB)
+	}
+	if m := flavor.Spec.MemoryMiB; m < image.Spec.MinMemoryMiB {
+		return fmt.Sprintf("flavor %s has %d MiB of memory; image %s needs at least %d MiB", flavor.Name, m, image.Name, image.Spec.MinMemoryMiB)
+	}
+	return ""
 }
 
 // place runs the scheduler under the placement lock and claims the chosen node's resources

@@ -92,6 +92,33 @@ var _ = Describe("Instance controller", Ordered, func() {
 		}).WithContext(ctx).Should(Equal(v1.VMStateActive))
 	})
 
+	It("refuses a flavor smaller than the image needs, as Stalled, until spec.flavor changes", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "too-small")
+		img := &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "big-image"},
+			Spec: v1.ImageSpec{Source: v1.ImageSource{File: imageFile}, SHA256: imageSum, MinDiskGiB: 5}}
+		Expect(k8s.Create(ctx, img)).To(Succeed())
+		inst := newInstance(ns, "web", "small", "big-image")
+		inst.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonFlavorTooSmall))
+			g.Expect(ready.Message).To(ContainSubstring("needs at least 5 GiB"))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
+			g.Expect(got.Status.NodeName).To(BeEmpty())
+		}).WithContext(ctx).Should(Succeed())
+
+		makeFlavor(ctx, "roomy", 1, 256, 5)
+		got, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		got.Spec.Flavor = "roomy"
+		Expect(k8s.Update(ctx, got)).To(Succeed())
+		waitForVMState(ctx, inst, v1.VMStateActive)
+	})
+
 	It("says NoValidHost with the filter to blame, records an Event, and places once a node fits", func(ctx SpecContext) {
 		ns := makeNamespace(ctx, "novalid")
 		makeImage(ctx, ns, "img")

@@ -33,6 +33,8 @@ const (
 	ReasonFlavorNotFound = "FlavorNotFound"
 	// ReasonImageNotFound: spec.image names no Image.
 	ReasonImageNotFound = "ImageNotFound"
+	// ReasonFlavorTooSmall: the flavor has less disk or memory than the image needs.
+	ReasonFlavorTooSmall = "FlavorTooSmall"
 	// ReasonTaskFailed: the node agent reported that a task failed.
 	ReasonTaskFailed = "TaskFailed"
 	// ReasonInstanceError: the instance is in vm state Error.

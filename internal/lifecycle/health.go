@@ -35,6 +35,9 @@ func Health(o Observation) []metav1.Condition {
 	case o.Waiting != nil:
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Waiting.Reason, o.Waiting.Message
 		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, ready.Reason, ready.Message
+	case o.Refusal != nil:
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Refusal.Reason, o.Refusal.Message
+		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, ready.Reason, ready.Message
 	case o.TaskState != v1.TaskStateNone:
 		ready.Status, ready.Reason = metav1.ConditionFalse, v1.ReasonTaskInProgress
 		ready.Message = fmt.Sprintf("task %s in progress (vm state %s)", o.TaskState, o.VMState)
@@ -45,9 +48,6 @@ func Health(o Observation) []metav1.Condition {
 		if o.Fault != nil {
 			ready.Message = fmt.Sprintf("the instance is in Error: %s", o.Fault.Message)
 		}
-		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, ready.Reason, ready.Message
-	case o.Refusal != nil:
-		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, o.Refusal.Reason, o.Refusal.Message
 		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, ready.Reason, ready.Message
 	case o.DesiredReached:
 		ready.Status, ready.Reason = metav1.ConditionTrue, v1.ReasonDesiredStateReached

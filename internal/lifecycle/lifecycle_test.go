@@ -261,3 +261,11 @@ func TestHealthOfATaskOutOfError(t *testing.T) {
 		t.Errorf("a hard reboot out of Error is progress, not a stall: %+v", conds)
 	}
 }
+
+func TestHealthOfARefusedLaunch(t *testing.T) {
+	conds := Health(Observation{VMState: v1.VMStateBuilding, TaskState: v1.TaskStateScheduling,
+		Refusal: &Refusal{Reason: v1.ReasonFlavorTooSmall, Message: "flavor too small"}})
+	if conds[0].Reason != v1.ReasonFlavorTooSmall || conds[2].Status != metav1.ConditionTrue {
+		t.Errorf("a launch that only a spec change can unblock is Stalled with its reason: %+v", conds)
+	}
+}

@@ -203,6 +203,7 @@ func (n *Node) fileAllowed(path string) bool {
 // imageInfo is the part of `qemu-img info --output=json` that inspect reads.
 type imageInfo struct {
 	Format          string `json:"format"`
+	VirtualSize     int64  `json:"virtual-size"`
 	BackingFilename string `json:"backing-filename"`
 	FormatSpecific  struct {
 		Data struct {
@@ -218,13 +219,9 @@ func inspect(ctx context.Context, path string, declared v1.DiskFormat) error {
 	if declared == "" {
 		declared = v1.DiskFormatQCOW2
 	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", path).Output()
+	info, err := readInfo(ctx, path)
 	if err != nil {
-		return fmt.Errorf("qemu-img info: %w", err)
-	}
-	var info imageInfo
-	if err := json.Unmarshal(out, &info); err != nil {
-		return fmt.Errorf("qemu-img info: %w", err)
+		return err
 	}
 	if info.Format != string(declared) {
 		return fmt.Errorf("the image is %s, not %s as its diskFormat says", info.Format, declared)
@@ -236,6 +233,18 @@ func inspect(ctx context.Context, path string, declared v1.DiskFormat) error {
 		return fmt.Errorf("the image has an external data file (%s); images must be standalone", info.FormatSpecific.Data.DataFile)
 	}
 	return nil
+}
+
+func readInfo(ctx context.Context, path string) (imageInfo, error) {
+	var info imageInfo
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", path).Output()
+	if err != nil {
+		return info, fmt.Errorf("qemu-img info: %w", err)
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return info, fmt.Errorf("qemu-img info: %w", err)
+	}
+	return info, nil
 }
 
 // CreateRootDisk makes an instance's root disk, a qcow2 overlay on a cached base image, sized to
@@ -254,6 +263,17 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 	}
 	if format == "" {
 		format = v1.DiskFormatQCOW2
+	}
+	if sizeGiB > 0 {
+		// A root disk smaller than the image would cut the guest's filesystem short; Nova
+		// refuses it too (FlavorDiskSmallerThanImage).
+		info, err := readInfo(ctx, base)
+		if err != nil {
+			return "", err
+		}
+		if want := int64(sizeGiB) << 30; info.VirtualSize > want {
+			return "", fmt.Errorf("the flavor's %d GiB root disk is smaller than the image (%d bytes)", sizeGiB, info.VirtualSize)
+		}
 	}
 	tmp := disk + ".creating"
 	_ = os.Remove(tmp)

@@ -19,6 +19,7 @@ import (
 
 const uidA = "6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10"
 const uidB = "7f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a11"
+const uidC = "8f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a12"
 
 func digest(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
@@ -131,6 +132,12 @@ func TestRootDiskLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat(base); err != nil {
 		t.Error("deleting an instance removed its base image")
+	}
+	bigBase := filepath.Join(t.TempDir(), "big.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", bigBase, "2G")
+	if _, err := n.CreateRootDisk(context.Background(), uidC, bigBase, v1.DiskFormatQCOW2, 1); err == nil ||
+		!strings.Contains(err.Error(), "smaller than the image") {
+		t.Errorf("a 1 GiB root disk over a 2 GiB image: %v", err)
 	}
 	if err := n.DeleteInstanceFiles("../../etc"); err == nil {
 		t.Error("a path that is not a UID was accepted for deletion")
