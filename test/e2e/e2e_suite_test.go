@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/test/utils"
 )
 
@@ -34,7 +35,12 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	cluster, err = utils.StartCluster(context.Background(), workDir, 2)
 	Expect(err).NotTo(HaveOccurred())
 	GinkgoWriter.Printf("cluster with 2 hosts started in %s (work dir %s)\n", time.Since(start).Round(time.Millisecond), workDir)
-}, NodeTimeout(3*time.Minute))
+
+	// Every spec starts from a cluster whose agents have reported: a fresh libvirtd probes
+	// QEMU's capabilities for several seconds before its first answer.
+	expectHypervisorsUp(ctx)
+	GinkgoWriter.Printf("both hypervisors up %s after the start\n", time.Since(start).Round(time.Millisecond))
+}, NodeTimeout(4*time.Minute))
 
 var _ = AfterSuite(func() {
 	if cluster != nil {
@@ -56,3 +62,20 @@ var _ = ReportAfterEach(func(report SpecReport) {
 		GinkgoWriter.Printf("==== %s (tail)\n%s\n", l, b)
 	}
 })
+
+// expectHypervisorsUp waits until both hosts' agents have reported and renew their leases.
+func expectHypervisorsUp(ctx context.Context) {
+	Eventually(func(g Gomega) {
+		var hvs v1.HypervisorList
+		g.Expect(cluster.Client.List(ctx, &hvs)).To(Succeed())
+		g.Expect(hvs.Items).To(HaveLen(2))
+		for _, hv := range hvs.Items {
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp), hv.Name)
+			g.Expect(hv.Status.VirtType).To(Equal(v1.VirtTypeQEMU))
+			g.Expect(hv.Status.Capacity.VCPUs).To(BeNumerically(">", 0))
+			g.Expect(hv.Status.LibvirtVersion).NotTo(BeEmpty())
+			g.Expect(hv.Status.HostUUID).NotTo(BeEmpty())
+		}
+		g.Expect(hvs.Items[0].Status.HostUUID).NotTo(Equal(hvs.Items[1].Status.HostUUID), "each host has its own libvirt host UUID")
+	}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
+}

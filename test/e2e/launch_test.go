@@ -47,19 +47,7 @@ func applySample(ctx context.Context, name string) {
 
 var _ = Describe("Launch and terminate", Ordered, func() {
 	BeforeAll(func(ctx SpecContext) {
-		Eventually(func(g Gomega) {
-			var hvs v1.HypervisorList
-			g.Expect(cluster.Client.List(ctx, &hvs)).To(Succeed())
-			g.Expect(hvs.Items).To(HaveLen(2))
-			for _, hv := range hvs.Items {
-				g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp), hv.Name)
-				g.Expect(hv.Status.VirtType).To(Equal(v1.VirtTypeQEMU))
-				g.Expect(hv.Status.Capacity.VCPUs).To(BeNumerically(">", 0))
-				g.Expect(hv.Status.LibvirtVersion).NotTo(BeEmpty())
-				g.Expect(hv.Status.HostUUID).NotTo(BeEmpty())
-			}
-			g.Expect(hvs.Items[0].Status.HostUUID).NotTo(Equal(hvs.Items[1].Status.HostUUID), "each host has its own libvirt host UUID")
-		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		expectHypervisorsUp(ctx)
 		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 	})
@@ -192,6 +180,18 @@ var _ = Describe("Restarts", Ordered, func() {
 
 		By("creating the instance while no manager runs")
 		Expect(cluster.StopManager()).To(Succeed())
+		// Whatever happens below, leave the cluster whole for the other specs.
+		stopped := map[string]bool{"manager": true}
+		DeferCleanup(func() {
+			if stopped["manager"] {
+				Expect(cluster.StartManager()).To(Succeed())
+			}
+			for _, h := range cluster.Hosts {
+				if stopped[h.Name] {
+					Expect(cluster.StartAgent(h)).To(Succeed())
+				}
+			}
+		})
 		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		inst, err := instance(ctx, "phoenix")()
@@ -201,8 +201,10 @@ var _ = Describe("Restarts", Ordered, func() {
 		By("stopping every agent, then starting the manager: it places the instance and waits")
 		for _, h := range cluster.Hosts {
 			Expect(cluster.StopAgent(h)).To(Succeed())
+			stopped[h.Name] = true
 		}
 		Expect(cluster.StartManager()).To(Succeed())
+		stopped["manager"] = false
 		Eventually(func(g Gomega) {
 			inst, err := instance(ctx, "phoenix")()
 			g.Expect(err).NotTo(HaveOccurred())
@@ -214,6 +216,7 @@ var _ = Describe("Restarts", Ordered, func() {
 		By("starting the agents again: the one of its node spawns it")
 		for _, h := range cluster.Hosts {
 			Expect(cluster.StartAgent(h)).To(Succeed())
+			stopped[h.Name] = false
 		}
 		Eventually(func(g Gomega) {
 			inst, err = instance(ctx, "phoenix")()
