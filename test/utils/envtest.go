@@ -8,11 +8,9 @@ import (
 	"path/filepath"
 	"runtime"
 
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/scheme"
 )
 
@@ -62,6 +60,3 @@ func StartEnv() (*Env, error) {
 	}
 	return &Env{Environment: env, Client: c}, nil
 }
-
-// GVK is a kubenova kind's GroupVersionKind.
-func GVK(kind string) schema.GroupVersionKind { return v1.GroupVersion.WithKind(kind) }
