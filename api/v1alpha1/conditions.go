@@ -41,6 +41,11 @@ const (
 	ReasonInstanceError = "InstanceError"
 	// ReasonNodeDown: the instance's node has stopped answering.
 	ReasonNodeDown = "NodeDown"
+	// ReasonPowerStateChanged: the hypervisor changed the power state while no task ran (the
+	// guest powered off, QEMU died, someone used virsh); kubenova does not undo it by itself.
+	ReasonPowerStateChanged = "PowerStateChanged"
+	// ReasonRequestPredatesInstance: a one-shot request was stamped before the instance existed.
+	ReasonRequestPredatesInstance = "RequestPredatesInstance"
 	// ReasonHeartbeatCurrent: a hypervisor's agent renews its lease.
 	ReasonHeartbeatCurrent = "HeartbeatCurrent"
 	// ReasonHeartbeatLapsed: a hypervisor's agent has not renewed its lease in time.
@@ -57,6 +62,12 @@ const (
 	ReasonTerminating = "Terminating"
 	// ReasonTerminated: the instance's domain and disks are gone from its node.
 	ReasonTerminated = "Terminated"
+	// ReasonRebootFellBackToHard: the guest did not answer a soft reboot in time, so the agent
+	// rebooted it hard.
+	ReasonRebootFellBackToHard = "RebootFellBackToHard"
+	// ReasonShutdownTimedOut: the guest did not power off in time after the ACPI power button,
+	// so the agent powered it off.
+	ReasonShutdownTimedOut = "ShutdownTimedOut"
 )
 
 // AgentLeaseName is the name of the Lease a node's agent renews as its heartbeat.

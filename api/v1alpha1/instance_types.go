@@ -103,16 +103,62 @@ type ImageReference struct {
 	Name string `json:"name"`
 }
 
-// RebootRequest asks for one reboot. A new requestedAt asks for another; status.lastRebootRequestedAt
-// acknowledges the one served, so each request is served exactly once.
+// RebootRequest asks for one reboot. A new requestedAt asks for another; status.rebootRequest
+// acknowledges each one, so each request is served at most once (see docs/design.md).
 type RebootRequest struct {
-	// Type of reboot: Soft (ACPI, falls back to Hard on timeout) or Hard (reset).
+	// Type of reboot: Soft (ACPI, falls back to Hard on timeout) or Hard (a power cycle).
 	// +kubebuilder:default=Soft
 	// +optional
 	Type RebootType `json:"type,omitempty"`
 
-	// RequestedAt identifies the request; `kubectl nova reboot` stamps the current time.
-	RequestedAt metav1.Time `json:"requestedAt"`
+	// RequestedAt identifies the request; `kubectl nova reboot` stamps the current time. It has
+	// microseconds, so that two requests within one second stay two.
+	RequestedAt metav1.MicroTime `json:"requestedAt"`
+}
+
+// StartRequest asks for an instance that stopped outside kubenova (its guest powered off, its
+// QEMU died) to be started again. kubenova, like Nova, never restarts such an instance by
+// itself; any change of the spec, this one included, is the user asking again.
+type StartRequest struct {
+	// RequestedAt identifies the request; `kubectl nova start` stamps the current time.
+	RequestedAt metav1.MicroTime `json:"requestedAt"`
+}
+
+// RequestResult is what became of a one-shot request.
+// +kubebuilder:validation:Enum=Accepted;Succeeded;Failed;Refused;Ignored
+type RequestResult string
+
+// The results of a one-shot request.
+const (
+	// RequestAccepted: a task serves the request now.
+	RequestAccepted RequestResult = "Accepted"
+	// RequestSucceeded: the task that served the request succeeded.
+	RequestSucceeded RequestResult = "Succeeded"
+	// RequestFailed: the task that served the request failed.
+	RequestFailed RequestResult = "Failed"
+	// RequestRefused: the state machine did not allow the request; reason and message say why.
+	RequestRefused RequestResult = "Refused"
+	// RequestIgnored: the request was never served, for example because it was stamped before
+	// the instance was created (an instance restored from Git must not reboot on arrival).
+	RequestIgnored RequestResult = "Ignored"
+)
+
+// RequestStatus acknowledges one one-shot request of the spec. A request whose requestedAt it
+// names is never served again, whatever became of it.
+type RequestStatus struct {
+	// RequestedAt is the acknowledged request's stamp.
+	RequestedAt metav1.MicroTime `json:"requestedAt"`
+	// Result is what became of it.
+	Result RequestResult `json:"result"`
+	// Reason is a CamelCase code for a refused or ignored request.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says what happened, for people.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// TaskID is the task that serves the request.
+	// +optional
+	TaskID int64 `json:"taskID,omitempty"`
 }
 
 // RescueSpec asks for the instance to be booted from a rescue image with its own root disk
@@ -142,6 +188,10 @@ type InstanceSpec struct {
 	// RebootRequest asks for a reboot; see RebootRequest.
 	// +optional
 	RebootRequest *RebootRequest `json:"rebootRequest,omitempty"`
+
+	// StartRequest asks to start an instance that stopped outside kubenova; see StartRequest.
+	// +optional
+	StartRequest *StartRequest `json:"startRequest,omitempty"`
 
 	// Locked refuses every change to the instance but unlocking, except from administrators.
 	// +optional
@@ -243,6 +293,10 @@ type AgentReport struct {
 	// Message explains a failed task.
 	// +optional
 	Message string `json:"message,omitempty"`
+	// PowerReason is the hypervisor's reason for status.powerState (libvirt's state reason:
+	// Booted, Shutdown, Destroyed, Crashed, Saved, User, ...).
+	// +optional
+	PowerReason string `json:"powerReason,omitempty"`
 	// DomainName is the libvirt domain's name.
 	// +optional
 	DomainName string `json:"domainName,omitempty"`
@@ -262,6 +316,33 @@ type InstanceFault struct {
 	Message string `json:"message"`
 	// Time the fault happened.
 	Time metav1.Time `json:"time"`
+	// Action whose task failed, if a task failed.
+	// +optional
+	Action Action `json:"action,omitempty"`
+	// ObservedGeneration is the spec generation the failed task served. The manager does not
+	// try the same action again for the same generation: a failure repeats until someone acts.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// PowerChange records that the hypervisor changed an instance's power state while no task
+// ran: the guest powered itself off, its QEMU died, or someone used virsh. kubenova then
+// believes the hypervisor (vmState follows what it found) and, as Nova's sync_power_states
+// does, does not undo the change by itself until the spec changes.
+type PowerChange struct {
+	// FromVMState is the vm state the instance had before.
+	FromVMState VMState `json:"fromVMState"`
+	// PowerState is what the hypervisor reported.
+	PowerState PowerState `json:"powerState"`
+	// Reason is the hypervisor's reason for that power state (for example Shutdown: the guest
+	// powered off; Crashed: QEMU died; Destroyed: someone destroyed the domain).
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Time the manager saw the change.
+	Time metav1.Time `json:"time"`
+	// ObservedGeneration is the spec generation at the change. Once the spec changes, kubenova
+	// moves the instance toward its spec again.
+	ObservedGeneration int64 `json:"observedGeneration"`
 }
 
 // InstanceStatus is the observed state of a virtual machine. The manager writes every field but
@@ -294,9 +375,16 @@ type InstanceStatus struct {
 	// LastTaskID is the ID of the last task given; the next task gets LastTaskID+1.
 	// +optional
 	LastTaskID int64 `json:"lastTaskID,omitempty"`
-	// LastRebootRequestedAt acknowledges spec.rebootRequest.requestedAt once that reboot is served.
+	// RebootRequest acknowledges spec.rebootRequest: what became of the last request seen.
 	// +optional
-	LastRebootRequestedAt *metav1.Time `json:"lastRebootRequestedAt,omitempty"`
+	RebootRequest *RequestStatus `json:"rebootRequest,omitempty"`
+	// StartRequest acknowledges spec.startRequest.
+	// +optional
+	StartRequest *RequestStatus `json:"startRequest,omitempty"`
+	// PowerChange is the last power change the hypervisor made while no task ran, kept until
+	// the instance rests where its spec asks again.
+	// +optional
+	PowerChange *PowerChange `json:"powerChange,omitempty"`
 	// AgentReport is the node agent's account of the instance.
 	// +optional
 	AgentReport *AgentReport `json:"agentReport,omitempty"`
