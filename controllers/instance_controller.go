@@ -87,8 +87,9 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.initialize,
 		r.schedule,
 		r.collectReport,
+		r.syncPowerState,
 		r.checkPlacement,
-		r.startRequestedAction,
+		r.serveRequests,
 	)
 	r.setConditions(inst, st)
 	if perr := r.patchStatus(ctx, orig, inst); errors.Is(perr, kube.ErrStale) {
@@ -277,14 +278,15 @@ func (r *InstanceReconciler) backoff(attempts int) time.Duration {
 	return min(d, limit)
 }
 
-// collectReport finishes the task in flight once the node agent has answered it.
+// collectReport finishes the task in flight once the node agent has answered it. A task still
+// in flight lets the later steps look too: a hard reboot may interrupt it.
 func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
 	task, report := inst.Status.Task, inst.Status.AgentReport
 	if task == nil || inst.Status.TaskState == v1.TaskStateScheduling {
 		return nil, nil
 	}
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
-		return &ctrl.Result{}, nil // the agent is still at it; its report brings us back
+		return nil, nil // the agent is still at it; its report brings us back
 	}
 	tr, _ := lifecycle.Lookup(task.Action)
 	succeeded := report.TaskResult == v1.TaskSucceeded
@@ -292,9 +294,10 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	inst.Status.VMState = tr.Outcome(from, succeeded, from == v1.VMStateStopped)
 	inst.Status.TaskState = v1.TaskStateNone
 	inst.Status.Task = nil
+	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, report.Message)
 	if !succeeded {
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
-			Time: metav1.NewTime(r.now())}
+			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: inst.Generation}
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
 		return nil, nil
 	}
@@ -309,11 +312,35 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	return nil, nil
 }
 
+// syncPowerState is Nova's sync_power_states on the manager's side: when the agent reports a
+// power state that does not belong to an idle instance's vm state (the guest powered itself
+// off, its QEMU died, someone used virsh), the hypervisor is right. The vm state follows it,
+// status.powerChange records it, and nothing undoes it until the spec changes.
+func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+	report := inst.Status.AgentReport
+	if inst.Status.Task != nil || report == nil || report.NodeName != inst.Status.NodeName {
+		return nil, nil
+	}
+	from := inst.Status.VMState
+	if found, changed := lifecycle.SyncPowerState(from, inst.Status.PowerState); changed {
+		inst.Status.VMState = found
+		inst.Status.PowerChange = &v1.PowerChange{FromVMState: from, PowerState: inst.Status.PowerState,
+			Reason: report.PowerReason, Time: metav1.NewTime(r.now()), ObservedGeneration: inst.Generation}
+		r.event(inst, corev1.EventTypeWarning, v1.ReasonPowerStateChanged, "SyncPowerState",
+			"node %s reports the domain %s (%s) while the instance was %s: it is %s now, and kubenova does not undo that by itself",
+			inst.Status.NodeName, inst.Status.PowerState, report.PowerReason, from, found)
+	}
+	if inst.Status.PowerChange != nil && lifecycle.Reached(desiredPowerState(inst), inst.Status.VMState) {
+		inst.Status.PowerChange = nil
+	}
+	return nil, nil
+}
+
 // checkPlacement says so when the node an instance runs on no longer matches its spec's node
 // selector or zone: nothing moves a placed instance yet, and a silent ignore would leave the
 // user believing the change took effect.
 func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
-	if inst.Status.NodeName == "" || inst.Status.Task != nil {
+	if inst.Status.NodeName == "" || inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
 	}
 	node := &corev1.Node{}
@@ -337,23 +364,40 @@ func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instan
 
 // supportedActions are the actions the node agent of this version carries out; the rest are
 // refused with NotSupported rather than left waiting.
-var supportedActions = map[v1.Action]bool{v1.ActionLaunch: true, v1.ActionTerminate: true}
+var supportedActions = map[v1.Action]bool{
+	v1.ActionLaunch: true, v1.ActionTerminate: true,
+	v1.ActionStart: true, v1.ActionStop: true, v1.ActionReboot: true, v1.ActionHardReboot: true,
+	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
+}
 
-// startRequestedAction compares the spec with the vm state and starts the action that closes
-// the gap, if the state machine allows it; otherwise it records why not.
-func (r *InstanceReconciler) startRequestedAction(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
-	if inst.Status.Task != nil {
+// serveRequests starts what the spec asks for: first a one-shot reboot request (which may
+// interrupt a task, as the table says), then the action that closes the gap between the spec
+// and the vm state, if the state machine allows it; otherwise it records why not.
+func (r *InstanceReconciler) serveRequests(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	if r.serveReboot(inst) {
 		return nil, nil
 	}
-	action, due := r.requestedAction(inst)
+	r.serveStartRequest(inst)
+	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
+		return nil, nil
+	}
+	action, due := specAction(inst)
 	if !due {
 		return nil, nil
 	}
-	situation := lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState, Locked: inst.Spec.Locked}
-	refusal := lifecycle.Check(action, situation)
+	if held := powerHold(inst, action); held != nil {
+		st.refusal = held
+		return nil, nil
+	}
+	refusal := r.check(inst, action)
 	if refusal == nil && !supportedActions[action] {
 		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,
 			Message: fmt.Sprintf("%s is not supported by this version of kubenova yet", action)}
+	}
+	if f := inst.Status.Fault; refusal == nil && f != nil && f.Action == action && f.ObservedGeneration == inst.Generation {
+		// The same task for the same spec would fail the same way; wait for someone to act.
+		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonTaskFailed,
+			Message: f.Message + "; change the spec to try again"}
 	}
 	if refusal != nil {
 		st.refusal = refusal
@@ -368,15 +412,108 @@ func (r *InstanceReconciler) startRequestedAction(_ context.Context, inst *v1.In
 	return nil, nil
 }
 
-// requestedAction is the action the spec asks for now, if any.
-func (r *InstanceReconciler) requestedAction(inst *v1.Instance) (v1.Action, bool) {
-	if req := inst.Spec.RebootRequest; req != nil &&
-		(inst.Status.LastRebootRequestedAt == nil || !inst.Status.LastRebootRequestedAt.Equal(&req.RequestedAt)) {
-		if req.Type == v1.RebootHard {
-			return v1.ActionHardReboot, true
-		}
-		return v1.ActionReboot, true
+// serveReboot answers a new spec.rebootRequest exactly once: it starts the reboot, or waits for
+// the task in flight to end, or acknowledges the request as refused or ignored so that it never
+// hides a later request. It says whether the instance is busy with the reboot (started now or
+// waiting its turn), in which case nothing else is started.
+func (r *InstanceReconciler) serveReboot(inst *v1.Instance) bool {
+	req := inst.Spec.RebootRequest
+	if req == nil || acknowledged(inst.Status.RebootRequest, req.RequestedAt) {
+		return false
 	}
+	action := v1.ActionReboot
+	if req.Type == v1.RebootHard {
+		action = v1.ActionHardReboot
+	}
+	ack := &v1.RequestStatus{RequestedAt: req.RequestedAt}
+	if predates(inst, req.RequestedAt) {
+		ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
+		ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
+		inst.Status.RebootRequest = ack
+		r.event(inst, corev1.EventTypeNormal, ack.Reason, string(action), "%s", ack.Message)
+		return false
+	}
+	refusal := r.check(inst, action)
+	switch {
+	case refusal == nil:
+		if task := inst.Status.Task; task != nil {
+			r.event(inst, corev1.EventTypeNormal, v1.ReasonTaskInProgress, string(action), "%s interrupts task %s", action, inst.Status.TaskState)
+		}
+		r.startTask(inst, action)
+		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
+		inst.Status.RebootRequest = ack
+		return true
+	case refusal.Reason == v1.ReasonTaskInProgress:
+		return true // served when the task in flight ends
+	default:
+		ack.Result, ack.Reason, ack.Message = v1.RequestRefused, refusal.Reason, refusal.Message
+		inst.Status.RebootRequest = ack
+		r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
+		return false
+	}
+}
+
+// serveStartRequest acknowledges a new spec.startRequest. The request itself needs no task: as
+// a change of the spec it lifts the hold on an instance that stopped outside kubenova (see
+// powerHold), and spec.powerState then decides.
+func (r *InstanceReconciler) serveStartRequest(inst *v1.Instance) {
+	req := inst.Spec.StartRequest
+	if req == nil || acknowledged(inst.Status.StartRequest, req.RequestedAt) {
+		return
+	}
+	ack := &v1.RequestStatus{RequestedAt: req.RequestedAt, Result: v1.RequestAccepted,
+		Message: fmt.Sprintf("the instance moves toward spec.powerState %s again", desiredPowerState(inst))}
+	if predates(inst, req.RequestedAt) {
+		ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
+		ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
+	}
+	inst.Status.StartRequest = ack
+}
+
+// acknowledged says whether status already answered the request stamped at.
+func acknowledged(ack *v1.RequestStatus, at metav1.MicroTime) bool {
+	return ack != nil && ack.RequestedAt.Equal(&at)
+}
+
+// predates says whether a request was stamped before the instance existed: an instance
+// restored from Git (or copied from another cluster) must not act on old requests. The
+// creation time has whole seconds, so a request from the second of creation counts as new.
+func predates(inst *v1.Instance, at metav1.MicroTime) bool {
+	return at.Time.Before(inst.CreationTimestamp.Time)
+}
+
+// finishRequest records the outcome of the task that serves an accepted request.
+func finishRequest(ack *v1.RequestStatus, taskID int64, succeeded bool, message string) {
+	if ack == nil || ack.Result != v1.RequestAccepted || ack.TaskID != taskID {
+		return
+	}
+	ack.Result, ack.Message = v1.RequestSucceeded, ""
+	if !succeeded {
+		ack.Result, ack.Message = v1.RequestFailed, message
+	}
+}
+
+// powerHold refuses a power action while the instance rests where the hypervisor put it
+// outside kubenova and the spec has not changed since (Nova's policy: a guest that powered
+// itself off stays off until someone asks again).
+func powerHold(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
+	pc := inst.Status.PowerChange
+	if pc == nil || pc.ObservedGeneration != inst.Generation {
+		return nil
+	}
+	return &lifecycle.Refusal{Action: action, Reason: v1.ReasonPowerStateChanged,
+		Message: fmt.Sprintf("the domain went %s (%s) outside kubenova at %s, leaving the instance %s; kubenova does not undo that by itself: "+
+			"run kubectl nova start, or change the spec, to have it %s again",
+			pc.PowerState, pc.Reason, pc.Time.UTC().Format(time.RFC3339), inst.Status.VMState, desiredPowerState(inst))}
+}
+
+// check asks the state machine whether action may start now.
+func (r *InstanceReconciler) check(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
+	return lifecycle.Check(action, lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState, Locked: inst.Spec.Locked})
+}
+
+// specAction is the action the lasting fields of the spec ask for now, if any.
+func specAction(inst *v1.Instance) (v1.Action, bool) {
 	if inst.Spec.Rescue != nil && inst.Status.VMState != v1.VMStateRescued {
 		return v1.ActionRescue, true
 	}
@@ -389,11 +526,15 @@ func (r *InstanceReconciler) requestedAction(inst *v1.Instance) (v1.Action, bool
 	if img := inst.Status.Image; img != nil && inst.Spec.Image.Name != img.Name {
 		return v1.ActionRebuild, true
 	}
-	desired := inst.Spec.PowerState
-	if desired == "" {
-		desired = v1.DesiredRunning
+	return lifecycle.PowerAction(desiredPowerState(inst), inst.Status.VMState)
+}
+
+// desiredPowerState is spec.powerState with its schema default.
+func desiredPowerState(inst *v1.Instance) v1.DesiredPowerState {
+	if inst.Spec.PowerState == "" {
+		return v1.DesiredRunning
 	}
-	return lifecycle.PowerAction(desired, inst.Status.VMState)
+	return inst.Spec.PowerState
 }
 
 // startTask gives the instance a new task with a fresh ID.
@@ -406,15 +547,11 @@ func (r *InstanceReconciler) startTask(inst *v1.Instance, action v1.Action) {
 
 // setConditions summarises the instance in Ready, Reconciling and Stalled.
 func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState) {
-	desired := inst.Spec.PowerState
-	if desired == "" {
-		desired = v1.DesiredRunning
-	}
-	_, actionDue := r.requestedAction(inst)
+	_, actionDue := specAction(inst)
 	obs := lifecycle.Observation{
 		VMState:        inst.Status.VMState,
 		TaskState:      inst.Status.TaskState,
-		DesiredReached: lifecycle.Reached(desired, inst.Status.VMState) && !actionDue,
+		DesiredReached: lifecycle.Reached(desiredPowerState(inst), inst.Status.VMState) && !actionDue,
 		Refusal:        st.refusal,
 		Waiting:        st.waiting,
 		Fault:          inst.Status.Fault,

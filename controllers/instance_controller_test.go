@@ -281,7 +281,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		got.Spec.Locked = true
 		got.Spec.LockedReason = "audit"
-		got.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: metav1.Now()}
+		got.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: metav1.NowMicro()}
 		Expect(k8s.Update(ctx, got)).To(Succeed())
 		Eventually(func(g Gomega) {
 			cur, err := get(ctx, inst)()

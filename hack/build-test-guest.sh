@@ -5,7 +5,9 @@
 #   hack/build-test-guest.sh OUTDIR
 #
 # Outputs OUTDIR/kubenova-test-guest.qcow2 and OUTDIR/kubenova-test-guest.qcow2.sha256 (the
-# plain hex digest). A stamp (OUTDIR/.kubenova-test-guest.stamp) records this script's own
+# plain hex digest), and the same pair for kubenova-test-guest-noacpi, the same guest with a
+# file `ignore-acpi` on its disk: it ignores the ACPI power button, as a hung or stubborn guest
+# would. A stamp (OUTDIR/.kubenova-test-guest.stamp) records this script's own
 # sha256 and the package versions used, so a second run with unchanged inputs is a no-op.
 #
 # The disk is a "superfloppy": one FAT filesystem over the whole disk, no partition table.
@@ -27,6 +29,7 @@ outdir=$(cd "$1" && pwd)
 name=kubenova-test-guest
 image=$outdir/$name.qcow2
 sumfile=$image.sha256
+noacpi=$outdir/$name-noacpi.qcow2
 stamp=$outdir/.$name.stamp
 
 # Size of the FAT disk (the kernel alone is ~14 MiB). The qcow2 only stores used clusters.
@@ -56,7 +59,7 @@ busybox_version=$(pkg_version busybox-static)
 script_sum=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
 stamp_text="script=$script_sum kernel=$kernel_pkg=$kernel_version busybox-static=$busybox_version cmdline=$cmdline"
 
-if [ -f "$image" ] && [ -f "$sumfile" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_text" ]; then
+if [ -f "$image" ] && [ -f "$sumfile" ] && [ -f "$noacpi.sha256" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_text" ]; then
   log "up to date: $image"
   exit 0
 fi
@@ -168,6 +171,11 @@ if [ -b /dev/vdb ] && mount -t vfat -o ro /dev/vdb /mnt/vdb 2>/dev/null; then
   umount /mnt/vdb
 fi
 
+if [ -n "$root_mounted" ] && [ -f /mnt/root/ignore-acpi ]; then
+  ignore_acpi=1
+  say "ignoring the ACPI power button"
+fi
+
 power_off() {
   # Two power-button devices may exist; only the first press acts.
   mkdir /tmp/powering-off 2>/dev/null || return 0
@@ -180,7 +188,9 @@ power_off() {
 # The ACPI power button (button.ko) is an input device; evdev gives it /dev/input/eventN. Any
 # event read from it (a struct input_event is 24 bytes on x86_64) is a press.
 found=
+[ -z "${ignore_acpi:-}" ] || found=ignored
 for ev in /sys/class/input/event*; do
+  [ -z "${ignore_acpi:-}" ] || break
   [ -e "$ev/device/name" ] || continue
   [ "$(cat "$ev/device/name")" = "Power Button" ] || continue
   found=1
@@ -220,11 +230,20 @@ mcopy -i disk.raw initrd.gz ::initrd.gz
 mcopy -i disk.raw syslinux.cfg ::syslinux.cfg
 syslinux --install disk.raw
 
+cp disk.raw disk-noacpi.raw
+echo "this guest ignores the ACPI power button" >ignore-acpi
+mcopy -i disk-noacpi.raw ignore-acpi ::ignore-acpi
+
 qemu-img convert -f raw -O qcow2 disk.raw "$work/$name.qcow2"
-sha256sum "$work/$name.qcow2" | cut -d' ' -f1 >"$work/$name.qcow2.sha256"
+qemu-img convert -f raw -O qcow2 disk-noacpi.raw "$work/$name-noacpi.qcow2"
+for f in "$name" "$name-noacpi"; do
+  sha256sum "$work/$f.qcow2" | cut -d' ' -f1 >"$work/$f.qcow2.sha256"
+done
 # Replace the outputs only once everything succeeded; the stamp goes last.
 rm -f "$stamp"
-mv "$work/$name.qcow2" "$image"
-mv "$work/$name.qcow2.sha256" "$sumfile"
+for f in "$name" "$name-noacpi"; do
+  mv "$work/$f.qcow2" "$outdir/$f.qcow2"
+  mv "$work/$f.qcow2.sha256" "$outdir/$f.qcow2.sha256"
+done
 echo "$stamp_text" >"$stamp"
 log "built $image ($(du -h --apparent-size "$image" | cut -f1), kernel $kver)"

@@ -45,6 +45,9 @@ func run() error {
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 		probeAddr      = flag.String("health-probe-bind-address", "0", "address of the health probes; 0 disables them")
+		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
+		rebootWait     = flag.Duration("soft-reboot-timeout", agent.DefaultRebootTimeout, "how long a guest has to answer a soft reboot before it is rebooted hard (Nova's wait_soft_reboot_seconds)")
+		workers        = flag.Int("workers", 4, "how many instances the agent works on at once")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -93,8 +96,9 @@ func run() error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 	reconciler := &agent.InstanceReconciler{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: drv, Storage: store,
-		NodeName: *nodeName, VirtType: virtType,
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + *nodeName),
+		Driver: drv, Storage: store, NodeName: *nodeName, VirtType: virtType,
+		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, Workers: *workers,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return err

@@ -10,12 +10,18 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
@@ -37,8 +43,25 @@ const retryStep = 2 * time.Second
 const staleRetry = 200 * time.Millisecond
 
 // resyncPeriod is how often the agent compares each instance with its domain even when
-// nothing changed (Nova's sync_power_states).
+// nothing changed (Nova's sync_power_states); libvirt's lifecycle events bring it sooner.
 const resyncPeriod = time.Minute
+
+// guestPoll is how often a task that waits for the guest looks again, in case an event is lost.
+const guestPoll = time.Second
+
+// powerButtonRepeat is how often the ACPI power button is pressed again while the agent waits
+// for a guest to power off: a guest may miss a press early in its boot (Nova retries too).
+const powerButtonRepeat = 10 * time.Second
+
+// Defaults of the guest timeouts, Nova's shutdown_timeout and wait_soft_reboot_seconds.
+const (
+	DefaultShutdownTimeout = 60 * time.Second
+	DefaultRebootTimeout   = 120 * time.Second
+)
+
+// defaultWorkers is how many instances of the node the agent works on at once. Tasks that wait
+// for a guest do not hold a worker: they look again later.
+const defaultWorkers = 4
 
 // InstanceReconciler carries out tasks on one node. Its cache holds only the instances placed on
 // this node (a field selector on status.nodeName).
@@ -46,23 +69,37 @@ type InstanceReconciler struct {
 	Client client.Client
 	// Reader reads objects the cache does not hold (Images).
 	Reader   client.Reader
+	Recorder events.EventRecorder
 	Driver   driver.Driver
 	Storage  *storage.Node
 	NodeName string
 	VirtType v1.VirtType
+	// ShutdownTimeout is how long a guest has to power off after the ACPI power button before
+	// the agent powers it off (DefaultShutdownTimeout when zero).
+	ShutdownTimeout time.Duration
+	// RebootTimeout is how long a guest has to answer a soft reboot before the agent reboots it
+	// hard (DefaultRebootTimeout when zero).
+	RebootTimeout time.Duration
+	// Workers is how many instances are reconciled at once (defaultWorkers when zero).
+	Workers int
 
 	mu       sync.Mutex
-	attempts map[attemptKey]int
+	progress map[types.UID]*taskProgress
 }
 
-// attemptKey counts the failed attempts of one task of one instance.
-type attemptKey struct {
-	uid    types.UID
-	taskID int64
+// taskProgress is what the agent remembers of the task it works on for one instance. It is
+// memory only: an agent that restarts tries again from the beginning, which every task allows.
+type taskProgress struct {
+	taskID   int64
+	failures int
+	// waitingSince is when the agent started waiting for the guest; pressed is when it last
+	// pressed the power button.
+	waitingSince, pressed time.Time
 }
 
 // Reconcile carries out the instance's task if the agent has not answered it yet, then reports
-// the domain's power state. It writes only status.powerState and status.agentReport.
+// the domain's power state. It writes only status.powerState and status.agentReport, and only
+// when something changed.
 func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	inst := &v1.Instance{}
 	if err := r.Client.Get(ctx, req.NamespacedName, inst); err != nil {
@@ -81,27 +118,32 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		report.ConsoleLogPath = logPath
 	}
 
-	var done *attemptKey
+	next := resyncPeriod
+	finished := false
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
-		key := attemptKey{uid: inst.UID, taskID: task.ID}
-		if err := r.carryOut(ctx, inst, task); err != nil {
-			if attempt, again := r.retry(key); again {
+		done, err := r.carryOut(ctx, inst, task)
+		switch {
+		case err != nil:
+			if attempt, again := r.failed(inst.UID, task.ID); again {
 				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
 				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
 			}
-			report.TaskResult, report.Message = v1.TaskFailed, err.Error()
-		} else {
-			report.TaskResult, report.Message = v1.TaskSucceeded, ""
+			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskFailed, err.Error()
+			finished = true
+		case done:
+			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskSucceeded, ""
+			finished = true
+		default:
+			next = guestPoll
 		}
-		report.TaskID = task.ID
-		done = &key
 	}
 
-	// A failure to read the power state must not hold back the task's result: report what is
-	// known, then try again.
-	power, powerErr := r.Driver.PowerState(ctx, string(inst.UID))
-	if powerErr == nil {
-		inst.Status.PowerState = power
+	// A failure to read the domain's state must not hold back the task's result: report what
+	// is known, then try again.
+	state, stateErr := r.Driver.State(ctx, string(inst.UID))
+	if stateErr == nil {
+		inst.Status.PowerState = state.Power
+		report.PowerReason = state.Reason
 	}
 	if !equality.Semantic.DeepEqual(orig.Status, inst.Status) {
 		now := metav1.Now()
@@ -116,30 +158,47 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, err
 		}
 	}
-	if done != nil {
-		r.forget(*done)
+	if finished {
+		r.forget(inst.UID)
 	}
-	if powerErr != nil {
-		return ctrl.Result{}, fmt.Errorf("power state of %s: %w", req.NamespacedName, powerErr)
+	if stateErr != nil {
+		return ctrl.Result{}, fmt.Errorf("state of %s: %w", req.NamespacedName, stateErr)
 	}
-	return ctrl.Result{RequeueAfter: resyncPeriod}, nil
+	return ctrl.Result{RequeueAfter: next}, nil
 }
 
-// carryOut performs one task. Every branch is idempotent: repeating a task that was cut short
-// finishes it.
-func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, task *v1.Task) error {
-	log.FromContext(ctx).Info("carrying out task", "action", task.Action, "task", task.ID)
+// carryOut performs one step of a task and says whether the task is done. Every branch is
+// idempotent: repeating a task that was cut short finishes it. Tasks that wait for the guest
+// return false and are looked at again when the domain changes or guestPoll has passed.
+func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	uid := string(inst.UID)
+	log.FromContext(ctx).V(1).Info("carrying out task", "action", task.Action, "task", task.ID)
 	switch task.Action {
-	case v1.ActionLaunch:
-		return r.spawn(ctx, inst)
+	case v1.ActionLaunch, v1.ActionStart:
+		return true, r.spawn(ctx, inst)
 	case v1.ActionTerminate:
-		return r.terminate(ctx, inst)
+		return true, r.terminate(ctx, inst)
+	case v1.ActionStop:
+		return r.stop(ctx, inst, task)
+	case v1.ActionReboot:
+		return r.softReboot(ctx, inst, task)
+	case v1.ActionHardReboot:
+		return r.hardReboot(ctx, inst, task)
+	case v1.ActionPause:
+		return true, r.Driver.Pause(ctx, uid)
+	case v1.ActionUnpause:
+		return true, r.Driver.Unpause(ctx, uid)
+	case v1.ActionSuspend:
+		return true, r.Driver.Suspend(ctx, uid)
+	case v1.ActionResume:
+		return true, r.Driver.Resume(ctx, uid)
 	default:
-		return fmt.Errorf("this agent does not carry out %s yet", task.Action)
+		return false, fmt.Errorf("this agent does not carry out %s yet", task.Action)
 	}
 }
 
-// spawn fetches the image into the node's cache, makes the root disk and boots the domain.
+// spawn fetches the image into the node's cache, makes the root disk (keeping one that exists)
+// and boots the domain. Start is a spawn too: the disk is there, only the domain boots.
 func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error {
 	if inst.Status.Flavor == nil || inst.Status.Image == nil {
 		return errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
@@ -177,27 +236,220 @@ func (r *InstanceReconciler) terminate(ctx context.Context, inst *v1.Instance) e
 	return r.Storage.DeleteInstanceFiles(string(inst.UID))
 }
 
-// retry counts a failed attempt of a task and says whether another is due.
-func (r *InstanceReconciler) retry(k attemptKey) (int, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.attempts == nil {
-		r.attempts = map[attemptKey]int{}
+// stop is Nova's clean power off: press the ACPI power button (again every
+// powerButtonRepeat), and power the domain off if the guest has not gone down within
+// ShutdownTimeout. A guest that is not running cannot hear the button and is powered off at once.
+func (r *InstanceReconciler) stop(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	uid := string(inst.UID)
+	st, err := r.Driver.State(ctx, uid)
+	if err != nil {
+		return false, err
 	}
-	r.attempts[k]++
-	return r.attempts[k], r.attempts[k] < attemptsBeforeFailing
+	if !st.Active() && st.Power != v1.PowerStateSuspended {
+		return true, nil
+	}
+	if st.Power != v1.PowerStateRunning {
+		return true, r.Driver.PowerOff(ctx, uid)
+	}
+	expired, err := r.pressPowerButton(ctx, inst.UID, task.ID, r.shutdownTimeout())
+	if err != nil || !expired {
+		return false, err
+	}
+	r.event(inst, corev1.EventTypeWarning, v1.ReasonShutdownTimedOut, "Stop",
+		"the guest did not power off within %s of the ACPI power button; powered it off", r.shutdownTimeout())
+	return true, r.Driver.PowerOff(ctx, uid)
 }
 
-func (r *InstanceReconciler) forget(k attemptKey) {
+// softReboot is Nova's soft reboot: a clean shutdown, then a fresh start of the domain, so that
+// the reboot is seen to happen. A guest that has not shut down within RebootTimeout is rebooted
+// hard, and an Event says so. A guest that is not running is rebooted hard at once.
+//
+// The task mark records the domain's run when the task began; a newer run means the reboot
+// happened, so an agent that died in the middle neither reboots twice nor reports too early.
+func (r *InstanceReconciler) softReboot(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	uid := string(inst.UID)
+	st, mark, err := r.beginRebootingTask(ctx, uid, task.ID)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case st.Active() && st.RunID != mark.RunID:
+		return true, nil // booted anew since the task began
+	case mark.RunID < 0 || st.Power == v1.PowerStateCrashed:
+		return true, r.powerCycle(ctx, inst) // it was not running: only a hard reboot helps
+	case !st.Active():
+		return true, r.spawn(ctx, inst) // the guest shut down as asked: boot it again
+	case st.Power != v1.PowerStateRunning:
+		return true, r.powerCycle(ctx, inst) // paused: it cannot hear the button
+	}
+	expired, err := r.pressPowerButton(ctx, inst.UID, task.ID, r.rebootTimeout())
+	if err != nil || !expired {
+		return false, err
+	}
+	r.event(inst, corev1.EventTypeWarning, v1.ReasonRebootFellBackToHard, "Reboot",
+		"the guest did not shut down within %s of the ACPI reboot request; rebooted it hard", r.rebootTimeout())
+	return true, r.powerCycle(ctx, inst)
+}
+
+// hardReboot is Nova's hard reboot: power the domain off, whatever it is doing (saved state
+// included), and boot it again from its disk.
+func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	st, mark, err := r.beginRebootingTask(ctx, string(inst.UID), task.ID)
+	if err != nil {
+		return false, err
+	}
+	if st.Power == v1.PowerStateRunning && st.RunID != mark.RunID {
+		return true, nil // booted anew since the task began
+	}
+	return true, r.powerCycle(ctx, inst)
+}
+
+// beginRebootingTask returns the domain's state and the task's mark, writing the mark first
+// when this task has none yet.
+func (r *InstanceReconciler) beginRebootingTask(ctx context.Context, uid string, taskID int64) (driver.State, storage.TaskMark, error) {
+	st, err := r.Driver.State(ctx, uid)
+	if err != nil {
+		return st, storage.TaskMark{}, err
+	}
+	mark, ok, err := r.Storage.ReadTaskMark(uid)
+	if err != nil {
+		return st, mark, err
+	}
+	if !ok || mark.TaskID != taskID {
+		mark = storage.TaskMark{TaskID: taskID, RunID: st.RunID}
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+			return st, mark, fmt.Errorf("record task %d: %w", taskID, err)
+		}
+	}
+	return st, mark, nil
+}
+
+// powerCycle powers the domain off and boots it again from its disk.
+func (r *InstanceReconciler) powerCycle(ctx context.Context, inst *v1.Instance) error {
+	if err := r.Driver.PowerOff(ctx, string(inst.UID)); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return err
+	}
+	return r.spawn(ctx, inst)
+}
+
+// pressPowerButton presses the guest's ACPI power button when it is due and says whether the
+// guest has had timeout since the first press to go down.
+func (r *InstanceReconciler) pressPowerButton(ctx context.Context, uid types.UID, taskID int64, timeout time.Duration) (bool, error) {
+	now := time.Now()
+	r.mu.Lock()
+	p := r.progressOf(uid, taskID)
+	if p.waitingSince.IsZero() {
+		p.waitingSince = now
+	}
+	expired := now.Sub(p.waitingSince) >= timeout
+	due := !expired && (p.pressed.IsZero() || now.Sub(p.pressed) >= powerButtonRepeat)
+	if due {
+		p.pressed = now
+	}
+	r.mu.Unlock()
+	if due {
+		if err := r.Driver.RequestShutdown(ctx, string(uid)); err != nil {
+			return false, err
+		}
+	}
+	return expired, nil
+}
+
+// progressOf returns the progress of task taskID of an instance, starting it afresh when the
+// instance has moved on to another task (a hard reboot interrupting a soft one). Call with
+// r.mu held.
+func (r *InstanceReconciler) progressOf(uid types.UID, taskID int64) *taskProgress {
+	if r.progress == nil {
+		r.progress = map[types.UID]*taskProgress{}
+	}
+	p, ok := r.progress[uid]
+	if !ok || p.taskID != taskID {
+		p = &taskProgress{taskID: taskID}
+		r.progress[uid] = p
+	}
+	return p
+}
+
+// failed counts a failed attempt of a task and says whether another is due.
+func (r *InstanceReconciler) failed(uid types.UID, taskID int64) (int, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.attempts, k)
+	p := r.progressOf(uid, taskID)
+	p.failures++
+	return p.failures, p.failures < attemptsBeforeFailing
 }
 
-// SetupWithManager watches the node's instances.
+func (r *InstanceReconciler) forget(uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.progress, uid)
+}
+
+func (r *InstanceReconciler) shutdownTimeout() time.Duration {
+	if r.ShutdownTimeout > 0 {
+		return r.ShutdownTimeout
+	}
+	return DefaultShutdownTimeout
+}
+
+func (r *InstanceReconciler) rebootTimeout() time.Duration {
+	if r.RebootTimeout > 0 {
+		return r.RebootTimeout
+	}
+	return DefaultRebootTimeout
+}
+
+func (r *InstanceReconciler) event(inst *v1.Instance, eventType, reason, action, note string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...)
+	}
+}
+
+// SetupWithManager watches the node's instances and the hypervisor's domain events.
 func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	workers := r.Workers
+	if workers <= 0 {
+		workers = defaultWorkers
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent-instance").
 		For(&v1.Instance{}).
+		WatchesRawSource(source.Func(r.domainEvents)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Complete(r)
+}
+
+// domainEvents turns the driver's domain events into reconciles of the instances they concern,
+// so that status follows the hypervisor within moments instead of at the next resync.
+func (r *InstanceReconciler) domainEvents(ctx context.Context, queue workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e := <-r.Driver.Events():
+				for _, req := range r.instancesOf(ctx, e) {
+					queue.Add(req)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// instancesOf lists the node's instances an event concerns: the one whose UID is the domain's
+// UUID, or all of them for an event without a UUID.
+func (r *InstanceReconciler) instancesOf(ctx context.Context, e driver.Event) []reconcile.Request {
+	var list v1.InstanceList
+	if err := r.Client.List(ctx, &list); err != nil {
+		log.FromContext(ctx).Error(err, "list instances for a domain event")
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if e.UUID == "" || string(list.Items[i].UID) == e.UUID {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return out
 }

@@ -1,6 +1,6 @@
 // Package driver is the narrow interface between the node agent and its hypervisor. It speaks
-// kubenova's language (spawn, destroy, reboot, suspend), not libvirt's; the libvirt package
-// implements it for real and the fake package for controller unit tests.
+// kubenova's language (spawn, destroy, shut down, pause, suspend), not libvirt's; the libvirt
+// package implements it for real and the fake package for controller unit tests.
 package driver
 
 import (
@@ -44,6 +44,20 @@ type Domain struct {
 	InstanceName string
 }
 
+// State is what the hypervisor says of one domain now.
+type State struct {
+	// Power is Nova's power state; NoState when there is no domain.
+	Power v1.PowerState
+	// Reason is the hypervisor's reason for it (libvirt's state reason, in CamelCase).
+	Reason string
+	// RunID identifies the domain's current run: it changes every time the domain starts, and
+	// is -1 while the domain is not running. It tells whether a reboot already happened.
+	RunID int64
+}
+
+// Active says whether the domain has a running (or paused) process.
+func (s State) Active() bool { return s.RunID >= 0 }
+
 // HostInfo describes the node's hypervisor.
 type HostInfo struct {
 	Hostname       string
@@ -54,20 +68,46 @@ type HostInfo struct {
 	QEMUVersion    string
 }
 
+// Event says that something happened to a domain. An Event with an empty UUID says that any
+// domain may have changed (the connection to the hypervisor was lost and is back), so every
+// instance should be looked at again.
+type Event struct {
+	UUID string
+}
+
 // Driver runs instances on one node. Every method is idempotent: doing again what is done
-// already succeeds, so that a task cut short by a crash can simply be repeated.
+// already succeeds, so that a task cut short by a crash can simply be repeated. None of them
+// waits for the guest: a method that asks the guest for something returns once it is asked.
 type Driver interface {
-	// Spawn defines the domain if it is not defined and starts it if it is not running.
+	// Spawn defines the domain if it is not defined and starts it if it is not running. A
+	// domain with saved state (see Suspend) resumes from it.
 	Spawn(ctx context.Context, m Machine) error
 	// Destroy stops the domain at once and undefines it; disks are left alone. A missing
 	// domain is not an error.
 	Destroy(ctx context.Context, uuid string) error
-	// PowerState reports the domain's power state, NoState when there is no domain.
-	PowerState(ctx context.Context, uuid string) (v1.PowerState, error)
+	// RequestShutdown presses the domain's ACPI power button and returns; the guest decides.
+	RequestShutdown(ctx context.Context, uuid string) error
+	// PowerOff stops the domain at once, as pulling the plug would, and drops any saved
+	// state; the definition and the disks stay.
+	PowerOff(ctx context.Context, uuid string) error
+	// Pause stops the domain's vCPUs; its memory stays in the host's.
+	Pause(ctx context.Context, uuid string) error
+	// Unpause lets a paused domain's vCPUs run again.
+	Unpause(ctx context.Context, uuid string) error
+	// Suspend saves the domain's memory to disk and ends its process (Nova's suspend).
+	Suspend(ctx context.Context, uuid string) error
+	// Resume starts a suspended domain from its saved memory; it fails rather than boot a
+	// domain that has no saved state.
+	Resume(ctx context.Context, uuid string) error
+	// State reports the domain's state now.
+	State(ctx context.Context, uuid string) (State, error)
 	// List reports every domain on the node.
 	List(ctx context.Context) ([]Domain, error)
 	// HostInfo describes the node.
 	HostInfo(ctx context.Context) (HostInfo, error)
+	// Events delivers an Event whenever a domain's lifecycle changes; nothing is sent on it
+	// after Close.
+	Events() <-chan Event
 	// Close releases the connection.
 	Close() error
 }

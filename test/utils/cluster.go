@@ -124,11 +124,20 @@ func (c *Cluster) startHosts(ctx context.Context, n int) error {
 	return nil
 }
 
+// The agents' guest timeouts in the test cluster: short, so that a guest that ignores ACPI
+// is powered off or rebooted hard within a spec's patience, long enough for a TCG guest that
+// obeys.
+const (
+	AgentShutdownTimeout = 20 * time.Second
+	AgentRebootTimeout   = 20 * time.Second
+)
+
 // StartAgent starts the agent of one host.
 func (c *Cluster) StartAgent(h Host) error {
 	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"),
 		"--node-name="+h.Name, "--libvirt-uri="+h.URI, "--virt-type=qemu",
 		"--storage-root="+h.StorageRoot, "--lease-duration=12s",
+		"--shutdown-timeout="+AgentShutdownTimeout.String(), "--soft-reboot-timeout="+AgentRebootTimeout.String(),
 		"--image-dirs="+filepath.Join(BinDir(), "guest"))
 }
 
@@ -239,7 +248,17 @@ func fileExists(path string) bool {
 
 // GuestImage is the test guest built by hack/build-test-guest.sh, and its digest.
 func GuestImage() (path, sha string, err error) {
-	path = filepath.Join(BinDir(), "guest", "kubenova-test-guest.qcow2")
+	return GuestImageVariant("kubenova-test-guest")
+}
+
+// GuestImageNoACPI is the variant of the test guest that ignores the ACPI power button.
+func GuestImageNoACPI() (path, sha string, err error) {
+	return GuestImageVariant("kubenova-test-guest-noacpi")
+}
+
+// GuestImageVariant is one of the images hack/build-test-guest.sh builds, and its digest.
+func GuestImageVariant(name string) (path, sha string, err error) {
+	path = filepath.Join(BinDir(), "guest", name+".qcow2")
 	sum, err := os.ReadFile(path + ".sha256")
 	if err != nil {
 		return "", "", fmt.Errorf("test guest missing (run make test-guest): %w", err)

@@ -12,29 +12,53 @@ import (
 	"github.com/kubenova/kubenova/internal/driver"
 )
 
-// Driver keeps domains in a map.
+// Driver keeps domains in a map. Its guests obey the ACPI power button at once unless told to
+// ignore it.
 type Driver struct {
 	mu          sync.Mutex
 	domains     map[string]*domain
 	failSpawn   error
 	failDestroy error
+	ignoreACPI  bool
 	calls       map[string]int
+	lastRun     int64
+	events      chan driver.Event
 }
 
 type domain struct {
 	machine driver.Machine
 	power   v1.PowerState
+	reason  string
+	runID   int64
 }
 
 var _ driver.Driver = (*Driver)(nil)
 
 // New returns an empty fake.
 func New() *Driver {
-	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}}
+	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}, events: make(chan driver.Event, 1024)}
 }
 
 func (d *Driver) called(name string) {
 	d.calls[name]++
+}
+
+// set changes a domain's state and says so on Events, as libvirt's lifecycle events do.
+func (d *Driver) set(uuid string, dom *domain, p v1.PowerState, reason string) {
+	dom.power, dom.reason = p, reason
+	switch p {
+	case v1.PowerStateRunning, v1.PowerStatePaused:
+		if dom.runID < 0 {
+			d.lastRun++
+			dom.runID = d.lastRun
+		}
+	default:
+		dom.runID = -1
+	}
+	select {
+	case d.events <- driver.Event{UUID: uuid}:
+	default:
+	}
 }
 
 // SetFailSpawn makes Spawn return err from now on; nil heals it.
@@ -49,6 +73,13 @@ func (d *Driver) SetFailDestroy(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.failDestroy = err
+}
+
+// SetIgnoreACPI makes the guests ignore the ACPI power button (true) or obey it (false).
+func (d *Driver) SetIgnoreACPI(ignore bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ignoreACPI = ignore
 }
 
 // CallCount says how often a method was called.
@@ -77,7 +108,18 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	if m.UUID == "" || m.RootDisk == "" {
 		return fmt.Errorf("spawn %s: machine lacks uuid or root disk", m.Name)
 	}
-	d.domains[m.UUID] = &domain{machine: m, power: v1.PowerStateRunning}
+	dom, ok := d.domains[m.UUID]
+	if !ok {
+		dom = &domain{machine: m, runID: -1}
+		d.domains[m.UUID] = dom
+	}
+	if dom.runID < 0 {
+		reason := "Booted"
+		if dom.power == v1.PowerStateSuspended {
+			reason = "Restored"
+		}
+		d.set(m.UUID, dom, v1.PowerStateRunning, reason)
+	}
 	return nil
 }
 
@@ -93,22 +135,111 @@ func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	return nil
 }
 
-// PowerState implements driver.Driver.
-func (d *Driver) PowerState(_ context.Context, uuid string) (v1.PowerState, error) {
+// withDomain runs f on a domain under the lock; driver.ErrNotFound when there is none.
+func (d *Driver) withDomain(method, uuid string, f func(dom *domain) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if dom, ok := d.domains[uuid]; ok {
-		return dom.power, nil
+	d.called(method)
+	dom, ok := d.domains[uuid]
+	if !ok {
+		return driver.ErrNotFound
 	}
-	return v1.PowerStateNoState, nil
+	return f(dom)
 }
 
-// SetPowerState changes a domain's power state behind the agent's back, as virsh would.
-func (d *Driver) SetPowerState(uuid string, p v1.PowerState) {
+// RequestShutdown implements driver.Driver.
+func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
+	return d.withDomain("RequestShutdown", uuid, func(dom *domain) error {
+		if dom.power == v1.PowerStateRunning && !d.ignoreACPI {
+			d.set(uuid, dom, v1.PowerStateShutdown, "Shutdown")
+		}
+		return nil
+	})
+}
+
+// PowerOff implements driver.Driver.
+func (d *Driver) PowerOff(_ context.Context, uuid string) error {
+	return d.withDomain("PowerOff", uuid, func(dom *domain) error {
+		if dom.runID >= 0 || dom.power == v1.PowerStateSuspended {
+			d.set(uuid, dom, v1.PowerStateShutdown, "Destroyed")
+		}
+		return nil
+	})
+}
+
+// Pause implements driver.Driver.
+func (d *Driver) Pause(_ context.Context, uuid string) error {
+	return d.withDomain("Pause", uuid, func(dom *domain) error {
+		switch dom.power {
+		case v1.PowerStatePaused:
+			return nil
+		case v1.PowerStateRunning:
+			d.set(uuid, dom, v1.PowerStatePaused, "User")
+			return nil
+		}
+		return fmt.Errorf("cannot pause domain %s: it is %s", uuid, dom.power)
+	})
+}
+
+// Unpause implements driver.Driver.
+func (d *Driver) Unpause(_ context.Context, uuid string) error {
+	return d.withDomain("Unpause", uuid, func(dom *domain) error {
+		switch dom.power {
+		case v1.PowerStateRunning:
+			return nil
+		case v1.PowerStatePaused:
+			d.set(uuid, dom, v1.PowerStateRunning, "Unpaused")
+			return nil
+		}
+		return fmt.Errorf("cannot unpause domain %s: it is %s", uuid, dom.power)
+	})
+}
+
+// Suspend implements driver.Driver.
+func (d *Driver) Suspend(_ context.Context, uuid string) error {
+	return d.withDomain("Suspend", uuid, func(dom *domain) error {
+		switch dom.power {
+		case v1.PowerStateSuspended:
+			return nil
+		case v1.PowerStateRunning, v1.PowerStatePaused:
+			d.set(uuid, dom, v1.PowerStateSuspended, "Saved")
+			return nil
+		}
+		return fmt.Errorf("cannot suspend domain %s: it is %s", uuid, dom.power)
+	})
+}
+
+// Resume implements driver.Driver.
+func (d *Driver) Resume(_ context.Context, uuid string) error {
+	return d.withDomain("Resume", uuid, func(dom *domain) error {
+		switch dom.power {
+		case v1.PowerStateRunning:
+			return nil
+		case v1.PowerStateSuspended:
+			d.set(uuid, dom, v1.PowerStateRunning, "Restored")
+			return nil
+		}
+		return fmt.Errorf("cannot resume domain %s: it has no saved state", uuid)
+	})
+}
+
+// State implements driver.Driver.
+func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if dom, ok := d.domains[uuid]; ok {
-		dom.power = p
+		return driver.State{Power: dom.power, Reason: dom.reason, RunID: dom.runID}, nil
+	}
+	return driver.State{Power: v1.PowerStateNoState, RunID: -1}, nil
+}
+
+// SetPowerState changes a domain's power state behind the agent's back, as virsh or the guest
+// itself would.
+func (d *Driver) SetPowerState(uuid string, p v1.PowerState, reason string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dom, ok := d.domains[uuid]; ok {
+		d.set(uuid, dom, p, reason)
 	}
 }
 
@@ -130,6 +261,9 @@ func (d *Driver) HostInfo(context.Context) (driver.HostInfo, error) {
 	return driver.HostInfo{Hostname: "fake", HostUUID: "00000000-0000-0000-0000-000000000001",
 		VCPUs: 4, MemoryMiB: 8192, LibvirtVersion: "fake", QEMUVersion: "fake"}, nil
 }
+
+// Events implements driver.Driver.
+func (d *Driver) Events() <-chan driver.Event { return d.events }
 
 // Close implements driver.Driver.
 func (d *Driver) Close() error { return nil }

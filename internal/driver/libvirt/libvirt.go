@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	golibvirt "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -17,22 +18,70 @@ import (
 )
 
 // Driver talks to one libvirtd. Calls share one connection; a call that finds it dead
-// reconnects, and no connection is closed while another call may still be using it.
+// reconnects, and no connection is closed while another call may still be using it. The
+// connection's lifecycle events feed Events; when libvirtd goes away, the driver reconnects by
+// itself and then asks for a look at every domain, since anything may have changed meanwhile.
 type Driver struct {
-	uri  string
-	mu   sync.RWMutex // read-held for the length of every call, write-held to reconnect
-	conn *golibvirt.Connect
+	uri    string
+	mu     sync.RWMutex // read-held for the length of every call, write-held to reconnect
+	conn   *golibvirt.Connect
+	events chan driver.Event
+	closed chan struct{}
+	once   sync.Once
 }
 
 var _ driver.Driver = (*Driver)(nil)
 
+// eventBuffer is how many events may wait for the agent; when it is full a new event is
+// dropped, which the agent's periodic resync makes good.
+const eventBuffer = 1024
+
+// keepAlive: a libvirtd that has not answered for interval*count seconds counts as gone.
+const (
+	keepAliveInterval = 5
+	keepAliveCount    = 3
+)
+
+var eventLoop sync.Once
+
+// startEventLoop runs libvirt's default event loop, which delivers domain events and keepalive
+// messages. It must exist before the first connection is opened.
+func startEventLoop() error {
+	var err error
+	eventLoop.Do(func() {
+		if err = golibvirt.EventRegisterDefaultImpl(); err != nil {
+			return
+		}
+		go func() {
+			for {
+				_ = golibvirt.EventRunDefaultImpl()
+			}
+		}()
+	})
+	return err
+}
+
 // New connects to the libvirtd at uri (for example qemu:///system).
 func New(uri string) (*Driver, error) {
-	d := &Driver{uri: uri}
+	if err := startEventLoop(); err != nil {
+		return nil, fmt.Errorf("libvirt event loop: %w", err)
+	}
+	d := &Driver{uri: uri, events: make(chan driver.Event, eventBuffer), closed: make(chan struct{})}
 	if err := d.reconnect(nil); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// Events implements driver.Driver.
+func (d *Driver) Events() <-chan driver.Event { return d.events }
+
+func (d *Driver) emit(e driver.Event) {
+	select {
+	case <-d.closed:
+	case d.events <- e:
+	default:
+	}
 }
 
 // with runs f with a live connection, reconnecting once if libvirtd restarted under us.
@@ -59,12 +108,18 @@ func (d *Driver) with(f func(c *golibvirt.Connect) error) error {
 	return f(d.conn)
 }
 
-// reconnect replaces the connection dead, unless another caller replaced it already.
+// reconnect replaces the connection dead, unless another caller replaced it already. The new
+// connection reports lifecycle events and its own loss.
 func (d *Driver) reconnect(dead *golibvirt.Connect) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.conn != dead {
 		return nil
+	}
+	select {
+	case <-d.closed:
+		return fmt.Errorf("libvirt at %s: driver closed", d.uri)
+	default:
 	}
 	if d.conn != nil {
 		_, _ = d.conn.Close()
@@ -74,13 +129,61 @@ func (d *Driver) reconnect(dead *golibvirt.Connect) error {
 	if err != nil {
 		return fmt.Errorf("connect to libvirt at %s: %w", d.uri, err)
 	}
+	if err := d.subscribe(c); err != nil {
+		_, _ = c.Close()
+		return err
+	}
 	d.conn = c
+	if dead != nil {
+		// Whatever happened while the connection was down went unreported.
+		d.emit(driver.Event{})
+	}
 	return nil
+}
+
+// subscribe asks c for lifecycle events and for word when it dies.
+func (d *Driver) subscribe(c *golibvirt.Connect) error {
+	if err := c.SetKeepAlive(keepAliveInterval, keepAliveCount); err != nil {
+		return fmt.Errorf("libvirt keepalive: %w", err)
+	}
+	_, err := c.DomainEventLifecycleRegister(nil, func(_ *golibvirt.Connect, dom *golibvirt.Domain, _ *golibvirt.DomainEventLifecycle) {
+		if uuid, err := dom.GetUUIDString(); err == nil {
+			d.emit(driver.Event{UUID: uuid})
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to libvirt domain events: %w", err)
+	}
+	// The callback runs on the event loop, which must not block: reconnect elsewhere.
+	return c.RegisterCloseCallback(func(conn *golibvirt.Connect, _ golibvirt.ConnectCloseReason) {
+		go d.reconnectUntilUp(conn)
+	})
+}
+
+// reconnectUntilUp reconnects after libvirtd went away, trying every second until it is back
+// or the driver is closed.
+func (d *Driver) reconnectUntilUp(dead *golibvirt.Connect) {
+	for {
+		if err := d.reconnect(dead); err == nil {
+			return
+		}
+		select {
+		case <-d.closed:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func isNotFound(err error) bool {
 	var lerr golibvirt.Error
 	return errors.As(err, &lerr) && lerr.Code == golibvirt.ERR_NO_DOMAIN
+}
+
+// isNotRunning says the domain stopped between our look and our call: the goal is reached.
+func isNotRunning(err error) bool {
+	var lerr golibvirt.Error
+	return errors.As(err, &lerr) && lerr.Code == golibvirt.ERR_OPERATION_INVALID
 }
 
 // lookup finds a domain by UUID; driver.ErrNotFound when there is none. The caller frees it.
@@ -160,44 +263,174 @@ func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	return err
 }
 
-// PowerState implements driver.Driver.
-func (d *Driver) PowerState(_ context.Context, uuid string) (v1.PowerState, error) {
-	var p v1.PowerState
+// RequestShutdown implements driver.Driver.
+func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		if err := dom.ShutdownFlags(golibvirt.DOMAIN_SHUTDOWN_ACPI_POWER_BTN); err != nil && !isNotRunning(err) {
+			return fmt.Errorf("shut down domain %s: %w", uuid, err)
+		}
+		return nil
+	})
+}
+
+// PowerOff implements driver.Driver.
+func (d *Driver) PowerOff(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		if active, err := dom.IsActive(); err == nil && active {
+			if err := dom.Destroy(); err != nil && !isNotRunning(err) {
+				return fmt.Errorf("power off domain %s: %w", uuid, err)
+			}
+		}
+		if saved, err := dom.HasManagedSaveImage(0); err == nil && saved {
+			if err := dom.ManagedSaveRemove(0); err != nil {
+				return fmt.Errorf("drop saved state of domain %s: %w", uuid, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Pause implements driver.Driver.
+func (d *Driver) Pause(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		state, _, err := dom.GetState()
+		if err != nil {
+			return fmt.Errorf("state of domain %s: %w", uuid, err)
+		}
+		switch state {
+		case golibvirt.DOMAIN_PAUSED:
+			return nil
+		case golibvirt.DOMAIN_RUNNING, golibvirt.DOMAIN_BLOCKED:
+			if err := dom.Suspend(); err != nil {
+				return fmt.Errorf("pause domain %s: %w", uuid, err)
+			}
+			return nil
+		default:
+			return fmt.Errorf("cannot pause domain %s: it is not running (%s)", uuid, stateName(state))
+		}
+	})
+}
+
+// Unpause implements driver.Driver.
+func (d *Driver) Unpause(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		state, _, err := dom.GetState()
+		if err != nil {
+			return fmt.Errorf("state of domain %s: %w", uuid, err)
+		}
+		switch state {
+		case golibvirt.DOMAIN_RUNNING, golibvirt.DOMAIN_BLOCKED:
+			return nil
+		case golibvirt.DOMAIN_PAUSED:
+			if err := dom.Resume(); err != nil {
+				return fmt.Errorf("unpause domain %s: %w", uuid, err)
+			}
+			return nil
+		default:
+			return fmt.Errorf("cannot unpause domain %s: it is not paused (%s)", uuid, stateName(state))
+		}
+	})
+}
+
+// Suspend implements driver.Driver with libvirt's managed save: QEMU writes the memory to a
+// file libvirt keeps beside the domain, and exits.
+func (d *Driver) Suspend(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		active, err := dom.IsActive()
+		if err != nil {
+			return fmt.Errorf("state of domain %s: %w", uuid, err)
+		}
+		if !active {
+			if saved, err := dom.HasManagedSaveImage(0); err == nil && saved {
+				return nil
+			}
+			return fmt.Errorf("cannot suspend domain %s: it is not running", uuid)
+		}
+		if err := dom.ManagedSave(0); err != nil {
+			return fmt.Errorf("suspend domain %s: %w", uuid, err)
+		}
+		return nil
+	})
+}
+
+// Resume implements driver.Driver: starting a domain that has a managed save restores it.
+func (d *Driver) Resume(_ context.Context, uuid string) error {
+	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		active, err := dom.IsActive()
+		if err != nil {
+			return fmt.Errorf("state of domain %s: %w", uuid, err)
+		}
+		if active {
+			return nil
+		}
+		saved, err := dom.HasManagedSaveImage(0)
+		if err != nil {
+			return fmt.Errorf("saved state of domain %s: %w", uuid, err)
+		}
+		if !saved {
+			return fmt.Errorf("cannot resume domain %s: it has no saved state (booting it would lose the guest's memory)", uuid)
+		}
+		if err := dom.Create(); err != nil {
+			return fmt.Errorf("resume domain %s: %w", uuid, err)
+		}
+		return nil
+	})
+}
+
+// State implements driver.Driver.
+func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
+	var st driver.State
 	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
 		var err error
-		p, err = powerState(dom)
+		st, err = domainState(dom)
 		return err
 	})
 	if errors.Is(err, driver.ErrNotFound) {
-		return v1.PowerStateNoState, nil
+		return driver.State{Power: v1.PowerStateNoState, RunID: -1}, nil
 	}
-	return p, err
+	return st, err
 }
 
-// powerState maps libvirt's domain state to Nova's power state, as nova/virt/libvirt does; a
-// shut-off domain with a managed-save image is a suspended one.
-func powerState(dom *golibvirt.Domain) (v1.PowerState, error) {
-	state, _, err := dom.GetState()
+// domainState maps libvirt's domain state and reason to Nova's power state, as nova/virt/libvirt
+// does, with two refinements: a shut-off domain with a managed-save image is a suspended one, and
+// one whose QEMU died (shut off, reason crashed) is Crashed, not a clean Shutdown.
+func domainState(dom *golibvirt.Domain) (driver.State, error) {
+	state, reason, err := dom.GetState()
 	if err != nil {
-		return "", fmt.Errorf("domain state: %w", err)
+		return driver.State{}, fmt.Errorf("domain state: %w", err)
 	}
+	st := driver.State{RunID: -1, Reason: reasonName(state, reason)}
 	switch state {
 	case golibvirt.DOMAIN_RUNNING, golibvirt.DOMAIN_BLOCKED:
-		return v1.PowerStateRunning, nil
+		st.Power = v1.PowerStateRunning
 	case golibvirt.DOMAIN_PAUSED:
-		return v1.PowerStatePaused, nil
-	case golibvirt.DOMAIN_SHUTDOWN, golibvirt.DOMAIN_SHUTOFF:
-		if saved, err := dom.HasManagedSaveImage(0); err == nil && saved {
-			return v1.PowerStateSuspended, nil
+		st.Power = v1.PowerStatePaused
+		if golibvirt.DomainPausedReason(reason) == golibvirt.DOMAIN_PAUSED_CRASHED {
+			st.Power = v1.PowerStateCrashed
 		}
-		return v1.PowerStateShutdown, nil
+	case golibvirt.DOMAIN_SHUTDOWN, golibvirt.DOMAIN_SHUTOFF:
+		st.Power = v1.PowerStateShutdown
+		if state == golibvirt.DOMAIN_SHUTOFF && golibvirt.DomainShutoffReason(reason) == golibvirt.DOMAIN_SHUTOFF_CRASHED {
+			st.Power = v1.PowerStateCrashed
+		}
+		if saved, err := dom.HasManagedSaveImage(0); err == nil && saved {
+			st.Power = v1.PowerStateSuspended
+		}
 	case golibvirt.DOMAIN_CRASHED:
-		return v1.PowerStateCrashed, nil
+		st.Power = v1.PowerStateCrashed
 	case golibvirt.DOMAIN_PMSUSPENDED:
-		return v1.PowerStateSuspended, nil
+		st.Power = v1.PowerStateSuspended
 	default:
-		return v1.PowerStateNoState, nil
+		st.Power = v1.PowerStateNoState
 	}
+	if state != golibvirt.DOMAIN_SHUTOFF {
+		id, err := dom.GetID()
+		if err != nil {
+			return driver.State{}, fmt.Errorf("domain id: %w", err)
+		}
+		st.RunID = int64(id)
+	}
+	return st, nil
 }
 
 // List implements driver.Driver. A domain that cannot be described is left out rather than
@@ -230,7 +463,7 @@ func describe(dom *golibvirt.Domain) (driver.Domain, error) {
 	if err != nil {
 		return driver.Domain{}, err
 	}
-	power, err := powerState(dom)
+	st, err := domainState(dom)
 	if err != nil {
 		return driver.Domain{}, err
 	}
@@ -238,7 +471,7 @@ func describe(dom *golibvirt.Domain) (driver.Domain, error) {
 	if err != nil {
 		return driver.Domain{}, err
 	}
-	info := driver.Domain{UUID: uuid, Name: name, Power: power}
+	info := driver.Domain{UUID: uuid, Name: name, Power: st.Power}
 	if meta, ok := domainxml.ParseMetadata(x); ok {
 		info.Namespace, info.InstanceName = meta.Namespace, meta.Name
 	}
@@ -290,11 +523,13 @@ func version(v uint32) string {
 
 // Close implements driver.Driver.
 func (d *Driver) Close() error {
+	d.once.Do(func() { close(d.closed) })
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.conn == nil {
 		return nil
 	}
+	_ = d.conn.UnregisterCloseCallback()
 	_, err := d.conn.Close()
 	d.conn = nil
 	return err

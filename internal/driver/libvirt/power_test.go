@@ -1,0 +1,199 @@
+package libvirt
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/onsi/gomega"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+)
+
+// console reads what the guest printed so far.
+type console string
+
+func readConsole(t *testing.T, path string) console {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return console(b)
+}
+
+var (
+	seqLine  = regexp.MustCompile(`alive seq=(\d+)`)
+	bootLine = regexp.MustCompile(`booted count=(\d+)`)
+)
+
+// last returns the number of the last line matching re, or 0.
+func (c console) last(re *regexp.Regexp) int {
+	m := re.FindAllStringSubmatch(string(c), -1)
+	if len(m) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[len(m)-1][1])
+	return n
+}
+
+func expectState(t *testing.T, d *Driver, uuid string, power v1.PowerState, reason string) driver.State {
+	t.Helper()
+	var st driver.State
+	gomega.NewWithT(t).Eventually(func() (driver.State, error) {
+		var err error
+		st, err = d.State(context.Background(), uuid)
+		return st, err
+	}).WithTimeout(30*time.Second).WithPolling(100*time.Millisecond).Should(gomega.And(
+		gomega.HaveField("Power", power), gomega.HaveField("Reason", reason)))
+	return st
+}
+
+// expectEvent waits for an event about uuid.
+func expectEvent(t *testing.T, d *Driver, uuid string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-d.Events():
+			if e.UUID == uuid {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no lifecycle event for %s within 10 s", uuid)
+		}
+	}
+}
+
+func drainEvents(d *Driver) {
+	for {
+		select {
+		case <-d.Events():
+		default:
+			return
+		}
+	}
+}
+
+// qemuRuns says whether a QEMU process runs for the domain.
+func qemuRuns(name string) bool {
+	return exec.Command("pgrep", "-f", "guest="+name+",").Run() == nil
+}
+
+func TestPowerOperationsOnARealGuest(t *testing.T) {
+	ctx := context.Background()
+	g := gomega.NewWithT(t)
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	m := machine(t, "0c6b1b7e-52a3-4d8f-9c59-0d5ad0b5e003")
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Destroy(ctx, m.UUID) }()
+	waitFor(t, "first boot and a first alive line", 90*time.Second, func() (bool, error) {
+		c := readConsole(t, m.ConsoleLog)
+		return c.last(bootLine) == 1 && c.last(seqLine) >= 1, nil
+	})
+	first, err := d.State(ctx, m.UUID)
+	if err != nil || !first.Active() {
+		t.Fatalf("running domain: %+v, %v", first, err)
+	}
+
+	// Pause: the vCPUs stop, so the guest's counter stops; unpause: it goes on, no reboot.
+	drainEvents(d)
+	if err := d.Pause(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, d, m.UUID)
+	expectState(t, d, m.UUID, v1.PowerStatePaused, "User")
+	if err := d.Pause(ctx, m.UUID); err != nil {
+		t.Fatalf("pausing a paused domain must succeed: %v", err)
+	}
+	pausedAt := readConsole(t, m.ConsoleLog).last(seqLine)
+	g.Consistently(func() int { return readConsole(t, m.ConsoleLog).last(seqLine) }).
+		WithTimeout(7*time.Second).WithPolling(250*time.Millisecond).Should(gomega.Equal(pausedAt), "a paused guest makes no progress")
+	if err := d.Unpause(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, d, m.UUID, v1.PowerStateRunning, "Unpaused")
+	waitFor(t, "the counter going on after unpause", 30*time.Second, func() (bool, error) {
+		return readConsole(t, m.ConsoleLog).last(seqLine) > pausedAt, nil
+	})
+
+	// Suspend: memory to disk, QEMU gone; resume: the same guest goes on.
+	if err := d.Suspend(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	st := expectState(t, d, m.UUID, v1.PowerStateSuspended, "Saved")
+	if st.Active() || qemuRuns(m.Name) {
+		t.Fatalf("a suspended domain has no QEMU process: %+v", st)
+	}
+	if err := d.Suspend(ctx, m.UUID); err != nil {
+		t.Fatalf("suspending a suspended domain must succeed: %v", err)
+	}
+	suspendedAt := readConsole(t, m.ConsoleLog).last(seqLine)
+	if err := d.Resume(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	st = expectState(t, d, m.UUID, v1.PowerStateRunning, "Restored")
+	if st.RunID == first.RunID {
+		t.Errorf("a resumed domain is a new run of QEMU: %+v", st)
+	}
+	waitFor(t, "the counter going on after resume", 30*time.Second, func() (bool, error) {
+		return readConsole(t, m.ConsoleLog).last(seqLine) > suspendedAt, nil
+	})
+	if c := readConsole(t, m.ConsoleLog); c.last(bootLine) != 1 {
+		t.Fatalf("resume must not reboot the guest:\n%s", c)
+	}
+
+	// Power off drops saved state: a later resume refuses rather than cold-boot.
+	if err := d.Suspend(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, d, m.UUID, v1.PowerStateSuspended, "Saved")
+	if err := d.PowerOff(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.State(ctx, m.UUID); err != nil || st.Power != v1.PowerStateShutdown {
+		t.Fatalf("after power off of a suspended domain: %+v, %v; want Shutdown", st, err)
+	}
+	if err := d.Resume(ctx, m.UUID); err == nil || !strings.Contains(err.Error(), "no saved state") {
+		t.Fatalf("resume without saved state: %v", err)
+	}
+
+	// A clean shutdown through the ACPI power button.
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "second boot", 90*time.Second, func() (bool, error) {
+		return readConsole(t, m.ConsoleLog).last(bootLine) == 2, nil
+	})
+	if err := d.RequestShutdown(ctx, m.UUID); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, d, m.UUID, v1.PowerStateShutdown, "Shutdown")
+	if err := d.RequestShutdown(ctx, m.UUID); err != nil {
+		t.Fatalf("pressing the power button of a shut-off domain must succeed: %v", err)
+	}
+
+	// A QEMU that dies is a crash, not a clean shutdown.
+	if err := d.Spawn(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "third boot", 90*time.Second, func() (bool, error) {
+		return readConsole(t, m.ConsoleLog).last(bootLine) == 3, nil
+	})
+	if out, err := exec.Command("pkill", "-KILL", "-f", "guest="+m.Name+",").CombinedOutput(); err != nil {
+		t.Fatalf("kill QEMU: %v: %s", err, out)
+	}
+	expectState(t, d, m.UUID, v1.PowerStateCrashed, "Crashed")
+}
