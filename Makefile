@@ -83,6 +83,7 @@ test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e
 build: ## Build the manager and the agent into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=1 go build -o $(BIN)/agent ./cmd/agent
+	CGO_ENABLED=0 go build -o $(BIN)/kubectl-nova ./cmd/kubectl-nova
 
 .PHONY: dev
 dev: libvirt control-plane test-guest build ## Run a local control plane, the manager and two agents on real libvirt, with sample VMs.

@@ -1,0 +1,225 @@
+package novacli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/printers"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+func newShowCommand(o *options) *cobra.Command {
+	printFlags := genericclioptions.NewPrintFlags("").WithTypeSetter(o.scheme)
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show an instance's states, sizing, conditions and requests, as nova show does",
+		Example: `  # Show an instance
+  kubectl nova show web
+
+  # Show it as JSON
+  kubectl nova show web -o json`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: o.completeInstanceNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.runShow(cmd.Context(), printFlags, args[0])
+		},
+	}
+	printFlags.AddFlags(cmd)
+	return cmd
+}
+
+func (o *options) runShow(ctx context.Context, printFlags *genericclioptions.PrintFlags, name string) error {
+	c, err := o.newClient()
+	if err != nil {
+		return err
+	}
+	ns, err := o.namespace()
+	if err != nil {
+		return err
+	}
+	inst := &v1.Instance{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, inst); err != nil {
+		return err
+	}
+	if !humanOutput(printFlags) {
+		printer, err := printFlags.ToPrinter()
+		if err != nil {
+			return err
+		}
+		return printer.PrintObj(inst, o.streams.Out)
+	}
+	return renderShow(o.streams.Out, inst)
+}
+
+// property is one row of the show table.
+type property struct{ name, value string }
+
+// renderShow writes the Property/Value table of nova show.
+func renderShow(out io.Writer, inst *v1.Instance) error {
+	w := printers.GetNewTabWriter(out)
+	fmt.Fprintln(w, "PROPERTY\tVALUE")
+	for _, p := range showProperties(inst) {
+		fmt.Fprintf(w, "%s\t%s\n", p.name, p.value)
+	}
+	return w.Flush()
+}
+
+// showProperties lists the rows: the states first, as they answer "what is it doing", then
+// sizing, then why (conditions, fault) and what became of the last requests.
+func showProperties(inst *v1.Instance) []property {
+	st := &inst.Status
+	props := []property{
+		{"name", inst.Name},
+		{"namespace", inst.Namespace},
+		{"uid", orDash(string(inst.UID))},
+		{"created", formatTime(inst.CreationTimestamp.Time)},
+		{"vmState", orDash(string(st.VMState))},
+		{"taskState", orDash(string(st.TaskState))},
+		{"powerState", powerStateValue(st)},
+		{"node", orDash(st.NodeName)},
+		{"flavor", flavorValue(inst)},
+		{"image", imageValue(inst)},
+		{"locked", lockedValue(&inst.Spec)},
+		{"spec powerState", string(desiredPowerState(&inst.Spec))},
+	}
+	for _, c := range st.Conditions {
+		value := fmt.Sprintf("%s (%s)", c.Status, c.Reason)
+		if c.Message != "" {
+			value += " " + c.Message
+		}
+		props = append(props, property{"condition " + c.Type, value})
+	}
+	if f := st.Fault; f != nil {
+		value := fmt.Sprintf("%s: %s (at %s", f.Reason, f.Message, formatTime(f.Time.Time))
+		if f.Action != "" {
+			value += ", action " + string(f.Action)
+		}
+		props = append(props, property{"fault", value + ")"})
+	}
+	if pc := st.PowerChange; pc != nil {
+		value := fmt.Sprintf("%s -> %s", pc.FromVMState, pc.PowerState)
+		if pc.Reason != "" {
+			value += " (" + pc.Reason + ")"
+		}
+		props = append(props, property{"powerChange", value + " at " + formatTime(pc.Time.Time) + ", outside kubenova"})
+	}
+	if r := inst.Spec.RebootRequest; r != nil {
+		props = append(props, property{"rebootRequest", fmt.Sprintf("%s at %s: %s",
+			rebootType(r.Type), formatMicro(r.RequestedAt), requestValue(st.RebootRequest, r.RequestedAt.Time))})
+	}
+	if r := inst.Spec.StartRequest; r != nil {
+		props = append(props, property{"startRequest", fmt.Sprintf("at %s: %s",
+			formatMicro(r.RequestedAt), requestValue(st.StartRequest, r.RequestedAt.Time))})
+	}
+	if st.LaunchedAt != nil {
+		props = append(props, property{"launchedAt", formatTime(st.LaunchedAt.Time)})
+	}
+	if a := st.AgentReport; a != nil && a.ConsoleLogPath != "" {
+		props = append(props, property{"consoleLog", a.ConsoleLogPath + " on " + orDash(a.NodeName)})
+	}
+	return props
+}
+
+func powerStateValue(st *v1.InstanceStatus) string {
+	value := orDash(string(st.PowerState))
+	if a := st.AgentReport; a != nil && a.PowerReason != "" {
+		value += " (" + a.PowerReason + ")"
+	}
+	return value
+}
+
+// flavorValue shows the applied flavor, which is what the instance really has; spec.flavor only
+// differs during a resize or before the launch sized it.
+func flavorValue(inst *v1.Instance) string {
+	f := inst.Status.Flavor
+	if f == nil {
+		return orDash(inst.Spec.Flavor) + " (not applied yet)"
+	}
+	disk := fmt.Sprintf("%d GiB disk", f.DiskGiB)
+	if f.DiskGiB == 0 {
+		disk = "image-sized disk"
+	}
+	value := fmt.Sprintf("%s (%d vCPU, %d MiB RAM, %s)", f.Name, f.VCPUs, f.MemoryMiB, disk)
+	if inst.Spec.Flavor != f.Name {
+		value += "; spec asks for " + inst.Spec.Flavor
+	}
+	return value
+}
+
+func imageValue(inst *v1.Instance) string {
+	img := inst.Status.Image
+	if img == nil {
+		return orDash(inst.Spec.Image.Name) + " (not applied yet)"
+	}
+	if img.Name != inst.Spec.Image.Name {
+		return img.Name + "; spec asks for " + inst.Spec.Image.Name
+	}
+	return img.Name
+}
+
+func lockedValue(spec *v1.InstanceSpec) string {
+	if !spec.Locked {
+		return "false"
+	}
+	if spec.LockedReason == "" {
+		return "true"
+	}
+	return "true (" + spec.LockedReason + ")"
+}
+
+// desiredPowerState is spec.powerState with its schema default, so show never prints an empty
+// value for an object written without one.
+func desiredPowerState(spec *v1.InstanceSpec) v1.DesiredPowerState {
+	if spec.PowerState == "" {
+		return v1.DesiredRunning
+	}
+	return spec.PowerState
+}
+
+func rebootType(t v1.RebootType) string {
+	if t == "" {
+		return string(v1.RebootSoft)
+	}
+	return string(t)
+}
+
+// requestValue says what became of the request stamped at; an acknowledgement of an older
+// stamp says nothing about this one.
+func requestValue(ack *v1.RequestStatus, at time.Time) string {
+	if ack == nil || !sameStamp(ack.RequestedAt.Time, at) {
+		return "not acknowledged yet"
+	}
+	value := string(ack.Result)
+	if ack.TaskID != 0 {
+		value += fmt.Sprintf(" (task %d)", ack.TaskID)
+	}
+	if ack.Reason != "" {
+		value += " " + ack.Reason
+	}
+	if ack.Message != "" {
+		value += ": " + ack.Message
+	}
+	return value
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// formatMicro keeps the microseconds: they tell two requests of one second apart.
+func formatMicro(t metav1.MicroTime) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(metav1.RFC3339Micro)
+}

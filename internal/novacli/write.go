@@ -1,0 +1,90 @@
+package novacli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// waitFlags are --wait and --timeout, shared by every verb that writes.
+type waitFlags struct {
+	wait    bool
+	timeout time.Duration
+}
+
+func (f *waitFlags) addTo(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.wait, "wait", false,
+		"Follow the instance until the manager has carried out the change; fail if it refuses or the instance goes to Error.")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "How long --wait waits before it fails.")
+}
+
+// request is one write of a verb.
+type request struct {
+	name string
+	verb string
+	body []byte
+	// rebootStamp is the reboot request the body carries, for --wait to follow.
+	rebootStamp *metav1.MicroTime
+	// precheck refuses the write after reading the instance; nil writes without reading, and
+	// leaves the judgement to the manager's state machine.
+	precheck func(*v1.Instance) error
+}
+
+// write patches the instance's spec and, with --wait, follows it until the manager is done.
+func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
+	c, err := o.newClient()
+	if err != nil {
+		return err
+	}
+	ns, err := o.namespace()
+	if err != nil {
+		return err
+	}
+	key := client.ObjectKey{Namespace: ns, Name: req.name}
+	if req.precheck != nil {
+		current := &v1.Instance{}
+		if err := c.Get(ctx, key, current); err != nil {
+			return err
+		}
+		if err := req.precheck(current); err != nil {
+			return err
+		}
+	}
+	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: req.name}}
+	if err := c.Patch(ctx, inst, client.RawPatch(types.MergePatchType, req.body)); err != nil {
+		return err
+	}
+	out := o.streams.Out
+	fmt.Fprintf(out, "%s%s %s requested\n", resourceRef, req.name, req.verb)
+	if !wf.wait {
+		return nil
+	}
+	get := func(ctx context.Context) (*v1.Instance, error) {
+		got := &v1.Instance{}
+		return got, c.Get(ctx, key, got)
+	}
+	target := waitTarget{generation: inst.Generation, rebootStamp: req.rebootStamp}
+	final, err := waitFor(ctx, out, req.name, get, target, o.pollInterval, wf.timeout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s%s %s done: %s\n", resourceRef, req.name, req.verb, final.Status.VMState)
+	return nil
+}
+
+// verbExample is the Example of a verb that takes an instance name.
+func verbExample(verb, what string, flags ...string) string {
+	ex := fmt.Sprintf("  # %s web\n  kubectl nova %s web\n\n", what, verb)
+	ex += fmt.Sprintf("  # %s web and wait until the manager is done\n  kubectl nova %s web --wait", what, verb)
+	for _, f := range flags {
+		ex += "\n\n" + f
+	}
+	return ex
+}
