@@ -20,8 +20,7 @@ var onNodeA = map[string]string{"agent": "fake"}
 
 var _ = Describe("Instance controller", Ordered, func() {
 	BeforeAll(func(ctx SpecContext) {
-		makeNode(ctx, "node-a", v1.Resources{VCPUs: 8, MemoryMiB: 16384, DiskGiB: 100}, onNodeA, time.Hour)
-		makeFlavor(ctx, "small", 1, 256, 1)
+		ensureNodeA(ctx)
 		makeFlavor(ctx, "huge", 64, 1<<20, 1)
 	})
 
@@ -258,15 +257,12 @@ var _ = Describe("Instance controller", Ordered, func() {
 			WithContext(ctx).WithTimeout(40 * time.Second).Should(BeTrue())
 	})
 
-	It("refuses requests the state machine forbids, with a reason, and changes nothing", func(ctx SpecContext) {
+	It("refuses requests the state machine forbids, with a reason, and changes nothing; carries out an administrator's change of a locked instance", func(ctx SpecContext) {
 		inst := createOnNodeA(ctx, "refuse")
 		waitForVMState(ctx, inst, v1.VMStateActive)
 
 		By("changing its flavor, a resize this version cannot do yet: refused, not ignored")
-		got, err := get(ctx, inst)()
-		Expect(err).NotTo(HaveOccurred())
-		got.Spec.Flavor = "huge"
-		Expect(k8s.Update(ctx, got)).To(Succeed())
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "huge" })
 		Eventually(func(g Gomega) {
 			cur, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
@@ -276,23 +272,37 @@ var _ = Describe("Instance controller", Ordered, func() {
 			g.Expect(cur.Status.Flavor.Name).To(Equal("small"), "the instance keeps the flavor it runs with")
 		}).WithContext(ctx).Should(Succeed())
 
-		By("locking it and asking for a reboot")
-		got, err = get(ctx, inst)()
-		Expect(err).NotTo(HaveOccurred())
-		got.Spec.Locked = true
-		got.Spec.LockedReason = "audit"
-		got.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: metav1.NowMicro()}
-		Expect(k8s.Update(ctx, got)).To(Succeed())
+		By("locking it, then asking (as an administrator) for a hard reboot: carried out, the lock was checked by the API server")
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.Flavor, i.Spec.Locked, i.Spec.LockedReason = "small", true, "audit"
+		})
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: microNow()}
+		})
 		Eventually(func(g Gomega) {
 			cur, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready.Reason).To(Equal(v1.ReasonLocked))
-			g.Expect(ready.ObservedGeneration).To(Equal(cur.Generation))
-			g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
+			g.Expect(cur.Status.RebootRequest).NotTo(BeNil())
+			g.Expect(cur.Status.RebootRequest.Result).To(Equal(v1.RequestSucceeded))
 			g.Expect(cur.Status.VMState).To(Equal(v1.VMStateActive))
-			g.Expect(cur.Status.Task).To(BeNil())
+			g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
+
+		By("a soft reboot of a paused instance: refused in status, and no later request is hidden")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredPaused })
+		waitForVMState(ctx, inst, v1.VMStatePaused)
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootSoft, RequestedAt: microNow()}
+		})
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(cur.Status.RebootRequest.Result).To(Equal(v1.RequestRefused))
+			g.Expect(cur.Status.RebootRequest.Reason).To(Equal(v1.ReasonInvalidState))
+			g.Expect(cur.Status.RebootRequest.Message).To(ContainSubstring("reboot is allowed from Active"))
+		}).WithContext(ctx).Should(Succeed())
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredRunning })
+		waitForVMState(ctx, inst, v1.VMStateActive)
 	})
 })
 

@@ -3,6 +3,7 @@
 package utils
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ type Env struct {
 }
 
 // StartEnv starts kube-apiserver and etcd from bin/ (built by hack/build-control-plane.sh)
-// and installs the CRDs of config/crd/bases.
+// and installs the CRDs of config/crd/bases and the admission policies of config/admission.
 func StartEnv() (*Env, error) {
 	bin := BinDir()
 	for _, name := range []string{"kube-apiserver", "etcd"} {
@@ -57,6 +58,10 @@ func StartEnv() (*Env, error) {
 	if err != nil {
 		_ = env.Stop()
 		return nil, fmt.Errorf("client: %w", err)
+	}
+	if err := InstallAdmissionPolicies(context.Background(), c, env.Scheme); err != nil {
+		_ = env.Stop()
+		return nil, err
 	}
 	return &Env{Environment: env, Client: c}, nil
 }

@@ -1,0 +1,58 @@
+package e2e
+
+import (
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+var _ = Describe("Lock", Ordered, func() {
+	const name = "vault"
+
+	BeforeAll(func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		for _, user := range []string{"alice", "ops"} {
+			Expect(utils.GrantInstanceEditor(ctx, cluster.Client, "default", user)).To(Succeed())
+		}
+		createInstance(ctx, name, "test-guest")
+	}, NodeTimeout(3*time.Minute))
+
+	// kubectl as an ordinary user, and as a member of the administrators' group.
+	asAlice := []string{"--as=alice", "--as-group=tenants"}
+	asOps := []string{"--as=ops", "--as-group=kubenova:admins"}
+	kubectl := func(ctx SpecContext, who []string, args ...string) (string, error) {
+		return cluster.Kubectl(ctx, append(append([]string{}, who...), args...)...)
+	}
+
+	It("refuses an ordinary user's changes and delete, naming the lock and its reason", func(ctx SpecContext) {
+		out, err := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge",
+			"-p", `{"spec":{"locked":true,"lockedReason":"under investigation"}}`)
+		Expect(err).NotTo(HaveOccurred(), out)
+		expectInstance(ctx, name, settled(v1.VMStateActive))
+
+		Eventually(func() (string, error) {
+			return kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		}).WithContext(ctx).Should(ContainSubstring("instance vault is locked (under investigation)"))
+		out, err = kubectl(ctx, asAlice, "delete", "instance", name, "-n", "default", "--wait=false")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("instance vault is locked (under investigation): unlock it before deleting it"))
+		Consistently(func() (v1.VMState, error) {
+			i, err := instance(ctx, name)()
+			return i.Status.VMState, err
+		}).WithContext(ctx).WithTimeout(3 * time.Second).Should(Equal(v1.VMStateActive))
+	}, NodeTimeout(2*time.Minute))
+
+	It("carries out an administrator's change, and lets an administrator delete it", func(ctx SpecContext) {
+		out, err := kubectl(ctx, asOps, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		Expect(err).NotTo(HaveOccurred(), out)
+		expectInstance(ctx, name, settled(v1.VMStateStopped))
+		out, err = kubectl(ctx, asOps, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
+		Expect(err).NotTo(HaveOccurred(), out)
+	}, NodeTimeout(2*time.Minute))
+})
