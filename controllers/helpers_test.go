@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	. "github.com/onsi/gomega"
@@ -36,6 +37,17 @@ func makeNode(ctx context.Context, name string, capacity v1.Resources, labels ma
 	renewLease(ctx, name, leaseFor)
 	Eventually(func() v1.HypervisorState { return hypervisor(ctx, name).Status.State }).Should(Equal(v1.HypervisorUp))
 }
+
+// ensureNodeA makes, once for the whole suite, node-a (the node of the in-process agent) and the
+// flavor "small" that the instances created on it use.
+func ensureNodeA(ctx context.Context) {
+	nodeAOnce.Do(func() {
+		makeNode(ctx, "node-a", v1.Resources{VCPUs: 8, MemoryMiB: 16384, DiskGiB: 100}, onNodeA, time.Hour)
+		makeFlavor(ctx, "small", 1, 256, 1)
+	})
+}
+
+var nodeAOnce sync.Once
 
 func renewLease(ctx context.Context, node string, d time.Duration) {
 	setLease(ctx, node, d, time.Now())

@@ -4,6 +4,9 @@
 #   hack/libvirt-hosts.sh start  DIR N   start host-1 .. host-N (names: see LIBVIRT_HOST_NAMES)
 #   hack/libvirt-hosts.sh stop   DIR     stop every libvirtd and QEMU those hosts started
 #   hack/libvirt-hosts.sh status DIR     print each host and whether its libvirtd answers
+#   hack/libvirt-hosts.sh restart-daemon DIR HOST
+#                                        restart one host's libvirtd, leaving its guests running
+#                                        (as a libvirt upgrade on a compute node does)
 #
 # Each host is a libvirtd in its own mount and UTS namespace (unshare -m -u, private mount
 # propagation) whose hostname is the host's name and whose libvirt directories are
@@ -34,7 +37,7 @@ set -euo pipefail
 timeout_s=${LIBVIRT_HOST_TIMEOUT:-60}
 
 usage() {
-  echo "usage: $0 start DIR N | stop DIR | status DIR" >&2
+  echo "usage: $0 start DIR N | stop DIR | status DIR | restart-daemon DIR HOST" >&2
   exit 2
 }
 log() { echo "libvirt-hosts.sh: $*" >&2; }
@@ -219,6 +222,37 @@ stop_host() { # HOSTDIR
   rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid
 }
 
+restart_daemon() { # DIR NAME
+  local hd=$1/$2 pid qemu="" p exe deadline
+  pid=$(head -n1 "$hd/run/libvirtd.pid" 2>/dev/null || true)
+  # A QEMU of the host keeps its namespace alive while libvirtd is down; the new libvirtd joins
+  # that namespace and finds its guests again.
+  for p in $(host_pids "$hd"); do
+    exe=$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | head -n1) || continue
+    case ${exe##*/} in qemu-system-*) qemu=$p && break ;; esac
+  done
+  if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+    deadline=$((SECONDS + timeout_s))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        log "$2: libvirtd $pid does not exit"
+        return 1
+      fi
+      sleep 0.1
+    done
+  fi
+  rm -f "$hd/run/libvirtd.pid" "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock"
+  if [ -z "$qemu" ]; then
+    # No guest holds the namespace: start the host afresh (its definitions are on disk).
+    start_host "$1" "$2" $(cat "$1/hosts")
+  else
+    HD=$hd nsenter --mount --uts --target "$qemu" -- /bin/sh -ec '
+      exec libvirtd -d -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
+    ' </dev/null >>"$hd/log/start.log" 2>&1
+  fi
+  wait_answers "$hd"
+}
+
 cmd=${1:-}
 [ $# -ge 2 ] || usage
 if [ "$(id -u)" -ne 0 ]; then
@@ -273,6 +307,12 @@ case $cmd in
       fi
     done < <(host_dirs "$dir")
     exit "$rc"
+    ;;
+  restart-daemon)
+    [ $# -eq 3 ] || usage
+    dir=$(cd "$2" && pwd)
+    [ -d "$dir/$3" ] || { log "no host $3 in $dir"; exit 2; }
+    restart_daemon "$dir" "$3"
     ;;
   *) usage ;;
 esac

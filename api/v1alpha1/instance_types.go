@@ -28,7 +28,8 @@ const (
 type TaskState string
 
 // The task states, named after nova/compute/task_states.py. Nova's finer sub-steps (for example
-// block_device_mapping or resize_migrated) are recorded as steps in status.task instead.
+// block_device_mapping or resize_migrated) have no task state here: each task on the node is
+// idempotent and repeats from its beginning (see docs/design.md).
 const (
 	TaskStateNone               TaskState = ""
 	TaskStateScheduling         TaskState = "Scheduling"

@@ -248,7 +248,7 @@ func (r *InstanceReconciler) stop(ctx context.Context, inst *v1.Instance, task *
 	if !st.Active() && st.Power != v1.PowerStateSuspended {
 		return true, nil
 	}
-	if st.Power != v1.PowerStateRunning {
+	if !hearsPowerButton(st) {
 		return true, r.Driver.PowerOff(ctx, uid)
 	}
 	expired, err := r.pressPowerButton(ctx, inst.UID, task.ID, r.shutdownTimeout())
@@ -279,7 +279,7 @@ func (r *InstanceReconciler) softReboot(ctx context.Context, inst *v1.Instance, 
 		return true, r.powerCycle(ctx, inst) // it was not running: only a hard reboot helps
 	case !st.Active():
 		return true, r.spawn(ctx, inst) // the guest shut down as asked: boot it again
-	case st.Power != v1.PowerStateRunning:
+	case !hearsPowerButton(st):
 		return true, r.powerCycle(ctx, inst) // paused: it cannot hear the button
 	}
 	expired, err := r.pressPowerButton(ctx, inst.UID, task.ID, r.rebootTimeout())
@@ -302,6 +302,12 @@ func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, 
 		return true, nil // booted anew since the task began
 	}
 	return true, r.powerCycle(ctx, inst)
+}
+
+// hearsPowerButton says whether a domain's guest can act on the ACPI power button: it runs, or
+// it is already going down (libvirt's "shutting down", which must not be cut short).
+func hearsPowerButton(st driver.State) bool {
+	return st.Active() && (st.Power == v1.PowerStateRunning || st.Power == v1.PowerStateShutdown)
 }
 
 // beginRebootingTask returns the domain's state and the task's mark, writing the mark first

@@ -170,6 +170,16 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// RestartLibvirtd restarts one host's libvirtd; its guests keep running.
+func (c *Cluster) RestartLibvirtd(ctx context.Context, h Host) error {
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	out, err := exec.CommandContext(ctx, script, "restart-daemon", filepath.Join(c.WorkDir, "hosts"), h.Name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("restart libvirtd of %s: %w: %s", h.Name, err, out)
+	}
+	return nil
+}
+
 // Virsh runs virsh against one host.
 func (h Host) Virsh(ctx context.Context, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-c", h.URI}, args...)...).CombinedOutput()

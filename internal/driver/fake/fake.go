@@ -227,6 +227,7 @@ func (d *Driver) Resume(_ context.Context, uuid string) error {
 func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.called("State")
 	if dom, ok := d.domains[uuid]; ok {
 		return driver.State{Power: dom.power, Reason: dom.reason, RunID: dom.runID}, nil
 	}

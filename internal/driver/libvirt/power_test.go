@@ -50,7 +50,7 @@ func expectState(t *testing.T, d *Driver, uuid string, power v1.PowerState, reas
 		var err error
 		st, err = d.State(context.Background(), uuid)
 		return st, err
-	}).WithTimeout(30*time.Second).WithPolling(100*time.Millisecond).Should(gomega.And(
+	}).WithTimeout(30 * time.Second).WithPolling(100 * time.Millisecond).Should(gomega.And(
 		gomega.HaveField("Power", power), gomega.HaveField("Reason", reason)))
 	return st
 }
