@@ -70,9 +70,10 @@ test-e2e: build ## End-to-end suite: API server, manager and two agents on real 
 	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
 
 .PHONY: bench
-bench: libvirt control-plane test-guest build ## Benchmarks: the scheduler, and launch time beside a raw virsh boot of the same guest.
+bench: libvirt control-plane test-guest build ## Benchmarks: the scheduler; launch and power operations beside the same done with virsh.
 	go test ./internal/scheduler -run '^$$' -bench . -benchmem
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/launch --runs 5 --work-dir $(WORK_DIR)/bench
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/power --runs 3 --work-dir $(WORK_DIR)/bench-power
 
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.
@@ -80,7 +81,7 @@ test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e
 ##@ Build
 
 .PHONY: build
-build: ## Build the manager and the agent into bin/.
+build: ## Build the manager, the agent and kubectl-nova into bin/.
 	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=1 go build -o $(BIN)/agent ./cmd/agent
 	CGO_ENABLED=0 go build -o $(BIN)/kubectl-nova ./cmd/kubectl-nova

@@ -2,13 +2,11 @@ package controllers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -81,14 +79,8 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	hv.Status.ObservedGeneration = hv.Generation
-	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
-		return ctrl.Result{RequeueAfter: recheck}, nil
-	}
-	err = kube.PatchStatus(ctx, r.Client, orig, hv)
-	if errors.Is(err, kube.ErrStale) {
-		return ctrl.Result{RequeueAfter: staleRetry}, nil
-	}
-	return ctrl.Result{RequeueAfter: recheck}, err
+	_, err = kube.PatchStatus(ctx, r.Client, orig, hv)
+	return kube.RetryIfStale(ctrl.Result{RequeueAfter: recheck}, err)
 }
 
 // heartbeat sets state Up while the agent's lease is current, Down once it lapsed, and returns

@@ -6,11 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -42,6 +43,9 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
+	// Workers is how many instances are reconciled at once (default 4). Scheduling decisions
+	// still read, decide and claim one at a time under the Placement lock.
+	Workers int
 
 	attemptsMu sync.Mutex
 	attempts   map[types.UID]int
@@ -92,16 +96,11 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.serveRequests,
 	)
 	r.setConditions(inst, st)
-	if perr := r.patchStatus(ctx, orig, inst); errors.Is(perr, kube.ErrStale) {
-		return ctrl.Result{RequeueAfter: staleRetry}, nil
-	} else if perr != nil {
-		return ctrl.Result{}, perr
+	if perr := r.patchStatus(ctx, orig, inst); perr != nil {
+		return kube.RetryIfStale(ctrl.Result{}, perr)
 	}
 	return result, err
 }
-
-// staleRetry is how soon a reconcile that lost a write race runs again.
-const staleRetry = 200 * time.Millisecond
 
 func (r *InstanceReconciler) runSteps(ctx context.Context, inst *v1.Instance, st *reconcileState, steps ...step) (ctrl.Result, error) {
 	for _, s := range steps {
@@ -200,40 +199,56 @@ func flavorTooSmall(flavor *v1.Flavor, image *v1.Image) string {
 	return ""
 }
 
-// place runs the scheduler under the placement lock and claims the chosen node's resources
-// until the cache shows the instance there.
+// place chooses a node from a snapshot of the cluster, without holding the placement lock,
+// then reserves it (scheduler.Placement.Reserve), which checks again under the lock that the
+// node still fits. A choice that lost its room to a decision made meanwhile is made again.
 func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, request scheduler.Request) (string, error) {
-	// Read the candidates under the lock, so no decision made meanwhile is missing from them.
-	r.Placement.Lock()
-	defer r.Placement.Unlock()
-	hosts, instances, err := r.candidates(ctx)
-	if err != nil {
-		return "", err
+	list := func() ([]v1.Instance, error) {
+		var instances v1.InstanceList
+		err := r.List(ctx, &instances)
+		return instances.Items, err
 	}
-	used := r.Placement.Usage(instances)
-	for i := range hosts {
-		hosts[i].Used = used[hosts[i].Name()]
+	for attempt := 1; ; attempt++ {
+		hosts, err := r.candidates(ctx)
+		if err != nil {
+			return "", err
+		}
+		instances, err := list()
+		if err != nil {
+			return "", err
+		}
+		used := r.Placement.Usage(instances)
+		for i := range hosts {
+			hosts[i].Used = used[hosts[i].Name()]
+		}
+		node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
+		if err != nil {
+			return "", err
+		}
+		i := slices.IndexFunc(hosts, func(h scheduler.Host) bool { return h.Name() == node })
+		reserved, err := r.Placement.Reserve(inst.UID, hosts[i], request, list)
+		if err != nil || reserved {
+			return node, err
+		}
+		if attempt == maxPlacementAttempts {
+			return "", fmt.Errorf("node %s was taken by other decisions %d times in a row; trying again later", node, attempt)
+		}
 	}
-	node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
-	if err != nil {
-		return "", err
-	}
-	r.Placement.Assume(inst.UID, node, request.Resources)
-	return node, nil
 }
 
-func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, []v1.Instance, error) {
+// maxPlacementAttempts bounds how often one reconcile decides again after losing its node to a
+// concurrent decision; the next reconcile starts afresh.
+const maxPlacementAttempts = 5
+
+// candidates are the hosts a decision chooses from: every Hypervisor with its Node.
+func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, error) {
 	var hvs v1.HypervisorList
 	if err := r.List(ctx, &hvs); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var nodes corev1.NodeList
 	if err := r.List(ctx, &nodes); err != nil {
-		return nil, nil, err
-	}
-	var instances v1.InstanceList
-	if err := r.List(ctx, &instances); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	byName := map[string]*corev1.Node{}
 	for i := range nodes.Items {
@@ -243,7 +258,7 @@ func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, 
 	for i := range hvs.Items {
 		hosts = append(hosts, scheduler.Host{Hypervisor: &hvs.Items[i], Node: byName[hvs.Items[i].Name]})
 	}
-	return hosts, instances.Items, nil
+	return hosts, nil
 }
 
 // failedAttempt counts a failed attempt to place an instance. The count lives in memory, not in
@@ -588,12 +603,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	if task == nil || task.Action != v1.ActionTerminate {
 		r.startTask(inst, v1.ActionTerminate)
 		r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
-		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, kube.ErrStale) {
-			return ctrl.Result{RequeueAfter: staleRetry}, nil
-		} else if err != nil {
-			return ctrl.Result{}, err
-		}
-		return ctrl.Result{}, nil
+		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
 	}
 	report := inst.Status.AgentReport
 	if report == nil || report.TaskID != task.ID {
@@ -612,12 +622,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		}
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
 		r.startTask(inst, v1.ActionTerminate)
-		if err := r.patchStatus(ctx, orig, inst); errors.Is(err, kube.ErrStale) {
-			return ctrl.Result{RequeueAfter: staleRetry}, nil
-		} else if err != nil {
-			return ctrl.Result{}, err
-		}
-		return ctrl.Result{}, nil
+		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
 	}
 	r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
 	return ctrl.Result{}, r.release(ctx, inst)
@@ -656,16 +661,14 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 
 // patchStatus writes status once, only if it changed, and only over the version it was computed
 // from (kube.PatchStatus): this is what keeps a stale cache from placing an instance twice. A
-// lost race undoes the claim the reconcile made.
+// write that fails, for whatever reason, undoes the claim the reconcile made: the next
+// reconcile decides again.
 func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
-	if equality.Semantic.DeepEqual(orig.Status, inst.Status) {
-		return nil
+	_, err := kube.PatchStatus(ctx, r.Client, orig, inst)
+	if err != nil && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
+		r.Placement.Release(inst.UID)
 	}
-	err := kube.PatchStatus(ctx, r.Client, orig, inst)
 	if errors.Is(err, kube.ErrStale) {
-		if orig.Status.NodeName == "" && inst.Status.NodeName != "" {
-			r.Placement.Release(inst.UID)
-		}
 		log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
 	}
 	return err
@@ -688,8 +691,13 @@ func (r *InstanceReconciler) event(inst *v1.Instance, eventType, reason, action,
 // unblock an instance waiting to be placed.
 func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	waiting := handler.EnqueueRequestsFromMapFunc(r.waitingInstances)
+	workers := r.Workers
+	if workers <= 0 {
+		workers = 4
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.Instance{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
 		Watches(&v1.Image{}, waiting).
 		Watches(&v1.Hypervisor{}, waiting).

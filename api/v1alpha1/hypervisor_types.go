@@ -65,12 +65,16 @@ type HypervisorSpec struct {
 
 // Resources is an amount of the three resources the scheduler counts.
 type Resources struct {
-	// VCPUs is a number of virtual CPUs.
-	VCPUs int64 `json:"vcpus"`
+	// VCPUs is a number of virtual CPUs. Each amount is optional (zero when absent), so that a
+	// merge patch of one of them is a valid object.
+	// +optional
+	VCPUs int64 `json:"vcpus,omitempty"`
 	// MemoryMiB is memory in MiB.
-	MemoryMiB int64 `json:"memoryMiB"`
+	// +optional
+	MemoryMiB int64 `json:"memoryMiB,omitempty"`
 	// DiskGiB is disk in GiB.
-	DiskGiB int64 `json:"diskGiB"`
+	// +optional
+	DiskGiB int64 `json:"diskGiB,omitempty"`
 }
 
 // HypervisorStatus is split between its two writers: the agent reports what the node has

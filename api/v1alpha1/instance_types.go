@@ -165,7 +165,7 @@ type RequestStatus struct {
 // RescueSpec asks for the instance to be booted from a rescue image with its own root disk
 // attached as a second disk.
 type RescueSpec struct {
-	// Image to boot; empty means the cluster's default rescue image.
+	// Image to boot; empty boots the instance's own image, as Nova's rescue does.
 	// +optional
 	Image *ImageReference `json:"image,omitempty"`
 }

@@ -48,6 +48,9 @@ func run() error {
 		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
 		rebootWait     = flag.Duration("soft-reboot-timeout", agent.DefaultRebootTimeout, "how long a guest has to answer a soft reboot before it is rebooted hard (Nova's wait_soft_reboot_seconds)")
 		workers        = flag.Int("workers", 4, "how many instances the agent works on at once")
+		reservedMemory = flag.Int64("reserved-memory-mib", 512, "memory held back for the node itself (Nova's reserved_host_memory_mb)")
+		reservedVCPUs  = flag.Int64("reserved-vcpus", 0, "vCPUs held back for the node itself (Nova's reserved_host_cpus)")
+		reservedDisk   = flag.Int64("reserved-disk-gib", 0, "disk held back for the node itself (Nova's reserved_host_disk_mb, in GiB)")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -106,6 +109,7 @@ func run() error {
 	reporter := &agent.Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: drv, Storage: store,
 		NodeName: *nodeName, VirtType: virtType, MigrationURI: *migrationURI, AgentVersion: version.Version,
+		Reserved: v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute,
 	}

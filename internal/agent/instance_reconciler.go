@@ -11,7 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -38,9 +37,6 @@ const attemptsBeforeFailing = 3
 
 // retryStep is the wait after the first failed attempt; the n-th waits n times as long.
 const retryStep = 2 * time.Second
-
-// staleRetry is how soon a reconcile that lost a write race to the manager runs again.
-const staleRetry = 200 * time.Millisecond
 
 // resyncPeriod is how often the agent compares each instance with its domain even when
 // nothing changed (Nova's sync_power_states); libvirt's lifecycle events bring it sooner.
@@ -145,18 +141,13 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		inst.Status.PowerState = state.Power
 		report.PowerReason = state.Reason
 	}
-	if !equality.Semantic.DeepEqual(orig.Status, inst.Status) {
+	if kube.Changed(orig, inst) {
 		now := metav1.Now()
 		report.LastSyncTime = &now
-		err := kube.PatchStatus(ctx, r.Client, orig, inst)
-		if errors.Is(err, kube.ErrStale) {
-			// The manager wrote in between; the task is idempotent, so it is safe to look again.
-			log.FromContext(ctx).V(1).Info("status changed underneath; retrying")
-			return ctrl.Result{RequeueAfter: staleRetry}, nil
-		}
-		if err != nil {
-			return ctrl.Result{}, err
-		}
+	}
+	if _, err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+		// A lost race with the manager: the task is idempotent, so it is safe to look again.
+		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
 	if finished {
 		r.forget(inst.UID)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -16,6 +15,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/storage"
 )
 
@@ -26,12 +26,15 @@ type Reporter struct {
 	// Reader reads from the API server directly. Orphan checks must not trust the agent's
 	// cache, which holds only this node's instances: an instance evacuated elsewhere would look
 	// deleted there, and its disks would go.
-	Reader         client.Reader
-	Driver         driver.Driver
-	Storage        *storage.Node
-	NodeName       string
-	VirtType       v1.VirtType
-	MigrationURI   string
+	Reader       client.Reader
+	Driver       driver.Driver
+	Storage      *storage.Node
+	NodeName     string
+	VirtType     v1.VirtType
+	MigrationURI string
+	// Reserved is held back for the node itself (Nova's reserved_host_memory_mb,
+	// reserved_host_cpus and reserved_host_disk_mb); the scheduler places nothing in it.
+	Reserved       v1.Resources
 	AgentVersion   string
 	LeaseNamespace string
 	// LeaseDuration is how long a renewal vouches for the node; the agent renews at a quarter
@@ -97,9 +100,10 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	orig := hv.DeepCopy()
 	s := &hv.Status
 	s.Capacity = v1.Resources{VCPUs: info.VCPUs, MemoryMiB: info.MemoryMiB, DiskGiB: disk}
+	s.Reserved = r.Reserved
 	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
-	if equality.Semantic.DeepEqual(orig.Status, hv.Status) {
+	if !kube.Changed(orig, hv) {
 		return nil
 	}
 	// A plain merge patch carries only the fields changed here, all of them the agent's, so it

@@ -4,22 +4,47 @@ package kube
 import (
 	"context"
 	"errors"
+	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // ErrStale says a status write lost a race: the object changed (or went) since it was read.
 var ErrStale = errors.New("the object changed since it was read")
 
-// PatchStatus writes obj's status as a merge patch over orig, only over the version orig was
-// read at. Manager and agent both write an Instance's status, each its own fields; the
-// version check makes a decision taken on stale data fail instead of land, and the caller
-// then simply reconciles again on fresh data. It returns ErrStale in that case.
-func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) error {
+// StaleRetry is how soon a reconcile whose write lost a race runs again, on fresh data.
+const StaleRetry = 200 * time.Millisecond
+
+// Changed says whether a reconcile changed the object it read as orig. Reconcilers change only
+// status in memory, so this is whether a status write is due.
+func Changed(orig, obj client.Object) bool {
+	return !equality.Semantic.DeepEqual(orig, obj)
+}
+
+// PatchStatus writes obj's status as a merge patch over orig, only if it changed and only over
+// the version orig was read at, and says whether it wrote. Manager and agent both write an
+// Instance's status, each its own fields; the version check makes a decision taken on stale
+// data fail instead of land, and the caller then simply reconciles again on fresh data. It
+// returns ErrStale in that case.
+func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) (bool, error) {
+	if !Changed(orig, obj) {
+		return false, nil
+	}
 	err := c.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-		return ErrStale
+		return false, ErrStale
 	}
-	return err
+	return err == nil, err
+}
+
+// RetryIfStale returns the reconcile's result, except that a write which lost a race is no
+// error: the reconcile runs again after StaleRetry.
+func RetryIfStale(result ctrl.Result, err error) (ctrl.Result, error) {
+	if errors.Is(err, ErrStale) {
+		return ctrl.Result{RequeueAfter: StaleRetry}, nil
+	}
+	return result, err
 }

@@ -51,12 +51,13 @@ var table = []Transition{
 		Tasks: []v1.TaskState{v1.TaskStatePoweringOff}, To: v1.VMStateStopped, RunsOnNode: true},
 	{Action: v1.ActionReboot, From: []v1.VMState{v1.VMStateActive},
 		Tasks: []v1.TaskState{v1.TaskStateRebooting}, To: v1.VMStateActive, OnFailure: v1.VMStateError, RunsOnNode: true},
-	// A hard reboot is Nova's way out of most trouble: it may interrupt a soft reboot or a
-	// power task that hangs, and it repairs an instance in Error.
+	// A hard reboot is Nova's way out of most trouble: it may interrupt a reboot (soft or hard)
+	// or a pause, unpause, suspend or resume that hangs (Nova's task_states.ALLOW_REBOOT), and it
+	// repairs an instance in Error.
 	{Action: v1.ActionHardReboot,
 		From: []v1.VMState{v1.VMStateActive, v1.VMStateStopped, v1.VMStatePaused, v1.VMStateSuspended, v1.VMStateError},
-		Interrupts: []v1.TaskState{v1.TaskStateRebooting, v1.TaskStatePausing, v1.TaskStateUnpausing,
-			v1.TaskStateSuspending, v1.TaskStateResuming},
+		Interrupts: []v1.TaskState{v1.TaskStateRebooting, v1.TaskStateRebootingHard, v1.TaskStatePausing,
+			v1.TaskStateUnpausing, v1.TaskStateSuspending, v1.TaskStateResuming},
 		Tasks: []v1.TaskState{v1.TaskStateRebootingHard}, To: v1.VMStateActive, OnFailure: v1.VMStateError, RunsOnNode: true},
 	{Action: v1.ActionPause, From: []v1.VMState{v1.VMStateActive},
 		Tasks: []v1.TaskState{v1.TaskStatePausing}, To: v1.VMStatePaused, RunsOnNode: true},

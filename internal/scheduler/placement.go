@@ -33,6 +33,11 @@ type claim struct {
 // Placement is the one place that computes what is allocated on each node. It adds the claims
 // the scheduler has made but the informer cache does not show yet (kube-scheduler's "assumed
 // pods"), so that many launches at once never overcommit a node however stale the cache is.
+//
+// Decisions run at once: each reconcile chooses a host from a snapshot, without a lock (the
+// filters and the weigher over every host, the costly part), then Reserve commits the choice
+// under the lock, after checking again, against the cache and every claim made meanwhile, that
+// the host still fits. A choice that no longer fits is decided again.
 type Placement struct {
 	mu      sync.Mutex
 	pending map[types.UID]claim
@@ -43,29 +48,45 @@ func NewPlacement() *Placement {
 	return &Placement{pending: map[types.UID]claim{}}
 }
 
-// Lock serialises the read-decide-claim sequence of one scheduling decision.
-func (p *Placement) Lock() { p.mu.Lock() }
-
-// Unlock ends a scheduling decision.
-func (p *Placement) Unlock() { p.mu.Unlock() }
-
-// Assume records a claim made but not yet visible in instances. Call with the lock held.
-func (p *Placement) Assume(uid types.UID, node string, r v1.Resources) {
-	p.pending[uid] = claim{node: node, resources: r}
+// Usage sums the allocations per node from instances, plus the claims not visible in them yet.
+// It is the snapshot a decision starts from; Reserve checks the decision again.
+func (p *Placement) Usage(instances []v1.Instance) map[string]v1.Resources {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.usage(instances)
 }
 
-// Release drops a claim, for an instance that failed to bind or is gone. It takes the lock.
+// Reserve claims h for uid if h still passes every filter for r, given the instances that list
+// returns now and every claim made so far; false means another decision took the room and the
+// caller should decide again. The list is read under the lock: a list older than one that
+// already retired a claim would miss that claim's instance and overcommit.
+func (p *Placement) Reserve(uid types.UID, h Host, r Request, list func() ([]v1.Instance, error)) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	instances, err := list()
+	if err != nil {
+		return false, err
+	}
+	h.Used = p.usage(instances)[h.Name()]
+	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
+		return false, nil
+	}
+	p.pending[uid] = claim{node: h.Name(), resources: r.Resources}
+	return true, nil
+}
+
+// Release drops a claim, for an instance that failed to bind or is gone.
 func (p *Placement) Release(uid types.UID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.pending, uid)
 }
 
-// Usage sums the allocations per node from instances, plus the pending claims of instances
-// that do not show their node yet. Claims that the instances already show are dropped, and so
+// usage sums the allocations per node from instances, plus the pending claims of instances
+// that do not show their node yet. Claims that the instances already show are retired, and so
 // are claims of instances that are gone (an instance is always in the cache before it is
 // scheduled). Call with the lock held.
-func (p *Placement) Usage(instances []v1.Instance) map[string]v1.Resources {
+func (p *Placement) usage(instances []v1.Instance) map[string]v1.Resources {
 	used := map[string]v1.Resources{}
 	seen := map[types.UID]bool{}
 	for i := range instances {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -105,36 +106,57 @@ func TestRAMSpread(t *testing.T) {
 // TestConcurrentClaimsNeverOvercommit plays many schedulers' worth of launches at once against
 // a node that fits three, with a cache that never shows any of them placed: Placement's pending
 // claims alone must stop the fourth.
-func TestConcurrentClaimsNeverOvercommit(t *testing.T) {
+// TestConcurrentDecisionsNeverOvercommit runs twenty decisions at once, each choosing from its
+// own snapshot without a lock (as reconciles with several workers do) against a cache that never
+// shows any of them placed: Reserve must turn all but three away, and the losers, deciding
+// again, must find no room.
+func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 	p := NewPlacement()
 	var instances []v1.Instance
 	for i := 0; i < 20; i++ {
 		instances = append(instances, v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(fmt.Sprint(i))}})
 	}
+	list := func() ([]v1.Instance, error) { return instances, nil }
 	node := host("only", 3, 3*512, 100)
-	var mu sync.Mutex
-	placed := 0
-	var wg sync.WaitGroup
+	var placed, lostRaces atomic.Int32
+	var wg, chosen sync.WaitGroup
+	chosen.Add(len(instances))
 	for i := range instances {
 		wg.Add(1)
 		go func(uid types.UID) {
 			defer wg.Done()
-			p.Lock()
-			defer p.Unlock()
-			h := node
-			h.Used = p.Usage(instances)["only"]
-			if _, err := Select([]Host{h}, small(), DefaultFilters); err != nil {
-				return
+			for round := 0; ; round++ {
+				h := node
+				h.Used = p.Usage(instances)["only"]
+				_, err := Select([]Host{h}, small(), DefaultFilters)
+				if round == 0 {
+					// Every first decision is taken from the same empty snapshot before any
+					// is reserved: the worst race there is.
+					chosen.Done()
+					chosen.Wait()
+				}
+				if err != nil {
+					return // no room: NoValidHost
+				}
+				ok, err := p.Reserve(uid, h, small(), list)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					placed.Add(1)
+					return
+				}
+				lostRaces.Add(1)
 			}
-			p.Assume(uid, "only", small().Resources)
-			mu.Lock()
-			placed++
-			mu.Unlock()
 		}(instances[i].UID)
 	}
 	wg.Wait()
-	if placed != 3 {
-		t.Fatalf("placed %d instances on a node that fits 3", placed)
+	if placed.Load() != 3 {
+		t.Fatalf("placed %d instances on a node that fits 3", placed.Load())
+	}
+	if lostRaces.Load() != int32(len(instances)-3) {
+		t.Fatalf("%d decisions lost their node to another; want all %d but the three that fit", lostRaces.Load(), len(instances)-3)
 	}
 }
 
@@ -144,9 +166,9 @@ func TestUsage(t *testing.T) {
 	placedInst := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "placed"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateActive}}
 	offloaded := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "off"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateShelvedOffloaded}}
 	stale := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "stale"}}
-	p.Assume("stale", "b", FlavorResources(flavor.FlavorSpec))
-	p.Assume("gone", "b", FlavorResources(flavor.FlavorSpec))
-	p.Assume("placed", "a", FlavorResources(flavor.FlavorSpec))
+	p.pending["stale"] = claim{node: "b", resources: FlavorResources(flavor.FlavorSpec)}
+	p.pending["gone"] = claim{node: "b", resources: FlavorResources(flavor.FlavorSpec)}
+	p.pending["placed"] = claim{node: "a", resources: FlavorResources(flavor.FlavorSpec)}
 
 	used := p.Usage([]v1.Instance{placedInst, offloaded, stale})
 	if used["a"] != (v1.Resources{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}) {

@@ -75,6 +75,7 @@ func expectHypervisorsUp(ctx context.Context) {
 			g.Expect(hv.Status.Capacity.VCPUs).To(BeNumerically(">", 0))
 			g.Expect(hv.Status.LibvirtVersion).NotTo(BeEmpty())
 			g.Expect(hv.Status.HostUUID).NotTo(BeEmpty())
+			g.Expect(hv.Status.Reserved.MemoryMiB).To(Equal(int64(512)), "the agent's default reserved_host_memory_mb")
 		}
 		g.Expect(hvs.Items[0].Status.HostUUID).NotTo(Equal(hvs.Items[1].Status.HostUUID), "each host has its own libvirt host UUID")
 	}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())

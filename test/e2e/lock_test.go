@@ -36,8 +36,10 @@ var _ = Describe("Lock", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 
-		Eventually(func() (string, error) {
-			return kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		// The refusal is kubectl's error output; the policy takes effect within moments.
+		Eventually(func() string {
+			out, _ := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+			return out
 		}).WithContext(ctx).Should(ContainSubstring("instance vault is locked (under investigation)"))
 		out, err = kubectl(ctx, asAlice, "delete", "instance", name, "-n", "default", "--wait=false")
 		Expect(err).To(HaveOccurred())

@@ -108,6 +108,7 @@ var _ = Describe("Power operations", Ordered, func() {
 	}, NodeTimeout(4*time.Minute))
 
 	It("refuses a transition the state machine forbids, once, and changes nothing", func(ctx SpecContext) {
+		boots := readConsole(inst).last(bootCount)
 		patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
 		patchSpec(ctx, name, `{"spec":{"powerState":"Paused"}}`)
@@ -130,6 +131,7 @@ var _ = Describe("Power operations", Ordered, func() {
 		cur = expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(cur.Status.RebootRequest.Result).To(Equal(v1.RequestRefused))
 		Expect(cur.Status.RebootRequest.Reason).To(Equal(v1.ReasonInvalidState))
+		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+1 }, "started once, not rebooted")
 	}, NodeTimeout(4*time.Minute))
 
 	It("believes the hypervisor when the guest powers off or QEMU dies, and does not restart it", func(ctx SpecContext) {
@@ -234,3 +236,70 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 		Eventually(func() []string { return events(ctx, name, v1.ReasonShutdownTimedOut) }).WithContext(ctx).Should(HaveLen(1))
 	}, NodeTimeout(3*time.Minute))
 })
+
+var _ = Describe("Crashes in the middle of a power task", Ordered, func() {
+	const name = "phoenix-power"
+	var inst *v1.Instance
+
+	BeforeAll(func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "flavors.yaml")
+		applyGuestImage(ctx, "test-guest-noacpi", utils.GuestImageNoACPI)
+		inst = createInstance(ctx, name, "test-guest-noacpi")
+		DeferCleanup(func(ctx SpecContext) {
+			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}, NodeTimeout(2*time.Minute))
+	}, NodeTimeout(3*time.Minute))
+
+	// crashBoth kills the manager and the instance's agent with SIGKILL once the instance is in
+	// task state task, then starts both again.
+	crashBoth := func(ctx SpecContext, task v1.TaskState) {
+		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) { g.Expect(i.Status.TaskState).To(Equal(task)) })
+		h := host(inst.Status.NodeName)
+		Expect(cluster.KillAgent(h)).To(Succeed())
+		Expect(cluster.KillManager()).To(Succeed())
+		Expect(qemuCount(inst)).To(BeNumerically("<=", 1))
+		Expect(cluster.StartManager()).To(Succeed())
+		Expect(cluster.StartAgent(h)).To(Succeed())
+	}
+
+	It("finishes a stop cut short by SIGKILL of the manager and the agent", func(ctx SpecContext) {
+		patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`)
+		crashBoth(ctx, v1.TaskStatePoweringOff)
+		cur := expectInstance(ctx, name, settled(v1.VMStateStopped))
+		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateShutdown))
+		Expect(qemuCount(inst)).To(Equal(0))
+	}, NodeTimeout(3*time.Minute))
+
+	It("finishes a suspend cut short by SIGKILL of the manager and the agent, and resumes the same guest", func(ctx SpecContext) {
+		boots := readConsole(inst).last(bootCount) + 1
+		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
+		expectInstance(ctx, name, settled(v1.VMStateActive))
+		expectConsole(ctx, inst, func(c console) bool {
+			return c.last(bootCount) == boots && c.sinceLastBoot().last(aliveSeq) >= 1
+		}, "booted again, and an alive line")
+
+		patchSpec(ctx, name, `{"spec":{"powerState":"Suspended"}}`)
+		crashBoth(ctx, v1.TaskStateSuspending)
+		cur := expectInstance(ctx, name, settled(v1.VMStateSuspended))
+		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateSuspended))
+		Expect(qemuCount(inst)).To(Equal(0))
+		seq := readConsole(inst).last(aliveSeq)
+
+		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
+		expectInstance(ctx, name, settled(v1.VMStateActive))
+		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) > seq }, "the counter going on")
+		Expect(readConsole(inst).last(bootCount)).To(Equal(boots), "resumed, not rebooted")
+		Expect(qemuCount(inst)).To(Equal(1))
+	}, NodeTimeout(3*time.Minute))
+})
+
+// qemuCount is how many QEMU processes run the instance's domain on this machine, all hosts
+// together: never more than one.
+func qemuCount(inst *v1.Instance) int {
+	out, _ := exec.Command("pgrep", "-c", "-f", "guest="+inst.Status.AgentReport.DomainName+",").Output()
+	n := 0
+	_, _ = fmt.Sscan(string(out), &n)
+	return n
+}

@@ -223,6 +223,31 @@ func stopProcess(cmd *exec.Cmd) {
 	}
 }
 
+// KillManager ends the manager with SIGKILL, as a crash would: no cleanup runs.
+func (c *Cluster) KillManager() error {
+	return c.kill(func(cmd *exec.Cmd) bool { return filepath.Base(cmd.Path) == "manager" }, "manager")
+}
+
+// KillAgent ends one host's agent with SIGKILL, as a crash would (its libvirtd and guests stay).
+func (c *Cluster) KillAgent(h Host) error {
+	return c.kill(func(cmd *exec.Cmd) bool {
+		return filepath.Base(cmd.Path) == "agent" && containsArg(cmd.Args, "--node-name="+h.Name)
+	}, "agent of "+h.Name)
+}
+
+// kill sends SIGKILL to the first process that matches and reaps it.
+func (c *Cluster) kill(match func(*exec.Cmd) bool, what string) error {
+	for i, cmd := range c.procs {
+		if match(cmd) {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait() // a killed process exits non-zero; that is the point
+			c.procs = append(c.procs[:i], c.procs[i+1:]...)
+			return nil
+		}
+	}
+	return errors.New("no process runs for the " + what)
+}
+
 // StopAgent ends one host's agent, as a node failure would (its libvirtd and guests stay).
 func (c *Cluster) StopAgent(h Host) error {
 	return c.stop(func(cmd *exec.Cmd) bool {

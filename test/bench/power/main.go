@@ -1,0 +1,372 @@
+// Command power measures each power operation through kubenova beside the same operation done
+// with virsh directly on the same libvirt host, on the same test guest and domain XML, taking
+// turns at going first. It prints, per operation, the median times of both, their ratio and
+// difference, and the API writes kubenova made.
+//
+//	go run ./test/bench/power --runs 3
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/driver/domainxml"
+	"github.com/kubenova/kubenova/test/bench/benchutil"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+func main() {
+	runs := flag.Int("runs", 3, "runs of each operation on each side")
+	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench-power", "where the cluster keeps its state")
+	flag.Parse()
+	if err := run(*runs, *workDir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// operation is one power operation on both sides. Each side's function returns once the
+// operation is done as a user sees it: the state reached and, for operations that boot the
+// guest, its next boot line on the console.
+type operation struct {
+	name     string
+	kubenova func(ctx context.Context, b *bench) (time.Duration, int, error)
+	baseline func(ctx context.Context, b *bench) (time.Duration, error)
+}
+
+type bench struct {
+	cluster *utils.Cluster
+	host    utils.Host
+	inst    *v1.Instance
+	// baseline domain, run with virsh alone.
+	domain     string
+	baseLog    string
+	watcher    client.WithWatch
+	instLog string
+}
+
+func run(runs int, workDir string) error {
+	ctx := context.Background()
+	_ = os.RemoveAll(filepath.Join(workDir, "hosts"))
+	cluster, err := utils.StartCluster(ctx, workDir, 1)
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+	b := &bench{cluster: cluster, host: cluster.Hosts[0]}
+	if b.watcher, err = client.NewWithWatch(cluster.Config, client.Options{Scheme: cluster.Scheme}); err != nil {
+		return err
+	}
+	if err := b.setUp(ctx, workDir); err != nil {
+		return err
+	}
+	defer func() {
+		_, _ = b.host.Virsh(ctx, "destroy", b.domain)
+		_, _ = b.host.Virsh(ctx, "undefine", "--managed-save", b.domain)
+	}()
+
+	ops := []operation{
+		{"shut off", b.kubenovaPower(v1.DesiredStopped, v1.VMStateStopped, false), b.virshUntil([]string{"shutdown", "--mode", "acpi"}, "shut off", false)},
+		{"start", b.kubenovaPower(v1.DesiredRunning, v1.VMStateActive, true), b.virshUntil([]string{"start"}, "running", true)},
+		{"soft reboot", b.kubenovaReboot(v1.RebootSoft), b.virshUntil([]string{"reboot", "--mode", "acpi"}, "running", true)},
+		{"hard reboot", b.kubenovaReboot(v1.RebootHard), b.virshHardReboot},
+		{"pause", b.kubenovaPower(v1.DesiredPaused, v1.VMStatePaused, false), b.virshUntil([]string{"suspend"}, "paused", false)},
+		{"unpause", b.kubenovaPower(v1.DesiredRunning, v1.VMStateActive, false), b.virshUntil([]string{"resume"}, "running", false)},
+		{"suspend", b.kubenovaPower(v1.DesiredSuspended, v1.VMStateSuspended, false), b.virshUntil([]string{"managedsave"}, "shut off", false)},
+		{"resume", b.kubenovaPower(v1.DesiredRunning, v1.VMStateActive, false), b.virshUntil([]string{"start"}, "running", false)},
+	}
+	fmt.Printf("%-12s %12s %12s %7s %10s %7s\n", "operation", "virsh", "kubenova", "ratio", "diff", "writes")
+	for _, op := range ops {
+		var base, kube []time.Duration
+		writes := 0
+		for i := range runs {
+			// Take turns at going first, so that neither side always meets a warmer host.
+			sides := []func() error{
+				func() error { d, err := op.baseline(ctx, b); base = append(base, d); return err },
+				func() error { d, w, err := op.kubenova(ctx, b); kube = append(kube, d); writes = w; return err },
+			}
+			if i%2 == 1 {
+				slices.Reverse(sides)
+			}
+			for _, side := range sides {
+				if err := side(); err != nil {
+					return fmt.Errorf("%s: %w", op.name, err)
+				}
+			}
+			// Each operation but the last of a pair leaves the guest where the next one starts;
+			// runs after the first repeat the pair by undoing it.
+			if i+1 < runs {
+				if err := b.undo(ctx, op.name); err != nil {
+					return fmt.Errorf("undo %s: %w", op.name, err)
+				}
+			}
+		}
+		mb, mk := benchutil.Median(base), benchutil.Median(kube)
+		fmt.Printf("%-12s %12s %12s %7.2f %10s %7d\n", op.name, benchutil.Ms(mb), benchutil.Ms(mk), float64(mk)/float64(mb), benchutil.Ms(mk-mb), writes)
+	}
+	fmt.Println("\nvirsh: the same domain XML and guest, driven with virsh on the same host; hard reboot is virsh destroy + start, as kubenova's.")
+	fmt.Println("Times run from the request to the state reached (start and reboots: to the guest's next boot line); writes count every")
+	fmt.Println("change of the Instance, the user's own patch included.")
+	return nil
+}
+
+// undo brings both sides back to where op started, so the next run of op starts alike.
+func (b *bench) undo(ctx context.Context, op string) error {
+	var desired v1.DesiredPowerState
+	var virshArgs []string
+	var state string
+	switch op {
+	case "shut off":
+		desired, virshArgs, state = v1.DesiredRunning, []string{"start"}, "running"
+	case "start":
+		desired, virshArgs, state = v1.DesiredStopped, []string{"shutdown", "--mode", "acpi"}, "shut off"
+	case "pause":
+		desired, virshArgs, state = v1.DesiredRunning, []string{"resume"}, "running"
+	case "unpause":
+		desired, virshArgs, state = v1.DesiredPaused, []string{"suspend"}, "paused"
+	case "suspend":
+		desired, virshArgs, state = v1.DesiredRunning, []string{"start"}, "running"
+	case "resume":
+		desired, virshArgs, state = v1.DesiredSuspended, []string{"managedsave"}, "shut off"
+	default:
+		return nil // reboots end where they start
+	}
+	want := map[v1.DesiredPowerState]v1.VMState{v1.DesiredRunning: v1.VMStateActive, v1.DesiredStopped: v1.VMStateStopped,
+		v1.DesiredPaused: v1.VMStatePaused, v1.DesiredSuspended: v1.VMStateSuspended}[desired]
+	boots := desired == v1.DesiredRunning && (op == "shut off")
+	if _, _, err := b.kubenovaPower(desired, want, boots)(ctx, b); err != nil {
+		return err
+	}
+	_, err := b.virshUntil(virshArgs, state, boots)(ctx, b)
+	return err
+}
+
+func (b *bench) setUp(ctx context.Context, workDir string) error {
+	for _, name := range []string{"flavors.yaml", "image.yaml"} {
+		m, err := utils.RenderSample(name)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(workDir, name)
+		if err := os.WriteFile(path, m, 0o644); err != nil {
+			return err
+		}
+		if out, err := b.cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	if err := benchutil.Poll(90*time.Second, func() (bool, error) {
+		hv := &v1.Hypervisor{}
+		err := b.cluster.Client.Get(ctx, types.NamespacedName{Name: b.host.Name}, hv)
+		return err == nil && hv.Status.State == v1.HypervisorUp, nil
+	}); err != nil {
+		return fmt.Errorf("hypervisor up: %w", err)
+	}
+	b.inst = &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "bench"},
+		Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"}}}
+	if err := b.cluster.Client.Create(ctx, b.inst); err != nil {
+		return err
+	}
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) {
+		err := b.cluster.Client.Get(ctx, client.ObjectKeyFromObject(b.inst), b.inst)
+		return err == nil && b.inst.Status.VMState == v1.VMStateActive && b.inst.Status.AgentReport != nil, err
+	}); err != nil {
+		return fmt.Errorf("instance Active: %w", err)
+	}
+	b.instLog = b.inst.Status.AgentReport.ConsoleLogPath
+
+	guest, _, err := utils.GuestImage()
+	if err != nil {
+		return err
+	}
+	id := uuid.NewString()
+	dir := filepath.Join(b.host.StorageRoot, "baseline", id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	disk := filepath.Join(dir, "disk")
+	if out, err := benchutil.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", guest, disk, "1G"); err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	b.domain, b.baseLog = "baseline-"+id, filepath.Join(dir, "console.log")
+	x, err := domainxml.Build(driver.Machine{UUID: id, Name: b.domain, Namespace: "bench", InstanceName: "baseline",
+		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: b.baseLog, VirtType: v1.VirtTypeQEMU})
+	if err != nil {
+		return err
+	}
+	xmlPath := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xmlPath, []byte(x), 0o644); err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"define", xmlPath}, {"start", b.domain}} {
+		if out, err := b.host.Virsh(ctx, args...); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	// Both guests must listen to their power button before the first shut off.
+	for _, log := range []string{b.instLog, b.baseLog} {
+		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(log, aliveSeq) >= 1, nil }); err != nil {
+			return fmt.Errorf("guest up (%s): %w", log, err)
+		}
+	}
+	return nil
+}
+
+var (
+	bootCount = regexp.MustCompile(`booted count=(\d+)`)
+	aliveSeq  = regexp.MustCompile(`alive seq=(\d+)`)
+)
+
+// lastNumber is the number in the last line of a console log that matches re, or 0.
+func lastNumber(path string, re *regexp.Regexp) int {
+	text, _ := os.ReadFile(path)
+	m := re.FindAllSubmatch(text, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(string(m[len(m)-1][1]))
+	return n
+}
+
+// listening waits until the guest behind log prints an alive line after its boot line n: its
+// power button is watched from then on.
+func listening(log string, boots int) error {
+	return benchutil.Poll(120*time.Second, func() (bool, error) {
+		text, _ := os.ReadFile(log)
+		idx := bootCount.FindAllIndex(text, -1)
+		return len(idx) >= boots && aliveSeq.Match(text[idx[len(idx)-1][1]:]), nil
+	})
+}
+
+// virshUntil runs a virsh command on the baseline domain and waits for its state (and, when
+// boots, for the guest's next boot line and first alive line after it).
+func (b *bench) virshUntil(args []string, state string, boots bool) func(context.Context, *bench) (time.Duration, error) {
+	return func(ctx context.Context, b *bench) (time.Duration, error) {
+		before := lastNumber(b.baseLog, bootCount)
+		start := time.Now()
+		if out, err := b.host.Virsh(ctx, append(args, b.domain)...); err != nil {
+			return 0, fmt.Errorf("virsh %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		if err := benchutil.Poll(120*time.Second, func() (bool, error) {
+			out, err := b.host.Virsh(ctx, "domstate", b.domain)
+			return strings.TrimSpace(out) == state, err
+		}); err != nil {
+			return 0, fmt.Errorf("virsh %s to %s: %w", args[0], state, err)
+		}
+		if !boots {
+			return time.Since(start), nil
+		}
+		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, bootCount) > before, nil }); err != nil {
+			return 0, err
+		}
+		d := time.Since(start)
+		return d, listening(b.baseLog, before+1)
+	}
+}
+
+// virshHardReboot is kubenova's hard reboot done by hand: destroy, start, to the boot line.
+func (b *bench) virshHardReboot(ctx context.Context, _ *bench) (time.Duration, error) {
+	before := lastNumber(b.baseLog, bootCount)
+	start := time.Now()
+	for _, args := range [][]string{{"destroy", b.domain}, {"start", b.domain}} {
+		if out, err := b.host.Virsh(ctx, args...); err != nil {
+			return 0, fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, bootCount) > before, nil }); err != nil {
+		return 0, err
+	}
+	d := time.Since(start)
+	return d, listening(b.baseLog, before+1)
+}
+
+// kubenovaPower patches spec.powerState and waits until the instance rests in want (and, when
+// boots, for the guest's next boot line), counting the writes to the instance.
+func (b *bench) kubenovaPower(desired v1.DesiredPowerState, want v1.VMState, boots bool) func(context.Context, *bench) (time.Duration, int, error) {
+	return func(ctx context.Context, b *bench) (time.Duration, int, error) {
+		patch := fmt.Sprintf(`{"spec":{"powerState":%q}}`, desired)
+		return b.kubenovaOp(ctx, patch, boots, func(i *v1.Instance) bool { return restsIn(i, want) })
+	}
+}
+
+// kubenovaReboot stamps a reboot request and waits until it is served and the guest booted.
+func (b *bench) kubenovaReboot(t v1.RebootType) func(context.Context, *bench) (time.Duration, int, error) {
+	return func(ctx context.Context, b *bench) (time.Duration, int, error) {
+		at := metav1.NewMicroTime(time.Now().Truncate(time.Microsecond))
+		patch := fmt.Sprintf(`{"spec":{"rebootRequest":{"type":%q,"requestedAt":%q}}}`, t, at.UTC().Format(metav1.RFC3339Micro))
+		return b.kubenovaOp(ctx, patch, true, func(i *v1.Instance) bool {
+			ack := i.Status.RebootRequest
+			return ack != nil && ack.RequestedAt.Equal(&at) && ack.Result == v1.RequestSucceeded && restsIn(i, v1.VMStateActive)
+		})
+	}
+}
+
+func (b *bench) kubenovaOp(ctx context.Context, patch string, boots bool, done func(*v1.Instance) bool) (time.Duration, int, error) {
+	before := lastNumber(b.instLog, bootCount)
+	w, err := b.watcher.Watch(ctx, &v1.InstanceList{}, client.InNamespace("default"),
+		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", b.inst.Name)})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer w.Stop()
+	if e := <-w.ResultChan(); e.Type != watch.Added {
+		return 0, 0, fmt.Errorf("watch began with %s", e.Type)
+	}
+	start := time.Now()
+	if err := b.cluster.Client.Patch(ctx, b.inst, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		return 0, 0, err
+	}
+	writes := 0
+	timeout := time.After(120 * time.Second)
+	for settled := false; !settled; {
+		select {
+		case e, ok := <-w.ResultChan():
+			if !ok {
+				return 0, writes, fmt.Errorf("watch ended")
+			}
+			if e.Type == watch.Modified {
+				writes++
+				settled = done(e.Object.(*v1.Instance))
+			}
+		case <-timeout:
+			return 0, writes, fmt.Errorf("not done within 120 s after %s", patch)
+		}
+	}
+	if !boots {
+		return time.Since(start), writes, nil
+	}
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.instLog, bootCount) > before, nil }); err != nil {
+		return 0, writes, err
+	}
+	d := time.Since(start)
+	return d, writes, listening(b.instLog, before+1)
+}
+
+func restsIn(i *v1.Instance, want v1.VMState) bool {
+	if i.Status.VMState != want || i.Status.TaskState != "" || i.Status.ObservedGeneration != i.Generation {
+		return false
+	}
+	for _, c := range i.Status.Conditions {
+		if c.Type == v1.ConditionReady {
+			return c.Status == metav1.ConditionTrue && c.ObservedGeneration == i.Generation
+		}
+	}
+	return false
+}
