@@ -79,8 +79,7 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, err
 	}
 	hv.Status.ObservedGeneration = hv.Generation
-	_, err = kube.PatchStatus(ctx, r.Client, orig, hv)
-	return kube.RetryIfStale(ctrl.Result{RequeueAfter: recheck}, err)
+	return kube.RetryIfStale(ctrl.Result{RequeueAfter: recheck}, kube.PatchStatus(ctx, r.Client, orig, hv))
 }
 
 // heartbeat sets state Up while the agent's lease is current, Down once it lapsed, and returns

@@ -217,7 +217,7 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 		if err != nil {
 			return "", err
 		}
-		used := r.Placement.Usage(instances)
+		used := r.Placement.Usage(instances, inst.UID)
 		for i := range hosts {
 			hosts[i].Used = used[hosts[i].Name()]
 		}
@@ -312,7 +312,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, report.Message)
 	if !succeeded {
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
-			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: inst.Generation}
+			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
 		return nil, nil
 	}
@@ -329,8 +329,8 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 
 // syncPowerState is Nova's sync_power_states on the manager's side: when the agent reports a
 // power state that does not belong to an idle instance's vm state (the guest powered itself
-// off, its QEMU died, someone used virsh), the hypervisor is right. The vm state follows it,
-// status.powerChange records it, and nothing undoes it until the spec changes.
+// off, its QEMU died, someone used virsh), the hypervisor is right. The vm state follows it and
+// status.powerChange records it; powerHold says what kubenova then does about it.
 func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
 	report := inst.Status.AgentReport
 	if inst.Status.Task != nil || report == nil || report.NodeName != inst.Status.NodeName {
@@ -340,12 +340,12 @@ func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance
 	if found, changed := lifecycle.SyncPowerState(from, inst.Status.PowerState); changed {
 		inst.Status.VMState = found
 		inst.Status.PowerChange = &v1.PowerChange{FromVMState: from, PowerState: inst.Status.PowerState,
-			Reason: report.PowerReason, Time: metav1.NewTime(r.now()), ObservedGeneration: inst.Generation}
+			Reason: report.PowerReason, Time: metav1.NewTime(r.now()), SpecPowerState: lifecycle.Desired(&inst.Spec)}
 		r.event(inst, corev1.EventTypeWarning, v1.ReasonPowerStateChanged, "SyncPowerState",
-			"node %s reports the domain %s (%s) while the instance was %s: it is %s now, and kubenova does not undo that by itself",
-			inst.Status.NodeName, inst.Status.PowerState, report.PowerReason, from, found)
+			"node %s reports the domain %s (%s) while the instance was %s: it is %s now", inst.Status.NodeName,
+			inst.Status.PowerState, report.PowerReason, from, found)
 	}
-	if inst.Status.PowerChange != nil && lifecycle.Reached(desiredPowerState(inst), inst.Status.VMState) {
+	if inst.Status.PowerChange != nil && lifecycle.Reached(lifecycle.Desired(&inst.Spec), inst.Status.VMState) {
 		inst.Status.PowerChange = nil
 	}
 	return nil, nil
@@ -468,19 +468,21 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance) bool {
 	}
 }
 
-// serveStartRequest acknowledges a new spec.startRequest. The request itself needs no task: as
-// a change of the spec it lifts the hold on an instance that stopped outside kubenova (see
-// powerHold), and spec.powerState then decides.
+// serveStartRequest acknowledges a new spec.startRequest. The request itself needs no task: it
+// lifts the hold on an instance that went down outside kubenova (see powerHold), and
+// spec.powerState then decides.
 func (r *InstanceReconciler) serveStartRequest(inst *v1.Instance) {
 	req := inst.Spec.StartRequest
 	if req == nil || acknowledged(inst.Status.StartRequest, req.RequestedAt) {
 		return
 	}
 	ack := &v1.RequestStatus{RequestedAt: req.RequestedAt, Result: v1.RequestAccepted,
-		Message: fmt.Sprintf("the instance moves toward spec.powerState %s again", desiredPowerState(inst))}
+		Message: fmt.Sprintf("the instance moves toward spec.powerState %s again", lifecycle.Desired(&inst.Spec))}
 	if predates(inst, req.RequestedAt) {
 		ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
 		ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
+	} else {
+		inst.Status.PowerChange = nil // the user asked again: no hold
 	}
 	inst.Status.StartRequest = ack
 }
@@ -508,18 +510,20 @@ func finishRequest(ack *v1.RequestStatus, taskID int64, succeeded bool, message 
 	}
 }
 
-// powerHold refuses a power action while the instance rests where the hypervisor put it
-// outside kubenova and the spec has not changed since (Nova's policy: a guest that powered
-// itself off stays off until someone asks again).
+// powerHold refuses a power action while a guest that went down outside kubenova (powered
+// off, crashed, paused, suspended) rests there and neither spec.powerState nor a start request
+// asked again since: Nova's policy, a guest that powered itself off stays off. A guest started
+// behind kubenova's back is not held: the spec wins, as Nova force-stops an instance it finds
+// running against its database.
 func powerHold(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
 	pc := inst.Status.PowerChange
-	if pc == nil || pc.ObservedGeneration != inst.Generation {
+	if pc == nil || pc.PowerState == v1.PowerStateRunning || pc.SpecPowerState != lifecycle.Desired(&inst.Spec) {
 		return nil
 	}
 	return &lifecycle.Refusal{Action: action, Reason: v1.ReasonPowerStateChanged,
 		Message: fmt.Sprintf("the domain went %s (%s) outside kubenova at %s, leaving the instance %s; kubenova does not undo that by itself: "+
-			"run kubectl nova start, or change the spec, to have it %s again",
-			pc.PowerState, pc.Reason, pc.Time.UTC().Format(time.RFC3339), inst.Status.VMState, desiredPowerState(inst))}
+			"run kubectl nova start, or change spec.powerState, to have it %s again",
+			pc.PowerState, pc.Reason, pc.Time.UTC().Format(time.RFC3339), inst.Status.VMState, lifecycle.Desired(&inst.Spec))}
 }
 
 // check asks the state machine whether action may start now. The lock is not its business
@@ -544,22 +548,15 @@ func specAction(inst *v1.Instance) (v1.Action, bool) {
 	if img := inst.Status.Image; img != nil && inst.Spec.Image.Name != img.Name {
 		return v1.ActionRebuild, true
 	}
-	return lifecycle.PowerAction(desiredPowerState(inst), inst.Status.VMState)
-}
-
-// desiredPowerState is spec.powerState with its schema default.
-func desiredPowerState(inst *v1.Instance) v1.DesiredPowerState {
-	if inst.Spec.PowerState == "" {
-		return v1.DesiredRunning
-	}
-	return inst.Spec.PowerState
+	return lifecycle.PowerAction(lifecycle.Desired(&inst.Spec), inst.Status.VMState)
 }
 
 // startTask gives the instance a new task with a fresh ID.
 func (r *InstanceReconciler) startTask(inst *v1.Instance, action v1.Action) {
 	tr, _ := lifecycle.Lookup(action)
 	inst.Status.LastTaskID++
-	inst.Status.Task = &v1.Task{ID: inst.Status.LastTaskID, Action: action, StartedAt: metav1.NewTime(r.now())}
+	inst.Status.Task = &v1.Task{ID: inst.Status.LastTaskID, Action: action, StartedAt: metav1.NewTime(r.now()),
+		ObservedGeneration: inst.Generation}
 	inst.Status.TaskState = tr.FirstTask()
 }
 
@@ -569,7 +566,7 @@ func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState
 	obs := lifecycle.Observation{
 		VMState:        inst.Status.VMState,
 		TaskState:      inst.Status.TaskState,
-		DesiredReached: lifecycle.Reached(desiredPowerState(inst), inst.Status.VMState) && !actionDue,
+		DesiredReached: lifecycle.Reached(lifecycle.Desired(&inst.Spec), inst.Status.VMState) && !actionDue,
 		Refusal:        st.refusal,
 		Waiting:        st.waiting,
 		Fault:          inst.Status.Fault,
@@ -661,11 +658,13 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 
 // patchStatus writes status once, only if it changed, and only over the version it was computed
 // from (kube.PatchStatus): this is what keeps a stale cache from placing an instance twice. A
-// write that fails, for whatever reason, undoes the claim the reconcile made: the next
-// reconcile decides again.
+// write that lost its race surely did not land, so the claim the reconcile made is dropped; after
+// any other failure (a timeout may hide a write that landed) the claim stays until the cache
+// shows the instance or its next decision replaces it, and it never counts against that
+// decision (Placement.Usage leaves out the instance's own claim).
 func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
-	_, err := kube.PatchStatus(ctx, r.Client, orig, inst)
-	if err != nil && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
+	err := kube.PatchStatus(ctx, r.Client, orig, inst)
+	if errors.Is(err, kube.ErrStale) && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
 		r.Placement.Release(inst.UID)
 	}
 	if errors.Is(err, kube.ErrStale) {

@@ -6,6 +6,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -129,6 +130,14 @@ var _ = Describe("Power requests", Ordered, func() {
 			return got.Status.VMState, err
 		}).WithContext(ctx).Should(Equal(v1.VMStateStopped))
 
+		By("a change of the spec that does not ask for power, such as a lock, starts nothing")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Locked, i.Spec.LockedReason = true, "looking into it" })
+		Consistently(func() (v1.VMState, error) {
+			got, err := get(ctx, inst)()
+			return got.Status.VMState, err
+		}).WithContext(ctx).Should(Equal(v1.VMStateStopped))
+
+		By("a start request starts it (the suite's client is an administrator)")
 		update(ctx, inst, func(i *v1.Instance) {
 			i.Spec.StartRequest = &v1.StartRequest{RequestedAt: metav1.NowMicro()}
 		})
@@ -138,6 +147,32 @@ var _ = Describe("Power requests", Ordered, func() {
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(got.Status.PowerChange).To(BeNil())
 			g.Expect(got.Status.StartRequest.Result).To(Equal(v1.RequestAccepted))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		}).WithContext(ctx).Should(Succeed())
+	})
+
+	It("stops again an instance someone started behind kubenova's back while its spec says Stopped", func(ctx SpecContext) {
+		inst := createPowerInstance(ctx, "sneaky")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredStopped })
+		waitForVMState(ctx, inst, v1.VMStateStopped)
+		cur, _ := get(ctx, inst)()
+		fakeDriver.SetPowerState(string(cur.UID), v1.PowerStateRunning, "Booted")
+		Eventually(func(g Gomega) {
+			var list eventsv1.EventList
+			g.Expect(k8s.List(ctx, &list, client.InNamespace(cur.Namespace))).To(Succeed())
+			var notes []string
+			for _, e := range list.Items {
+				if e.Regarding.Name == cur.Name && e.Reason == v1.ReasonPowerStateChanged {
+					notes = append(notes, e.Note)
+				}
+			}
+			g.Expect(notes).To(ContainElement(ContainSubstring("reports the domain Running")), "what happened is told")
+		}).WithContext(ctx).Should(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateStopped))
+			g.Expect(got.Status.PowerState).To(Equal(v1.PowerStateShutdown))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
 	})
@@ -155,11 +190,12 @@ var _ = Describe("Power requests", Ordered, func() {
 			got, err := get(ctx, inst)()
 			return got.ResourceVersion, err
 		}).WithContext(ctx).Should(Equal(settled.ResourceVersion))
-		calls := fakeDriver.CallCount("State")
+		looks := "State " + string(settled.UID)
+		calls := fakeDriver.CallCount(looks)
 		for range 5 {
 			fakeDriver.SetPowerState(string(settled.UID), v1.PowerStateRunning, "Booted")
 		}
-		Eventually(func() int { return fakeDriver.CallCount("State") }).WithContext(ctx).Should(BeNumerically(">", calls), "the agent looked")
+		Eventually(func() int { return fakeDriver.CallCount(looks) }).WithContext(ctx).Should(BeNumerically(">", calls), "the agent looked")
 		Consistently(func() (string, error) {
 			got, err := get(ctx, inst)()
 			return got.ResourceVersion, err

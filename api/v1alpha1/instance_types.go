@@ -131,7 +131,8 @@ type RequestResult string
 
 // The results of a one-shot request.
 const (
-	// RequestAccepted: a task serves the request now.
+	// RequestAccepted: a task serves the request now; a start request, which needs no task of
+	// its own (it lifts the hold of a power change), stays Accepted.
 	RequestAccepted RequestResult = "Accepted"
 	// RequestSucceeded: the task that served the request succeeded.
 	RequestSucceeded RequestResult = "Succeeded"
@@ -269,6 +270,9 @@ type Task struct {
 	Action Action `json:"action"`
 	// StartedAt is when the manager started the task.
 	StartedAt metav1.Time `json:"startedAt"`
+	// ObservedGeneration is the spec generation the task serves.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 }
 
 // TaskResult is an agent's outcome of a task.
@@ -328,8 +332,10 @@ type InstanceFault struct {
 
 // PowerChange records that the hypervisor changed an instance's power state while no task
 // ran: the guest powered itself off, its QEMU died, or someone used virsh. kubenova then
-// believes the hypervisor (vmState follows what it found) and, as Nova's sync_power_states
-// does, does not undo the change by itself until the spec changes.
+// believes the hypervisor (vmState follows what it found). A guest that went down (stopped,
+// crashed, paused, suspended) is not brought back by kubenova itself, as Nova does not restart
+// it, until spec.powerState changes or a start request comes; one that was started behind
+// kubenova's back is brought back to what the spec asks (Nova force-stops it).
 type PowerChange struct {
 	// FromVMState is the vm state the instance had before.
 	FromVMState VMState `json:"fromVMState"`
@@ -341,9 +347,9 @@ type PowerChange struct {
 	Reason string `json:"reason,omitempty"`
 	// Time the manager saw the change.
 	Time metav1.Time `json:"time"`
-	// ObservedGeneration is the spec generation at the change. Once the spec changes, kubenova
-	// moves the instance toward its spec again.
-	ObservedGeneration int64 `json:"observedGeneration"`
+	// SpecPowerState is what spec.powerState asked at the change. While it asks the same,
+	// kubenova does not bring a guest that went down back by itself.
+	SpecPowerState DesiredPowerState `json:"specPowerState"`
 }
 
 // InstanceStatus is the observed state of a virtual machine. The manager writes every field but

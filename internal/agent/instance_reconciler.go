@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -145,7 +146,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		now := metav1.Now()
 		report.LastSyncTime = &now
 	}
-	if _, err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
 		// A lost race with the manager: the task is idempotent, so it is safe to look again.
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
@@ -188,24 +189,24 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 	}
 }
 
-// spawn fetches the image into the node's cache, makes the root disk (keeping one that exists)
-// and boots the domain. Start is a spawn too: the disk is there, only the domain boots.
+// spawn boots the domain from the instance's root disk, first making that disk (an overlay on
+// the image, fetched into the node's cache) if it does not exist. Start and the reboots are
+// spawns too: the disk is there, so they need neither the Image nor its source, as Nova's
+// hard reboot needs no image.
 func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error {
 	if inst.Status.Flavor == nil || inst.Status.Image == nil {
 		return errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
 	}
-	image := &v1.Image{}
-	key := types.NamespacedName{Namespace: inst.Namespace, Name: inst.Status.Image.Name}
-	if err := r.Reader.Get(ctx, key, image); err != nil {
-		return fmt.Errorf("get image %s: %w", key, err)
-	}
-	base, err := r.Storage.EnsureImage(ctx, image.Spec)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", key.Name, err)
-	}
 	uid := string(inst.UID)
-	disk, err := r.Storage.CreateRootDisk(ctx, uid, base, image.Spec.DiskFormat, inst.Status.Flavor.DiskGiB)
+	disk, err := r.Storage.RootDisk(uid)
 	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
+		if disk, err = r.createRootDisk(ctx, inst); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	consoleLog, err := r.Storage.ConsoleLog(uid)
@@ -217,6 +218,20 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
 		RootDisk: disk, ConsoleLog: consoleLog, VirtType: r.VirtType,
 	})
+}
+
+// createRootDisk fetches the instance's image into the node's cache and makes its root disk.
+func (r *InstanceReconciler) createRootDisk(ctx context.Context, inst *v1.Instance) (string, error) {
+	image := &v1.Image{}
+	key := types.NamespacedName{Namespace: inst.Namespace, Name: inst.Status.Image.Name}
+	if err := r.Reader.Get(ctx, key, image); err != nil {
+		return "", fmt.Errorf("get image %s: %w", key, err)
+	}
+	base, err := r.Storage.EnsureImage(ctx, image.Spec)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", key.Name, err)
+	}
+	return r.Storage.CreateRootDisk(ctx, string(inst.UID), base, image.Spec.DiskFormat, inst.Status.Flavor.DiskGiB)
 }
 
 // terminate destroys the domain and deletes the instance's own files.

@@ -25,19 +25,19 @@ func Changed(orig, obj client.Object) bool {
 }
 
 // PatchStatus writes obj's status as a merge patch over orig, only if it changed and only over
-// the version orig was read at, and says whether it wrote. Manager and agent both write an
+// the version orig was read at. Manager and agent both write an
 // Instance's status, each its own fields; the version check makes a decision taken on stale
 // data fail instead of land, and the caller then simply reconciles again on fresh data. It
 // returns ErrStale in that case.
-func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) (bool, error) {
+func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) error {
 	if !Changed(orig, obj) {
-		return false, nil
+		return nil
 	}
 	err := c.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-		return false, ErrStale
+		return ErrStale
 	}
-	return err == nil, err
+	return err
 }
 
 // RetryIfStale returns the reconcile's result, except that a write which lost a race is no

@@ -110,6 +110,15 @@ var towardDesired = map[v1.DesiredPowerState]v1.Action{
 	v1.DesiredShelved:   v1.ActionShelve,
 }
 
+// Desired is spec.powerState with its schema default (Running), for specs read from objects
+// that never went through the API server.
+func Desired(spec *v1.InstanceSpec) v1.DesiredPowerState {
+	if spec.PowerState == "" {
+		return v1.DesiredRunning
+	}
+	return spec.PowerState
+}
+
 // Reached says whether an instance in vm rests in the desired power state.
 func Reached(desired v1.DesiredPowerState, vm v1.VMState) bool {
 	return slices.Contains(satisfies[desired], vm)

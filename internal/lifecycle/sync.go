@@ -22,10 +22,13 @@ var foundState = map[v1.PowerState]v1.VMState{
 	v1.PowerStateNoState:   v1.VMStateStopped,
 }
 
-// SyncPowerState is Nova's _sync_instance_power_state for an idle instance: when the power state
-// the hypervisor reports does not belong to the vm state, the hypervisor is right. It returns the
-// vm state the instance is really in, and true when that differs from vm. The caller must not
-// ask while a task runs: a task changes the power state on purpose.
+// SyncPowerState compares an idle instance's vm state with the power state the hypervisor
+// reports, as Nova's _sync_instance_power_state does, and returns the vm state the instance is
+// really in, and true when that differs from vm. Where Nova keeps its database's word and acts
+// (it force-stops an instance found running while stopped, and ignores one found paused),
+// kubenova records what is (the hypervisor is right) and lets the spec decide: the manager's
+// powerHold. The caller must not ask while a task runs: a task changes the power state on
+// purpose.
 func SyncPowerState(vm v1.VMState, power v1.PowerState) (v1.VMState, bool) {
 	if power == "" || !slices.Contains(syncedStates, vm) {
 		return vm, false

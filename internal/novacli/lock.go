@@ -11,7 +11,7 @@ func newLockCommand(o *options) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "lock NAME",
-		Short: "Lock an instance so that the manager refuses every change but unlocking (nova lock)",
+		Short: "Lock an instance: the API server then refuses every change but unlocking, and its deletion, except from administrators (nova lock)",
 		Example: verbExample("lock", "Lock",
 			"  # Lock web, saying why\n  kubectl nova lock web --reason \"under audit\""),
 		Args:              cobra.ExactArgs(1),

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/lifecycle"
 )
 
 func newShowCommand(o *options) *cobra.Command {
@@ -87,7 +88,7 @@ func showProperties(inst *v1.Instance) []property {
 		{"flavor", flavorValue(inst)},
 		{"image", imageValue(inst)},
 		{"locked", lockedValue(&inst.Spec)},
-		{"spec powerState", string(desiredPowerState(&inst.Spec))},
+		{"spec powerState", string(lifecycle.Desired(&inst.Spec))},
 	}
 	for _, c := range st.Conditions {
 		value := fmt.Sprintf("%s (%s)", c.Status, c.Reason)
@@ -172,15 +173,6 @@ func lockedValue(spec *v1.InstanceSpec) string {
 		return "true"
 	}
 	return "true (" + spec.LockedReason + ")"
-}
-
-// desiredPowerState is spec.powerState with its schema default, so show never prints an empty
-// value for an object written without one.
-func desiredPowerState(spec *v1.InstanceSpec) v1.DesiredPowerState {
-	if spec.PowerState == "" {
-		return v1.DesiredRunning
-	}
-	return spec.PowerState
 }
 
 func rebootType(t v1.RebootType) string {

@@ -45,7 +45,7 @@ func TestRenderShow(t *testing.T) {
 	inst.Status.LaunchedAt = &launched
 	stall(inst, v1.ReasonLocked, "cannot pause: the instance is locked (audit)", 3)
 	inst.Status.PowerChange = &v1.PowerChange{FromVMState: v1.VMStateActive, PowerState: v1.PowerStateShutdown,
-		Reason: "Shutdown", Time: metav1.NewTime(testNow.Add(-10 * time.Minute)), ObservedGeneration: 2}
+		Reason: "Shutdown", Time: metav1.NewTime(testNow.Add(-10 * time.Minute)), SpecPowerState: v1.DesiredRunning}
 	inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: "Stop failed: timeout",
 		Time: metav1.NewTime(testNow.Add(-20 * time.Minute)), Action: v1.ActionStop}
 

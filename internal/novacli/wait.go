@@ -61,7 +61,7 @@ func judge(inst *v1.Instance, t waitTarget) outcome {
 		return outcome{waiting, "NotObserved", fmt.Sprintf("the manager has not seen generation %d yet", t.generation)}
 	}
 	// Stalled comes first: when the state machine refuses the verb, its reason (InvalidState,
-	// Locked, ...) says more than the fault of an instance that was in Error already.
+	// TaskFailed, ...) says more than the fault of an instance that was in Error already.
 	if c := conditionFor(st.Conditions, v1.ConditionStalled, t.generation); c != nil && c.Status == metav1.ConditionTrue {
 		return outcome{failed, c.Reason, c.Message}
 	}

@@ -48,18 +48,21 @@ func NewPlacement() *Placement {
 	return &Placement{pending: map[types.UID]claim{}}
 }
 
-// Usage sums the allocations per node from instances, plus the claims not visible in them yet.
-// It is the snapshot a decision starts from; Reserve checks the decision again.
-func (p *Placement) Usage(instances []v1.Instance) map[string]v1.Resources {
+// Usage sums the allocations per node from instances, plus the claims not visible in them yet,
+// leaving out the claim of self (the instance being decided for: a claim it holds from a
+// decision whose write failed must not count against its new decision). It is the snapshot a
+// decision starts from; Reserve checks the decision again. It retires nothing: instances may be
+// an older list than the one Reserve last read.
+func (p *Placement) Usage(instances []v1.Instance, self types.UID) map[string]v1.Resources {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.usage(instances)
+	return p.usage(instances, self, false)
 }
 
 // Reserve claims h for uid if h still passes every filter for r, given the instances that list
 // returns now and every claim made so far; false means another decision took the room and the
-// caller should decide again. The list is read under the lock: a list older than one that
-// already retired a claim would miss that claim's instance and overcommit.
+// caller should decide again. The list is read under the lock, so it is at least as new as any
+// list that retired a claim, and claims shown by it are retired here.
 func (p *Placement) Reserve(uid types.UID, h Host, r Request, list func() ([]v1.Instance, error)) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -67,7 +70,7 @@ func (p *Placement) Reserve(uid types.UID, h Host, r Request, list func() ([]v1.
 	if err != nil {
 		return false, err
 	}
-	h.Used = p.usage(instances)[h.Name()]
+	h.Used = p.usage(instances, uid, true)[h.Name()]
 	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
 		return false, nil
 	}
@@ -82,26 +85,31 @@ func (p *Placement) Release(uid types.UID) {
 	delete(p.pending, uid)
 }
 
-// usage sums the allocations per node from instances, plus the pending claims of instances
-// that do not show their node yet. Claims that the instances already show are retired, and so
-// are claims of instances that are gone (an instance is always in the cache before it is
-// scheduled). Call with the lock held.
-func (p *Placement) usage(instances []v1.Instance) map[string]v1.Resources {
+// usage sums the allocations per node from instances, plus the pending claims (but self's) of
+// instances that do not show their node yet. With retire, claims that the instances already
+// show are dropped, and so are claims of instances that are gone (an instance is always in the
+// cache before it is scheduled); only a list read under the lock may retire. Call with the lock
+// held.
+func (p *Placement) usage(instances []v1.Instance, self types.UID, retire bool) map[string]v1.Resources {
 	used := map[string]v1.Resources{}
-	seen := map[types.UID]bool{}
+	seen := make(map[types.UID]bool, len(instances))
+	shown := map[types.UID]bool{}
 	for i := range instances {
 		inst := &instances[i]
 		seen[inst.UID] = true
 		if c, ok := p.pending[inst.UID]; ok && inst.Status.NodeName == c.node && inst.Status.Flavor != nil {
-			delete(p.pending, inst.UID)
+			shown[inst.UID] = true
 		}
 		if Holds(inst) {
 			used[inst.Status.NodeName] = Add(used[inst.Status.NodeName], FlavorResources(inst.Status.Flavor.FlavorSpec))
 		}
 	}
 	for uid, c := range p.pending {
-		if !seen[uid] {
+		if retire && (shown[uid] || !seen[uid]) {
 			delete(p.pending, uid)
+			continue
+		}
+		if shown[uid] || uid == self {
 			continue
 		}
 		used[c.node] = Add(used[c.node], c.resources)

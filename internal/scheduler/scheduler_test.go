@@ -127,7 +127,7 @@ func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 			defer wg.Done()
 			for round := 0; ; round++ {
 				h := node
-				h.Used = p.Usage(instances)["only"]
+				h.Used = p.Usage(instances, uid)["only"]
 				_, err := Select([]Host{h}, small(), DefaultFilters)
 				if round == 0 {
 					// Every first decision is taken from the same empty snapshot before any
@@ -163,22 +163,65 @@ func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 func TestUsage(t *testing.T) {
 	p := NewPlacement()
 	flavor := &v1.AppliedFlavor{Name: "m1", FlavorSpec: v1.FlavorSpec{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}}
+	res := FlavorResources(flavor.FlavorSpec)
 	placedInst := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "placed"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateActive}}
 	offloaded := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "off"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateShelvedOffloaded}}
 	stale := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "stale"}}
-	p.pending["stale"] = claim{node: "b", resources: FlavorResources(flavor.FlavorSpec)}
-	p.pending["gone"] = claim{node: "b", resources: FlavorResources(flavor.FlavorSpec)}
-	p.pending["placed"] = claim{node: "a", resources: FlavorResources(flavor.FlavorSpec)}
+	self := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "self"}}
+	p.pending["stale"] = claim{node: "b", resources: res}
+	p.pending["gone"] = claim{node: "b", resources: res}
+	p.pending["placed"] = claim{node: "a", resources: res}
+	p.pending["self"] = claim{node: "b", resources: res}
+	list := []v1.Instance{placedInst, offloaded, stale, self}
 
-	used := p.Usage([]v1.Instance{placedInst, offloaded, stale})
-	if used["a"] != (v1.Resources{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}) {
+	used := p.Usage(list, "self")
+	if used["a"] != res {
 		t.Errorf("a: %+v; the placed instance counts once and the offloaded one not at all", used["a"])
 	}
-	if used["b"] != (v1.Resources{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}) {
-		t.Errorf("b: %+v; the stale instance's claim counts, the deleted one's does not", used["b"])
+	if used["b"] != Add(res, res) {
+		t.Errorf("b: %+v; the stale instance's claim and the gone one's count (a snapshot may be older than the claim), self's does not", used["b"])
 	}
-	if len(p.pending) != 1 {
-		t.Errorf("pending claims %v: only the stale one should remain", p.pending)
+	if len(p.pending) != 4 {
+		t.Errorf("a snapshot retires nothing: pending %v", p.pending)
+	}
+
+	ok, err := p.Reserve("self", host("b", 8, 8192, 100), small(), func() ([]v1.Instance, error) { return list, nil })
+	if err != nil || !ok {
+		t.Fatalf("reserve: %v, %v", ok, err)
+	}
+	if _, kept := p.pending["placed"]; kept {
+		t.Error("a claim the fresh list shows is retired")
+	}
+	if _, kept := p.pending["gone"]; kept {
+		t.Error("the claim of an instance missing from the fresh list is retired")
+	}
+	if c := p.pending["self"]; c.resources != small().Resources {
+		t.Errorf("self's old claim is replaced by its new one: %+v", c)
+	}
+}
+
+// TestSnapshotOlderThanAClaimKeepsIt: a decision whose snapshot was read before another
+// instance existed must neither retire nor ignore that instance's claim.
+func TestSnapshotOlderThanAClaimKeepsIt(t *testing.T) {
+	p := NewPlacement()
+	older := []v1.Instance{{ObjectMeta: metav1.ObjectMeta{UID: "a"}}}
+	newer := append(older, v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "b"}})
+	node := host("only", 2, 2*512, 100)
+	if ok, _ := p.Reserve("b", node, small(), func() ([]v1.Instance, error) { return newer, nil }); !ok {
+		t.Fatal("b fits")
+	}
+	// a's decision started from the older list, which does not have b yet.
+	h := node
+	h.Used = p.Usage(older, "a")["only"]
+	if h.Used != small().Resources {
+		t.Fatalf("b's claim must count in a snapshot that predates b: used %+v", h.Used)
+	}
+	if ok, _ := p.Reserve("a", h, small(), func() ([]v1.Instance, error) { return newer, nil }); !ok {
+		t.Fatal("a fits beside b")
+	}
+	c := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "c"}}
+	if ok, _ := p.Reserve("c", node, small(), func() ([]v1.Instance, error) { return append(newer, c), nil }); ok {
+		t.Fatal("a third instance must not fit on a node for two")
 	}
 }
 

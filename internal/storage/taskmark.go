@@ -38,7 +38,9 @@ func (n *Node) ReadTaskMark(uid string) (mark TaskMark, ok bool, err error) {
 		return TaskMark{}, false, err
 	}
 	if err := json.Unmarshal(b, &mark); err != nil {
-		return TaskMark{}, false, fmt.Errorf("task mark of %s: %w", uid, err)
+		// A mark cut short by a crash says nothing; the task starts afresh, which every task
+		// allows (a reboot then reboots, rather than failing for ever).
+		return TaskMark{}, false, nil
 	}
 	return mark, true, nil
 }
@@ -57,8 +59,19 @@ func (n *Node) WriteTaskMark(uid string, mark TaskMark) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	f, err := os.Create(tmp)
+	if err != nil {
 		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync() // on disk before the rename makes it the mark
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write task mark of %s: %w", uid, err)
 	}
 	return os.Rename(tmp, path)
 }

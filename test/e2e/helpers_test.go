@@ -118,6 +118,15 @@ func (c console) sinceLastBoot() console {
 	return c[idx[len(idx)-1][1]:]
 }
 
+// betweenLastTwoBoots is what the guest printed in its boot before the last one.
+func (c console) betweenLastTwoBoots() console {
+	idx := bootCount.FindAllStringIndex(string(c), -1)
+	if len(idx) < 2 {
+		return ""
+	}
+	return c[idx[len(idx)-2][1]:idx[len(idx)-1][0]]
+}
+
 func readConsole(inst *v1.Instance) console {
 	b, _ := os.ReadFile(inst.Status.AgentReport.ConsoleLogPath)
 	return console(b)

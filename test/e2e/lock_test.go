@@ -36,11 +36,15 @@ var _ = Describe("Lock", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 
-		// The refusal is kubectl's error output; the policy takes effect within moments.
+		// The refusal is kubectl's error output. The probe is a change that would do no harm if
+		// the policy were not in force yet: the zone the instance is in already.
 		Eventually(func() string {
-			out, _ := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+			out, _ := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"availabilityZone":"zone-1"}}`)
 			return out
 		}).WithContext(ctx).Should(ContainSubstring("instance vault is locked (under investigation)"))
+		out, err = kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("instance vault is locked (under investigation): the only change allowed is unlocking it"))
 		out, err = kubectl(ctx, asAlice, "delete", "instance", name, "-n", "default", "--wait=false")
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("instance vault is locked (under investigation): unlock it before deleting it"))

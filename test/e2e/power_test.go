@@ -54,7 +54,7 @@ var _ = Describe("Power operations", Ordered, func() {
 		}, rebootServed(at, v1.RequestSucceeded))
 		report("soft reboot (request to Succeeded)", m)
 		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+1 }, "the soft reboot's boot")
-		Expect(string(readConsole(inst))).To(ContainSubstring("powering off"), "a soft reboot goes through the guest's own shutdown")
+		Expect(string(readConsole(inst).betweenLastTwoBoots())).To(ContainSubstring("powering off"), "a soft reboot goes through the guest's own shutdown")
 
 		at = stamp()
 		m = measure(ctx, name, func() {
@@ -176,7 +176,7 @@ var _ = Describe("Power operations", Ordered, func() {
 			g.Expect(i.Status.AgentReport.PowerReason).To(Equal("Crashed"))
 			g.Expect(findCondition(i, v1.ConditionReady).Status).To(Equal(metav1.ConditionFalse))
 		})
-		Expect(events(ctx, name, v1.ReasonPowerStateChanged)).To(HaveLen(2))
+		Eventually(func() []string { return events(ctx, name, v1.ReasonPowerStateChanged) }).WithContext(ctx).Should(HaveLen(2))
 		patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"startRequest":{"requestedAt":%q}}}`, stamp()))
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 	}, NodeTimeout(4*time.Minute))

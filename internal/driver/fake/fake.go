@@ -82,7 +82,7 @@ func (d *Driver) SetIgnoreACPI(ignore bool) {
 	d.ignoreACPI = ignore
 }
 
-// CallCount says how often a method was called.
+// CallCount says how often a method was called; "State <uuid>" counts the looks at one domain.
 func (d *Driver) CallCount(method string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -228,6 +228,7 @@ func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.called("State")
+	d.called("State " + uuid)
 	if dom, ok := d.domains[uuid]; ok {
 		return driver.State{Power: dom.power, Reason: dom.reason, RunID: dom.runID}, nil
 	}

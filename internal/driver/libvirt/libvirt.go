@@ -28,6 +28,8 @@ type Driver struct {
 	events chan driver.Event
 	closed chan struct{}
 	once   sync.Once
+	// callback is conn's lifecycle event registration, dropped with the connection.
+	callback int
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -42,23 +44,28 @@ const (
 	keepAliveCount    = 3
 )
 
-var eventLoop sync.Once
+var (
+	eventLoop    sync.Once
+	eventLoopErr error
+)
 
 // startEventLoop runs libvirt's default event loop, which delivers domain events and keepalive
-// messages. It must exist before the first connection is opened.
+// messages. It must exist before the first connection is opened; a failure to set it up is
+// returned to every caller, not only the first.
 func startEventLoop() error {
-	var err error
 	eventLoop.Do(func() {
-		if err = golibvirt.EventRegisterDefaultImpl(); err != nil {
+		if eventLoopErr = golibvirt.EventRegisterDefaultImpl(); eventLoopErr != nil {
 			return
 		}
 		go func() {
 			for {
-				_ = golibvirt.EventRunDefaultImpl()
+				if err := golibvirt.EventRunDefaultImpl(); err != nil {
+					time.Sleep(100 * time.Millisecond) // do not spin on a broken loop
+				}
 			}
 		}()
 	})
-	return err
+	return eventLoopErr
 }
 
 // New connects to the libvirtd at uri (for example qemu:///system).
@@ -121,19 +128,17 @@ func (d *Driver) reconnect(dead *golibvirt.Connect) error {
 		return fmt.Errorf("libvirt at %s: driver closed", d.uri)
 	default:
 	}
-	if d.conn != nil {
-		_, _ = d.conn.Close()
-		d.conn = nil
-	}
+	d.dropConnection()
 	c, err := golibvirt.NewConnect(d.uri)
 	if err != nil {
 		return fmt.Errorf("connect to libvirt at %s: %w", d.uri, err)
 	}
-	if err := d.subscribe(c); err != nil {
+	callback, err := d.subscribe(c)
+	if err != nil {
 		_, _ = c.Close()
 		return err
 	}
-	d.conn = c
+	d.conn, d.callback = c, callback
 	if dead != nil {
 		// Whatever happened while the connection was down went unreported.
 		d.emit(driver.Event{})
@@ -141,23 +146,40 @@ func (d *Driver) reconnect(dead *golibvirt.Connect) error {
 	return nil
 }
 
-// subscribe asks c for lifecycle events and for word when it dies.
-func (d *Driver) subscribe(c *golibvirt.Connect) error {
-	if err := c.SetKeepAlive(keepAliveInterval, keepAliveCount); err != nil {
-		return fmt.Errorf("libvirt keepalive: %w", err)
+// dropConnection unsubscribes and closes the current connection, if any. Call with d.mu held.
+func (d *Driver) dropConnection() {
+	if d.conn == nil {
+		return
 	}
-	_, err := c.DomainEventLifecycleRegister(nil, func(_ *golibvirt.Connect, dom *golibvirt.Domain, _ *golibvirt.DomainEventLifecycle) {
+	_ = d.conn.DomainEventDeregister(d.callback)
+	_ = d.conn.UnregisterCloseCallback()
+	_, _ = d.conn.Close()
+	d.conn = nil
+}
+
+// subscribe asks c for lifecycle events and for word when it dies, and returns the event
+// registration.
+func (d *Driver) subscribe(c *golibvirt.Connect) (int, error) {
+	if err := c.SetKeepAlive(keepAliveInterval, keepAliveCount); err != nil {
+		return 0, fmt.Errorf("libvirt keepalive: %w", err)
+	}
+	callback, err := c.DomainEventLifecycleRegister(nil, func(_ *golibvirt.Connect, dom *golibvirt.Domain, _ *golibvirt.DomainEventLifecycle) {
 		if uuid, err := dom.GetUUIDString(); err == nil {
 			d.emit(driver.Event{UUID: uuid})
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe to libvirt domain events: %w", err)
+		return 0, fmt.Errorf("subscribe to libvirt domain events: %w", err)
 	}
 	// The callback runs on the event loop, which must not block: reconnect elsewhere.
-	return c.RegisterCloseCallback(func(conn *golibvirt.Connect, _ golibvirt.ConnectCloseReason) {
+	err = c.RegisterCloseCallback(func(conn *golibvirt.Connect, _ golibvirt.ConnectCloseReason) {
 		go d.reconnectUntilUp(conn)
 	})
+	if err != nil {
+		_ = c.DomainEventDeregister(callback)
+		return 0, fmt.Errorf("watch the libvirt connection: %w", err)
+	}
+	return callback, nil
 }
 
 // reconnectUntilUp reconnects after libvirtd went away, trying every second until it is back
@@ -526,11 +548,6 @@ func (d *Driver) Close() error {
 	d.once.Do(func() { close(d.closed) })
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.conn == nil {
-		return nil
-	}
-	_ = d.conn.UnregisterCloseCallback()
-	_, err := d.conn.Close()
-	d.conn = nil
-	return err
+	d.dropConnection()
+	return nil
 }

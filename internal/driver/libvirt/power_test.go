@@ -33,6 +33,15 @@ var (
 	bootLine = regexp.MustCompile(`booted count=(\d+)`)
 )
 
+// sinceLastBoot is what the guest printed since its last boot line.
+func (c console) sinceLastBoot() console {
+	idx := bootLine.FindAllStringIndex(string(c), -1)
+	if len(idx) == 0 {
+		return c
+	}
+	return c[idx[len(idx)-1][1]:]
+}
+
 // last returns the number of the last line matching re, or 0.
 func (c console) last(re *regexp.Regexp) int {
 	m := re.FindAllStringSubmatch(string(c), -1)
@@ -174,8 +183,9 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	if err := d.Spawn(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "second boot", 90*time.Second, func() (bool, error) {
-		return readConsole(t, m.ConsoleLog).last(bootLine) == 2, nil
+	waitFor(t, "second boot, listening to its power button", 90*time.Second, func() (bool, error) {
+		c := readConsole(t, m.ConsoleLog)
+		return c.last(bootLine) == 2 && seqLine.MatchString(string(c.sinceLastBoot())), nil
 	})
 	if err := d.RequestShutdown(ctx, m.UUID); err != nil {
 		t.Fatal(err)

@@ -126,7 +126,9 @@ func baseline(ctx context.Context, h utils.Host) (time.Duration, error) {
 	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", guest, disk, "1G").CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("%w: %s", err, out)
 	}
-	m := driver.Machine{UUID: id, Name: "baseline-" + id, Namespace: "bench", InstanceName: "baseline",
+	// No Instance owns the baseline domain (no namespace or name in its metadata), so the
+	// agent's orphan cleanup leaves it alone.
+	m := driver.Machine{UUID: id, Name: "baseline-" + id,
 		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: filepath.Join(dir, "console.log"), VirtType: v1.VirtTypeQEMU}
 	x, err := domainxml.Build(m)
 	if err != nil {

@@ -56,9 +56,9 @@ type bench struct {
 	host    utils.Host
 	inst    *v1.Instance
 	// baseline domain, run with virsh alone.
-	domain     string
-	baseLog    string
-	watcher    client.WithWatch
+	domain  string
+	baseLog string
+	watcher client.WithWatch
 	instLog string
 }
 
@@ -206,7 +206,9 @@ func (b *bench) setUp(ctx context.Context, workDir string) error {
 		return fmt.Errorf("%w: %s", err, out)
 	}
 	b.domain, b.baseLog = "baseline-"+id, filepath.Join(dir, "console.log")
-	x, err := domainxml.Build(driver.Machine{UUID: id, Name: b.domain, Namespace: "bench", InstanceName: "baseline",
+	// No Instance owns the baseline domain (no namespace or name in its metadata), so the
+	// agent's orphan cleanup leaves it alone.
+	x, err := domainxml.Build(driver.Machine{UUID: id, Name: b.domain,
 		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: b.baseLog, VirtType: v1.VirtTypeQEMU})
 	if err != nil {
 		return err
