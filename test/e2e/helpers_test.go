@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
 )
 
 // createInstance applies the sample instance under another name (and image) and waits until it
@@ -35,6 +36,25 @@ func createInstance(ctx context.Context, name, image string) *v1.Instance {
 		g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
 	})
 	expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == 1 }, "first boot")
+	return inst
+}
+
+// instanceForSpecs is the BeforeAll of a container whose specs share one instance: the flavors,
+// the image (test-guest, or test-guest-noacpi), and the instance Active and booted; it is
+// deleted once the container is done.
+func instanceForSpecs(ctx context.Context, name, image string) *v1.Instance {
+	expectHypervisorsUp(ctx)
+	applySample(ctx, "flavors.yaml")
+	if image == "test-guest-noacpi" {
+		applyGuestImage(ctx, image, utils.GuestImageNoACPI)
+	} else {
+		applySample(ctx, "image.yaml")
+	}
+	inst := createInstance(ctx, name, image)
+	DeferCleanup(func(ctx SpecContext) {
+		out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+		Expect(err).NotTo(HaveOccurred(), out)
+	}, NodeTimeout(2*time.Minute))
 	return inst
 }
 

@@ -14,13 +14,10 @@ var _ = Describe("Lock", Ordered, func() {
 	const name = "vault"
 
 	BeforeAll(func(ctx SpecContext) {
-		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
-		applySample(ctx, "image.yaml")
 		for _, user := range []string{"alice", "ops"} {
 			Expect(utils.GrantInstanceEditor(ctx, cluster.Client, "default", user)).To(Succeed())
 		}
-		createInstance(ctx, name, "test-guest")
+		instanceForSpecs(ctx, name, "test-guest")
 	}, NodeTimeout(3*time.Minute))
 
 	// kubectl as an ordinary user, and as a member of the administrators' group.

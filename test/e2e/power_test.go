@@ -18,14 +18,7 @@ var _ = Describe("Power operations", Ordered, func() {
 	var inst *v1.Instance
 
 	BeforeAll(func(ctx SpecContext) {
-		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
-		applySample(ctx, "image.yaml")
-		inst = createInstance(ctx, name, "test-guest")
-		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
-			Expect(err).NotTo(HaveOccurred(), out)
-		}, NodeTimeout(2*time.Minute))
+		inst = instanceForSpecs(ctx, name, "test-guest")
 	}, NodeTimeout(3*time.Minute))
 
 	It("shuts off through ACPI and starts again from the same disk", func(ctx SpecContext) {
@@ -187,16 +180,9 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 	var inst *v1.Instance
 
 	BeforeAll(func(ctx SpecContext) {
-		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
-		applyGuestImage(ctx, "test-guest-noacpi", utils.GuestImageNoACPI)
-		inst = createInstance(ctx, name, "test-guest-noacpi")
+		inst = instanceForSpecs(ctx, name, "test-guest-noacpi")
 		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) >= 1 }, "an alive line")
 		Expect(string(readConsole(inst))).To(ContainSubstring("ignoring the ACPI power button"))
-		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
-			Expect(err).NotTo(HaveOccurred(), out)
-		}, NodeTimeout(2*time.Minute))
 	}, NodeTimeout(3*time.Minute))
 
 	It("is rebooted hard when a soft reboot times out, and says so", func(ctx SpecContext) {
@@ -242,14 +228,7 @@ var _ = Describe("Crashes in the middle of a power task", Ordered, func() {
 	var inst *v1.Instance
 
 	BeforeAll(func(ctx SpecContext) {
-		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
-		applyGuestImage(ctx, "test-guest-noacpi", utils.GuestImageNoACPI)
-		inst = createInstance(ctx, name, "test-guest-noacpi")
-		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
-			Expect(err).NotTo(HaveOccurred(), out)
-		}, NodeTimeout(2*time.Minute))
+		inst = instanceForSpecs(ctx, name, "test-guest-noacpi")
 	}, NodeTimeout(3*time.Minute))
 
 	// crashBoth kills the manager and the instance's agent with SIGKILL once the instance is in

@@ -5,9 +5,16 @@ package benchutil
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
 )
 
 // Poll checks cond every 20 ms until it holds, fails or the timeout passes.
@@ -42,4 +49,43 @@ func Ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 func Run(ctx context.Context, name string, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// StartOneHost starts kubenova with one libvirt host in workDir (anew), applies the sample
+// flavors and test-guest image, and waits until the host's Hypervisor is up.
+func StartOneHost(ctx context.Context, workDir string) (*utils.Cluster, error) {
+	_ = os.RemoveAll(filepath.Join(workDir, "hosts"))
+	cluster, err := utils.StartCluster(ctx, workDir, 1)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepare(ctx, cluster, workDir); err != nil {
+		cluster.Stop()
+		return nil, err
+	}
+	return cluster, nil
+}
+
+func prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error {
+	for _, name := range []string{"flavors.yaml", "image.yaml"} {
+		b, err := utils.RenderSample(name)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(workDir, name)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return err
+		}
+		if out, err := cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	if err := Poll(90*time.Second, func() (bool, error) {
+		hv := &v1.Hypervisor{}
+		err := cluster.Client.Get(ctx, types.NamespacedName{Name: cluster.Hosts[0].Name}, hv)
+		return err == nil && hv.Status.State == v1.HypervisorUp, nil
+	}); err != nil {
+		return fmt.Errorf("hypervisor up: %w", err)
+	}
+	return nil
 }

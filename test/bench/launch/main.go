@@ -44,33 +44,12 @@ type sample struct{ active, boot time.Duration }
 
 func run(runs int, workDir string) error {
 	ctx := context.Background()
-	_ = os.RemoveAll(filepath.Join(workDir, "hosts"))
-	cluster, err := utils.StartCluster(ctx, workDir, 1)
+	cluster, err := benchutil.StartOneHost(ctx, workDir)
 	if err != nil {
 		return err
 	}
 	defer cluster.Stop()
 	h := cluster.Hosts[0]
-	for _, name := range []string{"flavors.yaml", "image.yaml"} {
-		b, err := utils.RenderSample(name)
-		if err != nil {
-			return err
-		}
-		path := filepath.Join(workDir, name)
-		if err := os.WriteFile(path, b, 0o644); err != nil {
-			return err
-		}
-		if out, err := cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
-			return fmt.Errorf("%w: %s", err, out)
-		}
-	}
-	if err := benchutil.Poll(60*time.Second, func() (bool, error) {
-		hv := &v1.Hypervisor{}
-		err := cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)
-		return err == nil && hv.Status.State == v1.HypervisorUp, client404(err)
-	}); err != nil {
-		return fmt.Errorf("hypervisor up: %w", err)
-	}
 
 	// The first launch also fills the node's image cache; report it apart.
 	first, err := launch(ctx, cluster, "warmup")

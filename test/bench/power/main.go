@@ -64,8 +64,7 @@ type bench struct {
 
 func run(runs int, workDir string) error {
 	ctx := context.Background()
-	_ = os.RemoveAll(filepath.Join(workDir, "hosts"))
-	cluster, err := utils.StartCluster(ctx, workDir, 1)
+	cluster, err := benchutil.StartOneHost(ctx, workDir)
 	if err != nil {
 		return err
 	}
@@ -74,7 +73,7 @@ func run(runs int, workDir string) error {
 	if b.watcher, err = client.NewWithWatch(cluster.Config, client.Options{Scheme: cluster.Scheme}); err != nil {
 		return err
 	}
-	if err := b.setUp(ctx, workDir); err != nil {
+	if err := b.setUp(ctx); err != nil {
 		return err
 	}
 	defer func() {
@@ -158,27 +157,7 @@ func (b *bench) undo(ctx context.Context, op string) error {
 	return err
 }
 
-func (b *bench) setUp(ctx context.Context, workDir string) error {
-	for _, name := range []string{"flavors.yaml", "image.yaml"} {
-		m, err := utils.RenderSample(name)
-		if err != nil {
-			return err
-		}
-		path := filepath.Join(workDir, name)
-		if err := os.WriteFile(path, m, 0o644); err != nil {
-			return err
-		}
-		if out, err := b.cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
-			return fmt.Errorf("%w: %s", err, out)
-		}
-	}
-	if err := benchutil.Poll(90*time.Second, func() (bool, error) {
-		hv := &v1.Hypervisor{}
-		err := b.cluster.Client.Get(ctx, types.NamespacedName{Name: b.host.Name}, hv)
-		return err == nil && hv.Status.State == v1.HypervisorUp, nil
-	}); err != nil {
-		return fmt.Errorf("hypervisor up: %w", err)
-	}
+func (b *bench) setUp(ctx context.Context) error {
 	b.inst = &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "bench"},
 		Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"}}}
 	if err := b.cluster.Client.Create(ctx, b.inst); err != nil {
