@@ -109,7 +109,7 @@ func run() error {
 	reporter := &agent.Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: drv, Storage: store,
 		NodeName: *nodeName, VirtType: virtType, MigrationURI: *migrationURI, AgentVersion: version.Version,
-		Reserved: v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
+		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute,
 	}

@@ -76,9 +76,9 @@ func (o *options) runList(ctx context.Context, printFlags *genericclioptions.Pri
 	}
 	if len(list.Items) == 0 {
 		if allNamespaces {
-			fmt.Fprintln(o.streams.ErrOut, "No resources found")
+			_, _ = fmt.Fprintln(o.streams.ErrOut, "No resources found")
 		} else {
-			fmt.Fprintf(o.streams.ErrOut, "No resources found in %s namespace.\n", ns)
+			_, _ = fmt.Fprintf(o.streams.ErrOut, "No resources found in %s namespace.\n", ns)
 		}
 		return nil
 	}
@@ -127,7 +127,7 @@ func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now tim
 	if allNamespaces {
 		header = append([]string{"NAMESPACE"}, header...)
 	}
-	fmt.Fprintln(w, strings.Join(header, "\t"))
+	_, _ = fmt.Fprintln(w, strings.Join(header, "\t"))
 	for i := range items {
 		inst := &items[i]
 		row := []string{
@@ -144,7 +144,7 @@ func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now tim
 		if allNamespaces {
 			row = append([]string{inst.Namespace}, row...)
 		}
-		fmt.Fprintln(w, strings.Join(row, "\t"))
+		_, _ = fmt.Fprintln(w, strings.Join(row, "\t"))
 	}
 	return w.Flush()
 }

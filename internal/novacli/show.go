@@ -65,9 +65,9 @@ type property struct{ name, value string }
 // renderShow writes the Property/Value table of nova show.
 func renderShow(out io.Writer, inst *v1.Instance) error {
 	w := printers.GetNewTabWriter(out)
-	fmt.Fprintln(w, "PROPERTY\tVALUE")
+	_, _ = fmt.Fprintln(w, "PROPERTY\tVALUE")
 	for _, p := range showProperties(inst) {
-		fmt.Fprintf(w, "%s\t%s\n", p.name, p.value)
+		_, _ = fmt.Fprintf(w, "%s\t%s\n", p.name, p.value)
 	}
 	return w.Flush()
 }

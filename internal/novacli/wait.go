@@ -140,7 +140,7 @@ func waitFor(ctx context.Context, out io.Writer, name string, get func(context.C
 		default:
 			inst, observed, lastErr = got, true, nil
 			if l := stateLine(inst); l != line {
-				fmt.Fprintf(out, "%s: %s\n", name, l)
+				_, _ = fmt.Fprintf(out, "%s: %s\n", name, l)
 				line = l
 			}
 			last = judge(inst, t)

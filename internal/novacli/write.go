@@ -62,7 +62,7 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 		return err
 	}
 	out := o.streams.Out
-	fmt.Fprintf(out, "%s%s %s requested\n", resourceRef, req.name, req.verb)
+	_, _ = fmt.Fprintf(out, "%s%s %s requested\n", resourceRef, req.name, req.verb)
 	if !wf.wait {
 		return nil
 	}
@@ -75,7 +75,7 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s%s %s done: %s\n", resourceRef, req.name, req.verb, final.Status.VMState)
+	_, _ = fmt.Fprintf(out, "%s%s %s done: %s\n", resourceRef, req.name, req.verb, final.Status.VMState)
 	return nil
 }
 
