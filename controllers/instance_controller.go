@@ -67,6 +67,8 @@ type step func(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctr
 type reconcileState struct {
 	refusal *lifecycle.Refusal
 	waiting *lifecycle.Refusal
+	// events wait for the status write (see event).
+	events []func()
 }
 
 // Reconcile reads like a table of contents: initialise, place, collect the agent's answer,
@@ -99,6 +101,9 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if perr := r.patchStatus(ctx, orig, inst); perr != nil {
 		return kube.RetryIfStale(ctrl.Result{}, perr)
 	}
+	for _, send := range st.events {
+		send()
+	}
 	return result, err
 }
 
@@ -116,13 +121,13 @@ func (r *InstanceReconciler) runSteps(ctx context.Context, inst *v1.Instance, st
 }
 
 // initialize puts a new instance in Building/Scheduling with its launch task.
-func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	if inst.Status.VMState != "" {
 		return nil, nil
 	}
 	inst.Status.VMState = v1.VMStateBuilding
 	r.startTask(inst, v1.ActionLaunch)
-	r.event(inst, corev1.EventTypeNormal, v1.ReasonLaunching, "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonLaunching, "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
 	return nil, nil
 }
 
@@ -172,7 +177,7 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 			Status: metav1.ConditionFalse, Reason: v1.ReasonNoValidHost, Message: nvh.Error(),
 			ObservedGeneration: inst.Generation})
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
 		return &ctrl.Result{RequeueAfter: r.backoff(attempts)}, nil
 	}
 	inst.Status.NodeName = node
@@ -184,7 +189,7 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
 		ObservedGeneration: inst.Generation})
-	r.event(inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "placed on node %s", node)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "placed on node %s", node)
 	return nil, nil
 }
 
@@ -295,7 +300,7 @@ func (r *InstanceReconciler) backoff(attempts int) time.Duration {
 
 // collectReport finishes the task in flight once the node agent has answered it. A task still
 // in flight lets the later steps look too: a hard reboot may interrupt it.
-func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	task, report := inst.Status.Task, inst.Status.AgentReport
 	if task == nil || inst.Status.TaskState == v1.TaskStateScheduling {
 		return nil, nil
@@ -313,7 +318,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	if !succeeded {
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
 		return nil, nil
 	}
 	if task.Action == v1.ActionLaunch && inst.Status.LaunchedAt == nil {
@@ -323,7 +328,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	if inst.Status.VMState != v1.VMStateError {
 		inst.Status.Fault = nil
 	}
-	r.event(inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
 	return nil, nil
 }
 
@@ -331,7 +336,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 // power state that does not belong to an idle instance's vm state (the guest powered itself
 // off, its QEMU died, someone used virsh), the hypervisor is right. The vm state follows it and
 // status.powerChange records it; powerHold says what kubenova then does about it.
-func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	report := inst.Status.AgentReport
 	if inst.Status.Task != nil || report == nil || report.NodeName != inst.Status.NodeName {
 		return nil, nil
@@ -341,7 +346,7 @@ func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance
 		inst.Status.VMState = found
 		inst.Status.PowerChange = &v1.PowerChange{FromVMState: from, PowerState: inst.Status.PowerState,
 			Reason: report.PowerReason, Time: metav1.NewTime(r.now()), SpecPowerState: lifecycle.Desired(&inst.Spec)}
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonPowerStateChanged, "SyncPowerState",
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonPowerStateChanged, "SyncPowerState",
 			"node %s reports the domain %s (%s) while the instance was %s: it is %s now", inst.Status.NodeName,
 			inst.Status.PowerState, report.PowerReason, from, found)
 	}
@@ -389,7 +394,7 @@ var supportedActions = map[v1.Action]bool{
 // interrupt a task, as the table says), then the action that closes the gap between the spec
 // and the vm state, if the state machine allows it; otherwise it records why not.
 func (r *InstanceReconciler) serveRequests(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
-	if r.serveReboot(inst) {
+	if r.serveReboot(inst, st) {
 		return nil, nil
 	}
 	r.serveStartRequest(inst)
@@ -419,7 +424,7 @@ func (r *InstanceReconciler) serveRequests(_ context.Context, inst *v1.Instance,
 		// One Event per refusal, not one per reconcile: the Ready condition already says it.
 		if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); ready == nil ||
 			ready.Reason != refusal.Reason || ready.Message != refusal.Message {
-			r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
+			r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
 		}
 		return nil, nil
 	}
@@ -431,7 +436,7 @@ func (r *InstanceReconciler) serveRequests(_ context.Context, inst *v1.Instance,
 // the task in flight to end, or acknowledges the request as refused or ignored so that it never
 // hides a later request. It says whether the instance is busy with the reboot (started now or
 // waiting its turn), in which case nothing else is started.
-func (r *InstanceReconciler) serveReboot(inst *v1.Instance) bool {
+func (r *InstanceReconciler) serveReboot(inst *v1.Instance, st *reconcileState) bool {
 	req := inst.Spec.RebootRequest
 	if req == nil || acknowledged(inst.Status.RebootRequest, req.RequestedAt) {
 		return false
@@ -445,14 +450,14 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance) bool {
 		ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
 		ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
 		inst.Status.RebootRequest = ack
-		r.event(inst, corev1.EventTypeNormal, ack.Reason, string(action), "%s", ack.Message)
+		r.event(st, inst, corev1.EventTypeNormal, ack.Reason, string(action), "%s", ack.Message)
 		return false
 	}
 	refusal := r.check(inst, action)
 	switch {
 	case refusal == nil:
 		if task := inst.Status.Task; task != nil {
-			r.event(inst, corev1.EventTypeNormal, v1.ReasonTaskInProgress, string(action), "%s interrupts task %s", action, inst.Status.TaskState)
+			r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskInProgress, string(action), "%s interrupts task %s", action, inst.Status.TaskState)
 		}
 		r.startTask(inst, action)
 		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
@@ -463,7 +468,7 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance) bool {
 	default:
 		ack.Result, ack.Reason, ack.Message = v1.RequestRefused, refusal.Reason, refusal.Message
 		inst.Status.RebootRequest = ack
-		r.event(inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
+		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
 		return false
 	}
 }
@@ -591,7 +596,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	if down, why, err := r.nodeDown(ctx, inst.Status.NodeName); err != nil {
 		return ctrl.Result{}, err
 	} else if down {
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
+		r.event(nil, inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
 			"node %s is down (%s): deleted locally; its agent removes the domain and disks when it returns", inst.Status.NodeName, why)
 		return ctrl.Result{}, r.release(ctx, inst)
 	}
@@ -599,7 +604,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	task := inst.Status.Task
 	if task == nil || task.Action != v1.ActionTerminate {
 		r.startTask(inst, v1.ActionTerminate)
-		r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
+		r.event(nil, inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
 		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
 	}
 	report := inst.Status.AgentReport
@@ -617,11 +622,11 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		if wait := task.StartedAt.Add(retry).Sub(r.now()); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
-		r.event(inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
+		r.event(nil, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
 		r.startTask(inst, v1.ActionTerminate)
 		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
 	}
-	r.event(inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
+	r.event(nil, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
 	return ctrl.Result{}, r.release(ctx, inst)
 }
 
@@ -680,10 +685,19 @@ func (r *InstanceReconciler) now() time.Time {
 	return time.Now()
 }
 
-func (r *InstanceReconciler) event(inst *v1.Instance, eventType, reason, action, note string, args ...any) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...)
+// event tells people what happened: at once when st is nil, otherwise once the reconcile's
+// status write has landed, so that a write that loses its race (and whose reconcile then
+// decides again on fresh data) does not tell the same thing twice.
+func (r *InstanceReconciler) event(st *reconcileState, inst *v1.Instance, eventType, reason, action, note string, args ...any) {
+	if r.Recorder == nil {
+		return
 	}
+	send := func() { r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...) }
+	if st == nil {
+		send()
+		return
+	}
+	st.events = append(st.events, send)
 }
 
 // SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can

@@ -202,6 +202,11 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 	if err != nil {
 		return err
 	}
+	// The owner record goes first: whatever this spawn leaves on the node, the orphan cleanup
+	// can ask about its instance by name.
+	if err := r.Storage.WriteOwner(uid, storage.Owner{Namespace: inst.Namespace, Name: inst.Name}); err != nil {
+		return err
+	}
 	if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
 		if disk, err = r.createRootDisk(ctx, inst); err != nil {
 			return err

@@ -139,9 +139,11 @@ func (r *Reporter) RenewLease(ctx context.Context) error {
 // the domain and files of an instance that no longer exists, and the domain (never the disks:
 // they may be the shared disk it runs from now) of an instance that lives on another node.
 //
-// It looks at the node first and at the API second, with a live read rather than the agent's
+// It looks at the node first and at the API second, with live reads rather than the agent's
 // node-filtered cache: whatever it found on the node was made for an instance created before
-// the read, so an instance missing from the read is really gone.
+// the read, so an instance missing from the read is really gone. It asks about the node's own
+// instances one by one (a domain's metadata and a directory's owner record name them), so its
+// cost grows with the node, not with the cluster.
 func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 	logger := log.FromContext(ctx)
 	domains, err := r.Driver.List(ctx)
@@ -152,23 +154,24 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var list v1.InstanceList
-	if err := r.Reader.List(ctx, &list); err != nil {
-		return err
-	}
-	nodeOf := make(map[string]string, len(list.Items))
-	for i := range list.Items {
-		nodeOf[string(list.Items[i].UID)] = list.Items[i].Status.NodeName
-	}
+	where := &instanceLocator{reader: r.Reader}
+	withDomain := map[string]bool{}
 	for _, d := range domains {
 		if d.InstanceName == "" {
 			continue // not kubenova's
 		}
-		node, exists := nodeOf[d.UUID]
+		withDomain[d.UUID] = true
+		node, exists, err := where.node(ctx, d.UUID, storage.Owner{Namespace: d.Namespace, Name: d.InstanceName})
+		if err != nil {
+			return err
+		}
 		switch {
 		case !exists:
-			logger.Info("removing the domain of a deleted instance", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
+			logger.Info("removing the domain and files of a deleted instance", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
+				return err
+			}
+			if err := r.Storage.DeleteInstanceFiles(d.UUID); err != nil {
 				return err
 			}
 		case node != "" && node != r.NodeName:
@@ -179,7 +182,23 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 		}
 	}
 	for _, uid := range dirs {
-		if _, exists := nodeOf[uid]; !exists {
+		if withDomain[uid] {
+			continue
+		}
+		owner, known, err := r.Storage.ReadOwner(uid)
+		if err != nil {
+			return err
+		}
+		var exists bool
+		if known {
+			_, exists, err = where.node(ctx, uid, owner)
+		} else {
+			exists, err = where.existsAnywhere(ctx, uid)
+		}
+		if err != nil {
+			return err
+		}
+		if !exists {
 			logger.Info("removing the files of a deleted instance", "uid", uid)
 			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
 				return err
@@ -187,6 +206,47 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// instanceLocator answers, with live reads, where an instance lives.
+type instanceLocator struct {
+	reader client.Reader
+	// all maps every instance's UID to its node; read once, and only for a directory that
+	// names no owner (made before owners were recorded).
+	all map[string]string
+}
+
+// node reads the instance owner names and says whether it exists as the instance uid (a new
+// instance of the same name is another instance) and on which node.
+func (l *instanceLocator) node(ctx context.Context, uid string, owner storage.Owner) (string, bool, error) {
+	inst := &v1.Instance{}
+	err := l.reader.Get(ctx, types.NamespacedName{Namespace: owner.Namespace, Name: owner.Name}, inst)
+	if apierrors.IsNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if string(inst.UID) != uid {
+		return "", false, nil
+	}
+	return inst.Status.NodeName, true, nil
+}
+
+// existsAnywhere says whether any instance has this UID, listing the cluster's instances once.
+func (l *instanceLocator) existsAnywhere(ctx context.Context, uid string) (bool, error) {
+	if l.all == nil {
+		var list v1.InstanceList
+		if err := l.reader.List(ctx, &list); err != nil {
+			return false, err
+		}
+		l.all = make(map[string]string, len(list.Items))
+		for i := range list.Items {
+			l.all[string(list.Items[i].UID)] = list.Items[i].Status.NodeName
+		}
+	}
+	_, ok := l.all[uid]
+	return ok, nil
 }
 
 // NeedLeaderElection is false: every agent runs its reporter.

@@ -8,7 +8,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
@@ -32,6 +34,13 @@ func instance(uid, node string) *v1.Instance {
 }
 
 func TestCleanupOrphans(t *testing.T) {
+	t.Run("directories without owner records", func(t *testing.T) { testCleanupOrphans(t, false) })
+	t.Run("directories with owner records", func(t *testing.T) { testCleanupOrphans(t, true) })
+}
+
+// testCleanupOrphans runs the cleanup on a node with one instance of each kind. With owner
+// records, it must find everything out without listing the cluster's instances.
+func testCleanupOrphans(t *testing.T, owners bool) {
 	ctx := context.Background()
 	store := &storage.Node{Root: t.TempDir()}
 	drv := fake.New()
@@ -43,6 +52,11 @@ func TestCleanupOrphans(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "disk"), []byte("data"), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		if owners {
+			if err := store.WriteOwner(uid, storage.Owner{Namespace: "ns", Name: "i-" + uid[len(uid)-1:]}); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for _, uid := range []string{uidHere, uidMoved, uidDeleted, uidNotOurs} {
 		name := "i-" + uid[len(uid)-1:]
@@ -53,12 +67,23 @@ func TestCleanupOrphans(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	lists := 0
 	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).
-		WithObjects(instance(uidHere, thisNodeName), instance(uidMoved, "node-2")).Build()
+		WithObjects(instance(uidHere, thisNodeName), instance(uidMoved, "node-2")).
+		WithInterceptorFuncs(interceptor.Funcs{List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			lists++
+			return c.List(ctx, list, opts...)
+		}}).Build()
 	r := &Reporter{Client: c, Reader: c, Driver: drv, Storage: store, NodeName: thisNodeName}
 
 	if err := r.CleanupOrphans(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if owners && lists != 0 {
+		t.Errorf("the cleanup listed the cluster's instances %d times; it should ask about its own", lists)
+	}
+	if !owners && lists != 1 {
+		t.Errorf("without owner records the cleanup lists the instances once, not %d times", lists)
 	}
 	for uid, want := range map[string]bool{uidHere: true, uidMoved: false, uidDeleted: false, uidNotOurs: true} {
 		if drv.Has(uid) != want {
