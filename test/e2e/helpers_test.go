@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -35,7 +33,7 @@ func createInstance(ctx context.Context, name, image string) *v1.Instance {
 	inst := expectInstance(ctx, name, func(g Gomega, inst *v1.Instance) {
 		g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
 	})
-	expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == 1 }, "first boot")
+	expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 }, "first boot")
 	return inst
 }
 
@@ -111,45 +109,17 @@ func patchSpec(ctx context.Context, name, patch string) {
 func stamp() string { return metav1.NowMicro().UTC().Format(metav1.RFC3339Micro) }
 
 // console is what a guest printed on its serial console.
-type console string
+type console = utils.Console
 
+// The test guest's numbered lines.
 var (
-	bootCount = regexp.MustCompile(`booted count=(\d+)`)
-	aliveSeq  = regexp.MustCompile(`alive seq=(\d+)`)
+	bootCount = utils.BootCount
+	aliveSeq  = utils.AliveSeq
 )
 
-// last returns the number of the last line matching re, or 0.
-func (c console) last(re *regexp.Regexp) int {
-	m := re.FindAllStringSubmatch(string(c), -1)
-	if len(m) == 0 {
-		return 0
-	}
-	n, _ := strconv.Atoi(m[len(m)-1][1])
-	return n
-}
-
-// sinceLastBoot is what the guest printed since its last boot line: the console log keeps every
-// boot of the instance.
-func (c console) sinceLastBoot() console {
-	idx := bootCount.FindAllStringIndex(string(c), -1)
-	if len(idx) == 0 {
-		return c
-	}
-	return c[idx[len(idx)-1][1]:]
-}
-
-// betweenLastTwoBoots is what the guest printed in its boot before the last one.
-func (c console) betweenLastTwoBoots() console {
-	idx := bootCount.FindAllStringIndex(string(c), -1)
-	if len(idx) < 2 {
-		return ""
-	}
-	return c[idx[len(idx)-2][1]:idx[len(idx)-1][0]]
-}
-
 func readConsole(inst *v1.Instance) console {
-	b, _ := os.ReadFile(inst.Status.AgentReport.ConsoleLogPath)
-	return console(b)
+	c, _ := utils.ReadConsole(inst.Status.AgentReport.ConsoleLogPath)
+	return c
 }
 
 func expectConsole(ctx context.Context, inst *v1.Instance, cond func(console) bool, what string) {

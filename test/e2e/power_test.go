@@ -36,55 +36,55 @@ var _ = Describe("Power operations", Ordered, func() {
 
 		m = measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`) }, restsIn(v1.VMStateActive))
 		report("start (apply to Active)", m)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == 2 }, "the second boot, from the same disk")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 2 }, "the second boot, from the same disk")
 	}, NodeTimeout(4*time.Minute))
 
 	It("reboots soft and hard, each request served exactly once", func(ctx SpecContext) {
-		boots := readConsole(inst).last(bootCount)
+		boots := readConsole(inst).Last(bootCount)
 		at := stamp()
 		m := measure(ctx, name, func() {
 			patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"rebootRequest":{"type":"Soft","requestedAt":%q}}}`, at))
 		}, rebootServed(at, v1.RequestSucceeded))
 		report("soft reboot (request to Succeeded)", m)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+1 }, "the soft reboot's boot")
-		Expect(string(readConsole(inst).betweenLastTwoBoots())).To(ContainSubstring("powering off"), "a soft reboot goes through the guest's own shutdown")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots+1 }, "the soft reboot's boot")
+		Expect(string(readConsole(inst).BetweenLastTwoBoots())).To(ContainSubstring("powering off"), "a soft reboot goes through the guest's own shutdown")
 
 		at = stamp()
 		m = measure(ctx, name, func() {
 			patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"rebootRequest":{"type":"Hard","requestedAt":%q}}}`, at))
 		}, rebootServed(at, v1.RequestSucceeded))
 		report("hard reboot (request to Succeeded)", m)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+2 }, "the hard reboot's boot")
-		Consistently(func() int { return readConsole(inst).last(bootCount) }).WithContext(ctx).
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots+2 }, "the hard reboot's boot")
+		Consistently(func() int { return readConsole(inst).Last(bootCount) }).WithContext(ctx).
 			WithTimeout(5*time.Second).WithPolling(250*time.Millisecond).Should(Equal(boots+2), "each request is served once")
 		cur := expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(cur.Status.RebootRequest.TaskID).To(BeNumerically(">", 0))
 	}, NodeTimeout(4*time.Minute))
 
 	It("pauses the guest, which makes no progress, and unpauses it without a reboot", func(ctx SpecContext) {
-		boots := readConsole(inst).last(bootCount)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) >= 1 }, "an alive line")
+		boots := readConsole(inst).Last(bootCount)
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) >= 1 }, "an alive line")
 		m := measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Paused"}}`) }, restsIn(v1.VMStatePaused))
 		report("pause (apply to Paused)", m)
 		Expect(expectInstance(ctx, name, settled(v1.VMStatePaused)).Status.PowerState).To(Equal(v1.PowerStatePaused))
-		seq := readConsole(inst).last(aliveSeq)
-		Consistently(func() int { return readConsole(inst).last(aliveSeq) }).WithContext(ctx).
+		seq := readConsole(inst).Last(aliveSeq)
+		Consistently(func() int { return readConsole(inst).Last(aliveSeq) }).WithContext(ctx).
 			WithTimeout(7*time.Second).WithPolling(250*time.Millisecond).Should(Equal(seq), "a paused guest prints nothing")
 
 		m = measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`) }, restsIn(v1.VMStateActive))
 		report("unpause (apply to Active)", m)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) > seq }, "the counter going on")
-		Expect(readConsole(inst).last(bootCount)).To(Equal(boots), "unpause does not reboot")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) > seq }, "the counter going on")
+		Expect(readConsole(inst).Last(bootCount)).To(Equal(boots), "unpause does not reboot")
 	}, NodeTimeout(3*time.Minute))
 
 	It("suspends to disk, survives restarts of the agent and of libvirtd, and resumes the same guest", func(ctx SpecContext) {
-		boots := readConsole(inst).last(bootCount)
+		boots := readConsole(inst).Last(bootCount)
 		m := measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Suspended"}}`) }, restsIn(v1.VMStateSuspended))
 		report("suspend (apply to Suspended)", m)
 		cur := expectInstance(ctx, name, settled(v1.VMStateSuspended))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateSuspended))
 		Expect(exec.Command("pgrep", "-f", "guest="+cur.Status.AgentReport.DomainName+",").Run()).NotTo(Succeed(), "no QEMU runs while suspended")
-		seq := readConsole(inst).last(aliveSeq)
+		seq := readConsole(inst).Last(aliveSeq)
 
 		By("restarting the node's agent and its libvirtd")
 		h := host(cur.Status.NodeName)
@@ -96,12 +96,12 @@ var _ = Describe("Power operations", Ordered, func() {
 
 		m = measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`) }, restsIn(v1.VMStateActive))
 		report("resume (apply to Active)", m)
-		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) > seq }, "the counter going on from where it was")
-		Expect(readConsole(inst).last(bootCount)).To(Equal(boots), "resume does not reboot")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) > seq }, "the counter going on from where it was")
+		Expect(readConsole(inst).Last(bootCount)).To(Equal(boots), "resume does not reboot")
 	}, NodeTimeout(4*time.Minute))
 
 	It("refuses a transition the state machine forbids, once, and changes nothing", func(ctx SpecContext) {
-		boots := readConsole(inst).last(bootCount)
+		boots := readConsole(inst).Last(bootCount)
 		patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
 		patchSpec(ctx, name, `{"spec":{"powerState":"Paused"}}`)
@@ -124,13 +124,13 @@ var _ = Describe("Power operations", Ordered, func() {
 		cur = expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(cur.Status.RebootRequest.Result).To(Equal(v1.RequestRefused))
 		Expect(cur.Status.RebootRequest.Reason).To(Equal(v1.ReasonInvalidState))
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+1 }, "started once, not rebooted")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots+1 }, "started once, not rebooted")
 	}, NodeTimeout(4*time.Minute))
 
 	It("believes the hypervisor when the guest powers off or QEMU dies, and does not restart it", func(ctx SpecContext) {
 		cur := expectInstance(ctx, name, settled(v1.VMStateActive))
 		h := host(cur.Status.NodeName)
-		expectConsole(ctx, inst, func(c console) bool { return c.sinceLastBoot().last(aliveSeq) >= 1 }, "the guest listens to its power button")
+		expectConsole(ctx, inst, func(c console) bool { return c.SinceLastBoot().Last(aliveSeq) >= 1 }, "the guest listens to its power button")
 
 		By("the guest powering itself off")
 		m := measure(ctx, name, func() {
@@ -152,11 +152,11 @@ var _ = Describe("Power operations", Ordered, func() {
 		}).WithContext(ctx).WithTimeout(5*time.Second).Should(Equal(v1.VMStateStopped), "Nova's policy: not restarted")
 
 		By("a start request starts it again")
-		boots := readConsole(inst).last(bootCount)
+		boots := readConsole(inst).Last(bootCount)
 		patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"startRequest":{"requestedAt":%q}}}`, stamp()))
 		cur = expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(cur.Status.StartRequest.Result).To(Equal(v1.RequestAccepted))
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == boots+1 }, "booted again")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots+1 }, "booted again")
 
 		By("QEMU killed with SIGKILL")
 		m = measure(ctx, name, func() {
@@ -181,7 +181,7 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 
 	BeforeAll(func(ctx SpecContext) {
 		inst = instanceForSpecs(ctx, name, "test-guest-noacpi")
-		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) >= 1 }, "an alive line")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) >= 1 }, "an alive line")
 		Expect(string(readConsole(inst))).To(ContainSubstring("ignoring the ACPI power button"))
 	}, NodeTimeout(3*time.Minute))
 
@@ -192,7 +192,7 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 		}, rebootServed(at, v1.RequestSucceeded))
 		report("soft reboot of a guest ignoring ACPI (request to Succeeded)", m)
 		Expect(m.elapsed).To(BeNumerically(">=", utils.AgentRebootTimeout), "the agent waited for the guest first")
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == 2 }, "the hard reboot's boot")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 2 }, "the hard reboot's boot")
 		Eventually(func() []string { return events(ctx, name, v1.ReasonRebootFellBackToHard) }).WithContext(ctx).Should(HaveLen(1))
 	}, NodeTimeout(3*time.Minute))
 
@@ -208,8 +208,8 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 		}, rebootServed(hard, v1.RequestSucceeded))
 		report("hard reboot interrupting a soft one (request to Succeeded)", m)
 		Expect(m.elapsed).To(BeNumerically("<", utils.AgentRebootTimeout), "the hard reboot did not wait for the soft one")
-		expectConsole(ctx, inst, func(c console) bool { return c.last(bootCount) == 3 }, "one boot for both requests")
-		Consistently(func() int { return readConsole(inst).last(bootCount) }).WithContext(ctx).
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 3 }, "one boot for both requests")
+		Consistently(func() int { return readConsole(inst).Last(bootCount) }).WithContext(ctx).
 			WithTimeout(utils.AgentRebootTimeout).WithPolling(500*time.Millisecond).Should(Equal(3), "the abandoned soft reboot does not strike later")
 		Expect(events(ctx, name, v1.ReasonRebootFellBackToHard)).To(HaveLen(1))
 	}, NodeTimeout(3*time.Minute))
@@ -252,11 +252,11 @@ var _ = Describe("Crashes in the middle of a power task", Ordered, func() {
 	}, NodeTimeout(3*time.Minute))
 
 	It("finishes a suspend cut short by SIGKILL of the manager and the agent, and resumes the same guest", func(ctx SpecContext) {
-		boots := readConsole(inst).last(bootCount) + 1
+		boots := readConsole(inst).Last(bootCount) + 1
 		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 		expectConsole(ctx, inst, func(c console) bool {
-			return c.last(bootCount) == boots && c.sinceLastBoot().last(aliveSeq) >= 1
+			return c.Last(bootCount) == boots && c.SinceLastBoot().Last(aliveSeq) >= 1
 		}, "booted again, and an alive line")
 
 		patchSpec(ctx, name, `{"spec":{"powerState":"Suspended"}}`)
@@ -264,12 +264,12 @@ var _ = Describe("Crashes in the middle of a power task", Ordered, func() {
 		cur := expectInstance(ctx, name, settled(v1.VMStateSuspended))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateSuspended))
 		Expect(qemuCount(inst)).To(Equal(0))
-		seq := readConsole(inst).last(aliveSeq)
+		seq := readConsole(inst).Last(aliveSeq)
 
 		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
-		expectConsole(ctx, inst, func(c console) bool { return c.last(aliveSeq) > seq }, "the counter going on")
-		Expect(readConsole(inst).last(bootCount)).To(Equal(boots), "resumed, not rebooted")
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) > seq }, "the counter going on")
+		Expect(readConsole(inst).Last(bootCount)).To(Equal(boots), "resumed, not rebooted")
 		Expect(qemuCount(inst)).To(Equal(1))
 	}, NodeTimeout(3*time.Minute))
 })

@@ -2,10 +2,7 @@ package libvirt
 
 import (
 	"context"
-	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,42 +11,24 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/test/utils"
 )
 
-// console reads what the guest printed so far.
-type console string
+// console is what the guest printed so far.
+type console = utils.Console
+
+var (
+	seqLine  = utils.AliveSeq
+	bootLine = utils.BootCount
+)
 
 func readConsole(t *testing.T, path string) console {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
+	c, err := utils.ReadConsole(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return console(b)
-}
-
-var (
-	seqLine  = regexp.MustCompile(`alive seq=(\d+)`)
-	bootLine = regexp.MustCompile(`booted count=(\d+)`)
-)
-
-// sinceLastBoot is what the guest printed since its last boot line.
-func (c console) sinceLastBoot() console {
-	idx := bootLine.FindAllStringIndex(string(c), -1)
-	if len(idx) == 0 {
-		return c
-	}
-	return c[idx[len(idx)-1][1]:]
-}
-
-// last returns the number of the last line matching re, or 0.
-func (c console) last(re *regexp.Regexp) int {
-	m := re.FindAllStringSubmatch(string(c), -1)
-	if len(m) == 0 {
-		return 0
-	}
-	n, _ := strconv.Atoi(m[len(m)-1][1])
-	return n
+	return c
 }
 
 func expectState(t *testing.T, d *Driver, uuid string, power v1.PowerState, reason string) driver.State {
@@ -110,7 +89,7 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	defer func() { _ = d.Destroy(ctx, m.UUID) }()
 	waitFor(t, "first boot and a first alive line", 90*time.Second, func() (bool, error) {
 		c := readConsole(t, m.ConsoleLog)
-		return c.last(bootLine) == 1 && c.last(seqLine) >= 1, nil
+		return c.Last(bootLine) == 1 && c.Last(seqLine) >= 1, nil
 	})
 	first, err := d.State(ctx, m.UUID)
 	if err != nil || !first.Active() {
@@ -127,15 +106,15 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	if err := d.Pause(ctx, m.UUID); err != nil {
 		t.Fatalf("pausing a paused domain must succeed: %v", err)
 	}
-	pausedAt := readConsole(t, m.ConsoleLog).last(seqLine)
-	g.Consistently(func() int { return readConsole(t, m.ConsoleLog).last(seqLine) }).
+	pausedAt := readConsole(t, m.ConsoleLog).Last(seqLine)
+	g.Consistently(func() int { return readConsole(t, m.ConsoleLog).Last(seqLine) }).
 		WithTimeout(7*time.Second).WithPolling(250*time.Millisecond).Should(gomega.Equal(pausedAt), "a paused guest makes no progress")
 	if err := d.Unpause(ctx, m.UUID); err != nil {
 		t.Fatal(err)
 	}
 	expectState(t, d, m.UUID, v1.PowerStateRunning, "Unpaused")
 	waitFor(t, "the counter going on after unpause", 30*time.Second, func() (bool, error) {
-		return readConsole(t, m.ConsoleLog).last(seqLine) > pausedAt, nil
+		return readConsole(t, m.ConsoleLog).Last(seqLine) > pausedAt, nil
 	})
 
 	// Suspend: memory to disk, QEMU gone; resume: the same guest goes on.
@@ -149,7 +128,7 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	if err := d.Suspend(ctx, m.UUID); err != nil {
 		t.Fatalf("suspending a suspended domain must succeed: %v", err)
 	}
-	suspendedAt := readConsole(t, m.ConsoleLog).last(seqLine)
+	suspendedAt := readConsole(t, m.ConsoleLog).Last(seqLine)
 	if err := d.Resume(ctx, m.UUID); err != nil {
 		t.Fatal(err)
 	}
@@ -158,9 +137,9 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 		t.Errorf("a resumed domain is a new run of QEMU: %+v", st)
 	}
 	waitFor(t, "the counter going on after resume", 30*time.Second, func() (bool, error) {
-		return readConsole(t, m.ConsoleLog).last(seqLine) > suspendedAt, nil
+		return readConsole(t, m.ConsoleLog).Last(seqLine) > suspendedAt, nil
 	})
-	if c := readConsole(t, m.ConsoleLog); c.last(bootLine) != 1 {
+	if c := readConsole(t, m.ConsoleLog); c.Last(bootLine) != 1 {
 		t.Fatalf("resume must not reboot the guest:\n%s", c)
 	}
 
@@ -185,7 +164,7 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	}
 	waitFor(t, "second boot, listening to its power button", 90*time.Second, func() (bool, error) {
 		c := readConsole(t, m.ConsoleLog)
-		return c.last(bootLine) == 2 && seqLine.MatchString(string(c.sinceLastBoot())), nil
+		return c.Last(bootLine) == 2 && c.Listening(2), nil
 	})
 	if err := d.RequestShutdown(ctx, m.UUID); err != nil {
 		t.Fatal(err)
@@ -200,7 +179,7 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "third boot", 90*time.Second, func() (bool, error) {
-		return readConsole(t, m.ConsoleLog).last(bootLine) == 3, nil
+		return readConsole(t, m.ConsoleLog).Last(bootLine) == 3, nil
 	})
 	if out, err := exec.Command("pkill", "-KILL", "-f", "guest="+m.Name+",").CombinedOutput(); err != nil {
 		t.Fatalf("kill QEMU: %v: %s", err, out)

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -203,36 +202,25 @@ func (b *bench) setUp(ctx context.Context) error {
 	}
 	// Both guests must listen to their power button before the first shut off.
 	for _, log := range []string{b.instLog, b.baseLog} {
-		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(log, aliveSeq) >= 1, nil }); err != nil {
+		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(log, utils.AliveSeq) >= 1, nil }); err != nil {
 			return fmt.Errorf("guest up (%s): %w", log, err)
 		}
 	}
 	return nil
 }
 
-var (
-	bootCount = regexp.MustCompile(`booted count=(\d+)`)
-	aliveSeq  = regexp.MustCompile(`alive seq=(\d+)`)
-)
-
 // lastNumber is the number in the last line of a console log that matches re, or 0.
 func lastNumber(path string, re *regexp.Regexp) int {
-	text, _ := os.ReadFile(path)
-	m := re.FindAllSubmatch(text, -1)
-	if len(m) == 0 {
-		return 0
-	}
-	n, _ := strconv.Atoi(string(m[len(m)-1][1]))
-	return n
+	c, _ := utils.ReadConsole(path)
+	return c.Last(re)
 }
 
 // listening waits until the guest behind log prints an alive line after its boot line n: its
 // power button is watched from then on.
 func listening(log string, boots int) error {
 	return benchutil.Poll(120*time.Second, func() (bool, error) {
-		text, _ := os.ReadFile(log)
-		idx := bootCount.FindAllIndex(text, -1)
-		return len(idx) >= boots && aliveSeq.Match(text[idx[len(idx)-1][1]:]), nil
+		c, err := utils.ReadConsole(log)
+		return c.Listening(boots), err
 	})
 }
 
@@ -240,7 +228,7 @@ func listening(log string, boots int) error {
 // boots, for the guest's next boot line and first alive line after it).
 func (b *bench) virshUntil(args []string, state string, boots bool) func(context.Context, *bench) (time.Duration, error) {
 	return func(ctx context.Context, b *bench) (time.Duration, error) {
-		before := lastNumber(b.baseLog, bootCount)
+		before := lastNumber(b.baseLog, utils.BootCount)
 		start := time.Now()
 		if out, err := b.host.Virsh(ctx, append(args, b.domain)...); err != nil {
 			return 0, fmt.Errorf("virsh %s: %w: %s", strings.Join(args, " "), err, out)
@@ -254,7 +242,7 @@ func (b *bench) virshUntil(args []string, state string, boots bool) func(context
 		if !boots {
 			return time.Since(start), nil
 		}
-		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, bootCount) > before, nil }); err != nil {
+		if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, utils.BootCount) > before, nil }); err != nil {
 			return 0, err
 		}
 		d := time.Since(start)
@@ -264,14 +252,14 @@ func (b *bench) virshUntil(args []string, state string, boots bool) func(context
 
 // virshHardReboot is kubenova's hard reboot done by hand: destroy, start, to the boot line.
 func (b *bench) virshHardReboot(ctx context.Context, _ *bench) (time.Duration, error) {
-	before := lastNumber(b.baseLog, bootCount)
+	before := lastNumber(b.baseLog, utils.BootCount)
 	start := time.Now()
 	for _, args := range [][]string{{"destroy", b.domain}, {"start", b.domain}} {
 		if out, err := b.host.Virsh(ctx, args...); err != nil {
 			return 0, fmt.Errorf("%w: %s", err, out)
 		}
 	}
-	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, bootCount) > before, nil }); err != nil {
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.baseLog, utils.BootCount) > before, nil }); err != nil {
 		return 0, err
 	}
 	d := time.Since(start)
@@ -300,7 +288,7 @@ func (b *bench) kubenovaReboot(t v1.RebootType) func(context.Context, *bench) (t
 }
 
 func (b *bench) kubenovaOp(ctx context.Context, patch string, boots bool, done func(*v1.Instance) bool) (time.Duration, int, error) {
-	before := lastNumber(b.instLog, bootCount)
+	before := lastNumber(b.instLog, utils.BootCount)
 	w, err := b.watcher.Watch(ctx, &v1.InstanceList{}, client.InNamespace("default"),
 		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", b.inst.Name)})
 	if err != nil {
@@ -333,7 +321,7 @@ func (b *bench) kubenovaOp(ctx context.Context, patch string, boots bool, done f
 	if !boots {
 		return time.Since(start), writes, nil
 	}
-	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.instLog, bootCount) > before, nil }); err != nil {
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return lastNumber(b.instLog, utils.BootCount) > before, nil }); err != nil {
 		return 0, writes, err
 	}
 	d := time.Since(start)
