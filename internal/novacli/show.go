@@ -10,7 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/printers"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/lifecycle"
@@ -37,16 +36,12 @@ func newShowCommand(o *options) *cobra.Command {
 }
 
 func (o *options) runShow(ctx context.Context, printFlags *genericclioptions.PrintFlags, name string) error {
-	c, err := o.newClient()
-	if err != nil {
-		return err
-	}
-	ns, err := o.namespace()
+	c, key, err := o.instanceKey(name)
 	if err != nil {
 		return err
 	}
 	inst := &v1.Instance{}
-	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, inst); err != nil {
+	if err := c.Get(ctx, key, inst); err != nil {
 		return err
 	}
 	if !humanOutput(printFlags) {

@@ -37,17 +37,25 @@ type request struct {
 	precheck func(*v1.Instance) error
 }
 
-// write patches the instance's spec and, with --wait, follows it until the manager is done.
-func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
+// instanceKey returns a client and the key of the instance name in the chosen namespace.
+func (o *options) instanceKey(name string) (client.Client, client.ObjectKey, error) {
 	c, err := o.newClient()
 	if err != nil {
-		return err
+		return nil, client.ObjectKey{}, err
 	}
 	ns, err := o.namespace()
 	if err != nil {
+		return nil, client.ObjectKey{}, err
+	}
+	return c, client.ObjectKey{Namespace: ns, Name: name}, nil
+}
+
+// write patches the instance's spec and, with --wait, follows it until the manager is done.
+func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
+	c, key, err := o.instanceKey(req.name)
+	if err != nil {
 		return err
 	}
-	key := client.ObjectKey{Namespace: ns, Name: req.name}
 	if req.precheck != nil {
 		current := &v1.Instance{}
 		if err := c.Get(ctx, key, current); err != nil {
@@ -57,7 +65,7 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 			return err
 		}
 	}
-	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: req.name}}
+	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
 	if err := c.Patch(ctx, inst, client.RawPatch(types.MergePatchType, req.body)); err != nil {
 		return err
 	}
