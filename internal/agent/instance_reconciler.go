@@ -315,10 +315,10 @@ func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, 
 	return true, r.powerCycle(ctx, inst)
 }
 
-// hearsPowerButton says whether a domain's guest can act on the ACPI power button: it runs, or
-// it is already going down (libvirt's "shutting down", which must not be cut short).
+// hearsPowerButton says whether a domain's guest can act on the ACPI power button: it runs
+// (which includes a guest already going down, which must not be cut short).
 func hearsPowerButton(st driver.State) bool {
-	return st.Active() && (st.Power == v1.PowerStateRunning || st.Power == v1.PowerStateShutdown)
+	return st.Active() && st.Power == v1.PowerStateRunning
 }
 
 // beginRebootingTask returns the domain's state and the task's mark, writing the mark first

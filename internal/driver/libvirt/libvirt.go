@@ -414,8 +414,9 @@ func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 }
 
 // domainState maps libvirt's domain state and reason to Nova's power state, as nova/virt/libvirt
-// does, with two refinements: a shut-off domain with a managed-save image is a suspended one, and
-// one whose QEMU died (shut off, reason crashed) is Crashed, not a clean Shutdown.
+// does, with three refinements: a shut-off domain with a managed-save image is a suspended one,
+// one whose QEMU died (shut off, reason crashed) is Crashed, not a clean Shutdown, and one being
+// shut down is still Running (reason ShuttingDown) until it is off.
 func domainState(dom *golibvirt.Domain) (driver.State, error) {
 	state, reason, err := dom.GetState()
 	if err != nil {
@@ -430,9 +431,13 @@ func domainState(dom *golibvirt.Domain) (driver.State, error) {
 		if golibvirt.DomainPausedReason(reason) == golibvirt.DOMAIN_PAUSED_CRASHED {
 			st.Power = v1.PowerStateCrashed
 		}
-	case golibvirt.DOMAIN_SHUTDOWN, golibvirt.DOMAIN_SHUTOFF:
+	case golibvirt.DOMAIN_SHUTDOWN:
+		// Being shut down: the guest still runs (its shutdown), and is Shutdown only once QEMU
+		// is gone. Reporting it Shutdown now would have the manager act on a passing state.
+		st.Power = v1.PowerStateRunning
+	case golibvirt.DOMAIN_SHUTOFF:
 		st.Power = v1.PowerStateShutdown
-		if state == golibvirt.DOMAIN_SHUTOFF && golibvirt.DomainShutoffReason(reason) == golibvirt.DOMAIN_SHUTOFF_CRASHED {
+		if golibvirt.DomainShutoffReason(reason) == golibvirt.DOMAIN_SHUTOFF_CRASHED {
 			st.Power = v1.PowerStateCrashed
 		}
 		if saved, err := dom.HasManagedSaveImage(0); err == nil && saved {
