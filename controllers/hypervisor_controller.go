@@ -11,8 +11,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -121,7 +123,7 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 // allocations sums the flavors of the instances placed on the hypervisor.
 func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hypervisor) error {
 	var list v1.InstanceList
-	if err := r.List(ctx, &list, client.MatchingFields{"status.nodeName": hv.Name}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{indexNode: hv.Name}); err != nil {
 		return err
 	}
 	var used v1.Resources
@@ -143,16 +145,6 @@ func (r *HypervisorReconciler) now() time.Time {
 	return time.Now()
 }
 
-// IndexInstanceNode lets the manager's cache list instances by node.
-func IndexInstanceNode(ctx context.Context, mgr ctrl.Manager) error {
-	return mgr.GetFieldIndexer().IndexField(ctx, &v1.Instance{}, "status.nodeName", func(o client.Object) []string {
-		if n := o.(*v1.Instance).Status.NodeName; n != "" {
-			return []string{n}
-		}
-		return nil
-	})
-}
-
 // SetupWithManager watches Hypervisors, their agents' Leases and the Instances placed on them.
 func (r *HypervisorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
@@ -163,11 +155,46 @@ func (r *HypervisorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetLabels()[v1.LabelHypervisor]}}}
 		})).
-		Watches(&v1.Instance{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			if n := o.(*v1.Instance).Status.NodeName; n != "" {
-				return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: n}}}
-			}
-			return nil
-		})).
+		Watches(&v1.Instance{}, handler.TypedFuncs[client.Object, reconcile.Request]{
+			CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				allocationChanged(q, nil, e.Object.(*v1.Instance))
+			},
+			UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				allocationChanged(q, e.ObjectOld.(*v1.Instance), e.ObjectNew.(*v1.Instance))
+			},
+			DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				allocationChanged(q, e.Object.(*v1.Instance), nil)
+			},
+		}).
 		Complete(r)
+}
+
+// allocationDelay is how long a Hypervisor's allocations may lag its instances. Status.allocated
+// is for people and dashboards (the scheduler keeps its own sums), so a launch storm may update
+// it once per node and delay rather than once per instance.
+const allocationDelay = 2 * time.Second
+
+// allocationChanged enqueues, after allocationDelay, the nodes whose allocations an instance's
+// change touches; changes that touch none (most status writes) enqueue nothing. A nil old or
+// inst is an instance that was created or deleted.
+func allocationChanged(q workqueue.TypedRateLimitingInterface[reconcile.Request], old, inst *v1.Instance) {
+	type holding struct {
+		node string
+		res  v1.Resources
+	}
+	of := func(i *v1.Instance) holding {
+		if i == nil || !scheduler.Holds(i) {
+			return holding{}
+		}
+		return holding{node: i.Status.NodeName, res: scheduler.FlavorResources(i.Status.Flavor.FlavorSpec)}
+	}
+	before, after := of(old), of(inst)
+	if before == after {
+		return
+	}
+	for _, node := range []string{before.node, after.node} {
+		if node != "" {
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: node}}, allocationDelay)
+		}
+	}
 }

@@ -6,22 +6,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -127,7 +132,8 @@ func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, st
 	}
 	inst.Status.VMState = v1.VMStateBuilding
 	r.startTask(inst, v1.ActionLaunch)
-	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonLaunching, "Launch", "launching with flavor %s and image %s", inst.Spec.Flavor, inst.Spec.Image.Name)
+	// No Event yet: the one that says where it was placed (or why it could not be) tells the
+	// launch began, and a thousand launches at once cost a thousand Events fewer.
 	return nil, nil
 }
 
@@ -189,7 +195,8 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
 		ObservedGeneration: inst.Generation})
-	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "placed on node %s", node)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "launching with flavor %s and image %s: placed on node %s",
+		flavor.Name, inst.Status.Image.Name, node)
 	return nil, nil
 }
 
@@ -204,25 +211,20 @@ func flavorTooSmall(flavor *v1.Flavor, image *v1.Image) string {
 	return ""
 }
 
-// place chooses a node from a snapshot of the cluster, without holding the placement lock,
-// then reserves it (scheduler.Placement.Reserve), which checks again under the lock that the
-// node still fits. A choice that lost its room to a decision made meanwhile is made again.
+// place chooses a node from a snapshot of the allocations (scheduler.Placement.Usage) without
+// holding the placement lock, then reserves it (scheduler.Placement.Reserve), which checks again
+// under the lock that the node still fits. A choice that lost its room to a decision made
+// meanwhile is made again. A decision costs in proportion to the nodes, not the instances.
 func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, request scheduler.Request) (string, error) {
-	list := func() ([]v1.Instance, error) {
-		var instances v1.InstanceList
-		err := r.List(ctx, &instances)
-		return instances.Items, err
+	if !r.Placement.Synced() {
+		return "", errors.New("the placement has not seen every instance yet; trying again")
 	}
 	for attempt := 1; ; attempt++ {
 		hosts, err := r.candidates(ctx)
 		if err != nil {
 			return "", err
 		}
-		instances, err := list()
-		if err != nil {
-			return "", err
-		}
-		used := r.Placement.Usage(instances, inst.UID)
+		used := r.Placement.Usage(inst.UID)
 		for i := range hosts {
 			hosts[i].Used = used[hosts[i].Name()]
 		}
@@ -231,9 +233,8 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 			return "", err
 		}
 		i := slices.IndexFunc(hosts, func(h scheduler.Host) bool { return h.Name() == node })
-		reserved, err := r.Placement.Reserve(inst.UID, hosts[i], request, list)
-		if err != nil || reserved {
-			return node, err
+		if r.Placement.Reserve(inst.UID, hosts[i], request) {
+			return node, nil
 		}
 		if attempt == maxPlacementAttempts {
 			return "", fmt.Errorf("node %s was taken by other decisions %d times in a row; trying again later", node, attempt)
@@ -245,14 +246,16 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 // concurrent decision; the next reconcile starts afresh.
 const maxPlacementAttempts = 5
 
-// candidates are the hosts a decision chooses from: every Hypervisor with its Node.
+// candidates are the hosts a decision chooses from: every Hypervisor with its Node. They are
+// the cache's own objects, not copies (a decision per instance must not copy every Node): the
+// scheduler only reads them.
 func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, error) {
 	var hvs v1.HypervisorList
-	if err := r.List(ctx, &hvs); err != nil {
+	if err := r.List(ctx, &hvs, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	var nodes corev1.NodeList
-	if err := r.List(ctx, &nodes); err != nil {
+	if err := r.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	byName := map[string]*corev1.Node{}
@@ -663,13 +666,13 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 
 // patchStatus writes status once, only if it changed, and only over the version it was computed
 // from (kube.PatchStatus): this is what keeps a stale cache from placing an instance twice. A
-// write that lost its race surely did not land, so the claim the reconcile made is dropped; after
+// write that lost its race (or whose instance is gone) surely did not land, so the claim the reconcile made is dropped; after
 // any other failure (a timeout may hide a write that landed) the claim stays until the cache
-// shows the instance or its next decision replaces it, and it never counts against that
-// decision (Placement.Usage leaves out the instance's own claim).
+// shows the instance, its next decision replaces it or the instance is deleted, and it never
+// counts against that decision (Placement.Usage leaves out the instance's own claim).
 func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
 	err := kube.PatchStatus(ctx, r.Client, orig, inst)
-	if errors.Is(err, kube.ErrStale) && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
+	if (errors.Is(err, kube.ErrStale) || apierrors.IsNotFound(err)) && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
 		r.Placement.Release(inst.UID)
 	}
 	if errors.Is(err, kube.ErrStale) {
@@ -701,8 +704,18 @@ func (r *InstanceReconciler) event(st *reconcileState, inst *v1.Instance, eventT
 }
 
 // SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can
-// unblock an instance waiting to be placed.
+// unblock an instance waiting to be placed. The Placement follows the Instance informer.
 func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	informer, err := mgr.GetCache().GetInformer(context.Background(), &v1.Instance{})
+	if err != nil {
+		return err
+	}
+	registration, err := informer.AddEventHandler(r.Placement.EventHandler())
+	if err != nil {
+		return err
+	}
+	r.Placement.SetSynced(registration.HasSynced)
+
 	waiting := handler.EnqueueRequestsFromMapFunc(r.waitingInstances)
 	workers := r.Workers
 	if workers <= 0 {
@@ -713,22 +726,62 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
 		Watches(&v1.Image{}, waiting).
-		Watches(&v1.Hypervisor{}, waiting).
-		Watches(&corev1.Node{}, waiting).
+		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
+		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
 		Complete(r)
 }
 
-// waitingInstances lists the instances still waiting to be placed.
+// hypervisorMayTakeMore says whether a Hypervisor's change may let a waiting instance fit: not
+// the many changes in which it only takes on more instances.
+func hypervisorMayTakeMore(e event.UpdateEvent) bool {
+	old, hv := e.ObjectOld.(*v1.Hypervisor), e.ObjectNew.(*v1.Hypervisor)
+	return old.Generation != hv.Generation || old.Status.State != hv.Status.State ||
+		old.Status.Capacity != hv.Status.Capacity || old.Status.Reserved != hv.Status.Reserved ||
+		hv.Status.Instances < old.Status.Instances
+}
+
+// nodePlacementChanged says whether a Node's change may let a waiting instance fit: its labels,
+// taints or schedulability, not its status.
+func nodePlacementChanged(e event.UpdateEvent) bool {
+	old, node := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
+	return !maps.Equal(old.Labels, node.Labels) || !equality.Semantic.DeepEqual(old.Spec, node.Spec)
+}
+
+// waitingInstances lists the instances still waiting to be placed, from an index: it runs on
+// every change of a Hypervisor, Node, Flavor or Image, so it must not cost all the instances.
 func (r *InstanceReconciler) waitingInstances(ctx context.Context, _ client.Object) []reconcile.Request {
 	var list v1.InstanceList
-	if err := r.List(ctx, &list); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{indexWaiting: "true"}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
-	var out []reconcile.Request
+	out := make([]reconcile.Request, 0, len(list.Items))
 	for i := range list.Items {
-		if list.Items[i].Status.TaskState == v1.TaskStateScheduling || list.Items[i].Status.VMState == "" {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-		}
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
 	}
 	return out
+}
+
+// The manager's cache indexes instances by node and by whether they wait to be placed.
+const (
+	indexNode    = "status.nodeName"
+	indexWaiting = "waitingToBePlaced"
+)
+
+// IndexInstances adds the manager's Instance indexes to its cache.
+func IndexInstances(ctx context.Context, mgr ctrl.Manager) error {
+	indexer := mgr.GetFieldIndexer()
+	if err := indexer.IndexField(ctx, &v1.Instance{}, indexNode, func(o client.Object) []string {
+		if n := o.(*v1.Instance).Status.NodeName; n != "" {
+			return []string{n}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return indexer.IndexField(ctx, &v1.Instance{}, indexWaiting, func(o client.Object) []string {
+		if s := o.(*v1.Instance).Status; s.TaskState == v1.TaskStateScheduling || s.VMState == "" {
+			return []string{"true"}
+		}
+		return nil
+	})
 }

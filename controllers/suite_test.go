@@ -65,7 +65,7 @@ var _ = BeforeSuite(func() {
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme,
 		Metrics: metricsserver.Options{BindAddress: "0"}})
 	Expect(err).NotTo(HaveOccurred())
-	Expect(IndexInstanceNode(ctx, mgr)).To(Succeed())
+	Expect(IndexInstances(ctx, mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())

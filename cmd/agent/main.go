@@ -1,25 +1,38 @@
 // Command agent is kubenova's node agent: one per compute node, it runs the node's instances
 // through libvirt and reports the node's Hypervisor and heartbeat.
+//
+// With --driver=fake it simulates a node instead (no libvirt, no disks), and with
+// --simulate-nodes=N it simulates N nodes in one process, each with its own Node, Hypervisor,
+// Lease and agent, the way kubemark and KWOK simulate kubelets: a fleet to measure the control
+// plane against.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/apimachinery/pkg/fields"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/agent"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/driver/fake"
 	"github.com/kubenova/kubenova/internal/driver/libvirt"
+	"github.com/kubenova/kubenova/internal/scheduler"
 	kubescheme "github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/internal/storage"
 	"github.com/kubenova/kubenova/internal/version"
@@ -32,9 +45,17 @@ func main() {
 	}
 }
 
+// simulation is how simulated nodes look.
+type simulation struct {
+	nodes                     int
+	vcpus, memoryMiB, diskGiB int64
+	zone                      string
+}
+
 func run() error {
 	var (
-		nodeName       = flag.String("node-name", os.Getenv("NODE_NAME"), "the Kubernetes node this agent serves (default $NODE_NAME)")
+		nodeName       = flag.String("node-name", os.Getenv("NODE_NAME"), "the Kubernetes node this agent serves (default $NODE_NAME); with --simulate-nodes, the prefix of the simulated nodes' names")
+		driverName     = flag.String("driver", "libvirt", "libvirt, or fake to simulate the node: no hypervisor, no disks")
 		libvirtURI     = flag.String("libvirt-uri", "qemu:///system", "libvirt connection URI of this node")
 		migrationURI   = flag.String("migration-uri", "", "libvirt URI other nodes reach this node's libvirtd at (default: --libvirt-uri)")
 		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto (KVM on bare metal with a usable /dev/kvm)")
@@ -47,75 +68,137 @@ func run() error {
 		probeAddr      = flag.String("health-probe-bind-address", "0", "address of the health probes; 0 disables them")
 		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
 		rebootWait     = flag.Duration("soft-reboot-timeout", agent.DefaultRebootTimeout, "how long a guest has to answer a soft reboot before it is rebooted hard (Nova's wait_soft_reboot_seconds)")
-		workers        = flag.Int("workers", 4, "how many instances the agent works on at once")
+		workers        = flag.Int("workers", agent.DefaultWorkers, "how many instances the agent works on at once")
 		reservedMemory = flag.Int64("reserved-memory-mib", 512, "memory held back for the node itself (Nova's reserved_host_memory_mb)")
 		reservedVCPUs  = flag.Int64("reserved-vcpus", 0, "vCPUs held back for the node itself (Nova's reserved_host_cpus)")
 		reservedDisk   = flag.Int64("reserved-disk-gib", 0, "disk held back for the node itself (Nova's reserved_host_disk_mb, in GiB)")
+		sim            simulation
 	)
+	flag.IntVar(&sim.nodes, "simulate-nodes", 0, "with --driver=fake: simulate this many nodes in one process, named <node-name>-001 on, creating their Node objects")
+	flag.Int64Var(&sim.vcpus, "simulated-vcpus", 64, "with --driver=fake: vCPUs of each simulated node")
+	flag.Int64Var(&sim.memoryMiB, "simulated-memory-mib", 256*1024, "with --driver=fake: memory of each simulated node")
+	flag.Int64Var(&sim.diskGiB, "simulated-disk-gib", 4096, "with --driver=fake: disk of each simulated node")
+	flag.StringVar(&sim.zone, "simulated-zone", "zone-1", "with --simulate-nodes: the zone label of the simulated nodes")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	logger := ctrl.Log.WithName("agent")
 	if *nodeName == "" {
-		return fmt.Errorf("--node-name (or $NODE_NAME) is required")
+		return errors.New("--node-name (or $NODE_NAME) is required")
+	}
+	if *leaseDuration < 4*time.Second {
+		return fmt.Errorf("--lease-duration must be at least 4s, not %s", *leaseDuration)
 	}
 	if *migrationURI == "" {
 		*migrationURI = *libvirtURI
 	}
-	virtType, why, err := agent.DetectVirtType(*virtTypeFlag, "/proc/cpuinfo")
-	if err != nil {
-		return err
-	}
-	logger.Info("virt type chosen", "virtType", virtType, "why", why, "node", *nodeName)
-
-	drv, err := libvirt.New(*libvirtURI)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = drv.Close() }()
-	if *leaseDuration < 4*time.Second {
-		return fmt.Errorf("--lease-duration must be at least 4s, not %s", *leaseDuration)
-	}
-	store := &storage.Node{Root: *storageRoot, ImageDirs: strings.Split(*imageDirs, ","), MaxImageBytes: *maxImageSize}
-	if err := store.RemoveStaleDownloads(); err != nil {
-		return err
-	}
-
-	scheme := kubescheme.New()
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
-		HealthProbeBindAddress: *probeAddr,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// The agent sees only the instances placed on its node.
-			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.nodeName", *nodeName)},
-		}},
-		Client: client.Options{Cache: &client.CacheOptions{
-			DisableFor: []client.Object{&v1.Image{}, &v1.Hypervisor{}, &coordinationv1.Lease{}},
-		}},
-	})
-	if err != nil {
-		return fmt.Errorf("create manager: %w", err)
-	}
-	reconciler := &agent.InstanceReconciler{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + *nodeName),
-		Driver: drv, Storage: store, NodeName: *nodeName, VirtType: virtType,
-		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, Workers: *workers,
-	}
-	if err := reconciler.SetupWithManager(mgr); err != nil {
-		return err
-	}
-	reporter := &agent.Reporter{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: drv, Storage: store,
-		NodeName: *nodeName, VirtType: virtType, MigrationURI: *migrationURI, AgentVersion: version.Version,
+	cfg := ctrl.GetConfigOrDie()
+	base := agent.Node{
+		Name: *nodeName, MigrationURI: *migrationURI, AgentVersion: version.Version,
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
-		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute,
+		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, Workers: *workers,
+		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr,
 	}
-	if err := mgr.Add(reporter); err != nil {
+	ctx := ctrl.SetupSignalHandler()
+
+	switch *driverName {
+	case "libvirt":
+		if sim.nodes > 0 {
+			return errors.New("--simulate-nodes needs --driver=fake")
+		}
+		virtType, why, err := agent.DetectVirtType(*virtTypeFlag, "/proc/cpuinfo")
+		if err != nil {
+			return err
+		}
+		logger.Info("virt type chosen", "virtType", virtType, "why", why, "node", *nodeName)
+		drv, err := libvirt.New(*libvirtURI)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = drv.Close() }()
+		store := &storage.Node{Root: *storageRoot, ImageDirs: strings.Split(*imageDirs, ","), MaxImageBytes: *maxImageSize}
+		if err := store.RemoveStaleDownloads(); err != nil {
+			return err
+		}
+		base.Driver, base.Storage, base.VirtType = drv, store, virtType
+		mgr, err := agent.NewManager(cfg, base)
+		if err != nil {
+			return err
+		}
+		logger.Info("starting", "libvirt", *libvirtURI, "storageRoot", *storageRoot)
+		return mgr.Start(ctx)
+	case "fake":
+		return simulate(ctx, cfg, base, sim, *storageRoot)
+	default:
+		return fmt.Errorf("--driver must be libvirt or fake, not %q", *driverName)
+	}
+}
+
+// simulate runs one simulated node, or sim.nodes of them, until ctx ends. Each has its own fake
+// hypervisor, storage directory (records only: disks are empty files) and manager, so that the
+// API server sees what it would see from as many real agents: one watch, one Lease and one
+// Hypervisor per node.
+func simulate(ctx context.Context, cfg *rest.Config, base agent.Node, sim simulation, storageRoot string) error {
+	logger := ctrl.Log.WithName("agent")
+	names := []string{base.Name}
+	if sim.nodes > 0 {
+		names = names[:0]
+		for i := 1; i <= sim.nodes; i++ {
+			names = append(names, fmt.Sprintf("%s-%03d", base.Name, i))
+		}
+		if err := ensureNodes(ctx, cfg, names, sim.zone); err != nil {
+			return err
+		}
+	}
+	mgrs := make([]manager.Manager, 0, len(names))
+	for _, name := range names {
+		n := base
+		n.Name = name
+		n.VirtType = v1.VirtTypeQEMU
+		n.Driver = fake.NewHost(driver.HostInfo{Hostname: name, HostUUID: "simulated-" + name,
+			VCPUs: sim.vcpus, MemoryMiB: sim.memoryMiB, LibvirtVersion: "simulated", QEMUVersion: "simulated"})
+		n.Storage = &storage.Node{Root: filepath.Join(storageRoot, name)}
+		n.Disks = &storage.SimulatedDisks{Node: n.Storage, Capacity: sim.diskGiB}
+		mgr, err := agent.NewManager(cfg, n)
+		if err != nil {
+			return err
+		}
+		mgrs = append(mgrs, mgr)
+	}
+	logger.Info("simulating nodes", "count", len(names), "first", names[0], "storageRoot", storageRoot)
+	errs := make(chan error, len(mgrs))
+	var wg sync.WaitGroup
+	for _, mgr := range mgrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- mgr.Start(ctx)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// ensureNodes creates the Node objects of simulated nodes that do not have one yet, as a
+// kubelet registers its node.
+func ensureNodes(ctx context.Context, cfg *rest.Config, names []string, zone string) error {
+	c, err := client.New(cfg, client.Options{Scheme: kubescheme.New()})
+	if err != nil {
 		return err
 	}
-	logger.Info("starting", "libvirt", *libvirtURI, "storageRoot", *storageRoot)
-	return mgr.Start(ctrl.SetupSignalHandler())
+	for _, name := range names {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+			corev1.LabelHostname: name, scheduler.ZoneLabel: zone, "kubenova.io/simulated": "true"}}}
+		if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create node %s: %w", name, err)
+		}
+	}
+	return nil
 }

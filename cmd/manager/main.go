@@ -58,7 +58,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	if err := controllers.IndexInstanceNode(context.Background(), mgr); err != nil {
+	if err := controllers.IndexInstances(context.Background(), mgr); err != nil {
 		return err
 	}
 	if err := (&controllers.InstanceReconciler{

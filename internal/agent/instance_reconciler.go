@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -56,9 +57,9 @@ const (
 	DefaultRebootTimeout   = 120 * time.Second
 )
 
-// defaultWorkers is how many instances of the node the agent works on at once. Tasks that wait
+// DefaultWorkers is how many instances of the node the agent works on at once. Tasks that wait
 // for a guest do not hold a worker: they look again later.
-const defaultWorkers = 4
+const DefaultWorkers = 4
 
 // InstanceReconciler carries out tasks on one node. Its cache holds only the instances placed on
 // this node (a field selector on status.nodeName).
@@ -69,6 +70,8 @@ type InstanceReconciler struct {
 	Recorder events.EventRecorder
 	Driver   driver.Driver
 	Storage  *storage.Node
+	// Disks fetches images and makes root disks; nil means Storage.
+	Disks    Disks
 	NodeName string
 	VirtType v1.VirtType
 	// ShutdownTimeout is how long a guest has to power off after the ACPI power button before
@@ -77,7 +80,7 @@ type InstanceReconciler struct {
 	// RebootTimeout is how long a guest has to answer a soft reboot before the agent reboots it
 	// hard (DefaultRebootTimeout when zero).
 	RebootTimeout time.Duration
-	// Workers is how many instances are reconciled at once (defaultWorkers when zero).
+	// Workers is how many instances are reconciled at once (DefaultWorkers when zero).
 	Workers int
 
 	mu       sync.Mutex
@@ -232,11 +235,12 @@ func (r *InstanceReconciler) createRootDisk(ctx context.Context, inst *v1.Instan
 	if err := r.Reader.Get(ctx, key, image); err != nil {
 		return "", fmt.Errorf("get image %s: %w", key, err)
 	}
-	base, err := r.Storage.EnsureImage(ctx, image.Spec)
+	disks := r.disks()
+	base, err := disks.EnsureImage(ctx, image.Spec)
 	if err != nil {
 		return "", fmt.Errorf("image %s: %w", key.Name, err)
 	}
-	return r.Storage.CreateRootDisk(ctx, string(inst.UID), base, image.Spec.DiskFormat, inst.Status.Flavor.DiskGiB)
+	return disks.CreateRootDisk(ctx, string(inst.UID), base, image.Spec.DiskFormat, inst.Status.Flavor.DiskGiB)
 }
 
 // terminate destroys the domain and deletes the instance's own files.
@@ -402,6 +406,13 @@ func (r *InstanceReconciler) forget(uid types.UID) {
 	delete(r.progress, uid)
 }
 
+func (r *InstanceReconciler) disks() Disks {
+	if r.Disks != nil {
+		return r.Disks
+	}
+	return r.Storage
+}
+
 func (r *InstanceReconciler) shutdownTimeout() time.Duration {
 	if r.ShutdownTimeout > 0 {
 		return r.ShutdownTimeout
@@ -426,13 +437,14 @@ func (r *InstanceReconciler) event(inst *v1.Instance, eventType, reason, action,
 func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	workers := r.Workers
 	if workers <= 0 {
-		workers = defaultWorkers
+		workers = DefaultWorkers
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("agent-instance").
 		For(&v1.Instance{}).
 		WatchesRawSource(source.Func(r.domainEvents)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		// A simulated fleet runs one of these per node in one process, under the same name.
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
 		Complete(r)
 }
 

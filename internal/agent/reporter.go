@@ -26,9 +26,11 @@ type Reporter struct {
 	// Reader reads from the API server directly. Orphan checks must not trust the agent's
 	// cache, which holds only this node's instances: an instance evacuated elsewhere would look
 	// deleted there, and its disks would go.
-	Reader       client.Reader
-	Driver       driver.Driver
-	Storage      *storage.Node
+	Reader  client.Reader
+	Driver  driver.Driver
+	Storage *storage.Node
+	// Disks reports the node's disk capacity; nil means Storage.
+	Disks        Disks
 	NodeName     string
 	VirtType     v1.VirtType
 	MigrationURI string
@@ -84,7 +86,11 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	disk, err := r.Storage.CapacityGiB()
+	var disks Disks = r.Storage
+	if r.Disks != nil {
+		disks = r.Disks
+	}
+	disk, err := disks.CapacityGiB()
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -18,6 +19,11 @@ func Add(a, b v1.Resources) v1.Resources {
 	return v1.Resources{VCPUs: a.VCPUs + b.VCPUs, MemoryMiB: a.MemoryMiB + b.MemoryMiB, DiskGiB: a.DiskGiB + b.DiskGiB}
 }
 
+// Sub takes b from a.
+func Sub(a, b v1.Resources) v1.Resources {
+	return v1.Resources{VCPUs: a.VCPUs - b.VCPUs, MemoryMiB: a.MemoryMiB - b.MemoryMiB, DiskGiB: a.DiskGiB - b.DiskGiB}
+}
+
 // Holds says whether an instance's flavor counts against its node: everything placed on a node
 // does, except shelved-offloaded instances, which Nova frees from the node.
 func Holds(inst *v1.Instance) bool {
@@ -30,89 +36,152 @@ type claim struct {
 	resources v1.Resources
 }
 
-// Placement is the one place that computes what is allocated on each node. It adds the claims
-// the scheduler has made but the informer cache does not show yet (kube-scheduler's "assumed
-// pods"), so that many launches at once never overcommit a node however stale the cache is.
+// Placement is the one place that knows what is allocated on each node. It keeps a running sum
+// per node, fed by the manager's Instance informer (Observe, Forget), so that a decision costs
+// in proportion to the nodes, not to the instances; and it adds the claims the scheduler has
+// made but the informer does not show yet (kube-scheduler's "assumed pods"), so that many
+// launches at once never overcommit a node however far the informer lags.
 //
-// Decisions run at once: each reconcile chooses a host from a snapshot, without a lock (the
-// filters and the weigher over every host, the costly part), then Reserve commits the choice
-// under the lock, after checking again, against the cache and every claim made meanwhile, that
-// the host still fits. A choice that no longer fits is decided again.
+// Decisions run at once: each reconcile chooses a host from a snapshot (Usage) without a lock,
+// the filters and the weigher over every host being the costly part; then Reserve commits the
+// choice under the lock after checking again that the host still fits, given every claim made
+// meanwhile. A choice that no longer fits is decided again.
 type Placement struct {
-	mu      sync.Mutex
+	mu sync.Mutex
+	// observed is each instance the informer shows holding resources, and where.
+	observed map[types.UID]claim
+	// used sums observed per node.
+	used map[string]v1.Resources
+	// pending are decisions the informer does not show yet.
 	pending map[types.UID]claim
+	synced  func() bool
 }
 
 // NewPlacement returns an empty Placement.
 func NewPlacement() *Placement {
-	return &Placement{pending: map[types.UID]claim{}}
+	return &Placement{observed: map[types.UID]claim{}, used: map[string]v1.Resources{}, pending: map[types.UID]claim{}}
 }
 
-// Usage sums the allocations per node from instances, plus the claims not visible in them yet,
-// leaving out the claim of self (the instance being decided for: a claim it holds from a
-// decision whose write failed must not count against its new decision). It is the snapshot a
-// decision starts from; Reserve checks the decision again. It retires nothing: instances may be
-// an older list than the one Reserve last read.
-func (p *Placement) Usage(instances []v1.Instance, self types.UID) map[string]v1.Resources {
+// Observe records what the informer shows of an instance now. A pending claim that the
+// instance shows is retired: from now on the instance itself counts.
+func (p *Placement) Observe(inst *v1.Instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.usage(instances, self, false)
-}
-
-// Reserve claims h for uid if h still passes every filter for r, given the instances that list
-// returns now and every claim made so far; false means another decision took the room and the
-// caller should decide again. The list is read under the lock, so it is at least as new as any
-// list that retired a claim, and claims shown by it are retired here.
-func (p *Placement) Reserve(uid types.UID, h Host, r Request, list func() ([]v1.Instance, error)) (bool, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	instances, err := list()
-	if err != nil {
-		return false, err
+	p.unobserve(inst.UID)
+	if Holds(inst) {
+		c := claim{node: inst.Status.NodeName, resources: FlavorResources(inst.Status.Flavor.FlavorSpec)}
+		p.observed[inst.UID] = c
+		p.used[c.node] = Add(p.used[c.node], c.resources)
 	}
-	h.Used = p.usage(instances, uid, true)[h.Name()]
+	if c, ok := p.pending[inst.UID]; ok && inst.Status.NodeName == c.node && inst.Status.Flavor != nil {
+		delete(p.pending, inst.UID)
+	}
+}
+
+// Forget drops an instance that is gone, with any claim it held.
+func (p *Placement) Forget(uid types.UID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.unobserve(uid)
+	delete(p.pending, uid)
+}
+
+// unobserve takes an instance's observed allocation out of the sums. Call with p.mu held.
+func (p *Placement) unobserve(uid types.UID) {
+	c, ok := p.observed[uid]
+	if !ok {
+		return
+	}
+	delete(p.observed, uid)
+	left := Sub(p.used[c.node], c.resources)
+	if left == (v1.Resources{}) {
+		delete(p.used, c.node)
+		return
+	}
+	p.used[c.node] = left
+}
+
+// EventHandler feeds Observe and Forget from an Instance informer.
+func (p *Placement) EventHandler() toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if inst, ok := obj.(*v1.Instance); ok {
+				p.Observe(inst)
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if inst, ok := obj.(*v1.Instance); ok {
+				p.Observe(inst)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if inst, ok := obj.(*v1.Instance); ok {
+				p.Forget(inst.UID)
+			}
+		},
+	}
+}
+
+// SetSynced tells Placement how to know that its informer has delivered every instance that
+// existed when it started; until then no decision may be made.
+func (p *Placement) SetSynced(synced func() bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.synced = synced
+}
+
+// Synced says whether Placement knows every instance (always, when no informer feeds it).
+func (p *Placement) Synced() bool {
+	p.mu.Lock()
+	synced := p.synced
+	p.mu.Unlock()
+	return synced == nil || synced()
+}
+
+// Usage is the allocation per node: what the informer shows plus the claims it does not show
+// yet, leaving out the claim of self (the instance being decided for: a claim it holds from a
+// decision whose write failed must not count against its new decision). It is the snapshot a
+// decision starts from; Reserve checks the decision again.
+func (p *Placement) Usage(self types.UID) map[string]v1.Resources {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	used := make(map[string]v1.Resources, len(p.used))
+	for node, r := range p.used {
+		used[node] = r
+	}
+	for uid, c := range p.pending {
+		if uid != self {
+			used[c.node] = Add(used[c.node], c.resources)
+		}
+	}
+	return used
+}
+
+// Reserve claims h for uid if h still passes every filter for r, given every allocation and
+// claim known now; false means another decision took the room and the caller should decide
+// again.
+func (p *Placement) Reserve(uid types.UID, h Host, r Request) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h.Used = p.used[h.Name()]
+	for other, c := range p.pending {
+		if other != uid && c.node == h.Name() {
+			h.Used = Add(h.Used, c.resources)
+		}
+	}
 	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
-		return false, nil
+		return false
 	}
 	p.pending[uid] = claim{node: h.Name(), resources: r.Resources}
-	return true, nil
+	return true
 }
 
-// Release drops a claim, for an instance that failed to bind or is gone.
+// Release drops a claim, for an instance whose placement was not written.
 func (p *Placement) Release(uid types.UID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.pending, uid)
-}
-
-// usage sums the allocations per node from instances, plus the pending claims (but self's) of
-// instances that do not show their node yet. With retire, claims that the instances already
-// show are dropped, and so are claims of instances that are gone (an instance is always in the
-// cache before it is scheduled); only a list read under the lock may retire. Call with the lock
-// held.
-func (p *Placement) usage(instances []v1.Instance, self types.UID, retire bool) map[string]v1.Resources {
-	used := map[string]v1.Resources{}
-	seen := make(map[types.UID]bool, len(instances))
-	shown := map[types.UID]bool{}
-	for i := range instances {
-		inst := &instances[i]
-		seen[inst.UID] = true
-		if c, ok := p.pending[inst.UID]; ok && inst.Status.NodeName == c.node && inst.Status.Flavor != nil {
-			shown[inst.UID] = true
-		}
-		if Holds(inst) {
-			used[inst.Status.NodeName] = Add(used[inst.Status.NodeName], FlavorResources(inst.Status.Flavor.FlavorSpec))
-		}
-	}
-	for uid, c := range p.pending {
-		if retire && (shown[uid] || !seen[uid]) {
-			delete(p.pending, uid)
-			continue
-		}
-		if shown[uid] || uid == self {
-			continue
-		}
-		used[c.node] = Add(used[c.node], c.resources)
-	}
-	return used
 }

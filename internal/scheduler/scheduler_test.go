@@ -103,31 +103,27 @@ func TestRAMSpread(t *testing.T) {
 	}
 }
 
-// TestConcurrentClaimsNeverOvercommit plays many schedulers' worth of launches at once against
-// a node that fits three, with a cache that never shows any of them placed: Placement's pending
-// claims alone must stop the fourth.
 // TestConcurrentDecisionsNeverOvercommit runs twenty decisions at once, each choosing from its
-// own snapshot without a lock (as reconciles with several workers do) against a cache that never
-// shows any of them placed: Reserve must turn all but three away, and the losers, deciding
-// again, must find no room.
+// own snapshot without a lock (as reconciles with several workers do) while the informer shows
+// none of them placed: Reserve must turn all but three away, and the losers, deciding again,
+// must find no room.
 func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 	p := NewPlacement()
-	var instances []v1.Instance
+	var uids []types.UID
 	for i := 0; i < 20; i++ {
-		instances = append(instances, v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(fmt.Sprint(i))}})
+		uids = append(uids, types.UID(fmt.Sprint(i)))
 	}
-	list := func() ([]v1.Instance, error) { return instances, nil }
 	node := host("only", 3, 3*512, 100)
 	var placed, lostRaces atomic.Int32
 	var wg, chosen sync.WaitGroup
-	chosen.Add(len(instances))
-	for i := range instances {
+	chosen.Add(len(uids))
+	for _, uid := range uids {
 		wg.Add(1)
 		go func(uid types.UID) {
 			defer wg.Done()
 			for round := 0; ; round++ {
 				h := node
-				h.Used = p.Usage(instances, uid)["only"]
+				h.Used = p.Usage(uid)["only"]
 				_, err := Select([]Host{h}, small(), DefaultFilters)
 				if round == 0 {
 					// Every first decision is taken from the same empty snapshot before any
@@ -138,90 +134,85 @@ func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 				if err != nil {
 					return // no room: NoValidHost
 				}
-				ok, err := p.Reserve(uid, h, small(), list)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if ok {
+				if p.Reserve(uid, h, small()) {
 					placed.Add(1)
 					return
 				}
 				lostRaces.Add(1)
 			}
-		}(instances[i].UID)
+		}(uid)
 	}
 	wg.Wait()
 	if placed.Load() != 3 {
 		t.Fatalf("placed %d instances on a node that fits 3", placed.Load())
 	}
-	if lostRaces.Load() != int32(len(instances)-3) {
-		t.Fatalf("%d decisions lost their node to another; want all %d but the three that fit", lostRaces.Load(), len(instances)-3)
+	if lostRaces.Load() != int32(len(uids)-3) {
+		t.Fatalf("%d decisions lost their node to another; want all %d but the three that fit", lostRaces.Load(), len(uids)-3)
 	}
 }
 
-func TestUsage(t *testing.T) {
+func TestUsageFollowsTheInformer(t *testing.T) {
 	p := NewPlacement()
 	flavor := &v1.AppliedFlavor{Name: "m1", FlavorSpec: v1.FlavorSpec{VCPUs: 2, MemoryMiB: 1024, DiskGiB: 5}}
 	res := FlavorResources(flavor.FlavorSpec)
-	placedInst := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "placed"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateActive}}
-	offloaded := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "off"}, Status: v1.InstanceStatus{NodeName: "a", Flavor: flavor, VMState: v1.VMStateShelvedOffloaded}}
-	stale := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "stale"}}
-	self := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "self"}}
-	p.pending["stale"] = claim{node: "b", resources: res}
-	p.pending["gone"] = claim{node: "b", resources: res}
-	p.pending["placed"] = claim{node: "a", resources: res}
-	p.pending["self"] = claim{node: "b", resources: res}
-	list := []v1.Instance{placedInst, offloaded, stale, self}
-
-	used := p.Usage(list, "self")
-	if used["a"] != res {
-		t.Errorf("a: %+v; the placed instance counts once and the offloaded one not at all", used["a"])
+	placed := func(uid types.UID, node string, state v1.VMState) *v1.Instance {
+		return &v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: uid}, Status: v1.InstanceStatus{NodeName: node, Flavor: flavor, VMState: state}}
 	}
-	if used["b"] != Add(res, res) {
-		t.Errorf("b: %+v; the stale instance's claim and the gone one's count (a snapshot may be older than the claim), self's does not", used["b"])
-	}
-	if len(p.pending) != 4 {
-		t.Errorf("a snapshot retires nothing: pending %v", p.pending)
+	p.Observe(placed("x", "a", v1.VMStateActive))
+	p.Observe(placed("off", "a", v1.VMStateShelvedOffloaded))
+	p.Observe(&v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "unplaced"}})
+	if got := p.Usage("self"); got["a"] != res || len(got) != 1 {
+		t.Fatalf("usage %+v; the placed instance counts once, the offloaded and unplaced ones not at all", got)
 	}
 
-	ok, err := p.Reserve("self", host("b", 8, 8192, 100), small(), func() ([]v1.Instance, error) { return list, nil })
-	if err != nil || !ok {
-		t.Fatalf("reserve: %v, %v", ok, err)
+	// Claims count until the informer shows them; self's never counts against itself.
+	if !p.Reserve("y", host("b", 8, 8192, 100), Request{Resources: res}) {
+		t.Fatal("y fits on b")
 	}
-	if _, kept := p.pending["placed"]; kept {
-		t.Error("a claim the fresh list shows is retired")
+	if !p.Reserve("self", host("b", 8, 8192, 100), Request{Resources: res}) {
+		t.Fatal("self fits on b")
 	}
-	if _, kept := p.pending["gone"]; kept {
-		t.Error("the claim of an instance missing from the fresh list is retired")
+	if got := p.Usage("self")["b"]; got != res {
+		t.Errorf("b: %+v; y's claim counts, self's does not", got)
 	}
-	if c := p.pending["self"]; c.resources != small().Resources {
-		t.Errorf("self's old claim is replaced by its new one: %+v", c)
+	if got := p.Usage("other")["b"]; got != Add(res, res) {
+		t.Errorf("b: %+v; both claims count for another decision", got)
+	}
+
+	// The informer shows y placed: its claim retires and y counts once.
+	p.Observe(placed("y", "b", v1.VMStateBuilding))
+	if _, pending := p.pending["y"]; pending {
+		t.Error("a claim the informer shows is retired")
+	}
+	if got := p.Usage("self")["b"]; got != res {
+		t.Errorf("b: %+v; y counts once", got)
+	}
+
+	// x moves to b (a migration), then is shelved off the node, then deleted.
+	p.Observe(placed("x", "b", v1.VMStateActive))
+	if got := p.Usage("self"); got["a"] != (v1.Resources{}) || got["b"] != Add(res, res) {
+		t.Errorf("after the move: %+v", got)
+	}
+	p.Observe(placed("x", "b", v1.VMStateShelvedOffloaded))
+	p.Forget("x")
+	p.Forget("self")
+	if got := p.Usage("nobody"); got["b"] != res || len(p.pending) != 0 {
+		t.Errorf("after x left and self was deleted: %+v, pending %v", got, p.pending)
 	}
 }
 
-// TestSnapshotOlderThanAClaimKeepsIt: a decision whose snapshot was read before another
-// instance existed must neither retire nor ignore that instance's claim.
-func TestSnapshotOlderThanAClaimKeepsIt(t *testing.T) {
+// TestReserveSeesClaimsMadeAfterTheSnapshot: a decision whose snapshot was taken before another
+// decision's claim must not take the room that claim holds.
+func TestReserveSeesClaimsMadeAfterTheSnapshot(t *testing.T) {
 	p := NewPlacement()
-	older := []v1.Instance{{ObjectMeta: metav1.ObjectMeta{UID: "a"}}}
-	newer := append(older, v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "b"}})
 	node := host("only", 2, 2*512, 100)
-	if ok, _ := p.Reserve("b", node, small(), func() ([]v1.Instance, error) { return newer, nil }); !ok {
-		t.Fatal("b fits")
-	}
-	// a's decision started from the older list, which does not have b yet.
 	h := node
-	h.Used = p.Usage(older, "a")["only"]
-	if h.Used != small().Resources {
-		t.Fatalf("b's claim must count in a snapshot that predates b: used %+v", h.Used)
+	h.Used = p.Usage("a")["only"] // empty: b has not decided yet
+	if !p.Reserve("b", node, small()) || !p.Reserve("c", node, small()) {
+		t.Fatal("b and c fit")
 	}
-	if ok, _ := p.Reserve("a", h, small(), func() ([]v1.Instance, error) { return newer, nil }); !ok {
-		t.Fatal("a fits beside b")
-	}
-	c := v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "c"}}
-	if ok, _ := p.Reserve("c", node, small(), func() ([]v1.Instance, error) { return append(newer, c), nil }); ok {
-		t.Fatal("a third instance must not fit on a node for two")
+	if p.Reserve("a", h, small()) {
+		t.Fatal("a third instance must not fit on a node for two, whatever its snapshot said")
 	}
 }
 

@@ -79,9 +79,20 @@ func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err e
 }
 
 // StartManager starts the manager.
-func (c *Cluster) StartManager() error {
+func (c *Cluster) StartManager(args ...string) error {
 	return c.start("manager", filepath.Join(BinDir(), "manager"),
-		"--health-probe-bind-address=0", "--node-down-grace=5s")
+		append([]string{"--health-probe-bind-address=0", "--node-down-grace=5s"}, args...)...)
+}
+
+// Process is the running process of the manager ("manager") or of an agent ("agent"), the
+// first one started; nil if none runs.
+func (c *Cluster) Process(binary string) *os.Process {
+	for _, cmd := range c.procs {
+		if filepath.Base(cmd.Path) == binary {
+			return cmd.Process
+		}
+	}
+	return nil
 }
 
 // StopManager ends the manager, as a crash or an upgrade would.

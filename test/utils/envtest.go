@@ -35,9 +35,38 @@ type Env struct {
 	Client client.Client
 }
 
+// EnvOption changes the control plane before it starts.
+type EnvOption func(*envtest.Environment) error
+
+// WithAuditLog makes kube-apiserver log every write (not reads) to path as JSON lines, with the
+// user agent that made it: how the benches count API writes by client and kind.
+func WithAuditLog(path string) EnvOption {
+	return func(env *envtest.Environment) error {
+		policy := filepath.Join(filepath.Dir(path), "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+			return err
+		}
+		env.ControlPlane.GetAPIServer().Configure().
+			Set("audit-policy-file", policy).
+			Set("audit-log-path", path).
+			Set("audit-log-format", "json").
+			Set("audit-log-maxsize", "0")
+		return nil
+	}
+}
+
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
 // StartEnv starts kube-apiserver and etcd from bin/ (built by hack/build-control-plane.sh)
 // and installs the CRDs of config/crd/bases and the admission policies of config/admission.
-func StartEnv() (*Env, error) {
+func StartEnv(opts ...EnvOption) (*Env, error) {
 	bin := BinDir()
 	for _, name := range []string{"kube-apiserver", "etcd"} {
 		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
@@ -49,6 +78,11 @@ func StartEnv() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
+	}
+	for _, o := range opts {
+		if err := o(env); err != nil {
+			return nil, err
+		}
 	}
 	cfg, err := env.Start()
 	if err != nil {

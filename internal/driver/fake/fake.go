@@ -1,4 +1,5 @@
-// Package fake is an in-memory driver.Driver for fast unit tests of the agent's logic. It never
+// Package fake is an in-memory driver.Driver for fast unit tests of the agent's logic and for
+// simulated nodes (the agent's --driver=fake), whose guests exist only in this map. It never
 // stands in for libvirt in a test that claims a feature works.
 package fake
 
@@ -23,6 +24,7 @@ type Driver struct {
 	calls       map[string]int
 	lastRun     int64
 	events      chan driver.Event
+	host        driver.HostInfo
 }
 
 type domain struct {
@@ -34,9 +36,15 @@ type domain struct {
 
 var _ driver.Driver = (*Driver)(nil)
 
-// New returns an empty fake.
+// New returns an empty fake of a small host.
 func New() *Driver {
-	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}, events: make(chan driver.Event, 1024)}
+	return NewHost(driver.HostInfo{Hostname: "fake", HostUUID: "00000000-0000-0000-0000-000000000001",
+		VCPUs: 4, MemoryMiB: 8192, LibvirtVersion: "fake", QEMUVersion: "fake"})
+}
+
+// NewHost returns an empty fake of the host that info describes.
+func NewHost(info driver.HostInfo) *Driver {
+	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}, events: make(chan driver.Event, 1024), host: info}
 }
 
 func (d *Driver) called(name string) {
@@ -260,8 +268,7 @@ func (d *Driver) List(_ context.Context) ([]driver.Domain, error) {
 
 // HostInfo implements driver.Driver.
 func (d *Driver) HostInfo(context.Context) (driver.HostInfo, error) {
-	return driver.HostInfo{Hostname: "fake", HostUUID: "00000000-0000-0000-0000-000000000001",
-		VCPUs: 4, MemoryMiB: 8192, LibvirtVersion: "fake", QEMUVersion: "fake"}, nil
+	return d.host, nil
 }
 
 // Events implements driver.Driver.

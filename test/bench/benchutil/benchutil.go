@@ -4,11 +4,16 @@ package benchutil
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -88,4 +93,70 @@ func prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error 
 		return fmt.Errorf("hypervisor up: %w", err)
 	}
 	return nil
+}
+
+// ProcessUsage is what a process has used so far: CPU time (user and system) and its peak
+// resident memory.
+type ProcessUsage struct {
+	CPU     time.Duration
+	PeakRSS int64 // bytes
+}
+
+// Usage reads a process's CPU time from /proc/<pid>/stat and its peak RSS (VmHWM) from
+// /proc/<pid>/status.
+func Usage(pid int) (ProcessUsage, error) {
+	var u ProcessUsage
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return u, err
+	}
+	// The command name may hold spaces; the fields that follow it are fixed.
+	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+	fields := strings.Fields(rest)
+	if len(fields) < 13 {
+		return u, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return u, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	// The kernel counts in clock ticks, 100 a second on Linux.
+	u.CPU = time.Duration(utime+stime) * 10 * time.Millisecond
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return u, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(kb), "kB")), 10, 64)
+			if err != nil {
+				return u, fmt.Errorf("/proc/%d/status VmHWM: %w", pid, err)
+			}
+			u.PeakRSS = n << 10
+		}
+	}
+	return u, nil
+}
+
+// Percentile is the p-th percentile (0 < p <= 100) of d, by the nearest-rank method.
+func Percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[max(rank, 1)-1]
+}
+
+// Machine describes the machine the bench runs on, for the figures' caption.
+func Machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores (%s)", runtime.NumCPU(), model)
 }

@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	kubescheme "github.com/kubenova/kubenova/internal/scheme"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// Disks fetches images into the node's cache and makes root disks: *storage.Node on a real
+// node, *storage.SimulatedDisks on a simulated one.
+type Disks interface {
+	EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, error)
+	CreateRootDisk(ctx context.Context, uid, base string, format v1.DiskFormat, sizeGiB int32) (string, error)
+	CapacityGiB() (int64, error)
+}
+
+var _ Disks = (*storage.Node)(nil)
+var _ Disks = (*storage.SimulatedDisks)(nil)
+
+// Node is everything one node's agent needs: the node, its hypervisor and storage, and how it
+// behaves. The agent binary runs one; a simulated fleet runs many in one process.
+type Node struct {
+	Name         string
+	Driver       driver.Driver
+	Storage      *storage.Node
+	Disks        Disks
+	VirtType     v1.VirtType
+	MigrationURI string
+	AgentVersion string
+	Reserved     v1.Resources
+
+	LeaseNamespace  string
+	LeaseDuration   time.Duration
+	ShutdownTimeout time.Duration
+	RebootTimeout   time.Duration
+	Workers         int
+	MetricsAddr     string
+	ProbeAddr       string
+}
+
+// NewManager builds the controller-runtime manager of one node's agent: the instance
+// reconciler and the reporter, with a cache that holds only the instances placed on the node.
+func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 kubescheme.New(),
+		Metrics:                metricsserver.Options{BindAddress: n.MetricsAddr},
+		HealthProbeBindAddress: n.ProbeAddr,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// The agent sees only the instances placed on its node.
+			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.nodeName", n.Name)},
+		}},
+		Client: client.Options{Cache: &client.CacheOptions{
+			DisableFor: []client.Object{&v1.Image{}, &v1.Hypervisor{}, &coordinationv1.Lease{}},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager for node %s: %w", n.Name, err)
+	}
+	reconciler := &InstanceReconciler{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
+		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
+		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
+	}
+	if err := reconciler.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	reporter := &Reporter{
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
+		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion,
+		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration,
+		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute,
+	}
+	if err := mgr.Add(reporter); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}

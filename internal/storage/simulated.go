@@ -1,0 +1,47 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// SimulatedDisks stands in for a node's image cache and disk making on a simulated node (the
+// agent's --driver=fake): it fetches nothing and writes an empty file where the root disk
+// would be, so that everything else the agent does (owner records, task marks, the orphan
+// cleanup) runs as on a real node while the bench measures the control plane, not qemu-img.
+type SimulatedDisks struct {
+	Node *Node
+	// Capacity is the disk the node reports, in GiB.
+	Capacity int64
+}
+
+// EnsureImage checks the digest as a real node would and returns a path that is never read.
+func (s *SimulatedDisks) EnsureImage(_ context.Context, spec v1.ImageSpec) (string, error) {
+	if !shaPattern.MatchString(spec.SHA256) {
+		return "", fmt.Errorf("image digest %q is not a sha256 hex digest", spec.SHA256)
+	}
+	return s.Node.BaseImage(spec.SHA256), nil
+}
+
+// CreateRootDisk writes an empty root disk, keeping one that exists.
+func (s *SimulatedDisks) CreateRootDisk(_ context.Context, uid, _ string, _ v1.DiskFormat, _ int32) (string, error) {
+	disk, err := s.Node.RootDisk(uid)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "", err
+	}
+	return disk, f.Close()
+}
+
+// CapacityGiB is the configured capacity.
+func (s *SimulatedDisks) CapacityGiB() (int64, error) { return s.Capacity, nil }

@@ -1,0 +1,385 @@
+// Command scale measures kubenova's control plane at cloud scale: a real kube-apiserver and
+// etcd, the manager, and one agent process simulating many compute nodes (--driver=fake), then
+// many instances created at once and, once all are Active, deleted at once. It prints the time
+// until all are placed and Active, scheduling decisions per second, the API writes per instance
+// by client and kind (from the API server's audit log), and the manager's CPU time and peak
+// memory; then the same for the deletes.
+//
+//	go run ./test/bench/scale --nodes 100 --instances 1000
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	kubescheme "github.com/kubenova/kubenova/internal/scheme"
+	"github.com/kubenova/kubenova/test/bench/benchutil"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+func main() {
+	nodes := flag.Int("nodes", 100, "simulated compute nodes")
+	instances := flag.Int("instances", 1000, "instances created at once")
+	parallel := flag.Int("parallel", 32, "create and delete requests in flight at once")
+	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench-scale", "where the cluster keeps its state and logs")
+	flag.Parse()
+	log.SetLogger(logr.Discard())
+	if err := run(*nodes, *instances, *parallel, *workDir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+const namespace = "default"
+
+func run(nodes, instances, parallel int, workDir string) error {
+	ctx := context.Background()
+	_ = os.RemoveAll(workDir)
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return err
+	}
+	auditLog := filepath.Join(workDir, "audit.log")
+	cluster, err := utils.StartSimulatedCluster(ctx, workDir, nodes, utils.WithAuditLog(auditLog))
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+
+	cfg := rest.CopyConfig(cluster.Config)
+	cfg.QPS, cfg.UserAgent = -1, "bench" // no client-side limit: the bench must not be the bottleneck
+	c, err := client.New(cfg, client.Options{Scheme: kubescheme.New()})
+	if err != nil {
+		return err
+	}
+	if err := prepare(ctx, c, nodes); err != nil {
+		return err
+	}
+	w, err := watchInstances(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	manager := cluster.Process("manager")
+	fleet := cluster.Process("agent")
+	if manager == nil || fleet == nil {
+		return errors.New("the manager or the simulated agents do not run")
+	}
+	fmt.Printf("scale: %d simulated nodes, %d instances created at once (%d requests in flight), on %s\n\n",
+		nodes, instances, parallel, benchutil.Machine())
+
+	// Launch.
+	_, offset, err := benchutil.ReadWrites(auditLog, 0)
+	if err != nil {
+		return err
+	}
+	before, err := usage(manager.Pid, fleet.Pid)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := forEach(instances, parallel, func(i int) error {
+		w.created(name(i), time.Now())
+		return c.Create(ctx, &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name(i)},
+			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "bench-image"}}})
+	}); err != nil {
+		return err
+	}
+	created := time.Since(start)
+	if err := w.waitAll(10*time.Minute, func(t *times) bool { return !t.active.IsZero() }); err != nil {
+		return fmt.Errorf("waiting for Active: %w", err)
+	}
+	after, err := usage(manager.Pid, fleet.Pid)
+	if err != nil {
+		return err
+	}
+	writes, offset, err := readWritesSettled(auditLog, offset)
+	if err != nil {
+		return err
+	}
+	placed, active, lastPlaced, lastActive := w.launchFigures(start)
+	fmt.Printf("launch\n")
+	fmt.Printf("  all %d created after     %s\n", instances, benchutil.Ms(created))
+	fmt.Printf("  all placed after         %s  (%.0f scheduling decisions/s)\n", benchutil.Ms(lastPlaced), float64(instances)/lastPlaced.Seconds())
+	fmt.Printf("  all Active after         %s\n", benchutil.Ms(lastActive))
+	fmt.Printf("  create -> placed         P50 %s  P95 %s\n", benchutil.Ms(benchutil.Percentile(placed, 50)), benchutil.Ms(benchutil.Percentile(placed, 95)))
+	fmt.Printf("  create -> Active         P50 %s  P95 %s\n", benchutil.Ms(benchutil.Percentile(active, 50)), benchutil.Ms(benchutil.Percentile(active, 95)))
+	report(writes, instances, before, after)
+
+	// Delete.
+	before = after
+	start = time.Now()
+	if err := forEach(instances, parallel, func(i int) error {
+		return client.IgnoreNotFound(c.Delete(ctx, &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name(i)}}))
+	}); err != nil {
+		return err
+	}
+	if err := w.waitAll(10*time.Minute, func(t *times) bool { return !t.gone.IsZero() }); err != nil {
+		return fmt.Errorf("waiting for the deletes: %w", err)
+	}
+	gone := time.Since(start)
+	after, err = usage(manager.Pid, fleet.Pid)
+	if err != nil {
+		return err
+	}
+	writes, _, err = readWritesSettled(auditLog, offset)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\ndelete\n")
+	fmt.Printf("  all gone after           %s\n", benchutil.Ms(gone))
+	report(writes, instances, before, after)
+	return nil
+}
+
+func name(i int) string { return fmt.Sprintf("scale-%05d", i) }
+
+// prepare creates the flavor and image the instances use and waits until every simulated
+// node's Hypervisor is up.
+func prepare(ctx context.Context, c client.Client, nodes int) error {
+	flavor := &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "m1.tiny"}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}}
+	// Simulated nodes fetch nothing; the image must only be valid.
+	image := &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "bench-image"},
+		Spec: v1.ImageSpec{Source: v1.ImageSource{File: "/nonexistent/bench-image.qcow2"},
+			SHA256: "0000000000000000000000000000000000000000000000000000000000000000", DiskFormat: v1.DiskFormatQCOW2}}
+	for _, obj := range []client.Object{flavor, image} {
+		if err := c.Create(ctx, obj); err != nil {
+			return err
+		}
+	}
+	return benchutil.Poll(3*time.Minute, func() (bool, error) {
+		var hvs v1.HypervisorList
+		if err := c.List(ctx, &hvs); err != nil {
+			return false, err
+		}
+		up := 0
+		for i := range hvs.Items {
+			if hvs.Items[i].Status.State == v1.HypervisorUp {
+				up++
+			}
+		}
+		return up == nodes, nil
+	})
+}
+
+// forEach runs f(0) to f(n-1), parallel at a time, and returns the first error.
+func forEach(n, parallel int, f func(i int) error) error {
+	next := make(chan int)
+	errs := make(chan error, parallel)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := range n {
+		select {
+		case next <- i:
+		case err = <-errs:
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+// times are the moments the bench saw one instance reach each stage.
+type times struct {
+	created, placed, active, gone time.Time
+}
+
+// watcher follows every instance through an informer, so that the bench reads the API server
+// once per change, as the controllers do, instead of polling a thousand objects.
+type watcher struct {
+	mu    sync.Mutex
+	by    map[string]*times
+	woken chan struct{}
+}
+
+func watchInstances(ctx context.Context, cfg *rest.Config) (*watcher, error) {
+	informers, err := cache.New(cfg, cache.Options{Scheme: kubescheme.New()})
+	if err != nil {
+		return nil, err
+	}
+	inf, err := informers.GetInformer(ctx, &v1.Instance{})
+	if err != nil {
+		return nil, err
+	}
+	w := &watcher{by: map[string]*times{}, woken: make(chan struct{}, 1)}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { w.saw(o, false) },
+		UpdateFunc: func(_, o any) { w.saw(o, false) },
+		DeleteFunc: func(o any) {
+			if t, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+				o = t.Obj
+			}
+			w.saw(o, true)
+		},
+	}); err != nil {
+		return nil, err
+	}
+	go func() { _ = informers.Start(ctx) }()
+	if !informers.WaitForCacheSync(ctx) {
+		return nil, errors.New("instance informer did not sync")
+	}
+	return w, nil
+}
+
+func (w *watcher) created(name string, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.entry(name).created = at
+}
+
+// entry returns the record of name, making it. Call with w.mu held.
+func (w *watcher) entry(name string) *times {
+	t, ok := w.by[name]
+	if !ok {
+		t = &times{}
+		w.by[name] = t
+	}
+	return t
+}
+
+func (w *watcher) saw(o any, deleted bool) {
+	inst, ok := o.(*v1.Instance)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	w.mu.Lock()
+	t := w.entry(inst.Name)
+	if t.placed.IsZero() && inst.Status.NodeName != "" {
+		t.placed = now
+	}
+	if t.active.IsZero() && inst.Status.VMState == v1.VMStateActive {
+		t.active = now
+	}
+	if deleted {
+		t.gone = now
+	}
+	w.mu.Unlock()
+	select {
+	case w.woken <- struct{}{}:
+	default:
+	}
+}
+
+// waitAll waits until every instance the bench created has reached the stage reached tells.
+func (w *watcher) waitAll(timeout time.Duration, reached func(*times) bool) error {
+	deadline := time.After(timeout)
+	for {
+		w.mu.Lock()
+		missing, example := 0, ""
+		for name, t := range w.by {
+			if !t.created.IsZero() && !reached(t) {
+				missing++
+				example = name
+			}
+		}
+		w.mu.Unlock()
+		if missing == 0 {
+			return nil
+		}
+		select {
+		case <-w.woken:
+		case <-time.After(time.Second):
+		case <-deadline:
+			return fmt.Errorf("%d instances did not get there within %s (%s among them)", missing, timeout, example)
+		}
+	}
+}
+
+// launchFigures returns each instance's create -> placed and create -> Active times, and when,
+// after start, the last one was placed and the last one became Active.
+func (w *watcher) launchFigures(start time.Time) (placed, active []time.Duration, lastPlaced, lastActive time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, t := range w.by {
+		placed = append(placed, t.placed.Sub(t.created))
+		active = append(active, t.active.Sub(t.created))
+		lastPlaced = max(lastPlaced, t.placed.Sub(start))
+		lastActive = max(lastActive, t.active.Sub(start))
+	}
+	return placed, active, lastPlaced, lastActive
+}
+
+// readWritesSettled reads the audit log once the writes of the phase have landed in it: it
+// waits until a second passes without a new write.
+func readWritesSettled(path string, offset int64) (benchutil.Writes, int64, error) {
+	all := benchutil.Writes{}
+	for quiet := 0; quiet < 2; {
+		w, next, err := benchutil.ReadWrites(path, offset)
+		if err != nil {
+			return nil, offset, err
+		}
+		for k, n := range w {
+			all[k] += n
+		}
+		if w.Total(func(k benchutil.WriteKey) bool { return k.Client == "manager" || k.Client == "agent" }) == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		offset = next
+		time.Sleep(500 * time.Millisecond) // the audit log is a file: there is nothing to wait on
+	}
+	return all, offset, nil
+}
+
+type processes struct{ manager, agents benchutil.ProcessUsage }
+
+func usage(managerPID, agentsPID int) (processes, error) {
+	m, err := benchutil.Usage(managerPID)
+	if err != nil {
+		return processes{}, err
+	}
+	a, err := benchutil.Usage(agentsPID)
+	return processes{manager: m, agents: a}, err
+}
+
+func report(writes benchutil.Writes, instances int, before, after processes) {
+	isKubenova := func(k benchutil.WriteKey) bool { return k.Client == "manager" || k.Client == "agent" }
+	objects := writes.Total(func(k benchutil.WriteKey) bool {
+		return isKubenova(k) && k.Kind != "event" && k.Resource == "instances" && !strings.Contains(k.Kind, "/")
+	})
+	refused := writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && strings.Contains(k.Kind, "/") })
+	others := writes.Total(func(k benchutil.WriteKey) bool {
+		return isKubenova(k) && k.Kind != "event" && k.Resource != "instances"
+	})
+	events := writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && k.Kind == "event" })
+	per := func(n int) float64 { return float64(n) / float64(instances) }
+	fmt.Printf("  kubenova's API writes per instance: %.2f to the Instance, %.2f to other objects (Hypervisors, Leases), %.2f Events; %.2f refused (lost races)\n",
+		per(objects), per(others), per(events), per(refused))
+	writes.Print(os.Stdout, instances)
+	fmt.Printf("  manager: %.1f CPU-seconds, peak RSS %d MiB\n", (after.manager.CPU - before.manager.CPU).Seconds(), after.manager.PeakRSS>>20)
+	fmt.Printf("  simulated agents (%s): %.1f CPU-seconds, peak RSS %d MiB\n", "one process", (after.agents.CPU - before.agents.CPU).Seconds(), after.agents.PeakRSS>>20)
+}
