@@ -35,6 +35,11 @@ import (
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
+// DefaultInstanceWorkers is how many instances the manager reconciles at once. A reconcile
+// spends most of its time waiting for its status write, so a launch storm is placed as fast as
+// the API server takes writes only with many of them in flight.
+const DefaultInstanceWorkers = 16
+
 // InstanceReconciler drives each Instance through Nova's state machine: it schedules, gives the
 // node agent its tasks, reads back the agent's reports and keeps status and conditions honest.
 type InstanceReconciler struct {
@@ -48,8 +53,9 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
-	// Workers is how many instances are reconciled at once (default 4). Scheduling decisions
-	// still read, decide and claim one at a time under the Placement lock.
+	// Workers is how many instances are reconciled at once (DefaultInstanceWorkers when zero).
+	// Decisions run at once too; only their claims are taken one at a time, under the
+	// Placement lock.
 	Workers int
 
 	attemptsMu sync.Mutex
@@ -719,7 +725,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	waiting := handler.EnqueueRequestsFromMapFunc(r.waitingInstances)
 	workers := r.Workers
 	if workers <= 0 {
-		workers = 4
+		workers = DefaultInstanceWorkers
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.Instance{}).

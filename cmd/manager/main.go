@@ -36,6 +36,7 @@ func run() error {
 		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 		probeAddr      = flag.String("health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
+		workers        = flag.Int("workers", controllers.DefaultInstanceWorkers, "how many instances the manager reconciles at once; most of a reconcile is waiting for the API server")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -65,6 +66,7 @@ func run() error {
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(),
+		Workers:   *workers,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("instance controller: %w", err)
 	}

@@ -85,6 +85,11 @@ type InstanceReconciler struct {
 
 	mu       sync.Mutex
 	progress map[types.UID]*taskProgress
+	// overwritten is, per instance, the resourceVersion the agent's last status write replaced.
+	// Until the cache shows a newer one, it is older than what the agent knows: a reconcile
+	// then (a domain event right after a spawn brings one) would only lose a race with its own
+	// write, costing the API server a refused write.
+	overwritten map[types.UID]string
 }
 
 // taskProgress is what the agent remembers of the task it works on for one instance. It is
@@ -107,6 +112,10 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if inst.Status.NodeName != r.NodeName {
 		return ctrl.Result{}, nil
+	}
+	if r.cacheBehind(inst) {
+		// The informer brings the newer version within moments, and a reconcile with it.
+		return ctrl.Result{RequeueAfter: guestPoll}, nil
 	}
 	orig := inst.DeepCopy()
 	if inst.Status.AgentReport == nil || inst.Status.AgentReport.NodeName != r.NodeName {
@@ -145,13 +154,17 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		inst.Status.PowerState = state.Power
 		report.PowerReason = state.Reason
 	}
-	if kube.Changed(orig, inst) {
+	writing := kube.Changed(orig, inst)
+	if writing {
 		now := metav1.Now()
 		report.LastSyncTime = &now
 	}
 	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
 		// A lost race with the manager: the task is idempotent, so it is safe to look again.
 		return kube.RetryIfStale(ctrl.Result{}, err)
+	}
+	if writing {
+		r.wrote(inst.UID, orig.ResourceVersion)
 	}
 	if finished {
 		r.forget(inst.UID)
@@ -398,6 +411,29 @@ func (r *InstanceReconciler) failed(uid types.UID, taskID int64) (int, bool) {
 	p := r.progressOf(uid, taskID)
 	p.failures++
 	return p.failures, p.failures < attemptsBeforeFailing
+}
+
+// wrote records that the agent's status write replaced version rv of an instance.
+func (r *InstanceReconciler) wrote(uid types.UID, rv string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.overwritten == nil {
+		r.overwritten = map[types.UID]string{}
+	}
+	r.overwritten[uid] = rv
+}
+
+// cacheBehind says whether the cache still shows the version of inst that the agent's own
+// last write replaced.
+func (r *InstanceReconciler) cacheBehind(inst *v1.Instance) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rv, ok := r.overwritten[inst.UID]
+	if ok && rv != inst.ResourceVersion {
+		delete(r.overwritten, inst.UID)
+		return false
+	}
+	return ok
 }
 
 func (r *InstanceReconciler) forget(uid types.UID) {

@@ -143,13 +143,13 @@ const (
 	AgentRebootTimeout   = 20 * time.Second
 )
 
-// StartAgent starts the agent of one host.
-func (c *Cluster) StartAgent(h Host) error {
-	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"),
-		"--node-name="+h.Name, "--libvirt-uri="+h.URI, "--virt-type=qemu",
-		"--storage-root="+h.StorageRoot, "--lease-duration=12s",
-		"--shutdown-timeout="+AgentShutdownTimeout.String(), "--soft-reboot-timeout="+AgentRebootTimeout.String(),
-		"--image-dirs="+filepath.Join(BinDir(), "guest"))
+// StartAgent starts the agent of one host; args are added to its flags.
+func (c *Cluster) StartAgent(h Host, args ...string) error {
+	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"), append([]string{
+		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
+		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
+		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
+		"--image-dirs=" + filepath.Join(BinDir(), "guest")}, args...)...)
 }
 
 // start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.

@@ -10,24 +10,16 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
-	"github.com/kubenova/kubenova/internal/driver"
-	"github.com/kubenova/kubenova/internal/driver/domainxml"
 	"github.com/kubenova/kubenova/test/bench/benchutil"
 	"github.com/kubenova/kubenova/test/utils"
 )
-
-const bootLine = "kubenova-test-guest: booted count=1"
 
 func main() {
 	runs := flag.Int("runs", 5, "launches of each kind")
@@ -85,49 +77,18 @@ func run(runs int, workDir string) error {
 	return nil
 }
 
-// baseline boots the test guest with virsh on the host, with the domain XML kubenova would
-// write, and returns the time from define to the boot line.
+// baseline boots the test guest with virsh on the host and returns the time from the start
+// (the clock starts where kubenova's does, before the root disk is made) to the boot line.
 func baseline(ctx context.Context, h utils.Host) (time.Duration, error) {
-	guest, _, err := utils.GuestImage()
-	if err != nil {
-		return 0, err
-	}
-	id := uuid.NewString()
-	dir := filepath.Join(h.StorageRoot, "baseline", id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	disk := filepath.Join(dir, "disk")
-	// The clock starts where kubenova's does: before the root disk is made, which the agent
-	// does too.
 	start := time.Now()
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", guest, disk, "1G").CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("%w: %s", err, out)
+	g, err := benchutil.VirshLaunch(ctx, h)
+	if g != nil {
+		defer g.Remove(ctx)
 	}
-	// No Instance owns the baseline domain (no namespace or name in its metadata), so the
-	// agent's orphan cleanup leaves it alone.
-	m := driver.Machine{UUID: id, Name: "baseline-" + id,
-		VCPUs: 1, MemoryMiB: 256, RootDisk: disk, ConsoleLog: filepath.Join(dir, "console.log"), VirtType: v1.VirtTypeQEMU}
-	x, err := domainxml.Build(m)
 	if err != nil {
 		return 0, err
 	}
-	xmlPath := filepath.Join(dir, "domain.xml")
-	if err := os.WriteFile(xmlPath, []byte(x), 0o644); err != nil {
-		return 0, err
-	}
-	if out, err := h.Virsh(ctx, "define", xmlPath); err != nil {
-		return 0, fmt.Errorf("%w: %s", err, out)
-	}
-	defer func() {
-		_, _ = h.Virsh(ctx, "destroy", m.Name)
-		_, _ = h.Virsh(ctx, "undefine", m.Name)
-	}()
-	if out, err := h.Virsh(ctx, "start", m.Name); err != nil {
-		return 0, fmt.Errorf("%w: %s", err, out)
-	}
-	if err := benchutil.Poll(120*time.Second, consoleHas(m.ConsoleLog)); err != nil {
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return benchutil.Booted(g.ConsoleLog) }); err != nil {
 		return 0, fmt.Errorf("baseline boot: %w", err)
 	}
 	return time.Since(start), nil
@@ -151,7 +112,7 @@ func launch(ctx context.Context, cluster *utils.Cluster, name string) (sample, e
 		return s, fmt.Errorf("%s to Active: %w (status %+v)", name, err, inst.Status)
 	}
 	s.active = time.Since(start)
-	if err := benchutil.Poll(120*time.Second, consoleHas(inst.Status.AgentReport.ConsoleLogPath)); err != nil {
+	if err := benchutil.Poll(120*time.Second, func() (bool, error) { return benchutil.Booted(inst.Status.AgentReport.ConsoleLogPath) }); err != nil {
 		return s, fmt.Errorf("%s boot: %w", name, err)
 	}
 	s.boot = time.Since(start)
@@ -162,16 +123,6 @@ func launch(ctx context.Context, cluster *utils.Cluster, name string) (sample, e
 		err := cluster.Client.Get(ctx, key, inst)
 		return apierrors.IsNotFound(err), client404(err)
 	})
-}
-
-func consoleHas(path string) func() (bool, error) {
-	return func() (bool, error) {
-		b, err := os.ReadFile(path)
-		if os.IsNotExist(err) {
-			return false, nil
-		}
-		return strings.Contains(string(b), bootLine), err
-	}
 }
 
 func client404(err error) error {
