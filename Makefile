@@ -66,14 +66,23 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
-test-e2e: build ## End-to-end suite: API server, manager and two agents on real libvirt guests.
+test-e2e: build ## End-to-end: two agents on real libvirt guests; then the manager against a simulated fleet.
 	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
+	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
 .PHONY: bench
-bench: libvirt control-plane test-guest build ## Benchmarks: the scheduler; launch and power operations beside the same done with virsh.
+bench: bench-scale bench-guests ## All benchmarks (about 25 minutes on 2 cores).
+
+.PHONY: bench-scale
+bench-scale: control-plane build ## The scheduler's Go benchmarks; 1,000 instances on 100 simulated nodes.
 	go test ./internal/scheduler -run '^$$' -bench . -benchmem
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 100 --instances 1000 --work-dir $(WORK_DIR)/bench-scale
+
+.PHONY: bench-guests
+bench-guests: libvirt control-plane test-guest build ## Launch, power operations and a launch storm on real guests, beside the same done with virsh.
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/launch --runs 5 --work-dir $(WORK_DIR)/bench
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/power --runs 3 --work-dir $(WORK_DIR)/bench-power
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/storm --guests 20 --spacing 100ms --runs 3 --work-dir $(WORK_DIR)/bench-storm
 
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.

@@ -123,7 +123,7 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 // allocations sums the flavors of the instances placed on the hypervisor.
 func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hypervisor) error {
 	var list v1.InstanceList
-	if err := r.List(ctx, &list, client.MatchingFields{indexNode: hv.Name}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{indexNode: hv.Name}, client.UnsafeDisableDeepCopy); err != nil {
 		return err
 	}
 	var used v1.Resources

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -227,4 +228,48 @@ func BenchmarkSelect100Hosts(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchmarkDecision is one scheduling decision as the manager makes it (a snapshot of the
+// allocations, the filters and weigher over every host, the claim) on a cluster of hosts
+// nodes that already runs instances instances.
+func benchmarkDecision(b *testing.B, hosts, instances int) {
+	p := NewPlacement()
+	candidates := make([]Host, hosts)
+	for i := range candidates {
+		candidates[i] = host(fmt.Sprintf("h%04d", i), 1<<20, 1<<30, 1<<20)
+	}
+	flavor := &v1.AppliedFlavor{Name: "m1", FlavorSpec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 512, DiskGiB: 1}}
+	for i := range instances {
+		p.Observe(&v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(fmt.Sprint("i", i))},
+			Status: v1.InstanceStatus{NodeName: candidates[i%hosts].Name(), Flavor: flavor, VMState: v1.VMStateActive}})
+	}
+	r := small()
+	n := 0
+	for b.Loop() {
+		uid := types.UID(fmt.Sprint("new", n))
+		n++
+		used := p.Usage(uid)
+		for i := range candidates {
+			candidates[i].Used = used[candidates[i].Name()]
+		}
+		node, err := Select(candidates, r, DefaultFilters)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := candidates[slices.IndexFunc(candidates, func(h Host) bool { return h.Name() == node })]
+		if !p.Reserve(uid, h, r) {
+			b.Fatal("lost a race with nobody")
+		}
+		// The informer shows it placed, as it soon would.
+		p.Observe(&v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: uid},
+			Status: v1.InstanceStatus{NodeName: node, Flavor: flavor, VMState: v1.VMStateBuilding}})
+	}
+}
+
+// The cost of a decision grows with the hosts, not with the instances already placed.
+func BenchmarkDecision100Hosts1000Instances(b *testing.B)  { benchmarkDecision(b, 100, 1000) }
+func BenchmarkDecision100Hosts10000Instances(b *testing.B) { benchmarkDecision(b, 100, 10000) }
+func BenchmarkDecision1000Hosts10000Instances(b *testing.B) {
+	benchmarkDecision(b, 1000, 10000)
 }

@@ -39,6 +39,10 @@ type Node struct {
 	MaxImageBytes int64
 
 	locks sync.Map // sha256 -> *sync.Mutex: one download per image however many instances wait
+	// sizes caches the virtual size of each base image (path -> int64). A base never changes
+	// (its name is its digest, and it is read-only), so a launch storm runs qemu-img info
+	// once per image instead of once per instance.
+	sizes sync.Map
 }
 
 // DefaultMaxImageBytes is the largest image a node accepts unless told otherwise.
@@ -267,12 +271,12 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 	if sizeGiB > 0 {
 		// A root disk smaller than the image would cut the guest's filesystem short; Nova
 		// refuses it too (FlavorDiskSmallerThanImage).
-		info, err := readInfo(ctx, base)
+		size, err := n.virtualSize(ctx, base)
 		if err != nil {
 			return "", err
 		}
-		if want := int64(sizeGiB) << 30; info.VirtualSize > want {
-			return "", fmt.Errorf("the flavor's %d GiB root disk is smaller than the image (%d bytes)", sizeGiB, info.VirtualSize)
+		if want := int64(sizeGiB) << 30; size > want {
+			return "", fmt.Errorf("the flavor's %d GiB root disk is smaller than the image (%d bytes)", sizeGiB, size)
 		}
 	}
 	tmp := disk + ".creating"
@@ -290,6 +294,21 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 		return "", err
 	}
 	return disk, nil
+}
+
+// virtualSize is the virtual size of a base image, read once for the cache's own bases.
+func (n *Node) virtualSize(ctx context.Context, base string) (int64, error) {
+	if size, ok := n.sizes.Load(base); ok {
+		return size.(int64), nil
+	}
+	info, err := readInfo(ctx, base)
+	if err != nil {
+		return 0, err
+	}
+	if filepath.Dir(base) == filepath.Join(n.Root, "_base") {
+		n.sizes.Store(base, info.VirtualSize)
+	}
+	return info.VirtualSize, nil
 }
 
 // DeleteInstanceFiles removes one instance's directory and nothing else: never the image

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Writes counts API writes by who made them and what kind they were.
@@ -124,4 +125,36 @@ func (w Writes) Print(out io.Writer, per int) {
 	for _, k := range keys {
 		_, _ = fmt.Fprintf(out, "  %-10s %-12s %-12s %8d %14.2f\n", k.Client, k.Resource, k.Kind, w[k], float64(w[k])/float64(per))
 	}
+}
+
+// ReadWritesSettled reads the audit log from offset once the writes of a phase have landed in
+// it: it reads until a second passes without a new write by kubenova (the manager or an agent).
+func ReadWritesSettled(path string, offset int64) (Writes, int64, error) {
+	all := Writes{}
+	for quiet := 0; quiet < 2; {
+		w, next, err := ReadWrites(path, offset)
+		if err != nil {
+			return nil, offset, err
+		}
+		for k, n := range w {
+			all[k] += n
+		}
+		if w.Total(ByKubenova) == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		offset = next
+		time.Sleep(500 * time.Millisecond) // the audit log is a file: there is nothing to wait on
+	}
+	return all, offset, nil
+}
+
+// ByKubenova keeps the writes of kubenova's own programs.
+func ByKubenova(k WriteKey) bool { return k.Client == "manager" || k.Client == "agent" }
+
+// InstanceWrites keeps kubenova's writes to Instances that the API server accepted, Events
+// apart.
+func InstanceWrites(k WriteKey) bool {
+	return ByKubenova(k) && k.Resource == "instances" && !strings.Contains(k.Kind, "/")
 }

@@ -107,7 +107,7 @@ func run(nodes, instances, parallel int, workDir string) error {
 	if err != nil {
 		return err
 	}
-	writes, offset, err := readWritesSettled(auditLog, offset)
+	writes, offset, err := benchutil.ReadWritesSettled(auditLog, offset)
 	if err != nil {
 		return err
 	}
@@ -136,7 +136,7 @@ func run(nodes, instances, parallel int, workDir string) error {
 	if err != nil {
 		return err
 	}
-	writes, _, err = readWritesSettled(auditLog, offset)
+	writes, _, err = benchutil.ReadWritesSettled(auditLog, offset)
 	if err != nil {
 		return err
 	}
@@ -332,29 +332,6 @@ func (w *watcher) launchFigures(start time.Time) (placed, active []time.Duration
 	return placed, active, lastPlaced, lastActive
 }
 
-// readWritesSettled reads the audit log once the writes of the phase have landed in it: it
-// waits until a second passes without a new write.
-func readWritesSettled(path string, offset int64) (benchutil.Writes, int64, error) {
-	all := benchutil.Writes{}
-	for quiet := 0; quiet < 2; {
-		w, next, err := benchutil.ReadWrites(path, offset)
-		if err != nil {
-			return nil, offset, err
-		}
-		for k, n := range w {
-			all[k] += n
-		}
-		if w.Total(func(k benchutil.WriteKey) bool { return k.Client == "manager" || k.Client == "agent" }) == 0 {
-			quiet++
-		} else {
-			quiet = 0
-		}
-		offset = next
-		time.Sleep(500 * time.Millisecond) // the audit log is a file: there is nothing to wait on
-	}
-	return all, offset, nil
-}
-
 type processes struct{ manager, agents benchutil.ProcessUsage }
 
 func usage(managerPID, agentsPID int) (processes, error) {
@@ -367,10 +344,8 @@ func usage(managerPID, agentsPID int) (processes, error) {
 }
 
 func report(writes benchutil.Writes, instances int, before, after processes) {
-	isKubenova := func(k benchutil.WriteKey) bool { return k.Client == "manager" || k.Client == "agent" }
-	objects := writes.Total(func(k benchutil.WriteKey) bool {
-		return isKubenova(k) && k.Kind != "event" && k.Resource == "instances" && !strings.Contains(k.Kind, "/")
-	})
+	isKubenova := benchutil.ByKubenova
+	objects := writes.Total(benchutil.InstanceWrites)
 	refused := writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && strings.Contains(k.Kind, "/") })
 	others := writes.Total(func(k benchutil.WriteKey) bool {
 		return isKubenova(k) && k.Kind != "event" && k.Resource != "instances"
