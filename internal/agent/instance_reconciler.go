@@ -183,7 +183,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // return false and are looked at again when the domain changes or guestPoll has passed.
 func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
 	uid := string(inst.UID)
-	log.FromContext(ctx).V(1).Info("carrying out task", "action", task.Action, "task", task.ID)
+	log.FromContext(ctx).V(1).Info("carrying out task", "action", task.Action, "task", task.ID,
+		"sinceGiven", time.Since(task.StartedAt.Time).String())
 	switch task.Action {
 	case v1.ActionLaunch, v1.ActionStart:
 		return true, r.spawn(ctx, inst)
@@ -217,6 +218,7 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 		return errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
 	}
 	uid := string(inst.UID)
+	began := time.Now()
 	disk, err := r.Storage.RootDisk(uid)
 	if err != nil {
 		return err
@@ -237,11 +239,14 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 	if err != nil {
 		return err
 	}
-	return r.Driver.Spawn(ctx, driver.Machine{
+	diskReady := time.Now()
+	err = r.Driver.Spawn(ctx, driver.Machine{
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
 		RootDisk: disk, ConsoleLog: consoleLog, VirtType: r.VirtType,
 	})
+	log.FromContext(ctx).V(1).Info("spawned", "disk", diskReady.Sub(began).String(), "domain", time.Since(diskReady).String(), "error", err)
+	return err
 }
 
 // createRootDisk fetches the instance's image into the node's cache and makes its root disk.

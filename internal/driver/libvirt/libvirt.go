@@ -17,10 +17,15 @@ import (
 	"github.com/kubenova/kubenova/internal/driver/domainxml"
 )
 
-// Driver talks to one libvirtd. Calls share one connection; a call that finds it dead
+// Driver talks to one libvirtd. Quick calls share one connection; a call that finds it dead
 // reconnects, and no connection is closed while another call may still be using it. The
 // connection's lifecycle events feed Events; when libvirtd goes away, the driver reconnects by
 // itself and then asks for a look at every domain, since anything may have changed meanwhile.
+//
+// The calls that take seconds (starting, destroying, saving and restoring domains) run on a
+// few connections of their own: libvirtd serves only a handful of requests of one connection
+// at once (max_client_requests, 5 by default), so on one connection a storm of launches
+// queued behind itself, and every quick look waited behind the storm (test/bench/storm).
 type Driver struct {
 	uri    string
 	mu     sync.RWMutex // read-held for the length of every call, write-held to reconnect
@@ -30,7 +35,13 @@ type Driver struct {
 	once   sync.Once
 	// callback is conn's lifecycle event registration, dropped with the connection.
 	callback int
+	// operations holds the idle operation connections; a nil entry is one not opened yet (or
+	// dropped after it died), so the channel's capacity bounds how many exist.
+	operations chan *golibvirt.Connect
 }
+
+// operationConnections is how many connections the long calls use besides the main one.
+const operationConnections = 4
 
 var _ driver.Driver = (*Driver)(nil)
 
@@ -73,7 +84,11 @@ func New(uri string) (*Driver, error) {
 	if err := startEventLoop(); err != nil {
 		return nil, fmt.Errorf("libvirt event loop: %w", err)
 	}
-	d := &Driver{uri: uri, events: make(chan driver.Event, eventBuffer), closed: make(chan struct{})}
+	d := &Driver{uri: uri, events: make(chan driver.Event, eventBuffer), closed: make(chan struct{}),
+		operations: make(chan *golibvirt.Connect, operationConnections)}
+	for range operationConnections {
+		d.operations <- nil
+	}
 	if err := d.reconnect(nil); err != nil {
 		return nil, err
 	}
@@ -113,6 +128,50 @@ func (d *Driver) with(f func(c *golibvirt.Connect) error) error {
 		return fmt.Errorf("libvirt at %s: not connected", d.uri)
 	}
 	return f(d.conn)
+}
+
+// withOperation runs f, a call that may take seconds, on an operation connection, waiting for
+// one to be free. A connection that died (libvirtd restarted) is replaced.
+func (d *Driver) withOperation(f func(c *golibvirt.Connect) error) error {
+	var c *golibvirt.Connect
+	select {
+	case c = <-d.operations:
+	case <-d.closed:
+		return fmt.Errorf("libvirt at %s: driver closed", d.uri)
+	}
+	defer func() { d.operations <- c }()
+	if c != nil {
+		if alive, _ := c.IsAlive(); !alive {
+			_, _ = c.Close()
+			c = nil
+		}
+	}
+	if c == nil {
+		conn, err := golibvirt.NewConnect(d.uri)
+		if err != nil {
+			return fmt.Errorf("connect to libvirt at %s: %w", d.uri, err)
+		}
+		// Keepalive, so that a libvirtd that hangs fails the call instead of holding it forever.
+		if err := conn.SetKeepAlive(keepAliveInterval, keepAliveCount); err != nil {
+			_, _ = conn.Close()
+			return fmt.Errorf("libvirt keepalive: %w", err)
+		}
+		c = conn
+	}
+	return f(c)
+}
+
+// withOperationOn runs f, a call that may take seconds, on the domain of uuid;
+// driver.ErrNotFound when there is none.
+func (d *Driver) withOperationOn(uuid string, f func(dom *golibvirt.Domain) error) error {
+	return d.withOperation(func(c *golibvirt.Connect) error {
+		dom, err := lookup(c, uuid)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = dom.Free() }()
+		return f(dom)
+	})
 }
 
 // reconnect replaces the connection dead, unless another caller replaced it already. The new
@@ -238,7 +297,7 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	if err != nil {
 		return err
 	}
-	return d.with(func(c *golibvirt.Connect) error {
+	return d.withOperation(func(c *golibvirt.Connect) error {
 		dom, err := lookup(c, m.UUID)
 		if errors.Is(err, driver.ErrNotFound) {
 			dom, err = c.DomainDefineXML(x)
@@ -267,7 +326,7 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 
 // Destroy implements driver.Driver.
 func (d *Driver) Destroy(_ context.Context, uuid string) error {
-	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+	err := d.withOperationOn(uuid, func(dom *golibvirt.Domain) error {
 		if active, err := dom.IsActive(); err == nil && active {
 			if err := dom.Destroy(); err != nil && !isNotFound(err) {
 				return fmt.Errorf("destroy domain %s: %w", uuid, err)
@@ -297,7 +356,7 @@ func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
 
 // PowerOff implements driver.Driver.
 func (d *Driver) PowerOff(_ context.Context, uuid string) error {
-	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+	return d.withOperationOn(uuid, func(dom *golibvirt.Domain) error {
 		if active, err := dom.IsActive(); err == nil && active {
 			if err := dom.Destroy(); err != nil && !isNotRunning(err) {
 				return fmt.Errorf("power off domain %s: %w", uuid, err)
@@ -357,7 +416,7 @@ func (d *Driver) Unpause(_ context.Context, uuid string) error {
 // Suspend implements driver.Driver with libvirt's managed save: QEMU writes the memory to a
 // file libvirt keeps beside the domain, and exits.
 func (d *Driver) Suspend(_ context.Context, uuid string) error {
-	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+	return d.withOperationOn(uuid, func(dom *golibvirt.Domain) error {
 		active, err := dom.IsActive()
 		if err != nil {
 			return fmt.Errorf("state of domain %s: %w", uuid, err)
@@ -377,7 +436,7 @@ func (d *Driver) Suspend(_ context.Context, uuid string) error {
 
 // Resume implements driver.Driver: starting a domain that has a managed save restores it.
 func (d *Driver) Resume(_ context.Context, uuid string) error {
-	return d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+	return d.withOperationOn(uuid, func(dom *golibvirt.Domain) error {
 		active, err := dom.IsActive()
 		if err != nil {
 			return fmt.Errorf("state of domain %s: %w", uuid, err)
@@ -554,5 +613,11 @@ func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dropConnection()
+	// Close the operation connections as they come back idle.
+	for range operationConnections {
+		if c := <-d.operations; c != nil {
+			_, _ = c.Close()
+		}
+	}
 	return nil
 }

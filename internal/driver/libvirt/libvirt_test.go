@@ -189,3 +189,49 @@ func TestHostInfo(t *testing.T) {
 		t.Errorf("host info %+v", info)
 	}
 }
+
+// TestLongCallsSurviveALibvirtdRestart: six spawns at once share the four operation
+// connections, and after libvirtd restarts under the driver the dead operation connections
+// are replaced, not failed on.
+func TestLongCallsSurviveALibvirtdRestart(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	var machines []driver.Machine
+	for i := range 6 {
+		machines = append(machines, machine(t, fmt.Sprintf("0c6b1b7e-52a3-4d8f-9c59-0d5ad0b5e1%02d", i)))
+	}
+	errs := make(chan error, len(machines))
+	for _, m := range machines {
+		go func() { errs <- d.Spawn(ctx, m) }()
+	}
+	for range machines {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range machines {
+		defer func() { _ = d.Destroy(ctx, m.UUID) }()
+		if st, err := d.State(ctx, m.UUID); err != nil || st.Power != v1.PowerStateRunning {
+			t.Fatalf("%s after the spawns: %+v, %v", m.Name, st, err)
+		}
+	}
+
+	script := filepath.Join(utils.RepoRoot(), "hack", "libvirt-hosts.sh")
+	if out, err := exec.Command(script, "restart-daemon", hostDir, "host-1").CombinedOutput(); err != nil {
+		t.Fatalf("restart libvirtd: %v: %s", err, out)
+	}
+	// Every operation connection was opened before the restart and is dead now: each of these
+	// calls meets one (four connections, six calls) and must reconnect.
+	for _, m := range machines {
+		if err := d.PowerOff(ctx, m.UUID); err != nil {
+			t.Fatalf("power off %s after the restart: %v", m.Name, err)
+		}
+		if st, err := d.State(ctx, m.UUID); err != nil || st.Power != v1.PowerStateShutdown {
+			t.Fatalf("%s after the power off: %+v, %v", m.Name, st, err)
+		}
+	}
+}

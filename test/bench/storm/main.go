@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,10 +29,11 @@ func main() {
 	guests := flag.Int("guests", 20, "guests in one storm")
 	spacing := flag.Duration("spacing", 100*time.Millisecond, "time between two applies")
 	runs := flag.Int("runs", 3, "storms on each side")
-	workers := flag.Int("agent-workers", 0, "the agent's --workers (0: its default)")
+	agentArgs := flag.String("agent-args", "", "comma-separated flags added to the agent's (--workers=4, --zap-log-level=debug)")
+	only := flag.String("only", "", "run one side alone: kubenova or virsh (to look into one)")
 	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench-storm", "where the cluster keeps its state")
 	flag.Parse()
-	if err := run(*guests, *spacing, *runs, *workers, *workDir); err != nil {
+	if err := run(*guests, *spacing, *runs, *agentArgs, *only, *workDir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -47,7 +49,7 @@ func (s *samples) add(o samples) {
 	s.boot = append(s.boot, o.boot...)
 }
 
-func run(guests int, spacing time.Duration, runs, workers int, workDir string) error {
+func run(guests int, spacing time.Duration, runs int, agentArgs, only, workDir string) error {
 	ctx := context.Background()
 	cluster, err := benchutil.StartOneHost(ctx, workDir)
 	if err != nil {
@@ -55,11 +57,11 @@ func run(guests int, spacing time.Duration, runs, workers int, workDir string) e
 	}
 	defer cluster.Stop()
 	h := cluster.Hosts[0]
-	if workers > 0 {
+	if agentArgs != "" {
 		if err := cluster.StopAgent(h); err != nil {
 			return err
 		}
-		if err := cluster.StartAgent(h, fmt.Sprintf("--workers=%d", workers)); err != nil {
+		if err := cluster.StartAgent(h, strings.Split(agentArgs, ",")...); err != nil {
 			return err
 		}
 	}
@@ -77,6 +79,9 @@ func run(guests int, spacing time.Duration, runs, workers int, workDir string) e
 			sides = []string{"virsh", "kubenova"}
 		}
 		for _, side := range sides {
+			if only != "" && side != only {
+				continue
+			}
 			var s samples
 			var err error
 			if side == "kubenova" {
@@ -91,6 +96,9 @@ func run(guests int, spacing time.Duration, runs, workers int, workDir string) e
 			}
 			printRow(fmt.Sprint(i+1), side, s)
 		}
+	}
+	if only != "" {
+		return nil
 	}
 	fmt.Println()
 	printRow("all", "kubenova", kubenova)
