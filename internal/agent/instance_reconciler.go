@@ -152,11 +152,13 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 
 	// A failure to read the domain's state must not hold back the task's result: report what
 	// is known, then try again.
+	looked := time.Now()
 	state, stateErr := r.Driver.State(ctx, string(inst.UID))
 	if stateErr == nil {
 		inst.Status.PowerState = state.Power
 		report.PowerReason = state.Reason
 	}
+	stateLookedAt := time.Now()
 	writing := kube.Changed(orig, inst)
 	if writing {
 		now := metav1.Now()
@@ -171,6 +173,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if finished {
 		r.forget(inst.UID)
+		log.FromContext(ctx).V(1).Info("reported", "task", report.TaskID, "result", report.TaskResult,
+			"state", stateLookedAt.Sub(looked).String(), "write", time.Since(stateLookedAt).String())
 	}
 	if stateErr != nil {
 		return ctrl.Result{}, fmt.Errorf("state of %s: %w", req.NamespacedName, stateErr)

@@ -190,9 +190,9 @@ func TestHostInfo(t *testing.T) {
 	}
 }
 
-// TestLongCallsSurviveALibvirtdRestart: six spawns at once share the four operation
-// connections, and after libvirtd restarts under the driver the dead operation connections
-// are replaced, not failed on.
+// TestLongCallsSurviveALibvirtdRestart: six spawns at once, each on an operation connection of
+// its own; after libvirtd restarts under the driver, the dead operation connections are
+// replaced, not failed on.
 func TestLongCallsSurviveALibvirtdRestart(t *testing.T) {
 	ctx := context.Background()
 	d, err := New(hostURI)
@@ -224,8 +224,8 @@ func TestLongCallsSurviveALibvirtdRestart(t *testing.T) {
 	if out, err := exec.Command(script, "restart-daemon", hostDir, "host-1").CombinedOutput(); err != nil {
 		t.Fatalf("restart libvirtd: %v: %s", err, out)
 	}
-	// Every operation connection was opened before the restart and is dead now: each of these
-	// calls meets one (four connections, six calls) and must reconnect.
+	// The operation connections were opened before the restart and are dead now: the calls
+	// meet them and must reconnect.
 	for _, m := range machines {
 		if err := d.PowerOff(ctx, m.UUID); err != nil {
 			t.Fatalf("power off %s after the restart: %v", m.Name, err)
