@@ -12,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -91,8 +92,9 @@ type InstanceReconciler struct {
 	// overwritten is, per instance, the resourceVersion the agent's last status write replaced.
 	// Until the cache shows a newer one, it is older than what the agent knows: a reconcile
 	// then (a domain event right after a spawn brings one) would only lose a race with its own
-	// write, costing the API server a refused write.
-	overwritten map[types.UID]string
+	// write, costing the API server a refused write. Keyed by name, so that a deleted
+	// instance's entry goes with it.
+	overwritten map[types.NamespacedName]string
 }
 
 // taskProgress is what the agent remembers of the task it works on for one instance. It is
@@ -111,6 +113,9 @@ type taskProgress struct {
 func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	inst := &v1.Instance{}
 	if err := r.Client.Get(ctx, req.NamespacedName, inst); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.wrote(req.NamespacedName, "")
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if inst.Status.NodeName != r.NodeName {
@@ -169,7 +174,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
 	if writing {
-		r.wrote(inst.UID, orig.ResourceVersion)
+		r.wrote(req.NamespacedName, orig.ResourceVersion)
 	}
 	if finished {
 		r.forget(inst.UID)
@@ -425,24 +430,30 @@ func (r *InstanceReconciler) failed(uid types.UID, taskID int64) (int, bool) {
 	return p.failures, p.failures < attemptsBeforeFailing
 }
 
-// wrote records that the agent's status write replaced version rv of an instance.
-func (r *InstanceReconciler) wrote(uid types.UID, rv string) {
+// wrote records that the agent's status write replaced version rv of an instance; "" forgets
+// the instance.
+func (r *InstanceReconciler) wrote(key types.NamespacedName, rv string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.overwritten == nil {
-		r.overwritten = map[types.UID]string{}
+	if rv == "" {
+		delete(r.overwritten, key)
+		return
 	}
-	r.overwritten[uid] = rv
+	if r.overwritten == nil {
+		r.overwritten = map[types.NamespacedName]string{}
+	}
+	r.overwritten[key] = rv
 }
 
 // cacheBehind says whether the cache still shows the version of inst that the agent's own
 // last write replaced.
 func (r *InstanceReconciler) cacheBehind(inst *v1.Instance) bool {
+	key := client.ObjectKeyFromObject(inst)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rv, ok := r.overwritten[inst.UID]
+	rv, ok := r.overwritten[key]
 	if ok && rv != inst.ResourceVersion {
-		delete(r.overwritten, inst.UID)
+		delete(r.overwritten, key)
 		return false
 	}
 	return ok

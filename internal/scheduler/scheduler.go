@@ -5,7 +5,6 @@ package scheduler
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -178,13 +177,14 @@ func Select(hosts []Host, r Request, filters []Filter) (string, error) {
 		return "", nvh
 	}
 	// RAMWeigher with a positive multiplier: spread, the host with the most free memory wins.
-	// Ties go to the name so that the same inputs always give the same answer.
-	sort.Slice(passed, func(i, j int) bool {
-		fi, fj := Free(passed[i]).MemoryMiB, Free(passed[j]).MemoryMiB
-		if fi != fj {
-			return fi > fj
+	// Ties go to the name so that the same inputs always give the same answer. One pass, each
+	// host's free memory computed once: a decision runs this over every host.
+	best, bestFree := 0, Free(passed[0]).MemoryMiB
+	for i := 1; i < len(passed); i++ {
+		free := Free(passed[i]).MemoryMiB
+		if free > bestFree || (free == bestFree && passed[i].Name() < passed[best].Name()) {
+			best, bestFree = i, free
 		}
-		return passed[i].Name() < passed[j].Name()
-	})
-	return passed[0].Name(), nil
+	}
+	return passed[best].Name(), nil
 }

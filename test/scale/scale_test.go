@@ -93,6 +93,10 @@ func TestSimulatedFleetLaunchesWithinTheWriteBudget(t *testing.T) {
 	g.Expect(writes[benchutil.WriteKey{Client: "manager", Kind: "status", Resource: "instances"}]).To(gomega.BeNumerically(">=", 2*instances))
 	g.Expect(writes[benchutil.WriteKey{Client: "manager", Kind: "update", Resource: "instances"}]).To(gomega.BeZero(),
 		"the finalizer comes with the create (config/admission/instance-finalizer.yaml)")
+	// An agent does not write over a version it knows it replaced (before it did, after most
+	// spawns: one refused write per launch); a race with the manager may still happen.
+	g.Expect(writes[benchutil.WriteKey{Client: "agent", Kind: "status/409", Resource: "instances"}]).To(gomega.BeNumerically("<=", instances/10),
+		"refused agent writes:\n%v", writes)
 
 	// Delete them all: each simulated agent destroys its fake domains, and the records go.
 	g.Expect(c.DeleteAllOf(ctx, &v1.Instance{}, client.InNamespace("default"))).To(gomega.Succeed())

@@ -37,28 +37,40 @@ type Host struct {
 	StorageRoot string
 }
 
-// StartCluster starts a control plane, n libvirt hosts with their agents, and the manager.
-func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err error) {
+// startControlPlane starts kube-apiserver and etcd, writes the kubeconfig the processes use
+// and creates kubenova's namespace. On error the cluster is stopped.
+func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (*Cluster, error) {
 	if err := os.MkdirAll(filepath.Join(workDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	env, err := StartEnv()
+	env, err := StartEnv(opts...)
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{Env: env, WorkDir: workDir}
+	c := &Cluster{Env: env, WorkDir: workDir}
+	if err := c.writeKubeconfig(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubenova-system"}}
+	if err := c.Client.Create(ctx, ns); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("create namespace kubenova-system: %w", err)
+	}
+	return c, nil
+}
+
+// StartCluster starts a control plane, n libvirt hosts with their agents, and the manager.
+func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err error) {
+	c, err = startControlPlane(ctx, workDir)
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			c.Stop()
 		}
 	}()
-	if err := c.writeKubeconfig(); err != nil {
-		return c, err
-	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubenova-system"}}
-	if err := c.Client.Create(ctx, ns); err != nil {
-		return c, fmt.Errorf("create namespace kubenova-system: %w", err)
-	}
 	if err := c.startHosts(ctx, n); err != nil {
 		return c, err
 	}

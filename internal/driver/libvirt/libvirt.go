@@ -168,7 +168,12 @@ func (d *Driver) withOperation(f func(c *golibvirt.Connect) error) error {
 // withOperationOn runs f, a call that may take seconds, on the domain of uuid;
 // driver.ErrNotFound when there is none.
 func (d *Driver) withOperationOn(uuid string, f func(dom *golibvirt.Domain) error) error {
-	return d.withOperation(func(c *golibvirt.Connect) error {
+	return onDomain(d.withOperation, uuid, f)
+}
+
+// onDomain runs f on the domain of uuid, looked up on the connection that with gives.
+func onDomain(with func(func(c *golibvirt.Connect) error) error, uuid string, f func(dom *golibvirt.Domain) error) error {
+	return with(func(c *golibvirt.Connect) error {
 		dom, err := lookup(c, uuid)
 		if err != nil {
 			return err
@@ -285,14 +290,7 @@ func lookup(c *golibvirt.Connect, uuid string) (*golibvirt.Domain, error) {
 
 // withDomain runs f on the domain of uuid; driver.ErrNotFound when there is none.
 func (d *Driver) withDomain(uuid string, f func(dom *golibvirt.Domain) error) error {
-	return d.with(func(c *golibvirt.Connect) error {
-		dom, err := lookup(c, uuid)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = dom.Free() }()
-		return f(dom)
-	})
+	return onDomain(d.with, uuid, f)
 }
 
 // Spawn implements driver.Driver.

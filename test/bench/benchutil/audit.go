@@ -121,9 +121,9 @@ func (w Writes) Print(out io.Writer, per int) {
 		}
 		return a.Kind < b.Kind
 	})
-	_, _ = fmt.Fprintf(out, "  %-10s %-12s %-12s %8s %14s\n", "client", "resource", "kind", "writes", "per instance")
+	_, _ = fmt.Fprintf(out, "  %-14s %-12s %-12s %8s %14s\n", "client", "resource", "kind", "writes", "per instance")
 	for _, k := range keys {
-		_, _ = fmt.Fprintf(out, "  %-10s %-12s %-12s %8d %14.2f\n", k.Client, k.Resource, k.Kind, w[k], float64(w[k])/float64(per))
+		_, _ = fmt.Fprintf(out, "  %-14s %-12s %-12s %8d %14.2f\n", k.Client, k.Resource, k.Kind, w[k], float64(w[k])/float64(per))
 	}
 }
 

@@ -17,8 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/test/bench/benchutil"
@@ -33,6 +35,7 @@ func main() {
 	only := flag.String("only", "", "run one side alone: kubenova or virsh (to look into one)")
 	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench-storm", "where the cluster keeps its state")
 	flag.Parse()
+	log.SetLogger(logr.Discard())
 	if err := run(*guests, *spacing, *runs, *agentArgs, *only, *workDir); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -143,6 +146,10 @@ func applyAll(n int, spacing time.Duration, apply func(i int) error) error {
 // booted, then deletes them all and waits until they are gone.
 func stormKubenova(ctx context.Context, cluster *utils.Cluster, prefix string, n int, spacing time.Duration) (samples, error) {
 	c := cluster.Client
+	watcher, err := client.NewWithWatch(cluster.Config, client.Options{Scheme: cluster.Scheme})
+	if err != nil {
+		return samples{}, err
+	}
 	applied := make([]time.Time, n)
 	name := func(i int) string { return fmt.Sprintf("%s-%02d", prefix, i) }
 	defer func() {
@@ -155,8 +162,40 @@ func stormKubenova(ctx context.Context, cluster *utils.Cluster, prefix string, n
 			return err == nil && len(list.Items) == 0, err
 		})
 	}()
-	// Instances become Active while the later ones are still being applied: watch them meanwhile.
 	var mu sync.Mutex
+	running, boot := make([]time.Duration, n), make([]time.Duration, n)
+	consoles := make([]string, n)
+	byName := map[string]int{}
+	for i := range n {
+		byName[name(i)] = i
+	}
+	// A watch, not a poll of the API: the bench must not load the API server (and so the
+	// machine the guests boot on) more during kubenova's storms than during virsh's.
+	watch, err := watcher.Watch(ctx, &v1.InstanceList{}, client.InNamespace(namespace))
+	if err != nil {
+		return samples{}, err
+	}
+	defer watch.Stop()
+	go func() {
+		for e := range watch.ResultChan() {
+			inst, ok := e.Object.(*v1.Instance)
+			if !ok {
+				continue
+			}
+			now := time.Now()
+			mu.Lock()
+			if i, ok := byName[inst.Name]; ok && !applied[i].IsZero() {
+				if running[i] == 0 && inst.Status.VMState == v1.VMStateActive {
+					running[i] = now.Sub(applied[i])
+				}
+				if r := inst.Status.AgentReport; r != nil && r.ConsoleLogPath != "" {
+					consoles[i] = r.ConsoleLogPath
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	// Instances become Active while the later ones are still being applied: watch them meanwhile.
 	created := make(chan error, 1)
 	go func() {
 		created <- applyAll(n, spacing, func(i int) error {
@@ -167,13 +206,7 @@ func stormKubenova(ctx context.Context, cluster *utils.Cluster, prefix string, n
 				Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"}}})
 		})
 	}()
-	running, boot := make([]time.Duration, n), make([]time.Duration, n)
-	consoles := make([]string, n)
-	byName := map[string]int{}
-	for i := range n {
-		byName[name(i)] = i
-	}
-	err := benchutil.Poll(5*time.Minute, func() (bool, error) {
+	err = benchutil.Poll(5*time.Minute, func() (bool, error) {
 		select {
 		case err := <-created:
 			if err != nil {
@@ -181,29 +214,12 @@ func stormKubenova(ctx context.Context, cluster *utils.Cluster, prefix string, n
 			}
 		default:
 		}
-		var list v1.InstanceList
-		if err := c.List(ctx, &list, client.InNamespace(namespace)); err != nil {
-			return false, err
-		}
-		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()
-		for _, inst := range list.Items {
-			i, ok := byName[inst.Name]
-			if !ok || applied[i].IsZero() {
-				continue
-			}
-			if running[i] == 0 && inst.Status.VMState == v1.VMStateActive {
-				running[i] = now.Sub(applied[i])
-			}
-			if r := inst.Status.AgentReport; r != nil && r.ConsoleLogPath != "" {
-				consoles[i] = r.ConsoleLogPath
-			}
-		}
 		return measureBoots(consoles, applied, boot, running)
 	})
 	if err != nil {
-		<-created
+		err = errors.Join(err, <-created) // the instances it made are deleted on the way out
 	}
 	return samples{running: running, boot: boot}, err
 }
@@ -272,7 +288,7 @@ func stormVirsh(ctx context.Context, h utils.Host, n int, spacing time.Duration)
 		return measureBoots(consoles, applied, boot, running)
 	})
 	if err != nil {
-		<-launched // the guests it made are removed on the way out
+		err = errors.Join(err, <-launched) // the guests it made are removed on the way out
 	}
 	return samples{running: running, boot: boot}, err
 }
