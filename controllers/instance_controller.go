@@ -109,11 +109,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.serveRequests,
 	)
 	r.setConditions(inst, st)
-	if perr := r.patchStatus(ctx, orig, inst); perr != nil {
+	if perr := r.sendAfter(st, r.patchStatus(ctx, orig, inst)); perr != nil {
 		return kube.RetryIfStale(ctrl.Result{}, perr)
-	}
-	for _, send := range st.events {
-		send()
 	}
 	return result, err
 }
@@ -594,27 +591,29 @@ func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState
 
 // reconcileDelete terminates the instance on its node, then lets the object go. When the node
 // is gone or down, it deletes locally as Nova does: the record goes at once and the returning
-// agent removes the domain and disks of instances that no longer exist.
+// agent removes the domain and disks of instances that no longer exist. As in Reconcile, its
+// Events are sent once the write that goes with them has landed.
 func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Instance) (ctrl.Result, error) {
 	if !controllerutil.ContainsFinalizer(inst, v1.FinalizerInstance) {
 		return ctrl.Result{}, nil
 	}
+	st := &reconcileState{}
 	if inst.Status.NodeName == "" {
-		return ctrl.Result{}, r.release(ctx, inst)
+		return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
 	}
 	if down, why, err := r.nodeDown(ctx, inst.Status.NodeName); err != nil {
 		return ctrl.Result{}, err
 	} else if down {
-		r.event(nil, inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
 			"node %s is down (%s): deleted locally; its agent removes the domain and disks when it returns", inst.Status.NodeName, why)
-		return ctrl.Result{}, r.release(ctx, inst)
+		return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
 	}
 	orig := inst.DeepCopy()
 	task := inst.Status.Task
 	if task == nil || task.Action != v1.ActionTerminate {
 		r.startTask(inst, v1.ActionTerminate)
-		r.event(nil, inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
-		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
+		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
+		return kube.RetryIfStale(ctrl.Result{}, r.sendAfter(st, r.patchStatus(ctx, orig, inst)))
 	}
 	report := inst.Status.AgentReport
 	if report == nil || report.TaskID != task.ID {
@@ -631,12 +630,23 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		if wait := task.StartedAt.Add(retry).Sub(r.now()); wait > 0 {
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
-		r.event(nil, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
 		r.startTask(inst, v1.ActionTerminate)
-		return kube.RetryIfStale(ctrl.Result{}, r.patchStatus(ctx, orig, inst))
+		return kube.RetryIfStale(ctrl.Result{}, r.sendAfter(st, r.patchStatus(ctx, orig, inst)))
 	}
-	r.event(nil, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
-	return ctrl.Result{}, r.release(ctx, inst)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
+	return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
+}
+
+// sendAfter sends the reconcile's Events if its write (whose error is err) landed, and
+// returns err.
+func (r *InstanceReconciler) sendAfter(st *reconcileState, err error) error {
+	if err == nil {
+		for _, send := range st.events {
+			send()
+		}
+	}
+	return err
 }
 
 // nodeDown says whether an instance's node can no longer act: its Hypervisor or Node object is
@@ -695,7 +705,7 @@ func (r *InstanceReconciler) now() time.Time {
 }
 
 // event tells people what happened: at once when st is nil, otherwise once the reconcile's
-// status write has landed, so that a write that loses its race (and whose reconcile then
+// write has landed, so that a write that loses its race (and whose reconcile then
 // decides again on fresh data) does not tell the same thing twice.
 func (r *InstanceReconciler) event(st *reconcileState, inst *v1.Instance, eventType, reason, action, note string, args ...any) {
 	if r.Recorder == nil {
