@@ -206,22 +206,36 @@ func stormKubenova(ctx context.Context, cluster *utils.Cluster, prefix string, n
 				Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"}}})
 		})
 	}()
-	err = benchutil.Poll(5*time.Minute, func() (bool, error) {
-		select {
-		case err := <-created:
-			if err != nil {
-				return false, err
-			}
-		default:
-		}
+	err = pollWhileApplying(created, func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return measureBoots(consoles, applied, boot, running)
 	})
-	if err != nil {
-		err = errors.Join(err, <-created) // the instances it made are deleted on the way out
-	}
 	return samples{running: running, boot: boot}, err
+}
+
+// pollWhileApplying polls cond until it holds, failing as soon as the applying (which reports
+// on applied) fails. It returns only once the applying has ended, so that the caller cleans
+// up all it made.
+func pollWhileApplying(applied <-chan error, cond func() (bool, error)) error {
+	ended := false
+	err := benchutil.Poll(5*time.Minute, func() (bool, error) {
+		if !ended {
+			select {
+			case err := <-applied:
+				ended = true
+				if err != nil {
+					return false, err
+				}
+			default:
+			}
+		}
+		return cond()
+	})
+	if !ended {
+		err = errors.Join(err, <-applied)
+	}
+	return err
 }
 
 // measureBoots records the boot time of each guest whose console now shows its boot line and
@@ -275,20 +289,10 @@ func stormVirsh(ctx context.Context, h utils.Host, n int, spacing time.Duration)
 			return nil
 		})
 	}()
-	err := benchutil.Poll(5*time.Minute, func() (bool, error) {
-		select {
-		case err := <-launched:
-			if err != nil {
-				return false, err
-			}
-		default:
-		}
+	err := pollWhileApplying(launched, func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return measureBoots(consoles, applied, boot, running)
 	})
-	if err != nil {
-		err = errors.Join(err, <-launched) // the guests it made are removed on the way out
-	}
 	return samples{running: running, boot: boot}, err
 }
