@@ -704,19 +704,14 @@ func (r *InstanceReconciler) now() time.Time {
 	return time.Now()
 }
 
-// event tells people what happened: at once when st is nil, otherwise once the reconcile's
-// write has landed, so that a write that loses its race (and whose reconcile then
-// decides again on fresh data) does not tell the same thing twice.
+// event tells people what happened, once the reconcile's write has landed (sendAfter), so
+// that a write that loses its race (and whose reconcile then decides again on fresh data)
+// does not tell the same thing twice.
 func (r *InstanceReconciler) event(st *reconcileState, inst *v1.Instance, eventType, reason, action, note string, args ...any) {
 	if r.Recorder == nil {
 		return
 	}
-	send := func() { r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...) }
-	if st == nil {
-		send()
-		return
-	}
-	st.events = append(st.events, send)
+	st.events = append(st.events, func() { r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...) })
 }
 
 // SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can

@@ -16,38 +16,16 @@ type TaskMark struct {
 	RunID  int64 `json:"runID"`
 }
 
-func (n *Node) taskMarkPath(uid string) (string, error) {
-	dir, err := n.InstanceDir(uid)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(dir, "task.json"), nil
-}
-
-// ReadTaskMark returns the instance's mark; ok is false when there is none.
-func (n *Node) ReadTaskMark(uid string) (mark TaskMark, ok bool, err error) {
-	path, err := n.taskMarkPath(uid)
-	if err != nil {
-		return TaskMark{}, false, err
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return TaskMark{}, false, nil
-	}
-	if err != nil {
-		return TaskMark{}, false, err
-	}
-	if err := json.Unmarshal(b, &mark); err != nil {
-		// A mark cut short by a crash says nothing; the task starts afresh, which every task
-		// allows (a reboot then reboots, rather than failing for ever).
-		return TaskMark{}, false, nil
-	}
-	return mark, true, nil
+// ReadTaskMark returns the instance's mark; ok is false when there is none. A mark cut short
+// by a crash says nothing: the task starts afresh, which every task allows (a reboot then
+// reboots, rather than failing for ever).
+func (n *Node) ReadTaskMark(uid string) (TaskMark, bool, error) {
+	return readRecord(n, uid, taskMarkFile, func(TaskMark) bool { return true })
 }
 
 // WriteTaskMark replaces the instance's mark whole.
 func (n *Node) WriteTaskMark(uid string, mark TaskMark) error {
-	path, err := n.taskMarkPath(uid)
+	path, err := n.recordPath(uid, taskMarkFile)
 	if err != nil {
 		return err
 	}
@@ -61,37 +39,15 @@ type Owner struct {
 	Name      string `json:"name"`
 }
 
-func (n *Node) ownerPath(uid string) (string, error) {
-	dir, err := n.InstanceDir(uid)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(dir, "owner.json"), nil
-}
-
 // ReadOwner returns the owner recorded for an instance directory; ok is false when there is
 // none (a directory made before owners were recorded, or a record cut short).
-func (n *Node) ReadOwner(uid string) (owner Owner, ok bool, err error) {
-	path, err := n.ownerPath(uid)
-	if err != nil {
-		return Owner{}, false, err
-	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return Owner{}, false, nil
-	}
-	if err != nil {
-		return Owner{}, false, err
-	}
-	if json.Unmarshal(b, &owner) != nil || owner.Name == "" {
-		return Owner{}, false, nil
-	}
-	return owner, true, nil
+func (n *Node) ReadOwner(uid string) (Owner, bool, error) {
+	return readRecord(n, uid, ownerFile, func(o Owner) bool { return o.Name != "" })
 }
 
 // WriteOwner records an instance directory's owner, once: the owner never changes.
 func (n *Node) WriteOwner(uid string, owner Owner) error {
-	path, err := n.ownerPath(uid)
+	path, err := n.recordPath(uid, ownerFile)
 	if err != nil {
 		return err
 	}
@@ -99,6 +55,41 @@ func (n *Node) WriteOwner(uid string, owner Owner) error {
 		return nil
 	}
 	return writeFileWhole(path, owner)
+}
+
+// The records kept in an instance's directory.
+const (
+	taskMarkFile = "task.json"
+	ownerFile    = "owner.json"
+)
+
+func (n *Node) recordPath(uid, file string) (string, error) {
+	dir, err := n.InstanceDir(uid)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, file), nil
+}
+
+// readRecord reads one of an instance's JSON records; ok is false when there is none, or when
+// what is there does not parse or is not valid (a write cut short by a crash).
+func readRecord[T any](n *Node, uid, file string, valid func(T) bool) (record T, ok bool, err error) {
+	var zero T
+	path, err := n.recordPath(uid, file)
+	if err != nil {
+		return zero, false, err
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return zero, false, nil
+	}
+	if err != nil {
+		return zero, false, err
+	}
+	if json.Unmarshal(b, &record) != nil || !valid(record) {
+		return zero, false, nil
+	}
+	return record, true, nil
 }
 
 // writeFileWhole writes v as JSON to path through a synced temporary file and a rename, so
