@@ -65,7 +65,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/finalizers,verbs=update
-// +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -155,14 +155,18 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 			Message: fmt.Sprintf("flavor %q does not exist; create it or change spec.flavor", inst.Spec.Flavor)}
 		return &ctrl.Result{}, nil // the Flavor watch brings us back
 	}
-	image := &v1.Image{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: inst.Spec.Image.Name}, image); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, err
+	image, notReady, err := r.availableImage(ctx, inst.Namespace, inst.Spec.Image)
+	if err != nil {
+		return nil, err
+	}
+	if notReady != nil {
+		// The Image and ClusterImage watches bring us back when it changes.
+		if notReady.Reason == v1.ReasonImageError {
+			st.refusal = notReady // only someone's change helps
+		} else {
+			st.waiting = notReady
 		}
-		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonImageNotFound,
-			Message: fmt.Sprintf("image %q does not exist in namespace %s", inst.Spec.Image.Name, inst.Namespace)}
-		return &ctrl.Result{}, nil // the Image watch brings us back
+		return &ctrl.Result{}, nil
 	}
 	if msg := flavorTooSmall(flavor, image); msg != "" {
 		// Nova refuses these at the API (FlavorDiskSmallerThanMinDisk, FlavorMemoryTooSmall);
@@ -191,7 +195,7 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 	}
 	inst.Status.NodeName = node
 	inst.Status.Flavor = &v1.AppliedFlavor{Name: flavor.Name, FlavorSpec: flavor.Spec}
-	inst.Status.Image = inst.Spec.Image.DeepCopy()
+	inst.Status.Image = image.AppliedImage
 	r.forgetAttempts(inst.UID)
 	launch, _ := lifecycle.Lookup(v1.ActionLaunch)
 	inst.Status.TaskState, _ = launch.NextTask(v1.TaskStateScheduling)
@@ -204,14 +208,61 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 }
 
 // flavorTooSmall says why a flavor cannot boot an image, or "" when it can.
-func flavorTooSmall(flavor *v1.Flavor, image *v1.Image) string {
-	if d := flavor.Spec.DiskGiB; d > 0 && d < image.Spec.MinDiskGiB {
-		return fmt.Sprintf("flavor %s has a %d GiB disk; image %s needs at least %d GiB", flavor.Name, d, image.Name, image.Spec.MinDiskGiB)
+func flavorTooSmall(flavor *v1.Flavor, image *resolvedImage) string {
+	if d := flavor.Spec.DiskGiB; d > 0 && d < image.spec.MinDiskGiB {
+		return fmt.Sprintf("flavor %s has a %d GiB disk; %s needs at least %d GiB", flavor.Name, d, image.ImageReference, image.spec.MinDiskGiB)
 	}
-	if m := flavor.Spec.MemoryMiB; m < image.Spec.MinMemoryMiB {
-		return fmt.Sprintf("flavor %s has %d MiB of memory; image %s needs at least %d MiB", flavor.Name, m, image.Name, image.Spec.MinMemoryMiB)
+	if m := flavor.Spec.MemoryMiB; m < image.spec.MinMemoryMiB {
+		return fmt.Sprintf("flavor %s has %d MiB of memory; %s needs at least %d MiB", flavor.Name, m, image.ImageReference, image.spec.MinMemoryMiB)
 	}
 	return ""
+}
+
+// resolvedImage is an Available image: what the instance records of it, and its spec.
+type resolvedImage struct {
+	*v1.AppliedImage
+	spec v1.ImageSpec
+}
+
+// availableImage looks up the image a reference names. An image that is missing or not
+// Available (yet) gives a Refusal saying so, naming the image: instances wait for their image,
+// they do not fail with it. Only an image the image service verified from its own source is
+// ever handed to a node.
+func (r *InstanceReconciler) availableImage(ctx context.Context, namespace string, ref v1.ImageReference) (*resolvedImage, *lifecycle.Refusal, error) {
+	var img v1.ImageObject = &v1.Image{}
+	key := types.NamespacedName{Namespace: namespace, Name: ref.Name}
+	where := "in namespace " + namespace
+	if ref.ImageKindOrDefault() == v1.KindClusterImage {
+		img, key, where = &v1.ClusterImage{}, types.NamespacedName{Name: ref.Name}, "in the cluster"
+	}
+	if err := r.Get(ctx, key, img); apierrors.IsNotFound(err) {
+		return nil, &lifecycle.Refusal{Reason: v1.ReasonImageNotFound,
+			Message: fmt.Sprintf("%s does not exist %s", ref, where)}, nil
+	} else if err != nil {
+		return nil, nil, err
+	}
+	st := img.ImageStatus()
+	if st.Phase != v1.ImageAvailable || st.SHA256 == "" {
+		phase, why := st.Phase, ""
+		if phase == "" {
+			phase = v1.ImagePending
+		}
+		if c := meta.FindStatusCondition(st.Conditions, v1.ConditionReady); c != nil && c.Message != "" {
+			why = ": " + c.Message
+		}
+		if phase == v1.ImageError {
+			return nil, &lifecycle.Refusal{Reason: v1.ReasonImageError,
+				Message: fmt.Sprintf("%s failed its import%s; fix its source and create it again, or change spec.image", ref, why)}, nil
+		}
+		return nil, &lifecycle.Refusal{Reason: v1.ReasonImageNotReady,
+			Message: fmt.Sprintf("%s is %s%s", ref, phase, why)}, nil
+	}
+	applied := &v1.AppliedImage{ImageReference: v1.ImageReference{Kind: ref.ImageKindOrDefault(), Name: ref.Name},
+		UID: string(img.GetUID()), SHA256: st.SHA256, DiskFormat: img.ImageSpec().DiskFormat}
+	if applied.DiskFormat == "" {
+		applied.DiskFormat = v1.DiskFormatQCOW2
+	}
+	return &resolvedImage{AppliedImage: applied, spec: *img.ImageSpec()}, nil, nil
 }
 
 // place chooses a node from a snapshot of the allocations (scheduler.Placement.Usage) without
@@ -556,7 +607,7 @@ func specAction(inst *v1.Instance) (v1.Action, bool) {
 	if f := inst.Status.Flavor; f != nil && inst.Spec.Flavor != f.Name && inst.Status.VMState != v1.VMStateResized {
 		return v1.ActionResize, true
 	}
-	if img := inst.Status.Image; img != nil && inst.Spec.Image.Name != img.Name {
+	if img := inst.Status.Image; img != nil && !inst.Spec.Image.SameImage(img.ImageReference) {
 		return v1.ActionRebuild, true
 	}
 	return lifecycle.PowerAction(lifecycle.Desired(&inst.Spec), inst.Status.VMState)
@@ -737,6 +788,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
 		Watches(&v1.Image{}, waiting).
+		Watches(&v1.ClusterImage{}, waiting).
 		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
 		Complete(r)

@@ -23,6 +23,7 @@ import (
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/agent"
 	"github.com/kubenova/kubenova/internal/driver/fake"
+	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/scheduler"
 	"github.com/kubenova/kubenova/internal/storage"
 	"github.com/kubenova/kubenova/test/utils"
@@ -36,6 +37,8 @@ var (
 	k8s        client.Client
 	fakeDriver *fake.Driver
 	agentStore *storage.Node
+	imageStore *imagestore.Dir
+	imageDir   string
 	imageFile  string
 	imageSum   string
 	cancel     context.CancelFunc
@@ -69,6 +72,13 @@ var _ = BeforeSuite(func() {
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
+	imageDir = GinkgoT().TempDir()
+	imageStore = &imagestore.Dir{Root: GinkgoT().TempDir()}
+	importer := &imagestore.Importer{Store: imageStore, SourceDirs: []string{imageDir}}
+	for _, kind := range []v1.ImageKind{v1.KindImage, v1.KindClusterImage} {
+		Expect((&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-images"), Importer: importer,
+			Kind: kind, MaxRetryBackoff: time.Second}).SetupWithManager(mgr)).To(Succeed())
+	}
 
 	// The agent of node-a, in its own manager with its node-filtered cache, as cmd/agent sets it up.
 	agentMgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme,
@@ -78,9 +88,8 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	fakeDriver = fake.New()
-	imageDir := GinkgoT().TempDir()
-	agentStore = &storage.Node{Root: GinkgoT().TempDir(), ImageDirs: []string{imageDir}}
-	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
+	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: imageStore}
+	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(),
 		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.

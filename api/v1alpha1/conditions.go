@@ -46,6 +46,14 @@ const (
 	ReasonPowerStateChanged = "PowerStateChanged"
 	// ReasonRequestPredatesInstance: a one-shot request was stamped before the instance existed.
 	ReasonRequestPredatesInstance = "RequestPredatesInstance"
+	// ReasonImageNotReady: the instance's image is not Available (yet); the message says why.
+	ReasonImageNotReady = "ImageNotReady"
+	// ReasonImageError: the instance's image failed its import; the message says why.
+	ReasonImageError = "ImageError"
+	// ReasonImporting: the image service imports an image.
+	ReasonImporting = "Importing"
+	// ReasonAvailable: an image's bytes are in the image store, verified.
+	ReasonAvailable = "Available"
 	// ReasonHeartbeatCurrent: a hypervisor's agent renews its lease.
 	ReasonHeartbeatCurrent = "HeartbeatCurrent"
 	// ReasonHeartbeatLapsed: a hypervisor's agent has not renewed its lease in time.
@@ -77,6 +85,8 @@ func AgentLeaseName(node string) string { return "kubenova-agent-" + node }
 const (
 	// FinalizerInstance keeps an Instance until its domain and disks are gone from its node.
 	FinalizerInstance = "compute.kubenova.io/instance"
+	// FinalizerImage keeps an Image or ClusterImage until its bytes are gone from the image store.
+	FinalizerImage = "compute.kubenova.io/image"
 	// LabelHypervisor is set on an agent's Lease to name its node.
 	LabelHypervisor = "compute.kubenova.io/hypervisor"
 )

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // DiskFormat is the format of an image's bytes.
@@ -20,10 +21,15 @@ type ImagePhase string
 
 // The image phases, after Glance's image statuses.
 const (
-	ImagePending   ImagePhase = "Pending"
+	// ImagePending: the image service has not started on the image yet.
+	ImagePending ImagePhase = "Pending"
+	// ImageImporting: the image service copies the bytes from the source into its store and
+	// verifies them.
 	ImageImporting ImagePhase = "Importing"
+	// ImageAvailable: the store holds the verified bytes; instances can boot from them.
 	ImageAvailable ImagePhase = "Available"
-	ImageError     ImagePhase = "Error"
+	// ImageError: the import failed; the Ready condition says why.
+	ImageError ImagePhase = "Error"
 )
 
 // ImageSource says where an image's bytes come from; exactly one field is set.
@@ -35,8 +41,8 @@ type ImageSource struct {
 	// +optional
 	URL string `json:"url,omitempty"`
 
-	// File is an absolute path that every node can read (a shared mount, or the same file
-	// placed on every node).
+	// File is an absolute path that the image service (the manager) can read, inside one of
+	// the directories it imports files from (its --image-source-dirs).
 	// +kubebuilder:validation:MaxLength=4096
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('/')",message="file must be an absolute path"
 	// +optional
@@ -49,13 +55,14 @@ type ImageSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's source is immutable: create a new Image"
 	Source ImageSource `json:"source"`
 
-	// SHA256 is the hex digest the bytes must have; a download that does not match is refused.
+	// SHA256 is the hex digest the bytes must have; an import that does not match is refused.
 	// +kubebuilder:validation:Pattern=`^[a-f0-9]{64}$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's checksum is immutable: create a new Image"
 	SHA256 string `json:"sha256"`
 
 	// DiskFormat of the bytes.
 	// +kubebuilder:default=qcow2
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's disk format is immutable: create a new Image"
 	// +optional
 	DiskFormat DiskFormat `json:"diskFormat,omitempty"`
 
@@ -70,7 +77,7 @@ type ImageSpec struct {
 	MinMemoryMiB int32 `json:"minMemoryMiB,omitempty"`
 }
 
-// ImageStatus is what is known of the image's bytes.
+// ImageStatus is what the image service knows of the image's bytes.
 type ImageStatus struct {
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional
@@ -81,17 +88,30 @@ type ImageStatus struct {
 	// SizeBytes is the size of the image file.
 	// +optional
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
-	// Location is where the image store keeps the bytes.
+	// VirtualSizeBytes is the size of the disk the image holds, as a guest sees it.
+	// +optional
+	VirtualSizeBytes int64 `json:"virtualSizeBytes,omitempty"`
+	// Format is the format the image service found in the bytes.
+	// +optional
+	Format string `json:"format,omitempty"`
+	// SHA256 is the digest of the bytes the store holds, verified by the image service.
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
+	// Location is the key under which the image store keeps the bytes.
 	// +optional
 	Location string `json:"location,omitempty"`
-	// Conditions: Ready.
+	// ImportedAt is when the bytes became available.
+	// +optional
+	ImportedAt *metav1.Time `json:"importedAt,omitempty"`
+	// Conditions: Ready (Available), Reconciling (importing) and Stalled (the import failed), as
+	// kstatus reads them.
 	// +listType=map
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// Image is a bootable disk image that instances are built from.
+// Image is a bootable disk image that instances of its namespace are built from.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=img,categories=nova
@@ -119,6 +139,59 @@ type ImageList struct {
 	Items []Image `json:"items"`
 }
 
+// ClusterImage is a bootable disk image that instances of every namespace may boot, Glance's
+// public image. It is cluster-scoped, so that only those whom RBAC lets write cluster-scoped
+// objects (administrators, by default) publish one, as only Glance's admins may make an image
+// public; an Image of one namespace is never visible from another.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=cimg,categories=nova
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Format",type=string,JSONPath=`.spec.diskFormat`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ClusterImage struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec describes the image.
+	Spec ImageSpec `json:"spec"`
+	// Status is what is known of the bytes.
+	// +optional
+	Status ImageStatus `json:"status,omitempty"`
+}
+
+// ClusterImageList is a list of ClusterImages.
+// +kubebuilder:object:root=true
+type ClusterImageList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// Items are the images.
+	Items []ClusterImage `json:"items"`
+}
+
+// ImageObject is an Image or a ClusterImage: the image service treats both alike.
+// +kubebuilder:object:generate=false
+type ImageObject interface {
+	client.Object
+	// ImageSpec returns the object's spec.
+	ImageSpec() *ImageSpec
+	// ImageStatus returns the object's status.
+	ImageStatus() *ImageStatus
+}
+
+// ImageSpec returns the image's spec.
+func (i *Image) ImageSpec() *ImageSpec { return &i.Spec }
+
+// ImageStatus returns the image's status.
+func (i *Image) ImageStatus() *ImageStatus { return &i.Status }
+
+// ImageSpec returns the image's spec.
+func (i *ClusterImage) ImageSpec() *ImageSpec { return &i.Spec }
+
+// ImageStatus returns the image's status.
+func (i *ClusterImage) ImageStatus() *ImageStatus { return &i.Status }
+
 func init() {
-	registerTypes(&Image{}, &ImageList{})
+	registerTypes(&Image{}, &ImageList{}, &ClusterImage{}, &ClusterImageList{})
 }

@@ -96,12 +96,65 @@ const (
 	RebootHard RebootType = "Hard"
 )
 
-// ImageReference names an Image in the instance's namespace.
+// ImageKind says which kind an ImageReference names.
+// +kubebuilder:validation:Enum=Image;ClusterImage
+type ImageKind string
+
+// The kinds an instance boots from.
+const (
+	// KindImage is an Image of the instance's own namespace.
+	KindImage ImageKind = "Image"
+	// KindClusterImage is a ClusterImage, shared by every namespace.
+	KindClusterImage ImageKind = "ClusterImage"
+)
+
+// ImageReference names an Image in the instance's namespace, or a ClusterImage. There is no
+// namespace field: an instance never boots from another namespace's Image.
 type ImageReference struct {
-	// Name of the Image.
+	// Kind is Image (of the instance's namespace) or ClusterImage.
+	// +kubebuilder:default=Image
+	// +optional
+	Kind ImageKind `json:"kind,omitempty"`
+	// Name of the Image or ClusterImage.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
+}
+
+// ImageKindOrDefault is the kind the reference names, with its schema default (Image) for
+// references read from objects that never went through the API server.
+func (r ImageReference) ImageKindOrDefault() ImageKind {
+	if r.Kind == "" {
+		return KindImage
+	}
+	return r.Kind
+}
+
+// SameImage says whether two references name the same image.
+func (r ImageReference) SameImage(o ImageReference) bool {
+	return r.Name == o.Name && r.ImageKindOrDefault() == o.ImageKindOrDefault()
+}
+
+// String is how messages name the image: "image NAME" or "cluster image NAME".
+func (r ImageReference) String() string {
+	if r.ImageKindOrDefault() == KindClusterImage {
+		return "cluster image " + r.Name
+	}
+	return "image " + r.Name
+}
+
+// AppliedImage is the image an instance's root disk was built from, as the image service
+// verified it: the node agent fetches exactly these bytes from the image store (by the image's
+// UID) and checks their digest, so it needs neither the Image object nor its source.
+type AppliedImage struct {
+	// ImageReference names the Image or ClusterImage.
+	ImageReference `json:",inline"`
+	// UID of the Image object, the key of its bytes in the image store.
+	UID string `json:"uid"`
+	// SHA256 of the bytes, as the image service verified them.
+	SHA256 string `json:"sha256"`
+	// DiskFormat of the bytes.
+	DiskFormat DiskFormat `json:"diskFormat"`
 }
 
 // RebootRequest asks for one reboot. A new requestedAt asks for another; status.rebootRequest
@@ -375,7 +428,7 @@ type InstanceStatus struct {
 	Flavor *AppliedFlavor `json:"flavor,omitempty"`
 	// Image is the image the root disk was built from.
 	// +optional
-	Image *ImageReference `json:"image,omitempty"`
+	Image *AppliedImage `json:"image,omitempty"`
 	// Task is the task in flight, if any.
 	// +optional
 	Task *Task `json:"task,omitempty"`

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +31,7 @@ import (
 	"github.com/kubenova/kubenova/internal/driver"
 	"github.com/kubenova/kubenova/internal/driver/fake"
 	"github.com/kubenova/kubenova/internal/driver/libvirt"
+	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/scheduler"
 	kubescheme "github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/internal/storage"
@@ -60,8 +60,8 @@ func run() error {
 		migrationURI   = flag.String("migration-uri", "", "libvirt URI other nodes reach this node's libvirtd at (default: --libvirt-uri)")
 		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto (KVM on bare metal with a usable /dev/kvm)")
 		storageRoot    = flag.String("storage-root", "/var/lib/kubenova", "directory for the image cache and instance disks")
-		imageDirs      = flag.String("image-dirs", "/var/lib/kubenova/images", "comma-separated directories that Image file sources may name")
-		maxImageSize   = flag.Int64("max-image-bytes", storage.DefaultMaxImageBytes, "largest image the node accepts")
+		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
+		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
@@ -98,7 +98,7 @@ func run() error {
 		Name: *nodeName, MigrationURI: *migrationURI, AgentVersion: version.Version,
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
-		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, Workers: *workers,
+		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
 		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr,
 	}
 	ctx := ctrl.SetupSignalHandler()
@@ -118,7 +118,7 @@ func run() error {
 			return err
 		}
 		defer func() { _ = drv.Close() }()
-		store := &storage.Node{Root: *storageRoot, ImageDirs: strings.Split(*imageDirs, ","), MaxImageBytes: *maxImageSize}
+		store := &storage.Node{Root: *storageRoot, Images: &imagestore.Dir{Root: *imageStore}}
 		if err := store.RemoveStaleDownloads(); err != nil {
 			return err
 		}

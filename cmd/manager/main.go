@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -17,7 +18,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/controllers"
+	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/scheduler"
 	kubescheme "github.com/kubenova/kubenova/internal/scheme"
 )
@@ -37,6 +40,9 @@ func run() error {
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 		probeAddr      = flag.String("health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 		workers        = flag.Int("workers", controllers.DefaultInstanceWorkers, "how many instances the manager reconciles at once; most of a reconcile is waiting for the API server")
+		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the nodes (Glance's filesystem store)")
+		sourceDirs     = flag.String("image-source-dirs", "", "comma-separated directories that an Image's file source may name; empty allows no file sources")
+		maxImageBytes  = flag.Int64("max-image-bytes", imagestore.DefaultMaxImageBytes, "largest image the image service imports")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -75,6 +81,20 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("hypervisor controller: %w", err)
 	}
+	store := &imagestore.Dir{Root: *imageStore}
+	// What an import cut short by a crash left in the store; an hour spares the uploads that
+	// other processes have in flight.
+	if err := store.RemoveStalePuts(time.Hour); err != nil {
+		return fmt.Errorf("image store %s: %w", *imageStore, err)
+	}
+	importer := &imagestore.Importer{Store: store, SourceDirs: splitList(*sourceDirs), MaxBytes: *maxImageBytes}
+	for _, kind := range []v1.ImageKind{v1.KindImage, v1.KindClusterImage} {
+		if err := (&controllers.ImageReconciler{
+			Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-images"), Importer: importer, Kind: kind,
+		}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("%s controller: %w", kind, err)
+		}
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
@@ -82,4 +102,15 @@ func run() error {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// splitList splits a comma-separated flag, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

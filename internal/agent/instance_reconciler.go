@@ -68,9 +68,7 @@ const DefaultWorkers = 16
 // InstanceReconciler carries out tasks on one node. Its cache holds only the instances placed on
 // this node (a field selector on status.nodeName).
 type InstanceReconciler struct {
-	Client client.Client
-	// Reader reads objects the cache does not hold (Images).
-	Reader   client.Reader
+	Client   client.Client
 	Recorder events.EventRecorder
 	Driver   driver.Driver
 	Storage  *storage.Node
@@ -258,19 +256,17 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 	return err
 }
 
-// createRootDisk fetches the instance's image into the node's cache and makes its root disk.
+// createRootDisk fetches the instance's image from the image store into the node's cache and
+// makes its root disk. The image is the one the manager applied (status.image): the agent
+// needs neither the Image object nor its source.
 func (r *InstanceReconciler) createRootDisk(ctx context.Context, inst *v1.Instance) (string, error) {
-	image := &v1.Image{}
-	key := types.NamespacedName{Namespace: inst.Namespace, Name: inst.Status.Image.Name}
-	if err := r.Reader.Get(ctx, key, image); err != nil {
-		return "", fmt.Errorf("get image %s: %w", key, err)
-	}
+	img := *inst.Status.Image
 	disks := r.disks()
-	base, err := disks.EnsureImage(ctx, image.Spec)
+	base, err := disks.EnsureImage(ctx, img)
 	if err != nil {
-		return "", fmt.Errorf("image %s: %w", key.Name, err)
+		return "", err
 	}
-	return disks.CreateRootDisk(ctx, string(inst.UID), base, image.Spec.DiskFormat, inst.Status.Flavor.DiskGiB)
+	return disks.CreateRootDisk(ctx, string(inst.UID), base, img.DiskFormat, inst.Status.Flavor.DiskGiB)
 }
 
 // terminate destroys the domain and deletes the instance's own files.

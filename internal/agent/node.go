@@ -23,7 +23,7 @@ import (
 // Disks fetches images into the node's cache and makes root disks: *storage.Node on a real
 // node, *storage.SimulatedDisks on a simulated one.
 type Disks interface {
-	EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, error)
+	EnsureImage(ctx context.Context, img v1.AppliedImage) (string, error)
 	CreateRootDisk(ctx context.Context, uid, base string, format v1.DiskFormat, sizeGiB int32) (string, error)
 	CapacityGiB() (int64, error)
 }
@@ -47,6 +47,7 @@ type Node struct {
 	LeaseDuration   time.Duration
 	ShutdownTimeout time.Duration
 	RebootTimeout   time.Duration
+	ImageCacheGrace time.Duration
 	Workers         int
 	MetricsAddr     string
 	ProbeAddr       string
@@ -64,14 +65,14 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.nodeName", n.Name)},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{
-			DisableFor: []client.Object{&v1.Image{}, &v1.Hypervisor{}, &coordinationv1.Lease{}},
+			DisableFor: []client.Object{&v1.Hypervisor{}, &coordinationv1.Lease{}},
 		}},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager for node %s: %w", n.Name, err)
 	}
 	reconciler := &InstanceReconciler{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
 		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}
@@ -82,7 +83,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration,
-		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute,
+		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
 	}
 	if err := mgr.Add(reporter); err != nil {
 		return nil, err

@@ -44,9 +44,17 @@ type Reporter struct {
 	LeaseDuration time.Duration
 	// ReportPeriod is how often capacity and versions are re-read.
 	ReportPeriod time.Duration
-	// CleanupPeriod is how often orphaned domains are looked for.
+	// CleanupPeriod is how often orphaned domains and unused cached images are looked for.
 	CleanupPeriod time.Duration
+	// ImageCacheGrace is how long a cached base image no instance of the node uses is kept
+	// (DefaultImageCacheGrace when zero).
+	ImageCacheGrace time.Duration
 }
+
+// DefaultImageCacheGrace keeps an unused base image a day, as Nova's
+// remove_unused_original_minimum_age_seconds does: an instance launched again soon after the
+// last one went needs no new fetch.
+const DefaultImageCacheGrace = 24 * time.Hour
 
 // Start runs until ctx ends. It implements manager.Runnable.
 func (r *Reporter) Start(ctx context.Context) error {
@@ -66,6 +74,7 @@ func (r *Reporter) Start(ctx context.Context) error {
 	run("report hypervisor", r.ReportHypervisor)
 	run("renew lease", r.RenewLease)
 	run("clean up orphaned domains", r.CleanupOrphans)
+	run("clean up the image cache", r.CleanImageCache)
 	for {
 		select {
 		case <-ctx.Done():
@@ -76,8 +85,23 @@ func (r *Reporter) Start(ctx context.Context) error {
 			run("report hypervisor", r.ReportHypervisor)
 		case <-cleanup.C:
 			run("clean up orphaned domains", r.CleanupOrphans)
+			run("clean up the image cache", r.CleanImageCache)
 		}
 	}
+}
+
+// CleanImageCache removes the cached base images that no instance of the node has used for
+// the grace period.
+func (r *Reporter) CleanImageCache(ctx context.Context) error {
+	grace := r.ImageCacheGrace
+	if grace <= 0 {
+		grace = DefaultImageCacheGrace
+	}
+	removed, err := r.Storage.RemoveUnusedBases(grace)
+	if len(removed) > 0 {
+		log.FromContext(ctx).Info("removed unused images from the cache", "sha256", removed, "grace", grace.String())
+	}
+	return err
 }
 
 // ReportHypervisor creates the node's Hypervisor if needed and patches the fields the agent owns.

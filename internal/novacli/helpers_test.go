@@ -29,7 +29,8 @@ func sampleInstance(name string) *v1.Instance {
 		Status: v1.InstanceStatus{
 			ObservedGeneration: 3, VMState: v1.VMStateActive, PowerState: v1.PowerStateRunning, NodeName: "host-1",
 			Flavor: &v1.AppliedFlavor{Name: "m1.tiny", FlavorSpec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}},
-			Image:  &v1.ImageReference{Name: "test-guest"},
+			Image: &v1.AppliedImage{ImageReference: v1.ImageReference{Name: "test-guest"}, UID: "9a1c-uid",
+				SHA256: "4e1243bd22c66e76c2ba9eddc1f91394e57f9f83", DiskFormat: v1.DiskFormatQCOW2},
 			Conditions: []metav1.Condition{
 				{Type: v1.ConditionReady, Status: metav1.ConditionTrue, Reason: v1.ReasonDesiredStateReached,
 					Message: "the instance is Active as its spec asks", ObservedGeneration: 3},

@@ -152,12 +152,20 @@ func flavorValue(inst *v1.Instance) string {
 func imageValue(inst *v1.Instance) string {
 	img := inst.Status.Image
 	if img == nil {
-		return orDash(inst.Spec.Image.Name) + " (not applied yet)"
+		return imageName(inst.Spec.Image) + " (not applied yet)"
 	}
-	if img.Name != inst.Spec.Image.Name {
-		return img.Name + "; spec asks for " + inst.Spec.Image.Name
+	if !img.SameImage(inst.Spec.Image) {
+		return imageName(img.ImageReference) + "; spec asks for " + imageName(inst.Spec.Image)
 	}
-	return img.Name
+	return imageName(img.ImageReference)
+}
+
+// imageName shows a ClusterImage apart from an Image of the namespace.
+func imageName(ref v1.ImageReference) string {
+	if ref.ImageKindOrDefault() == v1.KindClusterImage {
+		return orDash(ref.Name) + " (cluster image)"
+	}
+	return orDash(ref.Name)
 }
 
 func lockedValue(spec *v1.InstanceSpec) string {

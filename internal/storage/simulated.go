@@ -20,11 +20,11 @@ type SimulatedDisks struct {
 }
 
 // EnsureImage checks the digest as a real node would and returns a path that is never read.
-func (s *SimulatedDisks) EnsureImage(_ context.Context, spec v1.ImageSpec) (string, error) {
-	if !shaPattern.MatchString(spec.SHA256) {
-		return "", fmt.Errorf("image digest %q is not a sha256 hex digest", spec.SHA256)
+func (s *SimulatedDisks) EnsureImage(_ context.Context, img v1.AppliedImage) (string, error) {
+	if !shaPattern.MatchString(img.SHA256) {
+		return "", fmt.Errorf("image digest %q is not a sha256 hex digest", img.SHA256)
 	}
-	return s.Node.BaseImage(spec.SHA256), nil
+	return s.Node.BaseImage(img.SHA256), nil
 }
 
 // CreateRootDisk writes an empty root disk, keeping one that exists.

@@ -10,12 +10,11 @@ package storage
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,30 +22,24 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/imagestore"
 )
 
 // Node is one node's storage root.
 type Node struct {
 	Root string
-	// HTTPClient downloads images; nil means http.DefaultClient.
-	HTTPClient *http.Client
-	// ImageDirs are the only directories an Image's file source may name. A tenant's manifest
-	// must not make the agent read any file of the node (its disks, /dev/zero).
-	ImageDirs []string
-	// MaxImageBytes caps an image's size; 0 means DefaultMaxImageBytes.
-	MaxImageBytes int64
+	// Images is the image store the node fetches images from.
+	Images imagestore.Store
 
-	locks sync.Map // sha256 -> *sync.Mutex: one download per image however many instances wait
+	locks sync.Map // sha256 -> *sync.Mutex: one fetch per image however many instances wait
 	// sizes caches the virtual size of each base image (path -> int64). A base never changes
 	// (its name is its digest, and it is read-only), so a launch storm runs qemu-img info
 	// once per image instead of once per instance.
 	sizes sync.Map
 }
-
-// DefaultMaxImageBytes is the largest image a node accepts unless told otherwise.
-const DefaultMaxImageBytes = 64 << 30
 
 var (
 	uidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
@@ -82,26 +75,33 @@ func (n *Node) ConsoleLog(uid string) (string, error) {
 // BaseImage is where a verified image with this digest is cached.
 func (n *Node) BaseImage(sum string) string { return filepath.Join(n.Root, "_base", sum) }
 
-// EnsureImage returns the path of the cached, verified copy of an image, fetching it first if
-// needed. Bytes that do not match the digest are refused and never land in the cache.
-func (n *Node) EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, error) {
-	if !shaPattern.MatchString(spec.SHA256) {
-		return "", fmt.Errorf("image digest %q is not a sha256 hex digest", spec.SHA256)
+// EnsureImage returns the path of the node's cached copy of an image, fetching it from the
+// image store first if needed. The image service verified the bytes it stored, and the copy is
+// checked against the same digest, so a base in the cache is exactly what the image service
+// made available. Knowing a digest grants nothing: the manager hands out an AppliedImage only
+// for an Image that is Available. One fetch serves however many instances wait for it.
+func (n *Node) EnsureImage(ctx context.Context, img v1.AppliedImage) (string, error) {
+	if !shaPattern.MatchString(img.SHA256) {
+		return "", fmt.Errorf("image digest %q is not a sha256 hex digest", img.SHA256)
 	}
-	mu, _ := n.locks.LoadOrStore(spec.SHA256, &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	unlock := n.lockBase(img.SHA256)
+	defer unlock()
 
-	path := n.BaseImage(spec.SHA256)
+	path := n.BaseImage(img.SHA256)
 	if _, err := os.Stat(path); err == nil {
-		return path, nil
+		// A use keeps the base from the cache cleanup (RemoveUnusedBases) for its grace.
+		now := time.Now()
+		return path, os.Chtimes(path, now, now)
+	}
+	if n.Images == nil {
+		return "", errors.New("this node has no image store configured (--image-store)")
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", err
 	}
-	src, err := n.open(ctx, spec.Source)
+	src, _, err := n.Images.Open(ctx, img.UID)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("fetch %s from the image store: %w", img.ImageReference, err)
 	}
 	defer func() { _ = src.Close() }()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".download-*")
@@ -110,27 +110,15 @@ func (n *Node) EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, erro
 	}
 	defer func() { _ = os.Remove(tmp.Name()) }()
 	h := sha256.New()
-	limit := n.MaxImageBytes
-	if limit <= 0 {
-		limit = DefaultMaxImageBytes
-	}
-	copied, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(src, limit+1))
-	if err != nil {
+	if _, err := io.Copy(io.MultiWriter(tmp, h), src); err != nil {
 		_ = tmp.Close()
-		return "", fmt.Errorf("fetch image from %s: %w", describe(spec.Source), err)
-	}
-	if copied > limit {
-		_ = tmp.Close()
-		return "", fmt.Errorf("image from %s is larger than the node's limit of %d bytes", describe(spec.Source), limit)
+		return "", fmt.Errorf("fetch %s from the image store: %w", img.ImageReference, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != spec.SHA256 {
-		return "", fmt.Errorf("image from %s has sha256 %s, want %s", describe(spec.Source), got, spec.SHA256)
-	}
-	if err := inspect(ctx, tmp.Name(), spec.DiskFormat); err != nil {
-		return "", fmt.Errorf("image from %s: %w", describe(spec.Source), err)
+	if got := hex.EncodeToString(h.Sum(nil)); got != img.SHA256 {
+		return "", fmt.Errorf("the image store's copy of %s has sha256 %s, not %s as the image service verified", img.ImageReference, got, img.SHA256)
 	}
 	if err := os.Chmod(tmp.Name(), 0o444); err != nil {
 		return "", err
@@ -141,114 +129,127 @@ func (n *Node) EnsureImage(ctx context.Context, spec v1.ImageSpec) (string, erro
 	return path, nil
 }
 
-func describe(s v1.ImageSource) string {
-	if s.URL != "" {
-		return s.URL
-	}
-	return s.File
+// lockBase serialises the fetch and the removal of one base image.
+func (n *Node) lockBase(sum string) (unlock func()) {
+	mu, _ := n.locks.LoadOrStore(sum, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	return mu.(*sync.Mutex).Unlock
 }
 
-func (n *Node) open(ctx context.Context, s v1.ImageSource) (io.ReadCloser, error) {
-	switch {
-	case s.File != "":
-		if !n.fileAllowed(s.File) {
-			return nil, fmt.Errorf("image file %s is outside the directories this node serves images from (%s)",
-				s.File, strings.Join(n.ImageDirs, ", "))
-		}
-		f, err := os.Open(s.File)
-		if err != nil {
-			return nil, fmt.Errorf("open image file: %w", err)
-		}
-		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-			_ = f.Close()
-			return nil, fmt.Errorf("image file %s is not a regular file", s.File)
-		}
-		return f, nil
-	case s.URL != "":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
-		if err != nil {
-			return nil, fmt.Errorf("image url: %w", err)
-		}
-		client := n.HTTPClient
-		if client == nil {
-			client = http.DefaultClient
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("download image: %w", err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			_ = resp.Body.Close()
-			return nil, fmt.Errorf("download image from %s: %s", s.URL, resp.Status)
-		}
-		return resp.Body, nil
+// RemoveUnusedBases deletes the cached base images that no instance disk on the node is built
+// on and that have not been used for grace (Nova's image cache manager, with its
+// remove_unused_original_minimum_age_seconds). A base is in use while any qcow2 file in an
+// instance's directory names it as its backing file. It returns the digests it removed.
+func (n *Node) RemoveUnusedBases(grace time.Duration) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(n.Root, "_base"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
-	return nil, errors.New("image has no source")
-}
-
-// fileAllowed says whether path lies inside one of the image directories, links resolved.
-func (n *Node) fileAllowed(path string) bool {
-	real, err := filepath.EvalSymlinks(path)
+	used, err := n.basesInUse()
 	if err != nil {
-		return false
+		return nil, err
 	}
-	for _, dir := range n.ImageDirs {
-		d, err := filepath.EvalSymlinks(dir)
-		if err != nil {
+	var removed []string
+	for _, e := range entries {
+		sum := e.Name()
+		if !shaPattern.MatchString(sum) || used[n.BaseImage(sum)] {
 			continue
 		}
-		if rel, err := filepath.Rel(d, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") && rel != "." {
-			return true
+		gone, err := n.removeBaseIfIdle(sum, grace)
+		if err != nil {
+			return removed, err
+		}
+		if gone {
+			removed = append(removed, sum)
 		}
 	}
-	return false
+	return removed, nil
 }
 
-// imageInfo is the part of `qemu-img info --output=json` that inspect reads.
-type imageInfo struct {
-	Format          string `json:"format"`
-	VirtualSize     int64  `json:"virtual-size"`
-	BackingFilename string `json:"backing-filename"`
-	FormatSpecific  struct {
-		Data struct {
-			DataFile string `json:"data-file"`
-		} `json:"data"`
-	} `json:"format-specific"`
-}
-
-// inspect refuses images that are not what they claim, or that point outside themselves: a
-// qcow2 with a backing file or an external data file could make a guest read the node's disks
-// or another instance's, whatever its checksum (Nova's image fetch refuses them too).
-func inspect(ctx context.Context, path string, declared v1.DiskFormat) error {
-	if declared == "" {
-		declared = v1.DiskFormatQCOW2
+// removeBaseIfIdle removes one base under its lock, so that a spawn fetching or touching it
+// meanwhile keeps it.
+func (n *Node) removeBaseIfIdle(sum string, grace time.Duration) (bool, error) {
+	unlock := n.lockBase(sum)
+	defer unlock()
+	path := n.BaseImage(sum)
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	info, err := readInfo(ctx, path)
+	if time.Since(st.ModTime()) < grace {
+		return false, nil
+	}
+	// Look again under the lock: a disk made on the base since the scan keeps it.
+	used, err := n.basesInUse()
+	if err != nil || used[path] {
+		return false, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	n.sizes.Delete(path)
+	return true, nil
+}
+
+// basesInUse lists the backing files named by the qcow2 files in the instances' directories.
+func (n *Node) basesInUse() (map[string]bool, error) {
+	uids, err := n.InstanceUIDs()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if info.Format != string(declared) {
-		return fmt.Errorf("the image is %s, not %s as its diskFormat says", info.Format, declared)
+	used := map[string]bool{}
+	for _, uid := range uids {
+		dir, _ := n.InstanceDir(uid)
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		for _, f := range files {
+			if !f.Type().IsRegular() {
+				continue
+			}
+			backing, err := qcow2BackingFile(filepath.Join(dir, f.Name()))
+			if err != nil {
+				return nil, err
+			}
+			if backing != "" {
+				used[backing] = true
+			}
+		}
 	}
-	if info.BackingFilename != "" {
-		return fmt.Errorf("the image has a backing file (%s); images must be standalone", info.BackingFilename)
-	}
-	if info.FormatSpecific.Data.DataFile != "" {
-		return fmt.Errorf("the image has an external data file (%s); images must be standalone", info.FormatSpecific.Data.DataFile)
-	}
-	return nil
+	return used, nil
 }
 
-func readInfo(ctx context.Context, path string) (imageInfo, error) {
-	var info imageInfo
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", path).Output()
-	if err != nil {
-		return info, fmt.Errorf("qemu-img info: %w", err)
+// qcow2BackingFile reads the backing file name from a qcow2 header; "" for a file that is not a
+// qcow2 or has none. Reading 20 bytes is cheaper than a qemu-img per disk, every few minutes.
+func qcow2BackingFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	} else if err != nil {
+		return "", err
 	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return info, fmt.Errorf("qemu-img info: %w", err)
+	defer func() { _ = f.Close() }()
+	var hdr [20]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return "", nil // too short to be a qcow2
 	}
-	return info, nil
+	if string(hdr[:4]) != "QFI\xfb" {
+		return "", nil
+	}
+	offset, size := binary.BigEndian.Uint64(hdr[8:16]), binary.BigEndian.Uint32(hdr[16:20])
+	if offset == 0 || size == 0 || size > 4096 {
+		return "", nil
+	}
+	name := make([]byte, size)
+	if _, err := f.ReadAt(name, int64(offset)); err != nil {
+		return "", fmt.Errorf("read the backing file name of %s: %w", path, err)
+	}
+	return string(name), nil
 }
 
 // CreateRootDisk makes an instance's root disk, a qcow2 overlay on a cached base image, sized to
@@ -301,7 +302,7 @@ func (n *Node) virtualSize(ctx context.Context, base string) (int64, error) {
 	if size, ok := n.sizes.Load(base); ok {
 		return size.(int64), nil
 	}
-	info, err := readInfo(ctx, base)
+	info, err := imagestore.Inspect(ctx, base)
 	if err != nil {
 		return 0, err
 	}

@@ -1,20 +1,24 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
-	"net/http/httptest"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/imagestore"
 )
 
 const uidA = "6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10"
@@ -23,16 +27,37 @@ const uidC = "8f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a12"
 
 func digest(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
 
-func TestEnsureImageDownloadsOnceAndVerifies(t *testing.T) {
+// countingStore counts the opens of an image store.
+type countingStore struct {
+	imagestore.Store
+	opens atomic.Int32
+}
+
+func (c *countingStore) Open(ctx context.Context, key string) (io.ReadCloser, imagestore.Object, error) {
+	c.opens.Add(1)
+	return c.Store.Open(ctx, key)
+}
+
+// storedImage puts body into a fresh image store and returns the AppliedImage the manager would
+// hand out for it.
+func storedImage(t *testing.T, body []byte) (*countingStore, v1.AppliedImage) {
+	t.Helper()
+	store := &countingStore{Store: &imagestore.Dir{Root: t.TempDir()}}
+	_, sum, err := store.Put(context.Background(), imageUID, bytes.NewReader(body), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, v1.AppliedImage{ImageReference: v1.ImageReference{Name: "img"}, UID: imageUID, SHA256: sum, DiskFormat: v1.DiskFormatRaw}
+}
+
+const imageUID = "1f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a19"
+
+// TestEnsureImageFetchesOnceForConcurrentLaunches: ten instances of one image starting at
+// once cost one fetch from the image store.
+func TestEnsureImageFetchesOnceForConcurrentLaunches(t *testing.T) {
 	body := []byte("not really a disk, but bytes with a digest")
-	var hits atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		hits.Add(1)
-		_, _ = w.Write(body)
-	}))
-	defer srv.Close()
-	n := &Node{Root: t.TempDir()}
-	spec := v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL + "/img"}, SHA256: digest(body), DiskFormat: v1.DiskFormatRaw}
+	store, img := storedImage(t, body)
+	n := &Node{Root: t.TempDir(), Images: store}
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 10)
@@ -40,7 +65,7 @@ func TestEnsureImageDownloadsOnceAndVerifies(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := n.EnsureImage(context.Background(), spec)
+			_, err := n.EnsureImage(context.Background(), img)
 			errs <- err
 		}()
 	}
@@ -51,40 +76,100 @@ func TestEnsureImageDownloadsOnceAndVerifies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if hits.Load() != 1 {
-		t.Errorf("%d downloads for ten instances of one image, want 1", hits.Load())
+	if store.opens.Load() != 1 {
+		t.Errorf("%d fetches for ten instances of one image, want 1", store.opens.Load())
 	}
-	got, err := os.ReadFile(n.BaseImage(spec.SHA256))
+	got, err := os.ReadFile(n.BaseImage(img.SHA256))
 	if err != nil || string(got) != string(body) {
 		t.Fatalf("cached image: %q, %v", got, err)
 	}
 }
 
-func TestEnsureImageRefusesWrongBytes(t *testing.T) {
-	dir := t.TempDir()
-	src := filepath.Join(dir, "img")
-	if err := os.WriteFile(src, []byte("tampered"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	n := &Node{Root: filepath.Join(dir, "root"), ImageDirs: []string{dir}}
-	want := digest([]byte("original"))
-	_, err := n.EnsureImage(context.Background(), v1.ImageSpec{Source: v1.ImageSource{File: src}, SHA256: want})
-	if err == nil || !strings.Contains(err.Error(), "has sha256") {
+// TestEnsureImageRefusesBytesThatDoNotMatch: a store copy that differs from what the image
+// service verified (tampered with, or replaced) never lands in the cache.
+func TestEnsureImageRefusesBytesThatDoNotMatch(t *testing.T) {
+	store, img := storedImage(t, []byte("tampered"))
+	img.SHA256 = digest([]byte("original"))
+	n := &Node{Root: t.TempDir(), Images: store}
+	_, err := n.EnsureImage(context.Background(), img)
+	if err == nil || !strings.Contains(err.Error(), "not "+img.SHA256) {
 		t.Fatalf("wrong bytes accepted or unclear error: %v", err)
 	}
 	entries, _ := os.ReadDir(filepath.Join(n.Root, "_base"))
 	if len(entries) != 0 {
 		t.Errorf("the cache kept %d files after a failed verification", len(entries))
 	}
+	img.UID = "2f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a19"
+	if _, err := n.EnsureImage(context.Background(), img); !errors.Is(err, imagestore.ErrNotFound) {
+		t.Fatalf("an image the store does not hold: %v", err)
+	}
 }
 
-func TestEnsureImageReportsHTTPErrors(t *testing.T) {
-	srv := httptest.NewServer(http.NotFoundHandler())
-	defer srv.Close()
-	n := &Node{Root: t.TempDir()}
-	_, err := n.EnsureImage(context.Background(), v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL}, SHA256: digest(nil)})
-	if err == nil || !strings.Contains(err.Error(), "404") {
-		t.Fatalf("got %v, want the HTTP status", err)
+// TestRemoveUnusedBases: a base that a disk is built on stays; one no disk uses goes once its
+// grace has passed since its last use, not before.
+func TestRemoveUnusedBases(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Fatal("qemu-img is missing: run make libvirt")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", base, "1M")
+	body, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, used := storedImage(t, body)
+	_, unusedSum, err := store.Put(ctx, "3f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a19", bytes.NewReader(append(body, 0)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused := v1.AppliedImage{UID: "3f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a19", SHA256: unusedSum}
+	n := &Node{Root: t.TempDir(), Images: store}
+	usedPath, err := n.EnsureImage(ctx, used)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.CreateRootDisk(ctx, uidA, usedPath, v1.DiskFormatQCOW2, 0); err != nil {
+		t.Fatal(err)
+	}
+	unusedPath, err := n.EnsureImage(ctx, unused)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	removed, err := n.RemoveUnusedBases(time.Hour)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("within the grace: removed %v, %v", removed, err)
+	}
+	past := time.Now().Add(-2 * time.Hour)
+	for _, p := range []string{usedPath, unusedPath} {
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err = n.RemoveUnusedBases(time.Hour)
+	if err != nil || !slices.Equal(removed, []string{unused.SHA256}) {
+		t.Fatalf("after the grace: removed %v, %v; want only the unused base", removed, err)
+	}
+	if _, err := os.Stat(usedPath); err != nil {
+		t.Error("the base of a running instance's disk was removed")
+	}
+	// Once its instance is gone, the used base goes too; using it again first keeps it.
+	if err := n.DeleteInstanceFiles(uidA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.EnsureImage(ctx, used); err != nil {
+		t.Fatal(err)
+	}
+	if removed, _ := n.RemoveUnusedBases(time.Hour); len(removed) != 0 {
+		t.Fatalf("a base used a moment ago was removed: %v", removed)
+	}
+	if err := os.Chtimes(usedPath, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if removed, _ := n.RemoveUnusedBases(time.Hour); !slices.Equal(removed, []string{used.SHA256}) {
+		t.Fatalf("removed %v, want the base no instance uses any more", removed)
 	}
 }
 
@@ -148,71 +233,5 @@ func qemuImg(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
-	}
-}
-
-func fileSpec(t *testing.T, path string, format v1.DiskFormat) v1.ImageSpec {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v1.ImageSpec{Source: v1.ImageSource{File: path}, SHA256: digest(b), DiskFormat: format}
-}
-
-// TestEnsureImageRefusesDangerousImages: the checksum is the tenant's own, so it proves nothing
-// about what the bytes point at.
-func TestEnsureImageRefusesDangerousImages(t *testing.T) {
-	images := t.TempDir()
-	victim := filepath.Join(t.TempDir(), "victim-disk")
-	qemuImg(t, "create", "-q", "-f", "raw", victim, "1M")
-	backed := filepath.Join(images, "backed.qcow2")
-	qemuImg(t, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", victim, backed)
-	plain := filepath.Join(images, "plain.qcow2")
-	qemuImg(t, "create", "-q", "-f", "qcow2", plain, "1M")
-	outside := filepath.Join(t.TempDir(), "outside.qcow2")
-	qemuImg(t, "create", "-q", "-f", "qcow2", outside, "1M")
-	n := &Node{Root: t.TempDir(), ImageDirs: []string{images}}
-	ctx := context.Background()
-
-	cases := []struct {
-		name string
-		spec v1.ImageSpec
-		want string
-	}{
-		{"a qcow2 backed by another disk", fileSpec(t, backed, v1.DiskFormatQCOW2), "backing file"},
-		{"a qcow2 declared raw", fileSpec(t, plain, v1.DiskFormatRaw), "is qcow2, not raw"},
-		{"a file outside the image directories", fileSpec(t, outside, v1.DiskFormatQCOW2), "outside the directories"},
-		{"a device", v1.ImageSpec{Source: v1.ImageSource{File: "/dev/zero"}, SHA256: digest(nil)}, "outside the directories"},
-	}
-	for _, c := range cases {
-		_, err := n.EnsureImage(ctx, c.spec)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: got %v, want an error saying %q", c.name, err, c.want)
-		}
-	}
-	if _, err := n.EnsureImage(ctx, fileSpec(t, plain, v1.DiskFormatQCOW2)); err != nil {
-		t.Errorf("a standalone qcow2 was refused: %v", err)
-	}
-	entries, _ := os.ReadDir(filepath.Join(n.Root, "_base"))
-	if len(entries) != 1 {
-		t.Errorf("the cache holds %d entries, want only the accepted image", len(entries))
-	}
-
-	devices := &Node{Root: t.TempDir(), ImageDirs: []string{"/dev"}}
-	if _, err := devices.EnsureImage(ctx, v1.ImageSpec{Source: v1.ImageSource{File: "/dev/zero"}, SHA256: digest(nil)}); err == nil ||
-		!strings.Contains(err.Error(), "not a regular file") {
-		t.Errorf("a device inside an image directory: %v", err)
-	}
-}
-
-func TestEnsureImageEnforcesTheSizeLimit(t *testing.T) {
-	body := make([]byte, 4096)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
-	defer srv.Close()
-	n := &Node{Root: t.TempDir(), MaxImageBytes: 1024}
-	_, err := n.EnsureImage(context.Background(), v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL}, SHA256: digest(body), DiskFormat: v1.DiskFormatRaw})
-	if err == nil || !strings.Contains(err.Error(), "larger than the node's limit") {
-		t.Fatalf("got %v", err)
 	}
 }

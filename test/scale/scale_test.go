@@ -45,8 +45,7 @@ func TestSimulatedFleetLaunchesWithinTheWriteBudget(t *testing.T) {
 
 	g.Expect(c.Create(ctx, &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "m1.tiny"},
 		Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}})).To(gomega.Succeed())
-	g.Expect(c.Create(ctx, &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "img"},
-		Spec: v1.ImageSpec{Source: v1.ImageSource{File: "/nonexistent/img.qcow2"}, SHA256: fmt.Sprintf("%064d", 0)}})).To(gomega.Succeed())
+	g.Expect(cluster.CreateTinyImage(ctx, "default", "img")).To(gomega.Succeed())
 
 	// Every simulated node registers: its Node (made by the simulator, as a kubelet would), its
 	// Hypervisor with the simulated capacity, and a heartbeat that makes it Up.

@@ -26,6 +26,12 @@ type Cluster struct {
 	WorkDir    string
 	Kubeconfig string
 	Hosts      []Host
+	// ImageStore is the image store's directory, shared by the manager and every agent as
+	// shared storage would be.
+	ImageStore string
+	// ImageSources is a directory the image service imports file sources from, besides the
+	// test guest's (BinDir()/guest); tests put their own images there.
+	ImageSources string
 
 	procs []*exec.Cmd
 }
@@ -47,7 +53,19 @@ func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Env: env, WorkDir: workDir}
+	c := &Cluster{Env: env, WorkDir: workDir,
+		ImageStore: filepath.Join(workDir, "image-store"), ImageSources: filepath.Join(workDir, "image-sources")}
+	// A fresh store per cluster: the keys are the UIDs of objects of one API server.
+	for _, dir := range []string{c.ImageStore, c.ImageSources} {
+		if err := os.RemoveAll(dir); err != nil {
+			c.Stop()
+			return nil, err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
 	if err := c.writeKubeconfig(); err != nil {
 		c.Stop()
 		return nil, err
@@ -93,7 +111,8 @@ func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err e
 // StartManager starts the manager.
 func (c *Cluster) StartManager(args ...string) error {
 	return c.start("manager", filepath.Join(BinDir(), "manager"),
-		append([]string{"--health-probe-bind-address=0", "--node-down-grace=5s"}, args...)...)
+		append([]string{"--health-probe-bind-address=0", "--node-down-grace=5s", "--image-store=" + c.ImageStore,
+			"--image-source-dirs=" + filepath.Join(BinDir(), "guest") + "," + c.ImageSources}, args...)...)
 }
 
 // Process is the running process of the manager ("manager") or of an agent ("agent"), the
@@ -161,7 +180,7 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
-		"--image-dirs=" + filepath.Join(BinDir(), "guest")}, args...)...)
+		"--image-store=" + c.ImageStore}, args...)...)
 }
 
 // start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.

@@ -67,7 +67,7 @@ func run(nodes, instances, parallel int, workDir string) error {
 	if err != nil {
 		return err
 	}
-	if err := prepare(ctx, c, nodes); err != nil {
+	if err := prepare(ctx, cluster, c, nodes); err != nil {
 		return err
 	}
 	w, err := watchInstances(ctx, cfg)
@@ -150,16 +150,14 @@ func name(i int) string { return fmt.Sprintf("scale-%05d", i) }
 
 // prepare creates the flavor and image the instances use and waits until every simulated
 // node's Hypervisor is up.
-func prepare(ctx context.Context, c client.Client, nodes int) error {
+func prepare(ctx context.Context, cluster *utils.Cluster, c client.Client, nodes int) error {
 	flavor := &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "m1.tiny"}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 256, DiskGiB: 1}}
-	// Simulated nodes fetch nothing; the image must only be valid.
-	image := &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "bench-image"},
-		Spec: v1.ImageSpec{Source: v1.ImageSource{File: "/nonexistent/bench-image.qcow2"},
-			SHA256: "0000000000000000000000000000000000000000000000000000000000000000", DiskFormat: v1.DiskFormatQCOW2}}
-	for _, obj := range []client.Object{flavor, image} {
-		if err := c.Create(ctx, obj); err != nil {
-			return err
-		}
+	if err := c.Create(ctx, flavor); err != nil {
+		return err
+	}
+	// Simulated nodes fetch nothing, but instances launch only from an Available image.
+	if err := cluster.CreateTinyImage(ctx, namespace, "bench-image"); err != nil {
+		return err
 	}
 	return benchutil.Poll(3*time.Minute, func() (bool, error) {
 		var hvs v1.HypervisorList

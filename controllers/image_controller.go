@@ -1,0 +1,262 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/imagestore"
+	"github.com/kubenova/kubenova/internal/kube"
+)
+
+// DefaultImageWorkers is how many images the image service imports at once. An import holds a
+// worker while it copies the bytes, so a few large downloads must not hold back the rest.
+const DefaultImageWorkers = 4
+
+// ImageReconciler is the image service, Glance's role, for one kind (Image or ClusterImage): it
+// imports each image's bytes from its source into the image store, verifies them and says in
+// status whether instances can boot from them. A node fetches only what it made available.
+type ImageReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	Importer *imagestore.Importer
+	// Kind is the kind reconciled: v1.KindImage or v1.KindClusterImage.
+	Kind v1.ImageKind
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+	// MaxRetryBackoff caps the wait between imports of an image whose source did not answer.
+	MaxRetryBackoff time.Duration
+
+	attemptsMu sync.Mutex
+	attempts   map[types.UID]int
+}
+
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=images;clusterimages,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=images/status;clusterimages/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=images/finalizers;clusterimages/finalizers,verbs=update
+
+// Reconcile imports the image if its bytes are not in the store yet, and removes them when the
+// image is deleted. Status is written once, at the end.
+func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	img := r.newObject()
+	if err := r.Get(ctx, req.NamespacedName, img); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !img.GetDeletionTimestamp().IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, img)
+	}
+	if controllerutil.AddFinalizer(img, v1.FinalizerImage) {
+		// Stored before any byte is, so that no import outlives its image in the store.
+		return ctrl.Result{}, r.Update(ctx, img)
+	}
+	orig := img.DeepCopyObject().(v1.ImageObject)
+	// writeStatus writes what status says so far, over the version last read or written.
+	writeStatus := func() error {
+		img.ImageStatus().ObservedGeneration = img.GetGeneration()
+		if err := kube.PatchStatus(ctx, r.Client, orig, img); err != nil {
+			return err
+		}
+		orig = img.DeepCopyObject().(v1.ImageObject)
+		return nil
+	}
+	result, err := r.reconcileImport(ctx, img, writeStatus)
+	if perr := writeStatus(); perr != nil {
+		return kube.RetryIfStale(ctrl.Result{}, perr)
+	}
+	return result, err
+}
+
+// reconcileImport brings the store in line with the image: nothing to do when it holds the
+// verified bytes, an import otherwise.
+func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObject, writeStatus func() error) (ctrl.Result, error) {
+	spec, st := img.ImageSpec(), img.ImageStatus()
+	key := string(img.GetUID())
+	switch st.Phase {
+	case v1.ImageAvailable:
+		_, err := r.Importer.Store.Stat(ctx, key)
+		if err == nil {
+			return ctrl.Result{}, nil
+		}
+		if !errors.Is(err, imagestore.ErrNotFound) {
+			return ctrl.Result{}, err
+		}
+		r.event(img, corev1.EventTypeWarning, ReasonImageLost, "Import",
+			"the image store no longer holds the image's bytes; importing them again from the source")
+	case v1.ImageError:
+		if c := meta.FindStatusCondition(st.Conditions, v1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue &&
+			!retryable(c.Reason) && c.ObservedGeneration == img.GetGeneration() {
+			// The source and the checksum are immutable: the same import fails the same way.
+			return ctrl.Result{}, nil
+		}
+	}
+	if st.Phase != v1.ImageError {
+		// Say so before the copy, which may take minutes, not after.
+		r.setPhase(img, v1.ImageImporting, v1.ReasonImporting, "importing the image from "+describeSource(spec.Source))
+		if err := writeStatus(); err != nil {
+			return kube.RetryIfStale(ctrl.Result{}, err)
+		}
+	}
+
+	imported, err := r.Importer.Import(ctx, key, *spec)
+	var ie *imagestore.ImportError
+	if err != nil && !errors.As(err, &ie) {
+		// The store itself failed (full, unmounted): nothing wrong with the image.
+		ie = &imagestore.ImportError{Reason: ReasonStoreUnavailable, Retryable: true,
+			Message: fmt.Sprintf("the image store failed: %v", err)}
+	}
+	if ie != nil {
+		msg := ie.Message
+		var result ctrl.Result
+		if ie.Retryable {
+			result.RequeueAfter = r.backoff(r.failedAttempt(img.GetUID()))
+			msg = fmt.Sprintf("%s; trying again in %s", msg, result.RequeueAfter)
+		}
+		if c := meta.FindStatusCondition(st.Conditions, v1.ConditionReady); c == nil || c.Reason != ie.Reason {
+			r.event(img, corev1.EventTypeWarning, ie.Reason, "Import", "%s", ie.Message)
+		}
+		r.setPhase(img, v1.ImageError, ie.Reason, msg)
+		return result, nil
+	}
+	r.forgetAttempts(img.GetUID())
+	now := metav1.NewTime(r.now())
+	st.SizeBytes, st.VirtualSizeBytes, st.Format = imported.Size, imported.Info.VirtualSize, imported.Info.Format
+	st.SHA256, st.Location, st.ImportedAt = imported.SHA256, key, &now
+	r.setPhase(img, v1.ImageAvailable, v1.ReasonAvailable,
+		fmt.Sprintf("%d bytes of %s, sha256 verified; instances can boot from it", imported.Size, imported.Info.Format))
+	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "imported %d bytes of %s from %s",
+		imported.Size, imported.Info.Format, describeSource(spec.Source))
+	return ctrl.Result{}, nil
+}
+
+// setPhase sets the phase and the conditions kstatus reads: Ready when Available, Reconciling
+// while importing, Stalled on failure.
+func (r *ImageReconciler) setPhase(img v1.ImageObject, phase v1.ImagePhase, reason, message string) {
+	st := img.ImageStatus()
+	st.Phase = phase
+	gen := img.GetGeneration()
+	ready := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: reason, Message: message, ObservedGeneration: gen}
+	reconciling := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
+	stalled := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
+	switch phase {
+	case v1.ImageAvailable:
+		ready.Status = metav1.ConditionTrue
+	case v1.ImageError:
+		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, reason, message
+	default:
+		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, reason, message
+	}
+	for _, c := range []metav1.Condition{ready, reconciling, stalled} {
+		meta.SetStatusCondition(&st.Conditions, c)
+	}
+}
+
+// reconcileDelete removes the image's bytes from the store, then lets the object go. Nodes
+// keep their cached copies for the instances built on them, as Nova's do when a Glance image
+// is deleted.
+func (r *ImageReconciler) reconcileDelete(ctx context.Context, img v1.ImageObject) error {
+	if !controllerutil.ContainsFinalizer(img, v1.FinalizerImage) {
+		return nil
+	}
+	if err := r.Importer.Store.Delete(ctx, string(img.GetUID())); err != nil {
+		return err
+	}
+	r.forgetAttempts(img.GetUID())
+	controllerutil.RemoveFinalizer(img, v1.FinalizerImage)
+	return client.IgnoreNotFound(r.Update(ctx, img))
+}
+
+// retryable says whether an import that failed with reason may succeed if tried again
+// unchanged: only when the source or the store did not answer.
+func retryable(reason string) bool {
+	return reason == imagestore.ReasonSourceUnreachable || reason == ReasonStoreUnavailable
+}
+
+func (r *ImageReconciler) failedAttempt(uid types.UID) int {
+	r.attemptsMu.Lock()
+	defer r.attemptsMu.Unlock()
+	if r.attempts == nil {
+		r.attempts = map[types.UID]int{}
+	}
+	r.attempts[uid]++
+	return r.attempts[uid]
+}
+
+func (r *ImageReconciler) forgetAttempts(uid types.UID) {
+	r.attemptsMu.Lock()
+	defer r.attemptsMu.Unlock()
+	delete(r.attempts, uid)
+}
+
+// backoff doubles from 10 s per failed attempt up to MaxRetryBackoff (10 minutes by default).
+func (r *ImageReconciler) backoff(attempts int) time.Duration {
+	limit := r.MaxRetryBackoff
+	if limit == 0 {
+		limit = 10 * time.Minute
+	}
+	d := 10 * time.Second
+	for i := 1; i < attempts && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+func (r *ImageReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *ImageReconciler) event(img v1.ImageObject, eventType, reason, action, note string, args ...any) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(img, nil, eventType, reason, action, note, args...)
+	}
+}
+
+func (r *ImageReconciler) newObject() v1.ImageObject {
+	if r.Kind == v1.KindClusterImage {
+		return &v1.ClusterImage{}
+	}
+	return &v1.Image{}
+}
+
+func describeSource(s v1.ImageSource) string {
+	if s.URL != "" {
+		return s.URL
+	}
+	return s.File
+}
+
+// Reasons of the image service that the imagestore package does not name.
+const (
+	// ReasonStoreUnavailable: the image store could not be written or read.
+	ReasonStoreUnavailable = "StoreUnavailable"
+	// ReasonImageLost: the store lost an available image's bytes.
+	ReasonImageLost = "ImageLost"
+)
+
+// SetupWithManager watches the kind.
+func (r *ImageReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	name := "image"
+	if r.Kind == v1.KindClusterImage {
+		name = "clusterimage"
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named(name).
+		For(r.newObject()).
+		WithOptions(controller.Options{MaxConcurrentReconciles: DefaultImageWorkers}).
+		Complete(r)
+}

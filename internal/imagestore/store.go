@@ -1,0 +1,207 @@
+// Package imagestore is kubenova's image service storage, Glance's backend: verified image bytes
+// kept under keys (an image's UID) in a place the manager and every node reach. Store is the
+// interface; Dir is its filesystem backend, a directory on shared storage (NFS, CephFS) in
+// production and a local directory in `make dev` and the tests.
+package imagestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// ErrNotFound is returned for a key the store does not hold.
+var ErrNotFound = errors.New("not in the image store")
+
+// Object is what the store knows of the bytes under one key.
+type Object struct {
+	Key  string
+	Size int64
+}
+
+// Store keeps image bytes under keys. A key's bytes appear whole or not at all: a reader never
+// sees a half-written image, whatever line a writer dies on.
+type Store interface {
+	// Put stores what r yields under key and returns its size and sha256. check runs on the
+	// complete bytes (at a local path, with their sha256) before they become visible; its
+	// error refuses them. An existing key is replaced.
+	Put(ctx context.Context, key string, r io.Reader, check Check) (Object, string, error)
+	// Open reads the bytes under key.
+	Open(ctx context.Context, key string) (io.ReadCloser, Object, error)
+	// Stat says what the store holds under key, or ErrNotFound.
+	Stat(ctx context.Context, key string) (Object, error)
+	// Delete removes key; a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// Check inspects the complete bytes of a Put before they become visible.
+type Check func(path, sha256 string) error
+
+// keyPattern: a key is a Kubernetes UID (or another lower-case name), never a path.
+var keyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// Dir is the filesystem backend: one file per key under Root/images.
+//
+//	<root>/images/<key>            the bytes, read-only
+//	<root>/images/.put-<key>-*     a Put in progress (or cut short)
+type Dir struct {
+	Root string
+}
+
+var _ Store = (*Dir)(nil)
+
+func (d *Dir) path(key string) (string, error) {
+	if !keyPattern.MatchString(key) {
+		return "", fmt.Errorf("%q is not an image store key", key)
+	}
+	return filepath.Join(d.Root, "images", key), nil
+}
+
+// Put writes to a temporary name in the same directory, hashes while it writes, syncs, lets
+// check inspect the complete file, and only then renames it into place.
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader, check Check) (Object, string, error) {
+	path, err := d.path(key)
+	if err != nil {
+		return Object{}, "", err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Object{}, "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".put-"+key+"-*")
+	if err != nil {
+		return Object{}, "", err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }() // a no-op once renamed
+	h := sha256.New()
+	size, err := io.Copy(io.MultiWriter(tmp, h), readerWithContext{ctx, r})
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Object{}, "", fmt.Errorf("write image %s to the store: %w", key, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if check != nil {
+		if err := check(tmp.Name(), sum); err != nil {
+			return Object{}, "", err
+		}
+	}
+	if err := os.Chmod(tmp.Name(), 0o444); err != nil {
+		return Object{}, "", err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return Object{}, "", err
+	}
+	if err := syncDir(dir); err != nil {
+		return Object{}, "", err
+	}
+	return Object{Key: key, Size: size}, sum, nil
+}
+
+// Open opens the bytes under key.
+func (d *Dir) Open(_ context.Context, key string) (io.ReadCloser, Object, error) {
+	path, err := d.path(key)
+	if err != nil {
+		return nil, Object{}, err
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, Object{}, fmt.Errorf("image %s: %w", key, ErrNotFound)
+	} else if err != nil {
+		return nil, Object{}, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, Object{}, err
+	}
+	return f, Object{Key: key, Size: st.Size()}, nil
+}
+
+// Stat says what is stored under key.
+func (d *Dir) Stat(_ context.Context, key string) (Object, error) {
+	path, err := d.path(key)
+	if err != nil {
+		return Object{}, err
+	}
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Object{}, fmt.Errorf("image %s: %w", key, ErrNotFound)
+	} else if err != nil {
+		return Object{}, err
+	}
+	return Object{Key: key, Size: st.Size()}, nil
+}
+
+// Delete removes the bytes under key.
+func (d *Dir) Delete(_ context.Context, key string) error {
+	path, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete image %s from the store: %w", key, err)
+	}
+	return nil
+}
+
+// RemoveStalePuts deletes what Puts cut short left behind: temporary files older than age.
+// The age keeps it off the Puts of other processes that run now (an agent uploading a
+// snapshot while the manager starts).
+func (d *Dir) RemoveStalePuts(age time.Duration) error {
+	entries, err := os.ReadDir(filepath.Join(d.Root, "images"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".put-") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < age {
+			continue
+		}
+		if err := os.Remove(filepath.Join(d.Root, "images", e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	return f.Sync()
+}
+
+// readerWithContext stops a copy when its context ends.
+type readerWithContext struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r readerWithContext) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

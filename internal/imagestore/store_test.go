@@ -1,0 +1,204 @@
+package imagestore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func digest(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+const keyA = "6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10"
+
+func TestPutThenOpenStatDelete(t *testing.T) {
+	ctx := context.Background()
+	d := &Dir{Root: t.TempDir()}
+	body := []byte("image bytes")
+	obj, sum, err := d.Put(ctx, keyA, bytes.NewReader(body), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj.Size != int64(len(body)) || sum != digest(body) {
+		t.Fatalf("Put = %+v, %s; want size %d and the bytes' digest", obj, sum, len(body))
+	}
+	r, got, err := d.Open(ctx, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r)
+	_ = r.Close()
+	if !bytes.Equal(b, body) || got.Size != obj.Size {
+		t.Fatalf("Open read %q (%+v)", b, got)
+	}
+	if err := d.Delete(ctx, keyA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Stat(ctx, keyA); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Stat after Delete: %v, want ErrNotFound", err)
+	}
+	if err := d.Delete(ctx, keyA); err != nil {
+		t.Fatalf("deleting a missing key: %v", err)
+	}
+	for _, bad := range []string{"../etc", "", "A", "a/b", strings.Repeat("a", 64)} {
+		if _, _, err := d.Put(ctx, bad, bytes.NewReader(nil), nil); err == nil {
+			t.Errorf("key %q accepted", bad)
+		}
+	}
+}
+
+// TestPutIsAtomic: bytes that check refuses, or a Put cut short, never become visible, and
+// what an earlier Put stored stays readable meanwhile.
+func TestPutIsAtomic(t *testing.T) {
+	ctx := context.Background()
+	d := &Dir{Root: t.TempDir()}
+	if _, _, err := d.Put(ctx, keyA, strings.NewReader("old"), nil); err != nil {
+		t.Fatal(err)
+	}
+	refuse := errors.New("refused")
+	var checkedSum string
+	_, _, err := d.Put(ctx, keyA, strings.NewReader("new"), func(path, sum string) error {
+		checkedSum = sum
+		// While the new bytes wait for their check, readers see the old ones.
+		r, _, err := d.Open(ctx, keyA)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = r.Close() }()
+		if b, _ := io.ReadAll(r); string(b) != "old" {
+			t.Errorf("a reader saw %q before the new bytes were checked", b)
+		}
+		if b, _ := os.ReadFile(path); string(b) != "new" {
+			t.Errorf("check saw %q at %s", b, path)
+		}
+		return refuse
+	})
+	if !errors.Is(err, refuse) {
+		t.Fatalf("Put = %v, want the check's error", err)
+	}
+	if checkedSum != digest([]byte("new")) {
+		t.Errorf("check was given sha256 %s", checkedSum)
+	}
+	assertOnly(t, d, "old")
+
+	// A source that fails halfway leaves nothing but the old bytes.
+	broken := io.MultiReader(strings.NewReader("half"), errReader{errors.New("connection reset")})
+	if _, _, err := d.Put(ctx, keyA, broken, nil); err == nil {
+		t.Fatal("a broken source was stored")
+	}
+	assertOnly(t, d, "old")
+
+	// A cancelled Put stops.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := d.Put(cctx, keyA, strings.NewReader("late"), nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled Put: %v", err)
+	}
+	assertOnly(t, d, "old")
+}
+
+// TestReadersNeverSeeAHalfWrittenImage replaces an image again and again while readers read
+// it: each reader gets one whole version, never a mix or a prefix.
+func TestReadersNeverSeeAHalfWrittenImage(t *testing.T) {
+	ctx := context.Background()
+	d := &Dir{Root: t.TempDir()}
+	versions := [][]byte{bytes.Repeat([]byte("a"), 1<<20), bytes.Repeat([]byte("b"), 1<<20)}
+	if _, _, err := d.Put(ctx, keyA, bytes.NewReader(versions[0]), nil); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, _, err := d.Open(ctx, keyA)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, _ := io.ReadAll(r)
+			_ = r.Close()
+			if !bytes.Equal(b, versions[0]) && !bytes.Equal(b, versions[1]) {
+				t.Errorf("a reader saw %d bytes that are neither version", len(b))
+				return
+			}
+			reads++
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		if _, _, err := d.Put(ctx, keyA, bytes.NewReader(versions[i%2]), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if reads == 0 {
+		t.Fatal("the reader never read")
+	}
+}
+
+func TestRemoveStalePutsKeepsRecentOnes(t *testing.T) {
+	d := &Dir{Root: t.TempDir()}
+	dir := filepath.Join(d.Root, "images")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old, recent := filepath.Join(dir, ".put-a-1"), filepath.Join(dir, ".put-b-2")
+	for _, f := range []string{old, recent} {
+		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RemoveStalePuts(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Error("a stale Put survived")
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Error("a Put in progress was removed")
+	}
+}
+
+func assertOnly(t *testing.T, d *Dir, want string) {
+	t.Helper()
+	r, _, err := d.Open(context.Background(), keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Close() }()
+	if b, _ := io.ReadAll(r); string(b) != want {
+		t.Errorf("the store holds %q, want %q", b, want)
+	}
+	entries, _ := os.ReadDir(filepath.Join(d.Root, "images"))
+	if len(entries) != 1 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("the store directory holds %v, want only the key", names)
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
