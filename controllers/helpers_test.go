@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -84,9 +86,19 @@ func makeImage(ctx context.Context, namespace, name string) {
 		Spec: v1.ImageSpec{Source: v1.ImageSource{File: imageFile}, SHA256: imageSum, DiskFormat: v1.DiskFormatQCOW2}})).To(Succeed())
 }
 
+// makeNamespace creates a namespace whose instances are deleted, and gone, when the spec (or
+// the Ordered container) that made it ends: a later spec counts node-a's allocations.
 func makeNamespace(ctx context.Context, prefix string) string {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
 	Expect(k8s.Create(ctx, ns)).To(Succeed())
+	DeferCleanup(func(ctx SpecContext) {
+		Expect(k8s.DeleteAllOf(ctx, &v1.Instance{}, client.InNamespace(ns.Name))).To(Succeed())
+		Eventually(func() ([]v1.Instance, error) {
+			var list v1.InstanceList
+			err := k8s.List(ctx, &list, client.InNamespace(ns.Name))
+			return list.Items, err
+		}).WithContext(ctx).Should(BeEmpty())
+	})
 	return ns.Name
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -16,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/imagestore"
@@ -93,6 +96,10 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 		if !errors.Is(err, imagestore.ErrNotFound) {
 			return ctrl.Result{}, err
 		}
+		if spec.Source.Snapshot != "" {
+			r.setPhase(img, v1.ImageError, ReasonImageLost, "the image store lost the bytes of this snapshot's image, and a snapshot cannot be taken again")
+			return ctrl.Result{}, nil
+		}
 		r.event(img, corev1.EventTypeWarning, ReasonImageLost, "Import",
 			"the image store no longer holds the image's bytes; importing them again from the source")
 	case v1.ImageError:
@@ -101,6 +108,9 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 			// The source and the checksum are immutable: the same import fails the same way.
 			return ctrl.Result{}, nil
 		}
+	}
+	if spec.Source.Snapshot != "" {
+		return ctrl.Result{}, r.reconcileUpload(ctx, img)
 	}
 	if st.Phase != v1.ImageError {
 		// Say so before the copy, which may take minutes, not after.
@@ -139,6 +149,64 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "imported %d bytes of %s from %s",
 		imported.Size, imported.Info.Format, describeSource(spec.Source))
 	return ctrl.Result{}, nil
+}
+
+// reconcileUpload verifies the bytes a snapshot uploaded, once they are in the store: the
+// image service checks them as it checks a download (a standalone qcow2), and the digest in
+// status is the one it computed. Until then the image waits for its snapshot.
+func (r *ImageReconciler) reconcileUpload(ctx context.Context, img v1.ImageObject) error {
+	source := img.ImageSpec().Source.Snapshot
+	if r.Kind == v1.KindClusterImage {
+		r.setPhase(img, v1.ImageError, imagestore.ReasonInvalidImage,
+			"a ClusterImage cannot be made from a snapshot, which belongs to one namespace; make an Image, or a ClusterImage from a url or file")
+		return nil
+	}
+	key := string(img.GetUID())
+	if _, err := r.Importer.Store.Stat(ctx, key); errors.Is(err, imagestore.ErrNotFound) {
+		snap := &v1.Snapshot{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: img.GetNamespace(), Name: source}, snap)
+		switch {
+		case apierrors.IsNotFound(err):
+			r.setPhase(img, v1.ImageError, ReasonSnapshotNotFound, fmt.Sprintf("snapshot %s does not exist, so nothing uploads this image", source))
+		case err != nil:
+			return err
+		case snap.Status.ImageUID != "" && snap.Status.ImageUID != key:
+			r.setPhase(img, v1.ImageError, ReasonSnapshotNotFound, fmt.Sprintf("snapshot %s uploads another image, not this one", source))
+		case snap.Status.Phase == v1.SnapshotFailed:
+			r.setPhase(img, v1.ImageError, ReasonSnapshotNotFound, fmt.Sprintf("snapshot %s failed: %s", source, snap.Status.Message))
+		default:
+			r.setPhase(img, v1.ImagePending, ReasonWaitingForUpload, fmt.Sprintf("waiting for snapshot %s to upload the image", source))
+		}
+		return nil
+	} else if err != nil {
+		return err
+	}
+	var info imagestore.Info
+	obj, sum, err := r.Importer.Store.Verify(ctx, key, func(path, _ string) error {
+		var err error
+		if info, err = imagestore.Inspect(ctx, path); err != nil {
+			return &imagestore.ImportError{Reason: imagestore.ReasonInvalidImage, Message: fmt.Sprintf("the upload cannot be read: %v", err)}
+		}
+		if err := imagestore.CheckStandalone(info, v1.DiskFormatQCOW2); err != nil {
+			return &imagestore.ImportError{Reason: imagestore.ReasonInvalidImage, Message: err.Error()}
+		}
+		return nil
+	})
+	var ie *imagestore.ImportError
+	if errors.As(err, &ie) {
+		r.setPhase(img, v1.ImageError, ie.Reason, ie.Message)
+		return nil
+	} else if err != nil {
+		return err
+	}
+	st := img.ImageStatus()
+	now := metav1.NewTime(r.now())
+	st.SizeBytes, st.VirtualSizeBytes, st.Format = obj.Size, info.VirtualSize, info.Format
+	st.SHA256, st.Location, st.ImportedAt = sum, key, &now
+	r.setPhase(img, v1.ImageAvailable, v1.ReasonAvailable,
+		fmt.Sprintf("%d bytes of %s uploaded by snapshot %s, verified; instances can boot from it", obj.Size, info.Format, source))
+	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "verified %d bytes of %s uploaded by snapshot %s", obj.Size, info.Format, source)
+	return nil
 }
 
 // setPhase sets the phase and the conditions kstatus reads: Ready when Available, Reconciling
@@ -233,9 +301,18 @@ func (r *ImageReconciler) newObject() v1.ImageObject {
 	return &v1.Image{}
 }
 
+// imageOfSnapshot names the image a snapshot makes.
+func imageOfSnapshot(_ context.Context, o client.Object) []reconcile.Request {
+	snap := o.(*v1.Snapshot)
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: snap.Namespace, Name: snapshotImageName(snap)}}}
+}
+
 func describeSource(s v1.ImageSource) string {
-	if s.URL != "" {
+	switch {
+	case s.URL != "":
 		return s.URL
+	case s.Snapshot != "":
+		return "snapshot " + s.Snapshot
 	}
 	return s.File
 }
@@ -246,6 +323,10 @@ const (
 	ReasonStoreUnavailable = "StoreUnavailable"
 	// ReasonImageLost: the store lost an available image's bytes.
 	ReasonImageLost = "ImageLost"
+	// ReasonWaitingForUpload: a snapshot's image waits for the snapshot to upload its bytes.
+	ReasonWaitingForUpload = "WaitingForUpload"
+	// ReasonSnapshotNotFound: no snapshot will upload the image's bytes.
+	ReasonSnapshotNotFound = "SnapshotNotFound"
 )
 
 // SetupWithManager watches the kind.
@@ -254,9 +335,13 @@ func (r *ImageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Kind == v1.KindClusterImage {
 		name = "clusterimage"
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named(name).
 		For(r.newObject()).
-		WithOptions(controller.Options{MaxConcurrentReconciles: DefaultImageWorkers}).
-		Complete(r)
+		WithOptions(controller.Options{MaxConcurrentReconciles: DefaultImageWorkers})
+	if r.Kind != v1.KindClusterImage {
+		// A snapshot's progress tells its image when the upload is there.
+		b = b.Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(imageOfSnapshot))
+	}
+	return b.Complete(r)
 }

@@ -67,6 +67,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/finalizers,verbs=update
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -363,6 +364,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 		return nil, nil
 	}
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
+		followStep(inst)
 		return nil, nil // the agent is still at it; its report brings us back
 	}
 	tr, _ := lifecycle.Lookup(task.Action)
@@ -372,6 +374,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	inst.Status.TaskState = v1.TaskStateNone
 	inst.Status.Task = nil
 	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, report.Message)
+	finishSnapshotRequest(inst.Status.SnapshotRequest, task.ID, succeeded, report.Message)
 	if !succeeded {
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
@@ -445,16 +448,20 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionLaunch: true, v1.ActionTerminate: true,
 	v1.ActionStart: true, v1.ActionStop: true, v1.ActionReboot: true, v1.ActionHardReboot: true,
 	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
+	v1.ActionSnapshot: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may
 // interrupt a task, as the table says), then the action that closes the gap between the spec
 // and the vm state, if the state machine allows it; otherwise it records why not.
-func (r *InstanceReconciler) serveRequests(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	if r.serveReboot(inst, st) {
 		return nil, nil
 	}
 	r.serveStartRequest(inst)
+	if started, err := r.serveSnapshot(ctx, inst, st); err != nil || started {
+		return nil, err
+	}
 	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
 	}
@@ -527,6 +534,88 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance, st *reconcileState) 
 		inst.Status.RebootRequest = ack
 		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
 		return false
+	}
+}
+
+// serveSnapshot starts the oldest Snapshot of the instance that waits, once the instance is
+// idle, and acknowledges it in status.snapshotRequest, where the Snapshot controller reads what
+// became of it; a Snapshot the state machine refuses is acknowledged as Refused, which fails
+// it. One Snapshot is served at a time, and the next only once the Snapshot controller has read
+// the outcome of the last (its Snapshot is finished or gone). It says whether it started a task.
+func (r *InstanceReconciler) serveSnapshot(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
+		return false, nil
+	}
+	var list v1.SnapshotList
+	if err := r.List(ctx, &list, client.InNamespace(inst.Namespace), client.MatchingFields{indexSnapshotInstance: inst.Name}); err != nil {
+		return false, err
+	}
+	last := inst.Status.SnapshotRequest
+	var next *v1.Snapshot
+	for i := range list.Items {
+		snap := &list.Items[i]
+		if last != nil && last.UID == string(snap.UID) {
+			if !snapshotFinal(snap) {
+				return false, nil // its outcome is not read yet
+			}
+			continue
+		}
+		if snapshotFinal(snap) || snap.Status.ImageUID == "" || !snap.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if next == nil || snap.CreationTimestamp.Before(&next.CreationTimestamp) ||
+			(snap.CreationTimestamp.Equal(&next.CreationTimestamp) && snap.Name < next.Name) {
+			next = snap
+		}
+	}
+	if next == nil {
+		return false, nil
+	}
+	ack := &v1.SnapshotRequestStatus{Name: next.Name, UID: string(next.UID)}
+	refusal := r.check(inst, v1.ActionSnapshot)
+	if refusal == nil && inst.Spec.Locked && !next.Spec.OverrideLock {
+		// A Snapshot is not a change of the instance's spec, so the lock policy never saw it;
+		// an administrator's Snapshot says so with spec.overrideLock, which only they may set.
+		refusal = &lifecycle.Refusal{Action: v1.ActionSnapshot, Reason: v1.ReasonLocked,
+			Message: "cannot snapshot: the instance is locked; unlock it first, or have an administrator snapshot it with spec.overrideLock"}
+	}
+	switch {
+	case refusal == nil:
+		r.startTask(inst, v1.ActionSnapshot)
+		inst.Status.Task.Snapshot = &v1.SnapshotTask{Name: next.Name, ImageUID: next.Status.ImageUID}
+		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
+		inst.Status.SnapshotRequest = ack
+		return true, nil
+	case refusal.Reason == v1.ReasonTaskInProgress:
+		return false, nil
+	default:
+		ack.Result, ack.Reason, ack.Message = v1.RequestRefused, refusal.Reason, refusal.Message
+		inst.Status.SnapshotRequest = ack
+		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(v1.ActionSnapshot), "snapshot %s: %s", next.Name, refusal.Message)
+		return false, nil
+	}
+}
+
+// finishSnapshotRequest records the outcome of the task that serves an accepted Snapshot.
+func finishSnapshotRequest(ack *v1.SnapshotRequestStatus, taskID int64, succeeded bool, message string) {
+	if ack == nil || ack.Result != v1.RequestAccepted || ack.TaskID != taskID {
+		return
+	}
+	ack.Result, ack.Message = v1.RequestSucceeded, ""
+	if !succeeded {
+		ack.Result, ack.Message = v1.RequestFailed, message
+	}
+}
+
+// followStep moves the task state on when the agent reports a step of a task of several: a
+// snapshot whose copy is made is uploading (Nova's image_snapshot, then image_uploading).
+func followStep(inst *v1.Instance) {
+	task, report := inst.Status.Task, inst.Status.AgentReport
+	if task == nil || report == nil || report.StepTaskID != task.ID || report.NodeName != inst.Status.NodeName {
+		return
+	}
+	if report.Step == v1.StepUploading && inst.Status.TaskState == v1.TaskStateImageSnapshot {
+		inst.Status.TaskState = v1.TaskStateImageUploading
 	}
 }
 
@@ -789,9 +878,16 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Flavor{}, waiting).
 		Watches(&v1.Image{}, waiting).
 		Watches(&v1.ClusterImage{}, waiting).
+		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(instanceOfSnapshot)).
 		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
 		Complete(r)
+}
+
+// instanceOfSnapshot names the instance a Snapshot asks to save.
+func instanceOfSnapshot(_ context.Context, o client.Object) []reconcile.Request {
+	snap := o.(*v1.Snapshot)
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: snap.Namespace, Name: snap.Spec.InstanceName}}}
 }
 
 // hypervisorMayTakeMore says whether a Hypervisor's change may let a waiting instance fit: not

@@ -69,9 +69,11 @@ var _ = BeforeSuite(func() {
 		Metrics: metricsserver.Options{BindAddress: "0"}})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(IndexInstances(ctx, mgr)).To(Succeed())
+	Expect(IndexSnapshots(ctx, mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&SnapshotReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-snapshots")}).SetupWithManager(mgr)).To(Succeed())
 	imageDir = GinkgoT().TempDir()
 	imageStore = &imagestore.Dir{Root: GinkgoT().TempDir()}
 	importer := &imagestore.Importer{Store: imageStore, SourceDirs: []string{imageDir}}

@@ -85,6 +85,15 @@ func AgentLeaseName(node string) string { return "kubenova-agent-" + node }
 const (
 	// FinalizerInstance keeps an Instance until its domain and disks are gone from its node.
 	FinalizerInstance = "compute.kubenova.io/instance"
+	// FinalizerSnapshot keeps a Snapshot whose image goes with it until the image is deleted.
+	FinalizerSnapshot = "compute.kubenova.io/snapshot"
+	// LabelSnapshot names, on an Image, the Snapshot that made it.
+	LabelSnapshot = "compute.kubenova.io/snapshot"
+	// AnnotationSnapshotUID is, on an Image, the UID of the Snapshot that made it: an Image of
+	// the same name made by someone else is never taken over.
+	AnnotationSnapshotUID = "compute.kubenova.io/snapshot-uid"
+	// StepUploading: the agent has made a snapshot's copy and uploads it.
+	StepUploading = "Uploading"
 	// FinalizerImage keeps an Image or ClusterImage until its bytes are gone from the image store.
 	FinalizerImage = "compute.kubenova.io/image"
 	// LabelHypervisor is set on an agent's Lease to name its node.

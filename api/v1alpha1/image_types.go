@@ -33,7 +33,7 @@ const (
 )
 
 // ImageSource says where an image's bytes come from; exactly one field is set.
-// +kubebuilder:validation:XValidation:rule="[has(self.url), has(self.file)].filter(x, x).size() == 1",message="exactly one of url or file must be set"
+// +kubebuilder:validation:XValidation:rule="[has(self.url), has(self.file), has(self.snapshot)].filter(x, x).size() == 1",message="exactly one of url, file or snapshot must be set"
 type ImageSource struct {
 	// URL to download the image from (http or https).
 	// +kubebuilder:validation:MaxLength=2048
@@ -47,18 +47,28 @@ type ImageSource struct {
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('/')",message="file must be an absolute path"
 	// +optional
 	File string `json:"file,omitempty"`
+
+	// Snapshot names the Snapshot, in the image's namespace, whose upload the bytes are. The
+	// Snapshot controller creates such Images; the image service verifies the uploaded bytes
+	// as it verifies a download. A ClusterImage cannot have one.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // ImageSpec describes a bootable disk image, Glance's image.
+// +kubebuilder:validation:XValidation:rule="has(self.sha256) || has(self.source.snapshot)",message="sha256 is required for url and file sources"
 type ImageSpec struct {
 	// Source of the image's bytes; immutable, as Glance image data is.
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's source is immutable: create a new Image"
 	Source ImageSource `json:"source"`
 
 	// SHA256 is the hex digest the bytes must have; an import that does not match is refused.
+	// Required for url and file sources; a snapshot's image gets its digest in status.
 	// +kubebuilder:validation:Pattern=`^[a-f0-9]{64}$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's checksum is immutable: create a new Image"
-	SHA256 string `json:"sha256"`
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
 
 	// DiskFormat of the bytes.
 	// +kubebuilder:default=qcow2

@@ -326,6 +326,38 @@ type Task struct {
 	// ObservedGeneration is the spec generation the task serves.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Snapshot is what a Snapshot task saves, and where.
+	// +optional
+	Snapshot *SnapshotTask `json:"snapshot,omitempty"`
+}
+
+// SnapshotTask tells the node agent which Snapshot it serves and which image store key the
+// root disk's copy is uploaded under.
+type SnapshotTask struct {
+	// Name of the Snapshot.
+	Name string `json:"name"`
+	// ImageUID is the UID of the Image the copy becomes, its key in the image store.
+	ImageUID string `json:"imageUID"`
+}
+
+// SnapshotRequestStatus acknowledges the last Snapshot the instance served: the Snapshot
+// controller reads what became of its request here.
+type SnapshotRequestStatus struct {
+	// Name of the Snapshot.
+	Name string `json:"name"`
+	// UID of the Snapshot.
+	UID string `json:"uid"`
+	// Result is what became of it.
+	Result RequestResult `json:"result"`
+	// Reason is a CamelCase code for a refused request.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says what happened, for people.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// TaskID is the task that serves the request.
+	// +optional
+	TaskID int64 `json:"taskID,omitempty"`
 }
 
 // TaskResult is an agent's outcome of a task.
@@ -351,6 +383,13 @@ type AgentReport struct {
 	// Message explains a failed task.
 	// +optional
 	Message string `json:"message,omitempty"`
+	// Step is how far the agent got with task StepTaskID, for tasks of several steps (a
+	// snapshot is Uploading once its copy is made).
+	// +optional
+	Step string `json:"step,omitempty"`
+	// StepTaskID is the task Step is about.
+	// +optional
+	StepTaskID int64 `json:"stepTaskID,omitempty"`
 	// PowerReason is the hypervisor's reason for status.powerState (libvirt's state reason:
 	// Booted, Shutdown, Destroyed, Crashed, Saved, User, ...).
 	// +optional
@@ -441,6 +480,9 @@ type InstanceStatus struct {
 	// StartRequest acknowledges spec.startRequest.
 	// +optional
 	StartRequest *RequestStatus `json:"startRequest,omitempty"`
+	// SnapshotRequest acknowledges the last Snapshot of the instance that was served.
+	// +optional
+	SnapshotRequest *SnapshotRequestStatus `json:"snapshotRequest,omitempty"`
 	// PowerChange is the last power change the hypervisor made while no task ran, kept until
 	// the instance rests where its spec asks again.
 	// +optional

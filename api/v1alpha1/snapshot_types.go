@@ -34,6 +34,11 @@ type SnapshotSpec struct {
 	// Image outlives the Snapshot.
 	// +optional
 	DeleteImageWithSnapshot bool `json:"deleteImageWithSnapshot,omitempty"`
+
+	// OverrideLock snapshots the instance even when it is locked, as Nova's administrators may.
+	// Only administrators may set it (config/admission/snapshot-override-lock.yaml).
+	// +optional
+	OverrideLock bool `json:"overrideLock,omitempty"`
 }
 
 // SnapshotStatus is the progress of a snapshot.
@@ -47,6 +52,9 @@ type SnapshotStatus struct {
 	// ImageName is the Image this snapshot created.
 	// +optional
 	ImageName string `json:"imageName,omitempty"`
+	// ImageUID is the UID of that Image, the key its bytes are uploaded under.
+	// +optional
+	ImageUID string `json:"imageUID,omitempty"`
 	// SizeBytes of the saved image.
 	// +optional
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
@@ -59,7 +67,8 @@ type SnapshotStatus struct {
 	// Message explains a failure.
 	// +optional
 	Message string `json:"message,omitempty"`
-	// Conditions: Ready.
+	// Conditions: Ready (Succeeded), Reconciling (in progress) and Stalled (Failed), as kstatus
+	// reads them.
 	// +listType=map
 	// +listMapKey=type
 	// +optional

@@ -68,6 +68,9 @@ func run() error {
 	if err := controllers.IndexInstances(context.Background(), mgr); err != nil {
 		return err
 	}
+	if err := controllers.IndexSnapshots(context.Background(), mgr); err != nil {
+		return err
+	}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
@@ -94,6 +97,11 @@ func run() error {
 		}).SetupWithManager(mgr); err != nil {
 			return fmt.Errorf("%s controller: %w", kind, err)
 		}
+	}
+	if err := (&controllers.SnapshotReconciler{
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("snapshot controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

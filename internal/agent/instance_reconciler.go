@@ -133,10 +133,20 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		report.ConsoleLogPath = logPath
 	}
 
+	// checkpoint writes what status says so far in the middle of a task of several steps; a
+	// write that loses its race is left to the final one, which then retries the task.
+	checkpoint := func() {
+		if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+			log.FromContext(ctx).V(1).Info("intermediate status write failed", "error", err.Error())
+			return
+		}
+		r.wrote(req.NamespacedName, orig.ResourceVersion)
+		orig = inst.DeepCopy()
+	}
 	next := resyncPeriod
 	finished := false
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
-		done, err := r.carryOut(ctx, inst, task)
+		done, err := r.carryOut(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:
 			if attempt, again := r.failed(inst.UID, task.ID); again {
@@ -188,7 +198,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 // carryOut performs one step of a task and says whether the task is done. Every branch is
 // idempotent: repeating a task that was cut short finishes it. Tasks that wait for the guest
 // return false and are looked at again when the domain changes or guestPoll has passed.
-func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+// checkpoint writes status in the middle of a task of several steps.
+func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, task *v1.Task, checkpoint func()) (bool, error) {
 	uid := string(inst.UID)
 	log.FromContext(ctx).V(1).Info("carrying out task", "action", task.Action, "task", task.ID,
 		"sinceGiven", time.Since(task.StartedAt.Time).String())
@@ -211,6 +222,8 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.Driver.Suspend(ctx, uid)
 	case v1.ActionResume:
 		return true, r.Driver.Resume(ctx, uid)
+	case v1.ActionSnapshot:
+		return true, r.snapshot(ctx, inst, task, checkpoint)
 	default:
 		return false, fmt.Errorf("this agent does not carry out %s yet", task.Action)
 	}
@@ -343,6 +356,53 @@ func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, 
 		return true, nil // booted anew since the task began
 	}
 	return true, r.powerCycle(ctx, inst)
+}
+
+// snapshot saves the root disk as a standalone qcow2 in the image store, under the key of the
+// Image the Snapshot made (Nova's snapshot: ImageSnapshot, then ImageUploading). A running or
+// paused guest keeps running while the driver copies its disk as it was at one moment; a
+// stopped or suspended one is copied from its disk file, which nothing writes meanwhile. A
+// snapshot cut short is made again from the start; one already in the store is done.
+func (r *InstanceReconciler) snapshot(ctx context.Context, inst *v1.Instance, task *v1.Task, checkpoint func()) error {
+	if task.Snapshot == nil || task.Snapshot.ImageUID == "" {
+		return errors.New("the snapshot task names no image to upload to")
+	}
+	uid, key := string(inst.UID), task.Snapshot.ImageUID
+	target, err := r.Storage.SnapshotFile(uid)
+	if err != nil {
+		return err
+	}
+	if uploaded, err := r.Storage.Uploaded(ctx, key); err != nil || uploaded {
+		_ = os.Remove(target)
+		return err
+	}
+	st, err := r.Driver.State(ctx, uid)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	if st.Active() {
+		err = r.Driver.BackupDisk(ctx, uid, target)
+	} else {
+		var disk string
+		if disk, err = r.Storage.RootDisk(uid); err == nil {
+			err = r.Storage.ConvertStandalone(ctx, disk, target)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("copy the root disk: %w", err)
+	}
+	copied := time.Now()
+	report := inst.Status.AgentReport
+	report.Step, report.StepTaskID = v1.StepUploading, task.ID
+	checkpoint()
+	obj, _, err := r.Storage.Upload(ctx, key, target)
+	if err != nil {
+		return fmt.Errorf("upload the snapshot to the image store: %w", err)
+	}
+	log.FromContext(ctx).V(1).Info("snapshot uploaded", "snapshot", task.Snapshot.Name, "bytes", obj.Size,
+		"copy", copied.Sub(began).String(), "upload", time.Since(copied).String(), "running", st.Active())
+	return os.Remove(target)
 }
 
 // hearsPowerButton says whether a domain's guest can act on the ACPI power button: it runs

@@ -99,6 +99,11 @@ type Driver interface {
 	// Resume starts a suspended domain from its saved memory; it fails rather than boot a
 	// domain that has no saved state.
 	Resume(ctx context.Context, uuid string) error
+	// BackupDisk writes a standalone qcow2 copy of the running (or paused) domain's root disk,
+	// consistent at the moment it starts, to target, while the guest keeps running; it returns
+	// once the copy is complete. A copy begun before (by an agent that died) is abandoned and
+	// begun again.
+	BackupDisk(ctx context.Context, uuid, target string) error
 	// State reports the domain's state now.
 	State(ctx context.Context, uuid string) (State, error)
 	// List reports every domain on the node.

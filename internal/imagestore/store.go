@@ -37,6 +37,9 @@ type Store interface {
 	Put(ctx context.Context, key string, r io.Reader, check Check) (Object, string, error)
 	// Open reads the bytes under key.
 	Open(ctx context.Context, key string) (io.ReadCloser, Object, error)
+	// Verify hashes the bytes under key and runs check on them at a local path: how the image
+	// service verifies what another process uploaded.
+	Verify(ctx context.Context, key string, check Check) (Object, string, error)
 	// Stat says what the store holds under key, or ErrNotFound.
 	Stat(ctx context.Context, key string) (Object, error)
 	// Delete removes key; a missing key is not an error.
@@ -129,6 +132,27 @@ func (d *Dir) Open(_ context.Context, key string) (io.ReadCloser, Object, error)
 		return nil, Object{}, err
 	}
 	return f, Object{Key: key, Size: st.Size()}, nil
+}
+
+// Verify hashes the stored file and lets check inspect it in place.
+func (d *Dir) Verify(ctx context.Context, key string, check Check) (Object, string, error) {
+	r, obj, err := d.Open(ctx, key)
+	if err != nil {
+		return Object{}, "", err
+	}
+	defer func() { _ = r.Close() }()
+	h := sha256.New()
+	if _, err := io.Copy(h, readerWithContext{ctx, r}); err != nil {
+		return Object{}, "", fmt.Errorf("read image %s from the store: %w", key, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if check != nil {
+		path, _ := d.path(key)
+		if err := check(path, sum); err != nil {
+			return Object{}, "", err
+		}
+	}
+	return obj, sum, nil
 }
 
 // Stat says what is stored under key.

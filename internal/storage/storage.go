@@ -312,6 +312,61 @@ func (n *Node) virtualSize(ctx context.Context, base string) (int64, error) {
 	return info.VirtualSize, nil
 }
 
+// SnapshotFile is where a snapshot of the instance's root disk is made before its upload.
+func (n *Node) SnapshotFile(uid string) (string, error) {
+	dir, err := n.InstanceDir(uid)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "snapshot.qcow2"), nil
+}
+
+// ConvertStandalone writes a standalone qcow2 copy of disk (its backing chain flattened) to
+// target: the snapshot of an instance whose domain does not run, so that nothing writes the
+// disk meanwhile. The copy appears whole or not at all.
+func (n *Node) ConvertStandalone(ctx context.Context, disk, target string) error {
+	tmp := target + ".converting"
+	_ = os.Remove(tmp)
+	// -U: a suspended domain's disk may still carry QEMU's lock.
+	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-U", "-O", "qcow2", disk, tmp).CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return os.Rename(tmp, target)
+}
+
+// Uploaded says whether the image store holds key already.
+func (n *Node) Uploaded(ctx context.Context, key string) (bool, error) {
+	if n.Images == nil {
+		return false, errors.New("this node has no image store configured (--image-store)")
+	}
+	_, err := n.Images.Stat(ctx, key)
+	if errors.Is(err, imagestore.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Upload puts a snapshot file into the image store under key, refusing anything that is not a
+// standalone qcow2, and returns its size and sha256.
+func (n *Node) Upload(ctx context.Context, key, path string) (imagestore.Object, string, error) {
+	if n.Images == nil {
+		return imagestore.Object{}, "", errors.New("this node has no image store configured (--image-store)")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return imagestore.Object{}, "", err
+	}
+	defer func() { _ = f.Close() }()
+	return n.Images.Put(ctx, key, f, func(path, _ string) error {
+		info, err := imagestore.Inspect(ctx, path)
+		if err != nil {
+			return err
+		}
+		return imagestore.CheckStandalone(info, v1.DiskFormatQCOW2)
+	})
+}
+
 // DeleteInstanceFiles removes one instance's directory and nothing else: never the image
 // cache, never another instance's files.
 func (n *Node) DeleteInstanceFiles(uid string) error {

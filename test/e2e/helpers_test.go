@@ -24,17 +24,23 @@ import (
 // createInstance applies the sample instance under another name (and image) and waits until it
 // is Active and its guest has printed its first boot line.
 func createInstance(ctx context.Context, name, image string) *v1.Instance {
+	inst := launchInstance(ctx, name, image)
+	expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 }, "first boot")
+	return inst
+}
+
+// launchInstance applies the sample instance under another name (and image) and waits until it
+// is Active. An image saved from another guest carries that guest's boot count.
+func launchInstance(ctx context.Context, name, image string) *v1.Instance {
 	manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
 	manifest = strings.Replace(manifest, "name: test-guest", "name: "+image, 1)
 	path := filepath.Join(cluster.WorkDir, name+".yaml")
 	Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
 	out, err := cluster.Kubectl(ctx, "apply", "-f", path)
 	Expect(err).NotTo(HaveOccurred(), out)
-	inst := expectInstance(ctx, name, func(g Gomega, inst *v1.Instance) {
+	return expectInstance(ctx, name, func(g Gomega, inst *v1.Instance) {
 		g.Expect(inst.Status.VMState).To(Equal(v1.VMStateActive))
 	})
-	expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 }, "first boot")
-	return inst
 }
 
 // instanceForSpecs is the BeforeAll of a container whose specs share one instance: the flavors,

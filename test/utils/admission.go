@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -59,9 +60,18 @@ func InstallAdmissionPolicies(ctx context.Context, c client.Client, scheme *runt
 // GrantInstanceEditor lets user do anything with Instances in namespace, as a tenant with edit
 // rights would, so that tests of the lock policy see its refusals rather than RBAC's.
 func GrantInstanceEditor(ctx context.Context, c client.Client, namespace, user string) error {
-	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "instance-editor-" + user},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"compute.kubenova.io"}, Resources: []string{"instances"}, Verbs: []string{"*"}}}}
-	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "instance-editor-" + user},
+	return GrantEditor(ctx, c, namespace, user, "instances")
+}
+
+// GrantEditor lets user do anything with the given kubenova resources in namespace.
+func GrantEditor(ctx context.Context, c client.Client, namespace, user string, resources ...string) error {
+	name := strings.Join(append([]string{"editor", user}, resources...), "-")
+	if len(resources) == 1 && resources[0] == "instances" {
+		name = "instance-editor-" + user
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"compute.kubenova.io"}, Resources: resources, Verbs: []string{"*"}}}}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name},
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: "rbac.authorization.k8s.io", Name: user}}}
 	for _, obj := range []client.Object{role, binding} {

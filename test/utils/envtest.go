@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/scheme"
 )
 
@@ -93,9 +95,34 @@ func StartEnv(opts ...EnvOption) (*Env, error) {
 		_ = env.Stop()
 		return nil, fmt.Errorf("client: %w", err)
 	}
+	if err := servesEveryKind(c); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
 	if err := InstallAdmissionPolicies(context.Background(), c, env.Scheme); err != nil {
 		_ = env.Stop()
 		return nil, err
 	}
 	return &Env{Environment: env, Client: c}, nil
+}
+
+// servesEveryKind waits until the API server serves each of kubenova's kinds: a CRD that is
+// Established may still answer 503 for a moment, and a test's first create must not meet that.
+func servesEveryKind(c client.Client) error {
+	lists := []client.ObjectList{&v1.InstanceList{}, &v1.FlavorList{}, &v1.ImageList{}, &v1.ClusterImageList{},
+		&v1.SnapshotList{}, &v1.MigrationList{}, &v1.HypervisorList{}}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, list := range lists {
+		for {
+			err := c.List(context.Background(), list, client.Limit(1))
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the API server does not serve %T: %w", list, err)
+			}
+			time.Sleep(50 * time.Millisecond) // polling the API server; nothing to wait on instead
+		}
+	}
+	return nil
 }

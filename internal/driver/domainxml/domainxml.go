@@ -68,7 +68,7 @@ func Build(m driver.Machine) (string, error) {
 				Device: "disk",
 				Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2"},
 				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: m.RootDisk}},
-				Target: &libvirtxml.DomainDiskTarget{Dev: "vda", Bus: "virtio"},
+				Target: &libvirtxml.DomainDiskTarget{Dev: RootDiskTarget, Bus: "virtio"},
 			}},
 			// The serial console is a pty (for `virsh console`) whose output QEMU also appends
 			// to a file, the instance's console log.
@@ -117,4 +117,23 @@ func ParseMetadata(domainXML string) (InstanceMetadata, bool) {
 			return meta, true
 		}
 	}
+}
+
+// RootDiskTarget is the guest device of an instance's root disk.
+const RootDiskTarget = "vda"
+
+// Backup returns the XML of a push-mode backup that copies the root disk, flattened into a
+// standalone qcow2, to target.
+func Backup(target string) (string, error) {
+	if target == "" {
+		return "", fmt.Errorf("a backup needs a target file")
+	}
+	b := libvirtxml.DomainBackup{Push: &libvirtxml.DomainBackupPush{Disks: &libvirtxml.DomainBackupPushDisks{
+		Disks: []libvirtxml.DomainBackupPushDisk{{
+			Name: RootDiskTarget, Backup: "yes",
+			Driver: &libvirtxml.DomainBackupDiskDriver{Type: "qcow2"},
+			Target: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: target}},
+		}},
+	}}}
+	return b.Marshal()
 }

@@ -76,3 +76,24 @@ func TestRefusesIncompleteMachines(t *testing.T) {
 		t.Error("built a domain without memory")
 	}
 }
+
+func TestBackupCopiesTheRootDiskToAStandaloneQCOW2(t *testing.T) {
+	got, err := Backup("/var/lib/kubenova/instances/u/snapshot's.qcow2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `<domainbackup mode="push">
+  <disks>
+    <disk type="file" name="vda" backup="yes">
+      <driver type="qcow2"></driver>
+      <target file="/var/lib/kubenova/instances/u/snapshot&#39;s.qcow2"></target>
+    </disk>
+  </disks>
+</domainbackup>`
+	if got != want {
+		t.Errorf("Backup =\n%s\nwant\n%s", got, want)
+	}
+	if _, err := Backup(""); err == nil {
+		t.Error("a backup without a target was accepted")
+	}
+}

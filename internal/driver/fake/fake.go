@@ -6,6 +6,8 @@ package fake
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"sort"
 	"sync"
 
@@ -163,6 +165,33 @@ func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
 		}
 		return nil
 	})
+}
+
+// BackupDisk implements driver.Driver. The fake has no QEMU to copy a running disk from, so it
+// flattens the disk file with qemu-img, as the agent does for a stopped instance: what reaches
+// the image store in a test is still a real standalone image. Simulated nodes, whose disks are
+// empty files, cannot snapshot.
+func (d *Driver) BackupDisk(ctx context.Context, uuid, target string) error {
+	d.mu.Lock()
+	d.called("BackupDisk")
+	dom, ok := d.domains[uuid]
+	active := ok && dom.runID >= 0
+	var disk string
+	if ok {
+		disk = dom.machine.RootDisk
+	}
+	d.mu.Unlock()
+	if !ok {
+		return driver.ErrNotFound
+	}
+	if !active {
+		return fmt.Errorf("back up domain %s: it is not running", uuid)
+	}
+	_ = os.Remove(target)
+	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-O", "qcow2", disk, target).CombinedOutput(); err != nil {
+		return fmt.Errorf("back up domain %s: %w: %s", uuid, err, out)
+	}
+	return nil
 }
 
 // PowerOff implements driver.Driver.
