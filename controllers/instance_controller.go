@@ -53,6 +53,9 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
+	// DefaultRescueImage is the ClusterImage a rescue boots when spec.rescue names no image;
+	// empty means the instance's own image, as in Nova.
+	DefaultRescueImage string
 	// Workers is how many instances are reconciled at once (DefaultInstanceWorkers when zero).
 	// Decisions run at once too; only their claims are taken one at a time, under the
 	// Placement lock.
@@ -374,12 +377,23 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	inst.Status.TaskState = v1.TaskStateNone
 	inst.Status.Task = nil
 	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, report.Message)
+	finishRequest(inst.Status.RebuildRequest, task.ID, succeeded, report.Message)
 	finishSnapshotRequest(inst.Status.SnapshotRequest, task.ID, succeeded, report.Message)
 	if !succeeded {
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
 		return nil, nil
+	}
+	switch task.Action {
+	case v1.ActionRebuild:
+		if task.Image != nil {
+			inst.Status.Image = task.Image.DeepCopy()
+		}
+	case v1.ActionRescue:
+		inst.Status.RescueImage = task.Image.DeepCopy()
+	case v1.ActionUnrescue:
+		inst.Status.RescueImage = nil
 	}
 	if task.Action == v1.ActionLaunch && inst.Status.LaunchedAt == nil {
 		t := metav1.NewTime(r.now())
@@ -448,7 +462,7 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionLaunch: true, v1.ActionTerminate: true,
 	v1.ActionStart: true, v1.ActionStop: true, v1.ActionReboot: true, v1.ActionHardReboot: true,
 	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
-	v1.ActionSnapshot: true,
+	v1.ActionSnapshot: true, v1.ActionRebuild: true, v1.ActionRescue: true, v1.ActionUnrescue: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may
@@ -459,19 +473,52 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		return nil, nil
 	}
 	r.serveStartRequest(inst)
+	if started, err := r.serveRebuildRequest(ctx, inst, st); err != nil || started {
+		return nil, err
+	}
 	if started, err := r.serveSnapshot(ctx, inst, st); err != nil || started {
 		return nil, err
 	}
 	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
 	}
-	action, due := specAction(inst)
-	if !due {
+	// The spec may ask for several changes at once (a new image and Running, say). The first
+	// the state machine allows now starts; when none is allowed, the first one's refusal says
+	// why, so that a power change that would make a rebuild possible is not held up by it.
+	var first *lifecycle.Refusal
+	for _, action := range specActions(inst) {
+		refusal := r.refusalOf(inst, action)
+		if refusal == nil {
+			switch action {
+			case v1.ActionRebuild:
+				_, err := r.startRebuild(ctx, inst, st)
+				return nil, err
+			case v1.ActionRescue:
+				return nil, r.startRescue(ctx, inst, st)
+			}
+			r.startTask(inst, action)
+			return nil, nil
+		}
+		if first == nil {
+			first = refusal
+		}
+	}
+	if first == nil {
 		return nil, nil
 	}
+	st.refusal = first
+	// One Event per refusal, not one per reconcile: the Ready condition already says it.
+	if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); ready == nil ||
+		ready.Reason != first.Reason || ready.Message != first.Message {
+		r.event(st, inst, corev1.EventTypeWarning, first.Reason, string(first.Action), "%s", first.Message)
+	}
+	return nil, nil
+}
+
+// refusalOf says why a spec action may not start now, or nil when it may.
+func (r *InstanceReconciler) refusalOf(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
 	if held := powerHold(inst, action); held != nil {
-		st.refusal = held
-		return nil, nil
+		return held
 	}
 	refusal := r.check(inst, action)
 	if refusal == nil && !supportedActions[action] {
@@ -483,17 +530,10 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonTaskFailed,
 			Message: f.Message + "; change the spec to try again"}
 	}
-	if refusal != nil {
-		st.refusal = refusal
-		// One Event per refusal, not one per reconcile: the Ready condition already says it.
-		if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); ready == nil ||
-			ready.Reason != refusal.Reason || ready.Message != refusal.Message {
-			r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
-		}
-		return nil, nil
+	if refusal != nil && refusal.Action == "" {
+		refusal.Action = action
 	}
-	r.startTask(inst, action)
-	return nil, nil
+	return refusal
 }
 
 // serveReboot answers a new spec.rebootRequest exactly once: it starts the reboot, or waits for
@@ -535,6 +575,109 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance, st *reconcileState) 
 		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
 		return false
 	}
+}
+
+// serveRebuildRequest answers a new spec.rebuildRequest exactly once: it starts a rebuild onto
+// spec.image, or waits for the task in flight (or for the image) to end, or acknowledges the
+// request as refused or ignored. It says whether it started a task.
+func (r *InstanceReconciler) serveRebuildRequest(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	req := inst.Spec.RebuildRequest
+	if req == nil || acknowledged(inst.Status.RebuildRequest, req.RequestedAt) {
+		return false, nil
+	}
+	ack := &v1.RequestStatus{RequestedAt: req.RequestedAt}
+	if predates(inst, req.RequestedAt) {
+		ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
+		ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
+		inst.Status.RebuildRequest = ack
+		return false, nil
+	}
+	if inst.Status.VMState == v1.VMStateBuilding {
+		return false, nil // served once the launch is done
+	}
+	refusal := r.check(inst, v1.ActionRebuild)
+	switch {
+	case refusal == nil:
+		started, err := r.startRebuild(ctx, inst, st)
+		if err != nil || !started {
+			return false, err
+		}
+		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
+		inst.Status.RebuildRequest = ack
+		return true, nil
+	case refusal.Reason == v1.ReasonTaskInProgress:
+		return false, nil
+	default:
+		ack.Result, ack.Reason, ack.Message = v1.RequestRefused, refusal.Reason, refusal.Message
+		inst.Status.RebuildRequest = ack
+		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(v1.ActionRebuild), "%s", refusal.Message)
+		return false, nil
+	}
+}
+
+// startRebuild gives the instance a Rebuild task onto spec.image, once that image is Available
+// and fits the flavor; otherwise it records why it waits. It says whether it started the task.
+func (r *InstanceReconciler) startRebuild(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	image, notReady, err := r.availableImage(ctx, inst.Namespace, inst.Spec.Image)
+	if err != nil {
+		return false, err
+	}
+	if notReady != nil {
+		notReady.Action = v1.ActionRebuild
+		if notReady.Reason == v1.ReasonImageError {
+			st.refusal = notReady
+		} else {
+			st.waiting = notReady
+		}
+		return false, nil
+	}
+	if f := inst.Status.Flavor; f != nil {
+		flavor := &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: f.Name}, Spec: f.FlavorSpec}
+		if msg := flavorTooSmall(flavor, image); msg != "" {
+			st.refusal = &lifecycle.Refusal{Action: v1.ActionRebuild, Reason: v1.ReasonFlavorTooSmall, Message: msg}
+			return false, nil
+		}
+	}
+	r.startTask(inst, v1.ActionRebuild)
+	inst.Status.Task.Image = image.AppliedImage
+	return true, nil
+}
+
+// startRescue gives the instance a Rescue task once its rescue image is Available: the one
+// spec.rescue names, else the cluster's default rescue image, else the instance's own image
+// (Nova's default). Otherwise it records why it waits.
+func (r *InstanceReconciler) startRescue(ctx context.Context, inst *v1.Instance, st *reconcileState) error {
+	ref := r.rescueImage(inst)
+	image, notReady, err := r.availableImage(ctx, inst.Namespace, ref)
+	if err != nil {
+		return err
+	}
+	if notReady != nil {
+		notReady.Action = v1.ActionRescue
+		notReady.Message = "rescue image: " + notReady.Message
+		if notReady.Reason == v1.ReasonImageError {
+			st.refusal = notReady
+		} else {
+			st.waiting = notReady
+		}
+		return nil
+	}
+	r.startTask(inst, v1.ActionRescue)
+	inst.Status.Task.Image = image.AppliedImage
+	return nil
+}
+
+// rescueImage is the image a rescue of the instance boots.
+func (r *InstanceReconciler) rescueImage(inst *v1.Instance) v1.ImageReference {
+	switch {
+	case inst.Spec.Rescue != nil && inst.Spec.Rescue.Image != nil:
+		return *inst.Spec.Rescue.Image
+	case r.DefaultRescueImage != "":
+		return v1.ImageReference{Kind: v1.KindClusterImage, Name: r.DefaultRescueImage}
+	case inst.Status.Image != nil:
+		return inst.Status.Image.ImageReference
+	}
+	return inst.Spec.Image
 }
 
 // serveSnapshot starts the oldest Snapshot of the instance that waits, once the instance is
@@ -685,21 +828,26 @@ func (r *InstanceReconciler) check(inst *v1.Instance, action v1.Action) *lifecyc
 	return lifecycle.Check(action, lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState})
 }
 
-// specAction is the action the lasting fields of the spec ask for now, if any.
-func specAction(inst *v1.Instance) (v1.Action, bool) {
-	if inst.Spec.Rescue != nil && inst.Status.VMState != v1.VMStateRescued {
-		return v1.ActionRescue, true
-	}
-	if inst.Spec.Rescue == nil && inst.Status.VMState == v1.VMStateRescued {
-		return v1.ActionUnrescue, true
+// specActions are the actions the lasting fields of the spec ask for now, most pressing first:
+// rescue or unrescue, resize, rebuild, then the power state.
+func specActions(inst *v1.Instance) []v1.Action {
+	var actions []v1.Action
+	switch {
+	case inst.Spec.Rescue != nil && inst.Status.VMState != v1.VMStateRescued:
+		actions = append(actions, v1.ActionRescue)
+	case inst.Spec.Rescue == nil && inst.Status.VMState == v1.VMStateRescued:
+		actions = append(actions, v1.ActionUnrescue)
 	}
 	if f := inst.Status.Flavor; f != nil && inst.Spec.Flavor != f.Name && inst.Status.VMState != v1.VMStateResized {
-		return v1.ActionResize, true
+		actions = append(actions, v1.ActionResize)
 	}
 	if img := inst.Status.Image; img != nil && !inst.Spec.Image.SameImage(img.ImageReference) {
-		return v1.ActionRebuild, true
+		actions = append(actions, v1.ActionRebuild)
 	}
-	return lifecycle.PowerAction(lifecycle.Desired(&inst.Spec), inst.Status.VMState)
+	if a, due := lifecycle.PowerAction(lifecycle.Desired(&inst.Spec), inst.Status.VMState); due {
+		actions = append(actions, a)
+	}
+	return actions
 }
 
 // startTask gives the instance a new task with a fresh ID.
@@ -711,13 +859,22 @@ func (r *InstanceReconciler) startTask(inst *v1.Instance, action v1.Action) {
 	inst.Status.TaskState = tr.FirstTask()
 }
 
+// desiredReached says whether the instance rests where its spec asks: Rescued while spec.rescue
+// is set (a rescue system runs whatever spec.powerState says), else in spec.powerState.
+func desiredReached(inst *v1.Instance) bool {
+	if inst.Spec.Rescue != nil {
+		return inst.Status.VMState == v1.VMStateRescued
+	}
+	return lifecycle.Reached(lifecycle.Desired(&inst.Spec), inst.Status.VMState)
+}
+
 // setConditions summarises the instance in Ready, Reconciling and Stalled.
 func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState) {
-	_, actionDue := specAction(inst)
+	actionDue := len(specActions(inst)) > 0
 	obs := lifecycle.Observation{
 		VMState:        inst.Status.VMState,
 		TaskState:      inst.Status.TaskState,
-		DesiredReached: lifecycle.Reached(lifecycle.Desired(&inst.Spec), inst.Status.VMState) && !actionDue,
+		DesiredReached: desiredReached(inst) && !actionDue,
 		Refusal:        st.refusal,
 		Waiting:        st.waiting,
 		Fault:          inst.Status.Fault,
@@ -876,8 +1033,8 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1.Instance{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
-		Watches(&v1.Image{}, waiting).
-		Watches(&v1.ClusterImage{}, waiting).
+		Watches(&v1.Image{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
+		Watches(&v1.ClusterImage{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(instanceOfSnapshot)).
 		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
@@ -920,10 +1077,36 @@ func (r *InstanceReconciler) waitingInstances(ctx context.Context, _ client.Obje
 	return out
 }
 
-// The manager's cache indexes instances by node and by whether they wait to be placed.
+// instancesUsingImage lists the instances whose spec names an image that changed: waiting to
+// be placed on it, or to be rebuilt or rescued with it.
+func (r *InstanceReconciler) instancesUsingImage(ctx context.Context, o client.Object) []reconcile.Request {
+	kind, opts := v1.KindImage, []client.ListOption{client.InNamespace(o.GetNamespace())}
+	if _, ok := o.(*v1.ClusterImage); ok {
+		kind, opts = v1.KindClusterImage, nil
+	}
+	var list v1.InstanceList
+	opts = append(opts, client.MatchingFields{indexSpecImage: imageKey(v1.ImageReference{Kind: kind, Name: o.GetName()})}, client.UnsafeDisableDeepCopy)
+	if err := r.List(ctx, &list, opts...); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return out
+}
+
+// imageKey is how the spec.image index names an image.
+func imageKey(ref v1.ImageReference) string {
+	return string(ref.ImageKindOrDefault()) + "/" + ref.Name
+}
+
+// The manager's cache indexes instances by node, by whether they wait to be placed, and by the
+// images their spec names.
 const (
-	indexNode    = "status.nodeName"
-	indexWaiting = "waitingToBePlaced"
+	indexNode      = "status.nodeName"
+	indexWaiting   = "waitingToBePlaced"
+	indexSpecImage = "spec.image"
 )
 
 // IndexInstances adds the manager's Instance indexes to its cache.
@@ -934,6 +1117,16 @@ func IndexInstances(ctx context.Context, mgr ctrl.Manager) error {
 			return []string{n}
 		}
 		return nil
+	}); err != nil {
+		return err
+	}
+	if err := indexer.IndexField(ctx, &v1.Instance{}, indexSpecImage, func(o client.Object) []string {
+		spec := &o.(*v1.Instance).Spec
+		keys := []string{imageKey(spec.Image)}
+		if spec.Rescue != nil && spec.Rescue.Image != nil {
+			keys = append(keys, imageKey(*spec.Rescue.Image))
+		}
+		return keys
 	}); err != nil {
 		return err
 	}

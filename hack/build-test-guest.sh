@@ -166,8 +166,18 @@ fi
 if [ -n "$root_mounted" ] && [ -f /mnt/root/marker ]; then
   say "marker=$(head -n1 /mnt/root/marker)"
 fi
-if [ -b /dev/vdb ] && mount -t vfat -o ro /dev/vdb /mnt/vdb 2>/dev/null; then
+if [ -n "$root_mounted" ] && [ -f /mnt/root/rescued ]; then
+  say "rescued=$(head -n1 /mnt/root/rescued)"
+fi
+# A second disk is the broken disk a rescue system boots beside (Nova's rescue): read its boot
+# counter and leave a note on it, which the instance prints once it boots its own disk again.
+if [ -b /dev/vdb ] && mount -t vfat -o rw /dev/vdb /mnt/vdb 2>/dev/null; then
   if [ -f /mnt/vdb/marker ]; then say "vdb marker=$(head -n1 /mnt/vdb/marker)"; fi
+  if [ -f /mnt/vdb/count ]; then
+    say "vdb count=$(head -n1 /mnt/vdb/count)"
+    echo "by a rescue system at its boot $count" >/mnt/vdb/rescued
+    sync
+  fi
   umount /mnt/vdb
 fi
 

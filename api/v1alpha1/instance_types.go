@@ -178,6 +178,15 @@ type StartRequest struct {
 	RequestedAt metav1.MicroTime `json:"requestedAt"`
 }
 
+// RebuildRequest asks for one rebuild onto spec.image: a fresh root disk from the image, on the
+// same node, for the same instance, even when the image has not changed (Nova's rebuild with
+// the server's own image). Changing spec.image rebuilds without one. status.rebuildRequest
+// acknowledges each request, so each is served at most once.
+type RebuildRequest struct {
+	// RequestedAt identifies the request; `kubectl nova rebuild` stamps the current time.
+	RequestedAt metav1.MicroTime `json:"requestedAt"`
+}
+
 // RequestResult is what became of a one-shot request.
 // +kubebuilder:validation:Enum=Accepted;Succeeded;Failed;Refused;Ignored
 type RequestResult string
@@ -219,7 +228,9 @@ type RequestStatus struct {
 // RescueSpec asks for the instance to be booted from a rescue image with its own root disk
 // attached as a second disk.
 type RescueSpec struct {
-	// Image to boot; empty boots the instance's own image, as Nova's rescue does.
+	// Image to boot; empty means the cluster's default rescue image (the manager's
+	// --default-rescue-image, a ClusterImage) or, without one, the instance's own image, as
+	// Nova's rescue does.
 	// +optional
 	Image *ImageReference `json:"image,omitempty"`
 }
@@ -247,6 +258,10 @@ type InstanceSpec struct {
 	// StartRequest asks to start an instance that stopped outside kubenova; see StartRequest.
 	// +optional
 	StartRequest *StartRequest `json:"startRequest,omitempty"`
+
+	// RebuildRequest asks for a rebuild onto spec.image; see RebuildRequest.
+	// +optional
+	RebuildRequest *RebuildRequest `json:"rebuildRequest,omitempty"`
 
 	// Locked refuses every change to the instance but unlocking, except from administrators.
 	// +optional
@@ -329,6 +344,10 @@ type Task struct {
 	// Snapshot is what a Snapshot task saves, and where.
 	// +optional
 	Snapshot *SnapshotTask `json:"snapshot,omitempty"`
+	// Image is the image a Rebuild task builds the new root disk from (status.image becomes it
+	// when the task succeeds), or the rescue image of a Rescue task.
+	// +optional
+	Image *AppliedImage `json:"image,omitempty"`
 }
 
 // SnapshotTask tells the node agent which Snapshot it serves and which image store key the
@@ -468,6 +487,9 @@ type InstanceStatus struct {
 	// Image is the image the root disk was built from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
+	// RescueImage is the image a Rescued instance boots from, its own root disk second.
+	// +optional
+	RescueImage *AppliedImage `json:"rescueImage,omitempty"`
 	// Task is the task in flight, if any.
 	// +optional
 	Task *Task `json:"task,omitempty"`
@@ -480,6 +502,9 @@ type InstanceStatus struct {
 	// StartRequest acknowledges spec.startRequest.
 	// +optional
 	StartRequest *RequestStatus `json:"startRequest,omitempty"`
+	// RebuildRequest acknowledges spec.rebuildRequest.
+	// +optional
+	RebuildRequest *RequestStatus `json:"rebuildRequest,omitempty"`
 	// SnapshotRequest acknowledges the last Snapshot of the instance that was served.
 	// +optional
 	SnapshotRequest *SnapshotRequestStatus `json:"snapshotRequest,omitempty"`

@@ -43,6 +43,7 @@ func run() error {
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the nodes (Glance's filesystem store)")
 		sourceDirs     = flag.String("image-source-dirs", "", "comma-separated directories that an Image's file source may name; empty allows no file sources")
 		maxImageBytes  = flag.Int64("max-image-bytes", imagestore.DefaultMaxImageBytes, "largest image the image service imports")
+		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -76,6 +77,8 @@ func run() error {
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(),
 		Workers:   *workers,
+
+		DefaultRescueImage: *rescueImage,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("instance controller: %w", err)
 	}

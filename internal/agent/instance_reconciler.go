@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -224,6 +225,12 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.Driver.Resume(ctx, uid)
 	case v1.ActionSnapshot:
 		return true, r.snapshot(ctx, inst, task, checkpoint)
+	case v1.ActionRebuild:
+		return r.rebuild(ctx, inst, task)
+	case v1.ActionRescue:
+		return true, r.rescue(ctx, inst, task)
+	case v1.ActionUnrescue:
+		return true, r.unrescue(ctx, inst, task)
 	default:
 		return false, fmt.Errorf("this agent does not carry out %s yet", task.Action)
 	}
@@ -234,6 +241,11 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 // spawns too: the disk is there, so they need neither the Image nor its source, as Nova's
 // hard reboot needs no image.
 func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error {
+	return r.spawnWith(ctx, inst, "")
+}
+
+// spawnWith is spawn with the domain booting rescueDisk, the root disk second, when it is set.
+func (r *InstanceReconciler) spawnWith(ctx context.Context, inst *v1.Instance, rescueDisk string) error {
 	if inst.Status.Flavor == nil || inst.Status.Image == nil {
 		return errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
 	}
@@ -263,7 +275,7 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 	err = r.Driver.Spawn(ctx, driver.Machine{
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
-		RootDisk: disk, ConsoleLog: consoleLog, VirtType: r.VirtType,
+		RootDisk: disk, RescueDisk: rescueDisk, ConsoleLog: consoleLog, VirtType: r.VirtType,
 	})
 	log.FromContext(ctx).V(1).Info("spawned", "disk", diskReady.Sub(began).String(), "domain", time.Since(diskReady).String(), "error", err)
 	return err
@@ -356,6 +368,211 @@ func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, 
 		return true, nil // booted anew since the task began
 	}
 	return true, r.powerCycle(ctx, inst)
+}
+
+// The steps of a rebuild that its task mark records.
+const rebuildBooted = "booted"
+
+// rebuild gives the instance a fresh root disk from task.image, on the same node, keeping its
+// name, UID and domain (Nova's rebuild). The new disk is made beside the old one, the domain is
+// powered off, the two are swapped by renames, and the domain boots the new disk; only then is
+// the old disk deleted. A new disk that does not boot is swapped back, so a failed rebuild
+// leaves the instance its old disk. An instance that was stopped is stopped again cleanly, as
+// Nova's rebuild does. Every step can be cut short: the file names say how far it got.
+func (r *InstanceReconciler) rebuild(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	if task.Image == nil {
+		return false, errors.New("the rebuild task names no image")
+	}
+	uid := string(inst.UID)
+	mark, _, err := r.taskMark(uid, task.ID)
+	if err != nil {
+		return false, err
+	}
+	if mark.Step != rebuildBooted {
+		if err := r.swapInNewDisk(ctx, inst, task); err != nil {
+			return false, err
+		}
+		if err := r.spawn(ctx, inst); err != nil {
+			return false, errors.Join(fmt.Errorf("boot the rebuilt disk: %w", err), r.swapBackOldDisk(ctx, uid))
+		}
+		_, old, err := r.rebuildDisks(uid)
+		if err != nil {
+			return false, err
+		}
+		if err := os.Remove(old); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return false, err
+		}
+		mark.Step = rebuildBooted
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+			return false, err
+		}
+	}
+	if inst.Status.VMState != v1.VMStateStopped {
+		return true, nil
+	}
+	return r.stop(ctx, inst, task)
+}
+
+// The steps of a rescue and an unrescue that their task marks record.
+const (
+	rescueBooted   = "rescued"
+	unrescueBooted = "unrescued"
+)
+
+// rescue boots the instance from a fresh disk of the rescue image with its own root disk
+// attached second, so that the rescue system can read and repair it (Nova's rescue). The
+// domain keeps its name and UUID; only its definition changes until unrescue.
+func (r *InstanceReconciler) rescue(ctx context.Context, inst *v1.Instance, task *v1.Task) error {
+	if task.Image == nil {
+		return errors.New("the rescue task names no rescue image")
+	}
+	uid := string(inst.UID)
+	mark, fresh, err := r.taskMark(uid, task.ID)
+	if err != nil || mark.Step == rescueBooted {
+		return err
+	}
+	rescueDisk, err := r.rescueDisk(uid)
+	if err != nil {
+		return err
+	}
+	if fresh {
+		// A rescue disk left by an earlier rescue holds that rescue system's changes.
+		if err := os.Remove(rescueDisk); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	disks := r.disks()
+	base, err := disks.EnsureImage(ctx, *task.Image)
+	if err != nil {
+		return err
+	}
+	if err := disks.CreateDisk(ctx, rescueDisk, base, task.Image.DiskFormat, 0); err != nil {
+		return err
+	}
+	if err := r.Driver.PowerOff(ctx, uid); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return err
+	}
+	if err := r.spawnWith(ctx, inst, rescueDisk); err != nil {
+		return fmt.Errorf("boot the rescue image: %w", err)
+	}
+	mark.Step = rescueBooted
+	return r.Storage.WriteTaskMark(uid, mark)
+}
+
+// unrescue boots the instance from its own root disk again, with whatever the rescue system
+// wrote to it, and deletes the rescue disk.
+func (r *InstanceReconciler) unrescue(ctx context.Context, inst *v1.Instance, task *v1.Task) error {
+	uid := string(inst.UID)
+	mark, _, err := r.taskMark(uid, task.ID)
+	if err != nil {
+		return err
+	}
+	rescueDisk, err := r.rescueDisk(uid)
+	if err != nil {
+		return err
+	}
+	if mark.Step != unrescueBooted {
+		if err := r.Driver.PowerOff(ctx, uid); err != nil && !errors.Is(err, driver.ErrNotFound) {
+			return err
+		}
+		if err := r.spawn(ctx, inst); err != nil {
+			return err
+		}
+		mark.Step = unrescueBooted
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(rescueDisk); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// taskMark returns the instance's mark for task taskID, a fresh one (fresh is true) when the
+// mark is of another task.
+func (r *InstanceReconciler) taskMark(uid string, taskID int64) (mark storage.TaskMark, fresh bool, err error) {
+	mark, ok, err := r.Storage.ReadTaskMark(uid)
+	if err != nil {
+		return mark, false, err
+	}
+	if ok && mark.TaskID == taskID {
+		return mark, false, nil
+	}
+	return storage.TaskMark{TaskID: taskID, RunID: -1}, true, nil
+}
+
+// rescueDisk is the path of an instance's rescue disk.
+func (r *InstanceReconciler) rescueDisk(uid string) (string, error) {
+	dir, err := r.Storage.InstanceDir(uid)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "disk.rescue"), nil
+}
+
+// rebuildDisks are the paths of the root disk and of the old disk a rebuild keeps until the
+// new one boots.
+func (r *InstanceReconciler) rebuildDisks(uid string) (disk, old string, err error) {
+	disk, err = r.Storage.RootDisk(uid)
+	return disk, disk + ".old", err
+}
+
+// swapInNewDisk makes the new root disk and puts it in the old one's place, the domain powered
+// off. The old disk is kept as disk.old.
+func (r *InstanceReconciler) swapInNewDisk(ctx context.Context, inst *v1.Instance, task *v1.Task) error {
+	uid := string(inst.UID)
+	disk, old, err := r.rebuildDisks(uid)
+	if err != nil {
+		return err
+	}
+	next := disk + ".rebuild"
+	if _, err := os.Stat(old); err == nil {
+		// Swapped, or halfway: the old disk is safe aside; finish putting the new one in place.
+		if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
+			return os.Rename(next, disk)
+		}
+		return nil
+	}
+	// Not swapped yet. A new disk left by an attempt cut short may be of another image: make it
+	// afresh.
+	_ = os.Remove(next)
+	disks := r.disks()
+	base, err := disks.EnsureImage(ctx, *task.Image)
+	if err != nil {
+		return err
+	}
+	if err := disks.CreateDisk(ctx, next, base, task.Image.DiskFormat, inst.Status.Flavor.DiskGiB); err != nil {
+		return err
+	}
+	if err := r.Driver.PowerOff(ctx, uid); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return err
+	}
+	if _, err := os.Stat(disk); err == nil {
+		if err := os.Rename(disk, old); err != nil {
+			return err
+		}
+	}
+	return os.Rename(next, disk)
+}
+
+// swapBackOldDisk undoes swapInNewDisk after the new disk failed to boot.
+func (r *InstanceReconciler) swapBackOldDisk(ctx context.Context, uid string) error {
+	disk, old, err := r.rebuildDisks(uid)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(old); err != nil {
+		return nil // nothing set aside
+	}
+	if err := r.Driver.PowerOff(ctx, uid); err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return err
+	}
+	_ = os.Remove(disk)
+	if err := os.Rename(old, disk); err != nil {
+		return fmt.Errorf("put the old disk back: %w", err)
+	}
+	return nil
 }
 
 // snapshot saves the root disk as a standalone qcow2 in the image store, under the key of the

@@ -25,6 +25,7 @@ import (
 type Disks interface {
 	EnsureImage(ctx context.Context, img v1.AppliedImage) (string, error)
 	CreateRootDisk(ctx context.Context, uid, base string, format v1.DiskFormat, sizeGiB int32) (string, error)
+	CreateDisk(ctx context.Context, path, base string, format v1.DiskFormat, sizeGiB int32) error
 	CapacityGiB() (int64, error)
 }
 

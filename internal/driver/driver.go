@@ -27,6 +27,9 @@ type Machine struct {
 	MemoryMiB    int32
 	// RootDisk is the path of the qcow2 root disk.
 	RootDisk string
+	// RescueDisk, when set, is a qcow2 disk the domain boots from instead, with RootDisk as its
+	// second disk (Nova's rescue).
+	RescueDisk string
 	// ConsoleLog is the file the serial console is logged to.
 	ConsoleLog string
 	// VirtType is kvm or qemu (TCG).
@@ -79,8 +82,9 @@ type Event struct {
 // already succeeds, so that a task cut short by a crash can simply be repeated. None of them
 // waits for the guest: a method that asks the guest for something returns once it is asked.
 type Driver interface {
-	// Spawn defines the domain if it is not defined and starts it if it is not running. A
-	// domain with saved state (see Suspend) resumes from it.
+	// Spawn defines the domain as m describes (updating the definition of a domain that is not
+	// running) and starts it if it is not running. A domain with saved state (see Suspend)
+	// keeps its definition and resumes from that state.
 	Spawn(ctx context.Context, m Machine) error
 	// Destroy stops the domain at once and undefines it; disks are left alone. A missing
 	// domain is not an error.

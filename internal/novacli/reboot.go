@@ -44,5 +44,5 @@ func rebootRequest(name string, hard bool, now time.Time) (request, error) {
 	if err != nil {
 		return request{}, err
 	}
-	return request{name: name, verb: "reboot", body: body, rebootStamp: &s}, nil
+	return request{name: name, verb: "reboot", body: body, stamped: rebootStamped(s)}, nil
 }

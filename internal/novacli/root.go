@@ -93,7 +93,8 @@ func newRootCommand(o *options) *cobra.Command {
 		root.AddCommand(newPowerCommand(o, v))
 	}
 	root.AddCommand(newRebootCommand(o), newLockCommand(o), newUnlockCommand(o))
-	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o))
+	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o),
+		newRescueCommand(o), newUnrescueCommand(o))
 	return root
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,9 +18,27 @@ import (
 type waitTarget struct {
 	// generation is the one the patch produced; older status says nothing about the write.
 	generation int64
-	// rebootStamp is the reboot request written, if any: a reboot changes no state, so only
-	// its acknowledgement tells that it happened.
-	rebootStamp *metav1.MicroTime
+	// request is the one-shot request written, if any: a reboot or a rebuild onto the same
+	// image changes no state, so only its acknowledgement tells that it happened.
+	request *stampedRequest
+}
+
+// stampedRequest is a one-shot request of the spec and where status acknowledges it.
+type stampedRequest struct {
+	// verb names it in messages: reboot, rebuild.
+	verb  string
+	stamp metav1.MicroTime
+	ack   func(*v1.InstanceStatus) *v1.RequestStatus
+}
+
+// rebootStamped is the reboot request stamped at.
+func rebootStamped(at metav1.MicroTime) *stampedRequest {
+	return &stampedRequest{verb: "reboot", stamp: at, ack: func(st *v1.InstanceStatus) *v1.RequestStatus { return st.RebootRequest }}
+}
+
+// rebuildStamped is the rebuild request stamped at.
+func rebuildStamped(at metav1.MicroTime) *stampedRequest {
+	return &stampedRequest{verb: "rebuild", stamp: at, ack: func(st *v1.InstanceStatus) *v1.RequestStatus { return st.RebuildRequest }}
 }
 
 // verdict is judge's answer.
@@ -45,15 +64,15 @@ type outcome struct {
 // still in progress. It is pure so that every case is a table row in the tests.
 func judge(inst *v1.Instance, t waitTarget) outcome {
 	st := &inst.Status
-	if t.rebootStamp != nil {
-		if ack := st.RebootRequest; ack != nil && sameStamp(ack.RequestedAt.Time, t.rebootStamp.Time) {
+	if r := t.request; r != nil {
+		if ack := r.ack(st); ack != nil && sameStamp(ack.RequestedAt.Time, r.stamp.Time) {
 			switch ack.Result {
 			case v1.RequestRefused, v1.RequestFailed, v1.RequestIgnored:
 				reason := ack.Reason
 				if reason == "" {
-					reason = "Reboot" + string(ack.Result)
+					reason = strings.ToUpper(r.verb[:1]) + r.verb[1:] + string(ack.Result)
 				}
-				return outcome{failed, reason, orDefault(ack.Message, "the reboot request was "+string(ack.Result))}
+				return outcome{failed, reason, orDefault(ack.Message, "the "+r.verb+" request was "+string(ack.Result))}
 			}
 		}
 	}
@@ -79,10 +98,11 @@ func judge(inst *v1.Instance, t waitTarget) outcome {
 		}
 		return outcome{waiting, "NotReady", fmt.Sprintf("no Ready condition for generation %d yet", t.generation)}
 	}
-	if t.rebootStamp != nil {
-		ack := st.RebootRequest
-		if ack == nil || !sameStamp(ack.RequestedAt.Time, t.rebootStamp.Time) || ack.Result != v1.RequestSucceeded {
-			return outcome{waiting, "RebootPending", "the reboot request is not done yet"}
+	if r := t.request; r != nil {
+		ack := r.ack(st)
+		if ack == nil || !sameStamp(ack.RequestedAt.Time, r.stamp.Time) || ack.Result != v1.RequestSucceeded {
+			verb := strings.ToUpper(r.verb[:1]) + r.verb[1:]
+			return outcome{waiting, verb + "Pending", "the " + r.verb + " request is not done yet"}
 		}
 	}
 	return outcome{verdict: done, reason: ready.Reason, message: ready.Message}

@@ -129,31 +129,31 @@ func TestJudge(t *testing.T) {
 				setCondition(inst, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonTaskInProgress, "task PoweringOff in progress (vm state Error)", 4)
 			}),
 			verdict: waiting, reason: v1.ReasonTaskInProgress},
-		{name: "reboot: Ready, but the acknowledgement is of an older request", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: Ready, but the acknowledgement is of an older request", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst:    instanceAt(4, ack(older, v1.RequestSucceeded, "", "")),
 			verdict: waiting, reason: "RebootPending"},
-		{name: "reboot: accepted, task running", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: accepted, task running", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst: instanceAt(4, func(inst *v1.Instance) {
 				ack(written, v1.RequestAccepted, "", "")(inst)
 				inst.Status.TaskState = v1.TaskStateRebooting
 				setCondition(inst, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonTaskInProgress, "task Rebooting in progress (vm state Active)", 4)
 			}),
 			verdict: waiting, reason: v1.ReasonTaskInProgress},
-		{name: "reboot: accepted, and Ready not yet updated", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: accepted, and Ready not yet updated", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst:    instanceAt(4, ack(written, v1.RequestAccepted, "", "")),
 			verdict: waiting, reason: "RebootPending"},
-		{name: "reboot: done", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: done", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst:    instanceAt(4, ack(written, v1.RequestSucceeded, "", "")),
 			verdict: done, reason: v1.ReasonDesiredStateReached},
-		{name: "reboot: refused", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: refused", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst:    instanceAt(4, ack(written, v1.RequestRefused, v1.ReasonInvalidState, "cannot reboot an instance in vm state Paused")),
 			verdict: failed, reason: v1.ReasonInvalidState, message: "cannot reboot an instance in vm state Paused"},
-		{name: "reboot: failed, reported before the rest of the status", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: failed, reported before the rest of the status", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst: instanceAt(3, func(inst *v1.Instance) {
 				ack(written, v1.RequestFailed, "", "guest did not come back")(inst)
 			}),
 			verdict: failed, reason: "RebootFailed", message: "guest did not come back"},
-		{name: "reboot: ignored", target: waitTarget{generation: 4, rebootStamp: &written},
+		{name: "reboot: ignored", target: waitTarget{generation: 4, request: rebootStamped(written)},
 			inst: instanceAt(4, ack(written, v1.RequestIgnored, v1.ReasonRequestPredatesInstance,
 				"the request was stamped before the instance was created, so it is not for this instance")),
 			verdict: failed, reason: v1.ReasonRequestPredatesInstance,

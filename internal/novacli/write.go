@@ -30,8 +30,8 @@ type request struct {
 	name string
 	verb string
 	body []byte
-	// rebootStamp is the reboot request the body carries, for --wait to follow.
-	rebootStamp *metav1.MicroTime
+	// stamped is the one-shot request the body carries, for --wait to follow.
+	stamped *stampedRequest
 	// precheck refuses the write after reading the instance; nil writes without reading, and
 	// leaves the judgement to the manager's state machine.
 	precheck func(*v1.Instance) error
@@ -78,7 +78,7 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 		got := &v1.Instance{}
 		return got, c.Get(ctx, key, got)
 	}
-	target := waitTarget{generation: inst.Generation, rebootStamp: req.rebootStamp}
+	target := waitTarget{generation: inst.Generation, request: req.stamped}
 	final, err := waitFor(ctx, out, req.name, get, target, o.pollInterval, wf.timeout)
 	if err != nil {
 		return err

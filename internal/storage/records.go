@@ -14,6 +14,9 @@ import (
 type TaskMark struct {
 	TaskID int64 `json:"taskID"`
 	RunID  int64 `json:"runID"`
+	// Step is how far a task of several steps got (a rebuild: "booted" once the new disk
+	// booted and the old one is gone).
+	Step string `json:"step,omitempty"`
 }
 
 // ReadTaskMark returns the instance's mark; ok is false when there is none. A mark cut short

@@ -28,19 +28,24 @@ func (s *SimulatedDisks) EnsureImage(_ context.Context, img v1.AppliedImage) (st
 }
 
 // CreateRootDisk writes an empty root disk, keeping one that exists.
-func (s *SimulatedDisks) CreateRootDisk(_ context.Context, uid, _ string, _ v1.DiskFormat, _ int32) (string, error) {
+func (s *SimulatedDisks) CreateRootDisk(ctx context.Context, uid, base string, format v1.DiskFormat, sizeGiB int32) (string, error) {
 	disk, err := s.Node.RootDisk(uid)
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
-		return "", err
+	return disk, s.CreateDisk(ctx, disk, base, format, sizeGiB)
+}
+
+// CreateDisk writes an empty disk at path, keeping one that exists.
+func (s *SimulatedDisks) CreateDisk(_ context.Context, path, _ string, _ v1.DiskFormat, _ int32) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
 	}
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_WRONLY, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
-		return "", err
+		return err
 	}
-	return disk, f.Close()
+	return f.Close()
 }
 
 // CapacityGiB is the configured capacity.

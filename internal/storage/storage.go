@@ -260,11 +260,17 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 	if err != nil {
 		return "", err
 	}
-	if _, err := os.Stat(disk); err == nil {
-		return disk, nil
+	return disk, n.CreateDisk(ctx, disk, base, format, sizeGiB)
+}
+
+// CreateDisk makes a qcow2 overlay on a cached base image at path, sized to sizeGiB (0 keeps
+// the image's size), unless a disk is there already.
+func (n *Node) CreateDisk(ctx context.Context, path, base string, format v1.DiskFormat, sizeGiB int32) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
-		return "", err
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
 	}
 	if format == "" {
 		format = v1.DiskFormatQCOW2
@@ -274,13 +280,13 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 		// refuses it too (FlavorDiskSmallerThanImage).
 		size, err := n.virtualSize(ctx, base)
 		if err != nil {
-			return "", err
+			return err
 		}
 		if want := int64(sizeGiB) << 30; size > want {
-			return "", fmt.Errorf("the flavor's %d GiB root disk is smaller than the image (%d bytes)", sizeGiB, size)
+			return fmt.Errorf("the flavor's %d GiB root disk is smaller than the image (%d bytes)", sizeGiB, size)
 		}
 	}
-	tmp := disk + ".creating"
+	tmp := path + ".creating"
 	_ = os.Remove(tmp)
 	args := []string{"create", "-q", "-f", "qcow2", "-F", string(format), "-b", base, tmp}
 	if sizeGiB > 0 {
@@ -288,13 +294,10 @@ func (n *Node) CreateRootDisk(ctx context.Context, uid, base string, format v1.D
 	}
 	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
 		_ = os.Remove(tmp)
-		return "", fmt.Errorf("qemu-img create root disk: %w: %s", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("qemu-img create root disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	// The rename makes the disk appear whole or not at all, whatever line we die on.
-	if err := os.Rename(tmp, disk); err != nil {
-		return "", err
-	}
-	return disk, nil
+	return os.Rename(tmp, path)
 }
 
 // virtualSize is the virtual size of a base image, read once for the cache's own bases.

@@ -60,3 +60,8 @@ func (c Console) BetweenLastTwoBoots() Console {
 func (c Console) Listening(boots int) bool {
 	return c.Last(BootCount) >= boots && AliveSeq.MatchString(string(c.SinceLastBoot()))
 }
+
+// Boots is how many times the guest booted in this log.
+func (c Console) Boots() int {
+	return len(BootCount.FindAllStringIndex(string(c), -1))
+}

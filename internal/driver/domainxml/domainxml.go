@@ -64,12 +64,7 @@ func Build(m driver.Machine) (string, error) {
 		OnReboot:   "restart",
 		OnCrash:    "destroy",
 		Devices: &libvirtxml.DomainDeviceList{
-			Disks: []libvirtxml.DomainDisk{{
-				Device: "disk",
-				Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2"},
-				Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: m.RootDisk}},
-				Target: &libvirtxml.DomainDiskTarget{Dev: RootDiskTarget, Bus: "virtio"},
-			}},
+			Disks: disks(m),
 			// The serial console is a pty (for `virsh console`) whose output QEMU also appends
 			// to a file, the instance's console log.
 			Serials: []libvirtxml.DomainSerial{{
@@ -93,6 +88,24 @@ func Build(m driver.Machine) (string, error) {
 		return "", fmt.Errorf("marshal domain %s: %w", m.Name, err)
 	}
 	return out, nil
+}
+
+// disks are the machine's disks: the root disk as vda or, under a rescue, the rescue disk as
+// vda and the root disk as vdb, so that the rescue system boots and finds the broken disk
+// second (Nova's rescue).
+func disks(m driver.Machine) []libvirtxml.DomainDisk {
+	disk := func(path, dev string) libvirtxml.DomainDisk {
+		return libvirtxml.DomainDisk{
+			Device: "disk",
+			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: "qcow2"},
+			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}},
+			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: "virtio"},
+		}
+	}
+	if m.RescueDisk != "" {
+		return []libvirtxml.DomainDisk{disk(m.RescueDisk, RootDiskTarget), disk(m.RootDisk, SecondDiskTarget)}
+	}
+	return []libvirtxml.DomainDisk{disk(m.RootDisk, RootDiskTarget)}
 }
 
 // ParseMetadata reads kubenova's element from a domain's XML; ok is false for domains that
@@ -119,8 +132,12 @@ func ParseMetadata(domainXML string) (InstanceMetadata, bool) {
 	}
 }
 
-// RootDiskTarget is the guest device of an instance's root disk.
-const RootDiskTarget = "vda"
+// The guest devices of the disks: the boot disk first (the root disk, or a rescue disk), then
+// the root disk under a rescue.
+const (
+	RootDiskTarget   = "vda"
+	SecondDiskTarget = "vdb"
+)
 
 // Backup returns the XML of a push-mode backup that copies the root disk, flattened into a
 // standalone qcow2, to target.

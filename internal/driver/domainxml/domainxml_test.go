@@ -22,6 +22,12 @@ func machine(virt v1.VirtType) driver.Machine {
 	}
 }
 
+// rescued is m booted from a rescue disk, its root disk second.
+func rescued(m driver.Machine) driver.Machine {
+	m.RescueDisk = "/var/lib/kubenova/instances/6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10/disk.rescue"
+	return m
+}
+
 func TestGolden(t *testing.T) {
 	for _, c := range []struct {
 		golden string
@@ -29,6 +35,7 @@ func TestGolden(t *testing.T) {
 	}{
 		{"tcg.xml", machine(v1.VirtTypeQEMU)},
 		{"kvm.xml", machine(v1.VirtTypeKVM)},
+		{"rescue.xml", rescued(machine(v1.VirtTypeQEMU))},
 	} {
 		got, err := Build(c.m)
 		if err != nil {

@@ -127,10 +127,23 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 		reason := "Booted"
 		if dom.power == v1.PowerStateSuspended {
 			reason = "Restored"
+		} else {
+			dom.machine = m // a domain that does not run takes the new definition
 		}
 		d.set(m.UUID, dom, v1.PowerStateRunning, reason)
 	}
 	return nil
+}
+
+// Machine returns the definition of a domain, and false when there is none.
+func (d *Driver) Machine(uuid string) (driver.Machine, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dom, ok := d.domains[uuid]
+	if !ok {
+		return driver.Machine{}, false
+	}
+	return dom.machine, true
 }
 
 // Destroy implements driver.Driver.

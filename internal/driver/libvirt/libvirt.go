@@ -320,6 +320,16 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 		if active {
 			return nil
 		}
+		// A domain that does not run takes the machine's definition (a rescue adds a disk, an
+		// unrescue takes it away), unless it has saved memory, which belongs to the old one.
+		if saved, err := dom.HasManagedSaveImage(0); err == nil && !saved {
+			updated, err := c.DomainDefineXML(x)
+			if err != nil {
+				return fmt.Errorf("define domain %s: %w", m.Name, err)
+			}
+			_ = dom.Free()
+			dom = updated
+		}
 		if err := dom.Create(); err != nil {
 			return fmt.Errorf("start domain %s: %w", m.Name, err)
 		}
