@@ -96,8 +96,8 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 		if !errors.Is(err, imagestore.ErrNotFound) {
 			return ctrl.Result{}, err
 		}
-		if spec.Source.Snapshot != "" {
-			r.setPhase(img, v1.ImageError, ReasonImageLost, "the image store lost the bytes of this snapshot's image, and a snapshot cannot be taken again")
+		if uploaded(spec.Source) {
+			r.setPhase(img, v1.ImageError, ReasonImageLost, "the image store lost the uploaded bytes of this image, and they cannot be uploaded again")
 			return ctrl.Result{}, nil
 		}
 		r.event(img, corev1.EventTypeWarning, ReasonImageLost, "Import",
@@ -109,7 +109,7 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 			return ctrl.Result{}, nil
 		}
 	}
-	if spec.Source.Snapshot != "" {
+	if uploaded(spec.Source) {
 		return ctrl.Result{}, r.reconcileUpload(ctx, img)
 	}
 	if st.Phase != v1.ImageError {
@@ -151,18 +151,28 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 	return ctrl.Result{}, nil
 }
 
-// reconcileUpload verifies the bytes a snapshot uploaded, once they are in the store: the
-// image service checks them as it checks a download (a standalone qcow2), and the digest in
-// status is the one it computed. Until then the image waits for its snapshot.
+// uploaded says whether an image's bytes are uploaded by a node (a snapshot's, a shelved
+// instance's) rather than imported from a source.
+func uploaded(s v1.ImageSource) bool { return s.Snapshot != "" || s.ShelvedInstance != "" }
+
+// reconcileUpload verifies the bytes a snapshot or a shelve uploaded, once they are in the
+// store: the image service checks them as it checks a download (a standalone qcow2), and the
+// digest in status is the one it computed. Until then the image waits for the upload.
 func (r *ImageReconciler) reconcileUpload(ctx context.Context, img v1.ImageObject) error {
 	source := img.ImageSpec().Source.Snapshot
 	if r.Kind == v1.KindClusterImage {
 		r.setPhase(img, v1.ImageError, imagestore.ReasonInvalidImage,
-			"a ClusterImage cannot be made from a snapshot, which belongs to one namespace; make an Image, or a ClusterImage from a url or file")
+			"a ClusterImage cannot be made from a snapshot or a shelved instance, which belong to one namespace; make an Image, or a ClusterImage from a url or file")
 		return nil
 	}
 	key := string(img.GetUID())
-	if _, err := r.Importer.Store.Stat(ctx, key); errors.Is(err, imagestore.ErrNotFound) {
+	_, err := r.Importer.Store.Stat(ctx, key)
+	if errors.Is(err, imagestore.ErrNotFound) && img.ImageSpec().Source.ShelvedInstance != "" {
+		r.setPhase(img, v1.ImagePending, ReasonWaitingForUpload,
+			fmt.Sprintf("waiting for instance %s's shelve to upload the image", img.ImageSpec().Source.ShelvedInstance))
+		return nil
+	}
+	if errors.Is(err, imagestore.ErrNotFound) {
 		snap := &v1.Snapshot{}
 		err := r.Get(ctx, types.NamespacedName{Namespace: img.GetNamespace(), Name: source}, snap)
 		switch {
@@ -203,9 +213,10 @@ func (r *ImageReconciler) reconcileUpload(ctx context.Context, img v1.ImageObjec
 	now := metav1.NewTime(r.now())
 	st.SizeBytes, st.VirtualSizeBytes, st.Format = obj.Size, info.VirtualSize, info.Format
 	st.SHA256, st.Location, st.ImportedAt = sum, key, &now
+	from := describeSource(img.ImageSpec().Source)
 	r.setPhase(img, v1.ImageAvailable, v1.ReasonAvailable,
-		fmt.Sprintf("%d bytes of %s uploaded by snapshot %s, verified; instances can boot from it", obj.Size, info.Format, source))
-	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "verified %d bytes of %s uploaded by snapshot %s", obj.Size, info.Format, source)
+		fmt.Sprintf("%d bytes of %s uploaded by %s, verified; instances can boot from it", obj.Size, info.Format, from))
+	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "verified %d bytes of %s uploaded by %s", obj.Size, info.Format, from)
 	return nil
 }
 
@@ -307,12 +318,23 @@ func imageOfSnapshot(_ context.Context, o client.Object) []reconcile.Request {
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: snap.Namespace, Name: snapshotImageName(snap)}}}
 }
 
+// shelvedImageOf names the image a shelved instance's disk is uploaded as.
+func shelvedImageOf(_ context.Context, o client.Object) []reconcile.Request {
+	inst := o.(*v1.Instance)
+	if inst.Status.ShelvedImage == nil {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: inst.Namespace, Name: inst.Status.ShelvedImage.Name}}}
+}
+
 func describeSource(s v1.ImageSource) string {
 	switch {
 	case s.URL != "":
 		return s.URL
 	case s.Snapshot != "":
 		return "snapshot " + s.Snapshot
+	case s.ShelvedInstance != "":
+		return "the shelve of instance " + s.ShelvedInstance
 	}
 	return s.File
 }
@@ -340,8 +362,10 @@ func (r *ImageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(r.newObject()).
 		WithOptions(controller.Options{MaxConcurrentReconciles: DefaultImageWorkers})
 	if r.Kind != v1.KindClusterImage {
-		// A snapshot's progress tells its image when the upload is there.
-		b = b.Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(imageOfSnapshot))
+		// A snapshot's progress, or a shelved instance's, tells its image when the upload is
+		// there.
+		b = b.Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(imageOfSnapshot)).
+			Watches(&v1.Instance{}, handler.EnqueueRequestsFromMapFunc(shelvedImageOf))
 	}
 	return b.Complete(r)
 }

@@ -53,6 +53,9 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
+	// ShelvedOffloadTime is how long a shelved instance keeps its domain and disks on its node
+	// before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never.
+	ShelvedOffloadTime time.Duration
 	// DefaultRescueImage is the ClusterImage a rescue boots when spec.rescue names no image;
 	// empty means the instance's own image, as in Nova.
 	DefaultRescueImage string
@@ -71,6 +74,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -107,7 +111,9 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	result, err := r.runSteps(ctx, inst, st,
 		r.initialize,
 		r.schedule,
+		r.scheduleUnshelve,
 		r.collectReport,
+		r.cleanUpShelvedImage,
 		r.syncPowerState,
 		r.checkPlacement,
 		r.serveRequests,
@@ -183,11 +189,52 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		NodeSelector:     inst.Spec.NodeSelector,
 		AvailabilityZone: inst.Spec.AvailabilityZone,
 	}
+	node, res, err := r.placeOrWait(ctx, inst, st, request)
+	if node == "" {
+		return res, err
+	}
+	inst.Status.NodeName = node
+	inst.Status.Flavor = &v1.AppliedFlavor{Name: flavor.Name, FlavorSpec: flavor.Spec}
+	inst.Status.Image = image.AppliedImage
+	launch, _ := lifecycle.Lookup(v1.ActionLaunch)
+	inst.Status.TaskState, _ = launch.NextTask(v1.TaskStateScheduling)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "launching with flavor %s and image %s: placed on node %s",
+		flavor.Name, inst.Status.Image.Name, node)
+	return nil, nil
+}
+
+// scheduleUnshelve places a shelved-offloaded instance anew for its unshelve, as Nova's unshelve
+// goes through the scheduler: any node that fits its flavor and spec, not necessarily the old one.
+func (r *InstanceReconciler) scheduleUnshelve(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	task := inst.Status.Task
+	if task == nil || task.Action != v1.ActionUnshelve || inst.Status.NodeName != "" || inst.Status.TaskState != v1.TaskStateUnshelving {
+		return nil, nil
+	}
+	request := scheduler.Request{
+		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
+		NodeSelector:     inst.Spec.NodeSelector,
+		AvailabilityZone: inst.Spec.AvailabilityZone,
+	}
+	node, res, err := r.placeOrWait(ctx, inst, st, request)
+	if node == "" {
+		return res, err
+	}
+	inst.Status.NodeName = node
+	unshelve, _ := lifecycle.Lookup(v1.ActionUnshelve)
+	inst.Status.TaskState, _ = unshelve.NextTask(v1.TaskStateUnshelving)
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "unshelving from image %s: placed on node %s",
+		task.Image.Name, node)
+	return nil, nil
+}
+
+// placeOrWait chooses a node for request and says so in the Scheduled condition, or records
+// why no node fits and when to try again ("" and the result to return).
+func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance, st *reconcileState, request scheduler.Request) (string, *ctrl.Result, error) {
 	node, err := r.place(ctx, inst, request)
 	if err != nil {
 		var nvh *scheduler.NoValidHost
 		if !errors.As(err, &nvh) {
-			return nil, err
+			return "", nil, err
 		}
 		attempts := r.failedAttempt(inst.UID)
 		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonNoValidHost, Message: nvh.Error()}
@@ -195,20 +242,13 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 			Status: metav1.ConditionFalse, Reason: v1.ReasonNoValidHost, Message: nvh.Error(),
 			ObservedGeneration: inst.Generation})
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
-		return &ctrl.Result{RequeueAfter: r.backoff(attempts)}, nil
+		return "", &ctrl.Result{RequeueAfter: r.backoff(attempts)}, nil
 	}
-	inst.Status.NodeName = node
-	inst.Status.Flavor = &v1.AppliedFlavor{Name: flavor.Name, FlavorSpec: flavor.Spec}
-	inst.Status.Image = image.AppliedImage
 	r.forgetAttempts(inst.UID)
-	launch, _ := lifecycle.Lookup(v1.ActionLaunch)
-	inst.Status.TaskState, _ = launch.NextTask(v1.TaskStateScheduling)
 	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
 		ObservedGeneration: inst.Generation})
-	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "launching with flavor %s and image %s: placed on node %s",
-		flavor.Name, inst.Status.Image.Name, node)
-	return nil, nil
+	return node, nil, nil
 }
 
 // flavorTooSmall says why a flavor cannot boot an image, or "" when it can.
@@ -394,6 +434,14 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 		inst.Status.RescueImage = task.Image.DeepCopy()
 	case v1.ActionUnrescue:
 		inst.Status.RescueImage = nil
+	case v1.ActionShelve:
+		t := metav1.NewTime(r.now())
+		inst.Status.ShelvedAt = &t
+	case v1.ActionShelveOffload:
+		// Nova frees an offloaded instance from its node: the next unshelve places it anew.
+		inst.Status.NodeName = ""
+		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action),
+			"offloaded from node %s: domain and disks removed, resources freed", report.NodeName)
 	}
 	if task.Action == v1.ActionLaunch && inst.Status.LaunchedAt == nil {
 		t := metav1.NewTime(r.now())
@@ -463,6 +511,7 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionStart: true, v1.ActionStop: true, v1.ActionReboot: true, v1.ActionHardReboot: true,
 	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
 	v1.ActionSnapshot: true, v1.ActionRebuild: true, v1.ActionRescue: true, v1.ActionUnrescue: true,
+	v1.ActionShelve: true, v1.ActionShelveOffload: true, v1.ActionUnshelve: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may
@@ -482,6 +531,9 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
 	}
+	if res, started, err := r.serveOffload(ctx, inst, st); err != nil || started || res != nil {
+		return res, err
+	}
 	// The spec may ask for several changes at once (a new image and Running, say). The first
 	// the state machine allows now starts; when none is allowed, the first one's refusal says
 	// why, so that a power change that would make a rebuild possible is not held up by it.
@@ -495,6 +547,10 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 				return nil, err
 			case v1.ActionRescue:
 				return nil, r.startRescue(ctx, inst, st)
+			case v1.ActionShelve:
+				return r.startShelve(ctx, inst, st)
+			case v1.ActionUnshelve:
+				return nil, r.startUnshelve(ctx, inst, st)
 			}
 			r.startTask(inst, action)
 			return nil, nil
@@ -678,6 +734,145 @@ func (r *InstanceReconciler) rescueImage(inst *v1.Instance) v1.ImageReference {
 		return inst.Status.Image.ImageReference
 	}
 	return inst.Spec.Image
+}
+
+// shelvedImageName is the Image a shelve of the instance saves its root disk as (Nova's
+// "<server>-shelved").
+func shelvedImageName(inst *v1.Instance) string { return inst.Name + "-shelved" }
+
+// startShelve gives the instance a Shelve task: its agent powers it off cleanly, then uploads its
+// root disk as the Image <name>-shelved, which the instance owns. A leftover of an earlier
+// shelve is deleted first, so that an unshelve boots exactly this shelve's disk.
+func (r *InstanceReconciler) startShelve(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+	name := shelvedImageName(inst)
+	img := &v1.Image{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: name}, img)
+	switch {
+	case apierrors.IsNotFound(err):
+		img = &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: name,
+			Labels:          map[string]string{v1.LabelShelvedInstance: inst.Name},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(inst, v1.GroupVersion.WithKind("Instance"))}},
+			Spec: v1.ImageSpec{Source: v1.ImageSource{ShelvedInstance: inst.Name}, DiskFormat: v1.DiskFormatQCOW2}}
+		if f := inst.Status.Flavor; f != nil {
+			img.Spec.MinDiskGiB = f.DiskGiB
+		}
+		if err := r.Create(ctx, img); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	case !metav1.IsControlledBy(img, inst):
+		st.refusal = &lifecycle.Refusal{Action: v1.ActionShelve, Reason: ReasonImageExists,
+			Message: fmt.Sprintf("cannot shelve: image %s exists and does not belong to this instance; rename or delete it", name)}
+		return nil, nil
+	default:
+		// Left by a shelve that did not end in an unshelve (a crash, a failed task): start afresh.
+		if img.DeletionTimestamp.IsZero() {
+			if err := r.Delete(ctx, img); client.IgnoreNotFound(err) != nil {
+				return nil, err
+			}
+		}
+		st.waiting = &lifecycle.Refusal{Action: v1.ActionShelve, Reason: v1.ReasonTaskInProgress,
+			Message: "removing the image of an earlier shelve before shelving again"}
+		return &ctrl.Result{RequeueAfter: time.Second}, nil
+	}
+	r.startTask(inst, v1.ActionShelve)
+	inst.Status.Task.Snapshot = &v1.SnapshotTask{Name: name, ImageUID: string(img.UID)}
+	inst.Status.ShelvedImage = &v1.ImageReference{Kind: v1.KindImage, Name: name}
+	return nil, nil
+}
+
+// serveOffload offloads a shelved instance once --shelved-offload-time has passed since it was
+// shelved and its shelved image is Available (verified in the image store): only then are its
+// domain and disks removed from the node. It says whether it started the task, or when to look
+// again.
+func (r *InstanceReconciler) serveOffload(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, bool, error) {
+	if inst.Status.VMState != v1.VMStateShelved || lifecycle.Desired(&inst.Spec) != v1.DesiredShelved ||
+		r.ShelvedOffloadTime < 0 || inst.Status.ShelvedImage == nil {
+		return nil, false, nil
+	}
+	if at := inst.Status.ShelvedAt; at != nil {
+		if wait := at.Add(r.ShelvedOffloadTime).Sub(r.now()); wait > 0 {
+			return &ctrl.Result{RequeueAfter: wait}, false, nil
+		}
+	}
+	img := &v1.Image{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: inst.Status.ShelvedImage.Name}, img); err != nil {
+		if apierrors.IsNotFound(err) {
+			st.refusal = &lifecycle.Refusal{Action: v1.ActionShelveOffload, Reason: v1.ReasonImageNotFound,
+				Message: fmt.Sprintf("the shelved image %s is gone, so the instance keeps its disks on node %s", img.Name, inst.Status.NodeName)}
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	switch img.Status.Phase {
+	case v1.ImageAvailable:
+		r.startTask(inst, v1.ActionShelveOffload)
+		return nil, true, nil
+	case v1.ImageError:
+		st.refusal = &lifecycle.Refusal{Action: v1.ActionShelveOffload, Reason: v1.ReasonImageError,
+			Message: fmt.Sprintf("the shelved image %s failed its verification, so the instance keeps its disks on node %s", img.Name, inst.Status.NodeName)}
+	default:
+		st.waiting = &lifecycle.Refusal{Action: v1.ActionShelveOffload, Reason: v1.ReasonImageNotReady,
+			Message: fmt.Sprintf("offloading once the image service has verified the shelved image %s", img.Name)}
+	}
+	return nil, false, nil
+}
+
+// startUnshelve gives a shelved instance an Unshelve task. One still on its node boots its own
+// disk there; an offloaded one boots from its shelved image (which must be Available) on a node
+// the scheduler chooses anew (scheduleUnshelve).
+func (r *InstanceReconciler) startUnshelve(ctx context.Context, inst *v1.Instance, st *reconcileState) error {
+	if inst.Status.VMState == v1.VMStateShelved {
+		r.startTask(inst, v1.ActionUnshelve)
+		return nil
+	}
+	if inst.Status.ShelvedImage == nil {
+		st.refusal = &lifecycle.Refusal{Action: v1.ActionUnshelve, Reason: v1.ReasonImageNotFound,
+			Message: "the instance has no shelved image to unshelve from"}
+		return nil
+	}
+	image, notReady, err := r.availableImage(ctx, inst.Namespace, *inst.Status.ShelvedImage)
+	if err != nil {
+		return err
+	}
+	if notReady != nil {
+		notReady.Action = v1.ActionUnshelve
+		notReady.Message = "shelved image: " + notReady.Message
+		st.refusal = notReady
+		return nil
+	}
+	r.startTask(inst, v1.ActionUnshelve)
+	inst.Status.Task.Image = image.AppliedImage
+	return nil
+}
+
+// cleanUpShelvedImage deletes the shelved image once the instance is no longer shelved (Nova
+// deletes it after an unshelve) or its shelve failed: nothing will boot from it.
+func (r *InstanceReconciler) cleanUpShelvedImage(ctx context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+	ref := inst.Status.ShelvedImage
+	task := inst.Status.Task
+	if ref == nil || inst.Status.VMState == v1.VMStateShelved || inst.Status.VMState == v1.VMStateShelvedOffloaded ||
+		(task != nil && (task.Action == v1.ActionShelve || task.Action == v1.ActionUnshelve)) {
+		return nil, nil
+	}
+	if err := r.deleteShelvedImage(ctx, inst); err != nil {
+		return nil, err
+	}
+	inst.Status.ShelvedImage, inst.Status.ShelvedAt = nil, nil
+	return nil, nil
+}
+
+// deleteShelvedImage deletes the instance's shelved image, if it is the instance's own.
+func (r *InstanceReconciler) deleteShelvedImage(ctx context.Context, inst *v1.Instance) error {
+	img := &v1.Image{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: shelvedImageName(inst)}, img); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(img, inst) {
+		return nil
+	}
+	return client.IgnoreNotFound(r.Delete(ctx, img))
 }
 
 // serveSnapshot starts the oldest Snapshot of the instance that waits, once the instance is
@@ -967,8 +1162,14 @@ func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, s
 	return false, "", nil
 }
 
-// release drops the instance's claim and finalizer.
+// release drops the instance's claim, its shelved image (the garbage collector would too, as
+// its owner goes) and its finalizer.
 func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) error {
+	if inst.Status.ShelvedImage != nil {
+		if err := r.deleteShelvedImage(ctx, inst); err != nil {
+			return err
+		}
+	}
 	r.Placement.Release(inst.UID)
 	r.forgetAttempts(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
@@ -1077,15 +1278,15 @@ func (r *InstanceReconciler) waitingInstances(ctx context.Context, _ client.Obje
 	return out
 }
 
-// instancesUsingImage lists the instances whose spec names an image that changed: waiting to
-// be placed on it, or to be rebuilt or rescued with it.
+// instancesUsingImage lists the instances that name an image that changed: waiting to be
+// placed on it, rebuilt or rescued with it, or offloaded or unshelved once it is verified.
 func (r *InstanceReconciler) instancesUsingImage(ctx context.Context, o client.Object) []reconcile.Request {
 	kind, opts := v1.KindImage, []client.ListOption{client.InNamespace(o.GetNamespace())}
 	if _, ok := o.(*v1.ClusterImage); ok {
 		kind, opts = v1.KindClusterImage, nil
 	}
 	var list v1.InstanceList
-	opts = append(opts, client.MatchingFields{indexSpecImage: imageKey(v1.ImageReference{Kind: kind, Name: o.GetName()})}, client.UnsafeDisableDeepCopy)
+	opts = append(opts, client.MatchingFields{indexImagesUsed: imageKey(v1.ImageReference{Kind: kind, Name: o.GetName()})}, client.UnsafeDisableDeepCopy)
 	if err := r.List(ctx, &list, opts...); err != nil {
 		return nil
 	}
@@ -1102,11 +1303,11 @@ func imageKey(ref v1.ImageReference) string {
 }
 
 // The manager's cache indexes instances by node, by whether they wait to be placed, and by the
-// images their spec names.
+// images they wait for or boot from (spec.image, spec.rescue.image, status.shelvedImage).
 const (
-	indexNode      = "status.nodeName"
-	indexWaiting   = "waitingToBePlaced"
-	indexSpecImage = "spec.image"
+	indexNode       = "status.nodeName"
+	indexWaiting    = "waitingToBePlaced"
+	indexImagesUsed = "imagesUsed"
 )
 
 // IndexInstances adds the manager's Instance indexes to its cache.
@@ -1120,18 +1321,23 @@ func IndexInstances(ctx context.Context, mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
-	if err := indexer.IndexField(ctx, &v1.Instance{}, indexSpecImage, func(o client.Object) []string {
-		spec := &o.(*v1.Instance).Spec
-		keys := []string{imageKey(spec.Image)}
-		if spec.Rescue != nil && spec.Rescue.Image != nil {
-			keys = append(keys, imageKey(*spec.Rescue.Image))
+	if err := indexer.IndexField(ctx, &v1.Instance{}, indexImagesUsed, func(o client.Object) []string {
+		inst := o.(*v1.Instance)
+		keys := []string{imageKey(inst.Spec.Image)}
+		if r := inst.Spec.Rescue; r != nil && r.Image != nil {
+			keys = append(keys, imageKey(*r.Image))
+		}
+		if s := inst.Status.ShelvedImage; s != nil {
+			keys = append(keys, imageKey(*s))
 		}
 		return keys
 	}); err != nil {
 		return err
 	}
 	return indexer.IndexField(ctx, &v1.Instance{}, indexWaiting, func(o client.Object) []string {
-		if s := o.(*v1.Instance).Status; s.TaskState == v1.TaskStateScheduling || s.VMState == "" {
+		s := o.(*v1.Instance).Status
+		if s.TaskState == v1.TaskStateScheduling || s.VMState == "" ||
+			(s.Task != nil && s.Task.Action == v1.ActionUnshelve && s.NodeName == "") {
 			return []string{"true"}
 		}
 		return nil

@@ -87,6 +87,8 @@ const (
 	FinalizerInstance = "compute.kubenova.io/instance"
 	// FinalizerSnapshot keeps a Snapshot whose image goes with it until the image is deleted.
 	FinalizerSnapshot = "compute.kubenova.io/snapshot"
+	// LabelShelvedInstance names, on an Image, the instance whose shelve made it.
+	LabelShelvedInstance = "compute.kubenova.io/shelved-instance"
 	// LabelSnapshot names, on an Image, the Snapshot that made it.
 	LabelSnapshot = "compute.kubenova.io/snapshot"
 	// AnnotationSnapshotUID is, on an Image, the UID of the Snapshot that made it: an Image of

@@ -33,7 +33,7 @@ const (
 )
 
 // ImageSource says where an image's bytes come from; exactly one field is set.
-// +kubebuilder:validation:XValidation:rule="[has(self.url), has(self.file), has(self.snapshot)].filter(x, x).size() == 1",message="exactly one of url, file or snapshot must be set"
+// +kubebuilder:validation:XValidation:rule="[has(self.url), has(self.file), has(self.snapshot), has(self.shelvedInstance)].filter(x, x).size() == 1",message="exactly one of url, file, snapshot or shelvedInstance must be set"
 type ImageSource struct {
 	// URL to download the image from (http or https).
 	// +kubebuilder:validation:MaxLength=2048
@@ -54,10 +54,17 @@ type ImageSource struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Snapshot string `json:"snapshot,omitempty"`
+
+	// ShelvedInstance names the Instance, in the image's namespace, whose root disk the bytes
+	// are, uploaded when it was shelved. The instance controller creates such Images (owned
+	// by the instance) and deletes them once the instance is unshelved.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	ShelvedInstance string `json:"shelvedInstance,omitempty"`
 }
 
 // ImageSpec describes a bootable disk image, Glance's image.
-// +kubebuilder:validation:XValidation:rule="has(self.sha256) || has(self.source.snapshot)",message="sha256 is required for url and file sources"
+// +kubebuilder:validation:XValidation:rule="has(self.sha256) || has(self.source.snapshot) || has(self.source.shelvedInstance)",message="sha256 is required for url and file sources"
 type ImageSpec struct {
 	// Source of the image's bytes; immutable, as Glance image data is.
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="an image's source is immutable: create a new Image"

@@ -341,19 +341,20 @@ type Task struct {
 	// ObservedGeneration is the spec generation the task serves.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Snapshot is what a Snapshot task saves, and where.
+	// Snapshot is what a Snapshot or Shelve task saves, and where.
 	// +optional
 	Snapshot *SnapshotTask `json:"snapshot,omitempty"`
 	// Image is the image a Rebuild task builds the new root disk from (status.image becomes it
-	// when the task succeeds), or the rescue image of a Rescue task.
+	// when the task succeeds), the rescue image of a Rescue task, or the shelved image an
+	// Unshelve task of an offloaded instance boots from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
 }
 
-// SnapshotTask tells the node agent which Snapshot it serves and which image store key the
-// root disk's copy is uploaded under.
+// SnapshotTask tells the node agent which Snapshot (or shelved image) it serves and which image
+// store key the root disk's copy is uploaded under.
 type SnapshotTask struct {
-	// Name of the Snapshot.
+	// Name of the Snapshot, or of the shelved Image.
 	Name string `json:"name"`
 	// ImageUID is the UID of the Image the copy becomes, its key in the image store.
 	ImageUID string `json:"imageUID"`
@@ -487,6 +488,14 @@ type InstanceStatus struct {
 	// Image is the image the root disk was built from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
+	// ShelvedImage is the Image a shelved instance's root disk was saved as; an unshelve boots
+	// from it and then deletes it.
+	// +optional
+	ShelvedImage *ImageReference `json:"shelvedImage,omitempty"`
+	// ShelvedAt is when the instance was shelved; the offload follows the manager's
+	// --shelved-offload-time later.
+	// +optional
+	ShelvedAt *metav1.Time `json:"shelvedAt,omitempty"`
 	// RescueImage is the image a Rescued instance boots from, its own root disk second.
 	// +optional
 	RescueImage *AppliedImage `json:"rescueImage,omitempty"`

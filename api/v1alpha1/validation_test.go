@@ -94,7 +94,7 @@ spec: {flavor: m1.tiny, image: {name: cirros}, lockedReason: audit}`, "lockedRea
 apiVersion: compute.kubenova.io/v1alpha1
 kind: Image
 metadata: {name: two-sources, namespace: default}
-spec: {source: {url: "http://example.test/a.qcow2", file: /srv/a.qcow2}, sha256: ` + sha + `}`, "exactly one of url, file or snapshot must be set"},
+spec: {source: {url: "http://example.test/a.qcow2", file: /srv/a.qcow2}, sha256: ` + sha + `}`, "exactly one of url, file, snapshot or shelvedInstance must be set"},
 		{"an image without a checksum", `
 apiVersion: compute.kubenova.io/v1alpha1
 kind: Image

@@ -560,6 +560,15 @@ func (in *InstanceStatus) DeepCopyInto(out *InstanceStatus) {
 		*out = new(AppliedImage)
 		**out = **in
 	}
+	if in.ShelvedImage != nil {
+		in, out := &in.ShelvedImage, &out.ShelvedImage
+		*out = new(ImageReference)
+		**out = **in
+	}
+	if in.ShelvedAt != nil {
+		in, out := &in.ShelvedAt, &out.ShelvedAt
+		*out = (*in).DeepCopy()
+	}
 	if in.RescueImage != nil {
 		in, out := &in.RescueImage, &out.RescueImage
 		*out = new(AppliedImage)

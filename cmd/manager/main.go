@@ -43,6 +43,7 @@ func run() error {
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the nodes (Glance's filesystem store)")
 		sourceDirs     = flag.String("image-source-dirs", "", "comma-separated directories that an Image's file source may name; empty allows no file sources")
 		maxImageBytes  = flag.Int64("max-image-bytes", imagestore.DefaultMaxImageBytes, "largest image the image service imports")
+		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
 		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
@@ -79,6 +80,7 @@ func run() error {
 		Workers:   *workers,
 
 		DefaultRescueImage: *rescueImage,
+		ShelvedOffloadTime: *offloadTime,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("instance controller: %w", err)
 	}

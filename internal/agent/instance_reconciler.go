@@ -227,6 +227,12 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.snapshot(ctx, inst, task, checkpoint)
 	case v1.ActionRebuild:
 		return r.rebuild(ctx, inst, task)
+	case v1.ActionShelve:
+		return r.shelve(ctx, inst, task, checkpoint)
+	case v1.ActionShelveOffload:
+		return true, r.terminate(ctx, inst)
+	case v1.ActionUnshelve:
+		return true, r.spawn(ctx, inst)
 	case v1.ActionRescue:
 		return true, r.rescue(ctx, inst, task)
 	case v1.ActionUnrescue:
@@ -286,6 +292,11 @@ func (r *InstanceReconciler) spawnWith(ctx context.Context, inst *v1.Instance, r
 // needs neither the Image object nor its source.
 func (r *InstanceReconciler) createRootDisk(ctx context.Context, inst *v1.Instance) (string, error) {
 	img := *inst.Status.Image
+	if task := inst.Status.Task; task != nil && task.Action == v1.ActionUnshelve && task.Image != nil {
+		// An offloaded instance comes back from its shelved image; status.image keeps naming
+		// the image it was built from, as Nova's image_ref does.
+		img = *task.Image
+	}
 	disks := r.disks()
 	base, err := disks.EnsureImage(ctx, img)
 	if err != nil {
@@ -368,6 +379,22 @@ func (r *InstanceReconciler) hardReboot(ctx context.Context, inst *v1.Instance, 
 		return true, nil // booted anew since the task began
 	}
 	return true, r.powerCycle(ctx, inst)
+}
+
+// shelve powers the instance off cleanly, as Nova's shelve does (the disk is then quiescent),
+// and uploads its root disk to the image store as the shelved image; the domain and the disks
+// stay on the node until the offload.
+func (r *InstanceReconciler) shelve(ctx context.Context, inst *v1.Instance, task *v1.Task, checkpoint func()) (bool, error) {
+	st, err := r.Driver.State(ctx, string(inst.UID))
+	if err != nil {
+		return false, err
+	}
+	if st.Active() || st.Power == v1.PowerStateSuspended {
+		if done, err := r.stop(ctx, inst, task); err != nil || !done {
+			return false, err
+		}
+	}
+	return true, r.snapshot(ctx, inst, task, checkpoint)
 }
 
 // The steps of a rebuild that its task mark records.

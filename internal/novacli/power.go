@@ -2,6 +2,7 @@ package novacli
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,9 +17,10 @@ type powerVerb struct {
 	short   string
 	what    string // the example's wording, "Stop"
 	desired v1.DesiredPowerState
-	// undoes is the vm state the verb leaves; unpause and resume are checked against it, so that
-	// unpausing a suspended instance says "resume" instead of silently resuming it.
-	undoes v1.VMState
+	// undoes are the vm states the verb leaves; unpause, resume and unshelve are checked
+	// against them, so that unpausing a suspended instance says "resume" instead of silently
+	// resuming it.
+	undoes []v1.VMState
 	// stampsStart writes a start request besides the power state.
 	stampsStart bool
 }
@@ -32,11 +34,15 @@ var powerVerbs = []powerVerb{
 	{name: "pause", short: "Pause an instance, keeping its memory on the node (nova pause)", what: "Pause",
 		desired: v1.DesiredPaused},
 	{name: "unpause", short: "Unpause a paused instance (nova unpause)", what: "Unpause",
-		desired: v1.DesiredRunning, undoes: v1.VMStatePaused},
+		desired: v1.DesiredRunning, undoes: []v1.VMState{v1.VMStatePaused}},
 	{name: "suspend", short: "Suspend an instance, saving its memory to disk (nova suspend)", what: "Suspend",
 		desired: v1.DesiredSuspended},
 	{name: "resume", short: "Resume a suspended instance (nova resume)", what: "Resume",
-		desired: v1.DesiredRunning, undoes: v1.VMStateSuspended},
+		desired: v1.DesiredRunning, undoes: []v1.VMState{v1.VMStateSuspended}},
+	{name: "shelve", short: "Shelve an instance: saved to the image store, then removed from its node (nova shelve)", what: "Shelve",
+		desired: v1.DesiredShelved},
+	{name: "unshelve", short: "Unshelve a shelved instance, placed anew if it was offloaded (nova unshelve)", what: "Unshelve",
+		desired: v1.DesiredRunning, undoes: []v1.VMState{v1.VMStateShelved, v1.VMStateShelvedOffloaded}},
 }
 
 func newPowerCommand(o *options, v powerVerb) *cobra.Command {
@@ -75,7 +81,7 @@ func (v powerVerb) request(name string, now time.Time) (request, error) {
 		return request{}, err
 	}
 	req := request{name: name, verb: v.name, body: body}
-	if v.undoes != "" {
+	if len(v.undoes) > 0 {
 		req.precheck = func(inst *v1.Instance) error { return v.refusal(inst) }
 	}
 	return req, nil
@@ -85,14 +91,14 @@ func (v powerVerb) request(name string, now time.Time) (request, error) {
 // the verb that fits: the manager would otherwise just bring it to Running by another path.
 func (v powerVerb) refusal(inst *v1.Instance) error {
 	got := inst.Status.VMState
-	if got == v.undoes {
+	if slices.Contains(v.undoes, got) {
 		return nil
 	}
 	state := string(got)
 	if state == "" {
 		state = "not launched yet"
 	}
-	msg := fmt.Sprintf("instance %s is %s, not %s", inst.Name, state, v.undoes)
+	msg := fmt.Sprintf("instance %s is %s, not %s", inst.Name, state, v.undoes[0])
 	switch got {
 	case v1.VMStatePaused:
 		msg += ": use kubectl nova unpause"
@@ -100,6 +106,8 @@ func (v powerVerb) refusal(inst *v1.Instance) error {
 		msg += ": use kubectl nova resume"
 	case v1.VMStateStopped:
 		msg += ": use kubectl nova start"
+	case v1.VMStateShelved, v1.VMStateShelvedOffloaded:
+		msg += ": use kubectl nova unshelve"
 	case v1.VMStateActive:
 		msg += ": it is running already"
 	}

@@ -77,3 +77,27 @@ func TestRescueAndUnrescueWriteSpecRescue(t *testing.T) {
 		}
 	}
 }
+
+func TestShelveAndUnshelve(t *testing.T) {
+	h := newHarness(t, sampleInstance("web"))
+	if err := h.run("shelve", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"spec":{"powerState":"Shelved"}}`; len(h.patches) != 1 || h.patches[0].body != want {
+		t.Fatalf("shelve sent %+v, want %s", h.patches, want)
+	}
+	h = newHarness(t, sampleInstance("web"))
+	err := h.run("unshelve", "web")
+	if err == nil || err.Error() != "instance web is Active, not Shelved: it is running already" || len(h.patches) != 0 {
+		t.Fatalf("unshelve of an Active instance: %v, %d patches", err, len(h.patches))
+	}
+	offloaded := sampleInstance("web")
+	offloaded.Status.VMState, offloaded.Status.NodeName = v1.VMStateShelvedOffloaded, ""
+	h = newHarness(t, offloaded)
+	if err := h.run("unshelve", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"spec":{"powerState":"Running"}}`; len(h.patches) != 1 || h.patches[0].body != want {
+		t.Fatalf("unshelve sent %+v, want %s", h.patches, want)
+	}
+}

@@ -25,10 +25,13 @@ func Sub(a, b v1.Resources) v1.Resources {
 }
 
 // Holds says whether an instance's flavor counts against its node: everything placed on a node
-// does, except shelved-offloaded instances, which Nova frees from the node.
+// does, except a shelved-offloaded instance, which Nova frees from its node, until an unshelve
+// places it anew.
 func Holds(inst *v1.Instance) bool {
-	return inst.Status.NodeName != "" && inst.Status.Flavor != nil &&
-		inst.Status.VMState != v1.VMStateShelvedOffloaded && inst.Status.VMState != v1.VMStateDeleted
+	st := &inst.Status
+	unshelving := st.Task != nil && st.Task.Action == v1.ActionUnshelve
+	return st.NodeName != "" && st.Flavor != nil && st.VMState != v1.VMStateDeleted &&
+		(st.VMState != v1.VMStateShelvedOffloaded || unshelving)
 }
 
 type claim struct {

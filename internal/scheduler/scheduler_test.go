@@ -165,6 +165,13 @@ func TestUsageFollowsTheInformer(t *testing.T) {
 	if got := p.Usage("self"); got["a"] != res || len(got) != 1 {
 		t.Fatalf("usage %+v; the placed instance counts once, the offloaded and unplaced ones not at all", got)
 	}
+	unshelving := placed("back", "c", v1.VMStateShelvedOffloaded)
+	unshelving.Status.Task = &v1.Task{ID: 4, Action: v1.ActionUnshelve}
+	p.Observe(unshelving)
+	if got := p.Usage("self"); got["c"] != res {
+		t.Fatalf("usage %+v; an offloaded instance placed anew for its unshelve counts on its new node", got)
+	}
+	p.Forget("back")
 
 	// Claims count until the informer shows them; self's never counts against itself.
 	if !p.Reserve("y", host("b", 8, 8192, 100), Request{Resources: res}) {

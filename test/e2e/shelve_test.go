@@ -1,0 +1,95 @@
+package e2e
+
+import (
+	"fmt"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+var _ = Describe("Shelve", Ordered, func() {
+	const name = "shelf"
+	var inst *v1.Instance
+
+	BeforeAll(func(ctx SpecContext) {
+		inst = instanceForSpecs(ctx, name, "test-guest")
+	}, NodeTimeout(3*time.Minute))
+
+	otherHost := func(node string) string {
+		if node == "host-1" {
+			return "host-2"
+		}
+		return "host-1"
+	}
+
+	// shelveAndOffload shelves the instance, waits until it is offloaded and checks that its
+	// node has nothing of it left.
+	shelveAndOffload := func(ctx SpecContext, crash bool) {
+		cur := expectInstance(ctx, name, settled(v1.VMStateActive))
+		node := cur.Status.NodeName
+		hv := &v1.Hypervisor{}
+		Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: node}, hv)).To(Succeed())
+		instances := hv.Status.Instances
+		start := time.Now()
+		patchSpec(ctx, name, `{"spec":{"powerState":"Shelved"}}`)
+		if crash {
+			expectInstance(ctx, name, func(g Gomega, i *v1.Instance) { g.Expect(i.Status.TaskState).To(Equal(v1.TaskStateShelving)) })
+			Expect(cluster.KillAgent(host(node))).To(Succeed())
+			Expect(cluster.StartAgent(host(node))).To(Succeed())
+		}
+		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) { g.Expect(i.Status.VMState).To(Equal(v1.VMStateShelved)) })
+		shelved := time.Since(start)
+		off := expectInstance(ctx, name, settled(v1.VMStateShelvedOffloaded))
+		GinkgoWriter.Printf("FIGURE shelve (apply to Shelved): %s; to ShelvedOffloaded: %s\n",
+			shelved.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+		Expect(off.Status.NodeName).To(BeEmpty())
+		img := expectImagePhase(ctx, "default", name+"-shelved", v1.ImageAvailable)
+		GinkgoWriter.Printf("FIGURE shelved image of the test guest: %d bytes\n", img.Status.SizeBytes)
+		out, err := host(node).Virsh(ctx, "list", "--all", "--uuid")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).NotTo(ContainSubstring(string(off.UID)), "the domain is gone from the node")
+		Eventually(func(g Gomega) {
+			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: node}, hv)).To(Succeed())
+			g.Expect(hv.Status.Instances).To(Equal(instances-1), "the node is freed")
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+	}
+
+	// unshelveOn unshelves the instance onto host and checks that it boots its own disk there.
+	unshelveOn := func(ctx SpecContext, host string, boots int) {
+		patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"nodeSelector":{"kubernetes.io/hostname":%q}}}`, host))
+		start := time.Now()
+		out, err := kubectlNova(ctx, "unshelve", name, "--wait")
+		Expect(err).NotTo(HaveOccurred(), out)
+		GinkgoWriter.Printf("FIGURE unshelve of an offloaded instance (kubectl nova unshelve --wait): %s\n", time.Since(start).Round(10*time.Millisecond))
+		cur := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(cur.Status.NodeName).To(Equal(host))
+		Expect(cur.UID).To(Equal(inst.UID))
+		Expect(cur.Status.Image.Name).To(Equal("test-guest"))
+		inst = cur
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots }, "the guest's own disk, with its boot count")
+		Eventually(func() bool {
+			return apierrors.IsNotFound(cluster.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: name + "-shelved"}, &v1.Image{}))
+		}).WithContext(ctx).WithTimeout(30*time.Second).Should(BeTrue(), "the shelved image goes once the instance is Active")
+		Expect(qemuCount(inst)).To(Equal(1))
+	}
+
+	It("shelves to the image store, offloads (freeing the node), and unshelves onto the other node with its data", func(ctx SpecContext) {
+		patchSpec(ctx, name, fmt.Sprintf(`{"spec":{"rebootRequest":{"type":"Hard","requestedAt":%q}}}`, stamp()))
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 2 }, "boot 2")
+		from := inst.Status.NodeName
+		shelveAndOffload(ctx, false)
+		unshelveOn(ctx, otherHost(from), 3)
+	}, NodeTimeout(4*time.Minute))
+
+	It("finishes a shelve cut short by SIGKILL of the agent, and loses nothing", func(ctx SpecContext) {
+		expectConsole(ctx, inst, func(c console) bool { return c.Listening(3) }, "the guest listening to its power button")
+		from := inst.Status.NodeName
+		shelveAndOffload(ctx, true)
+		unshelveOn(ctx, otherHost(from), 4)
+	}, NodeTimeout(4*time.Minute))
+})
