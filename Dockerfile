@@ -15,14 +15,18 @@ ENV GOFLAGS=-buildvcs=false
 RUN CGO_ENABLED=0 go build -ldflags "-X github.com/kubenova/kubenova/internal/version.Version=${VERSION}" -o /out/manager ./cmd/manager
 RUN CGO_ENABLED=1 go build -ldflags "-X github.com/kubenova/kubenova/internal/version.Version=${VERSION}" -o /out/agent ./cmd/agent
 
-FROM gcr.io/distroless/static-debian12:nonroot AS manager
+# The manager is the image service too: it inspects images with qemu-img (format, backing and
+# data files) before it makes them available.
+FROM debian:12-slim AS manager
+RUN apt-get update && apt-get install -y --no-install-recommends qemu-utils ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/manager /manager
 USER 65532:65532
 ENTRYPOINT ["/manager"]
 
-# The agent talks to the node's libvirtd over its socket (mounted from the host) and makes qcow2
-# overlays with qemu-img in the node's storage root; it needs the libvirt client library only.
+# The agent talks to the node's libvirtd over its socket (mounted from the host), makes qcow2
+# overlays and snapshots with qemu-img in the node's storage root, and cloud-init drives with
+# mkfs.vfat and mcopy; it needs the libvirt client library only.
 FROM debian:12-slim AS agent
-RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 qemu-utils ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 qemu-utils dosfstools mtools ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/agent /agent
 ENTRYPOINT ["/agent"]

@@ -80,7 +80,7 @@ depmod -b "$work" "$kver"
 
 # --- initramfs ------------------------------------------------------------------------------
 root=$work/initramfs
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,mnt/root,mnt/vdb,lib/modules}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,mnt/root,mnt/vdb,mnt/cidata,lib/modules}
 cp bb/bin/busybox "$root/bin/busybox"
 
 # Modules are copied in load order (dependencies first) with a numeric prefix; /init loads
@@ -180,6 +180,21 @@ if [ -b /dev/vdb ] && mount -t vfat -o rw /dev/vdb /mnt/vdb 2>/dev/null; then
   fi
   umount /mnt/vdb
 fi
+
+# A cloud-init NoCloud drive (a FAT filesystem holding meta-data, as kubenova's agent makes it
+# when an instance has user data or SSH keys) is the last disk: print what it gives the guest.
+for d in /dev/vd?; do
+  [ "$d" = /dev/vda ] && continue
+  [ -b "$d" ] && mount -t vfat -o ro "$d" /mnt/cidata 2>/dev/null || continue
+  if [ -f /mnt/cidata/meta-data ]; then
+    say "cidata $(grep '^instance-id: ' /mnt/cidata/meta-data)"
+    grep '^  - ' /mnt/cidata/meta-data | while read -r dash key; do say "cidata ssh-key=$key"; done
+    if [ -f /mnt/cidata/user-data ]; then
+      while read -r line; do say "cidata user-data: $line"; done </mnt/cidata/user-data
+    fi
+  fi
+  umount /mnt/cidata
+done
 
 if [ -n "$root_mounted" ] && [ -f /mnt/root/ignore-acpi ]; then
   ignore_acpi=1

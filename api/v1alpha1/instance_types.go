@@ -235,6 +235,20 @@ type RescueSpec struct {
 	Image *ImageReference `json:"image,omitempty"`
 }
 
+// UserDataSource names the Secret, in the instance's namespace, that holds the instance's
+// cloud-init user data.
+type UserDataSource struct {
+	// SecretName is the Secret's name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
+	// Key of the Secret that holds the user data.
+	// +kubebuilder:default=userdata
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
 // InstanceSpec is the desired state of a virtual machine.
 // +kubebuilder:validation:XValidation:rule="!has(self.lockedReason) || (has(self.locked) && self.locked)",message="lockedReason may only be set when locked is true"
 type InstanceSpec struct {
@@ -285,6 +299,19 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:MaxLength=63
 	// +optional
 	AvailabilityZone string `json:"availabilityZone,omitempty"`
+
+	// UserData is cloud-init user data from a Secret, given to the guest on a NoCloud drive
+	// (Nova's user_data). It is read when the drive is made: the first boot on a node.
+	// +optional
+	UserData *UserDataSource `json:"userData,omitempty"`
+
+	// SSHAuthorizedKeys are SSH public keys the guest's cloud-init authorizes (Nova's key
+	// pair), given on the same drive as public-keys.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=8192
+	// +kubebuilder:validation:items:Pattern=`^(ssh-|ecdsa-|sk-)[^\n]*$`
+	// +optional
+	SSHAuthorizedKeys []string `json:"sshAuthorizedKeys,omitempty"`
 }
 
 // AppliedFlavor is the copy of a flavor an instance was sized with, kept in status as Nova keeps

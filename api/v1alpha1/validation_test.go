@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kubenova/kubenova/test/utils"
@@ -232,5 +234,33 @@ metadata: {name: node-defaults}`)
 	}
 	if got, _, _ := unstructured.NestedString(hv.Object, "spec", "cpuAllocationRatio"); got != "16.0" {
 		t.Errorf("cpuAllocationRatio defaulted to %q, want 16.0 (Nova's default)", got)
+	}
+}
+
+// TestSamplesAreValid applies every manifest of config/samples as a dry run: the examples the
+// README points at must be accepted as they are.
+func TestSamplesAreValid(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(utils.RepoRoot(), "config", "samples", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no samples: %v", err)
+	}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.NewReplacer("${GUEST_IMAGE}", "/var/lib/kubenova/images/guest.qcow2", "${GUEST_SHA256}", sha).Replace(string(b))
+		for i, doc := range strings.Split(text, "\n---\n") {
+			u := object(t, doc)
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := env.Client.Create(context.Background(), u, client.DryRunAll); err != nil {
+				t.Errorf("%s, document %d: %v", filepath.Base(f), i+1, err)
+			}
+		}
 	}
 }

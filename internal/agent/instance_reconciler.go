@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,7 +71,9 @@ const DefaultWorkers = 16
 // InstanceReconciler carries out tasks on one node. Its cache holds only the instances placed on
 // this node (a field selector on status.nodeName).
 type InstanceReconciler struct {
-	Client   client.Client
+	Client client.Client
+	// Reader reads what the cache does not hold: the Secrets that hold user data.
+	Reader   client.Reader
 	Recorder events.EventRecorder
 	Driver   driver.Driver
 	Storage  *storage.Node
@@ -277,14 +281,77 @@ func (r *InstanceReconciler) spawnWith(ctx context.Context, inst *v1.Instance, r
 	if err != nil {
 		return err
 	}
+	configDrive, err := r.configDrive(ctx, inst)
+	if err != nil {
+		return err
+	}
 	diskReady := time.Now()
 	err = r.Driver.Spawn(ctx, driver.Machine{
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
-		RootDisk: disk, RescueDisk: rescueDisk, ConsoleLog: consoleLog, VirtType: r.VirtType,
+		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: r.VirtType,
 	})
 	log.FromContext(ctx).V(1).Info("spawned", "disk", diskReady.Sub(began).String(), "domain", time.Since(diskReady).String(), "error", err)
 	return err
+}
+
+// configDrive makes the instance's cloud-init NoCloud drive, if its spec gives user data or
+// SSH keys, and returns its path ("" for none). The drive is made once, at the first boot on
+// the node, as Nova's config drive is; later boots (a reboot, a start) reuse it, so they never
+// depend on the Secret still being there.
+func (r *InstanceReconciler) configDrive(ctx context.Context, inst *v1.Instance) (string, error) {
+	if inst.Spec.UserData == nil && len(inst.Spec.SSHAuthorizedKeys) == 0 {
+		return "", nil
+	}
+	uid := string(inst.UID)
+	path, err := r.Storage.ConfigDrive(uid)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	var meta strings.Builder
+	fmt.Fprintf(&meta, "instance-id: %s\nlocal-hostname: %s\n", strconv.Quote(uid), strconv.Quote(inst.Name))
+	if keys := inst.Spec.SSHAuthorizedKeys; len(keys) > 0 {
+		meta.WriteString("public-keys:\n")
+		for _, k := range keys {
+			// A JSON string is a YAML double-quoted scalar: a key's comment cannot break the document.
+			fmt.Fprintf(&meta, "  - %s\n", strconv.Quote(k))
+		}
+	}
+	files := map[string][]byte{"meta-data": []byte(meta.String())}
+	if ud := inst.Spec.UserData; ud != nil {
+		data, err := r.userData(ctx, inst.Namespace, ud)
+		if err != nil {
+			return "", err
+		}
+		files["user-data"] = data
+	}
+	return r.Storage.WriteConfigDrive(ctx, uid, files)
+}
+
+// userData reads the instance's user data from its Secret.
+func (r *InstanceReconciler) userData(ctx context.Context, namespace string, ud *v1.UserDataSource) ([]byte, error) {
+	if r.Reader == nil {
+		return nil, errors.New("this agent cannot read Secrets for user data")
+	}
+	key := ud.Key
+	if key == "" {
+		key = "userdata"
+	}
+	secret := &corev1.Secret{}
+	if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ud.SecretName}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("user data: secret %s does not exist in namespace %s", ud.SecretName, namespace)
+		}
+		return nil, fmt.Errorf("user data: read secret %s: %w", ud.SecretName, err)
+	}
+	data, ok := secret.Data[key]
+	if !ok {
+		return nil, fmt.Errorf("user data: secret %s has no key %q", ud.SecretName, key)
+	}
+	return data, nil
 }
 
 // createRootDisk fetches the instance's image from the image store into the node's cache and

@@ -73,7 +73,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		return nil, fmt.Errorf("create manager for node %s: %w", n.Name, err)
 	}
 	reconciler := &InstanceReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
 		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}

@@ -30,6 +30,9 @@ type Machine struct {
 	// RescueDisk, when set, is a qcow2 disk the domain boots from instead, with RootDisk as its
 	// second disk (Nova's rescue).
 	RescueDisk string
+	// ConfigDrive, when set, is a raw cloud-init NoCloud drive attached read-only after the
+	// other disks.
+	ConfigDrive string
 	// ConsoleLog is the file the serial console is logged to.
 	ConsoleLog string
 	// VirtType is kvm or qemu (TCG).

@@ -315,6 +315,66 @@ func (n *Node) virtualSize(ctx context.Context, base string) (int64, error) {
 	return info.VirtualSize, nil
 }
 
+// ConfigDrive is the path of an instance's cloud-init NoCloud drive.
+func (n *Node) ConfigDrive(uid string) (string, error) {
+	dir, err := n.InstanceDir(uid)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, "config-drive.img"), nil
+}
+
+// configDriveBytes is the size of a config drive: room for user data up to cloud-init's
+// practical limit, and small enough to make in milliseconds.
+const configDriveBytes = 4 << 20
+
+// WriteConfigDrive makes the instance's cloud-init NoCloud drive, a FAT filesystem labelled
+// CIDATA holding the files named in files (meta-data, user-data), unless it exists. It
+// appears whole or not at all.
+func (n *Node) WriteConfigDrive(ctx context.Context, uid string, files map[string][]byte) (string, error) {
+	path, err := n.ConfigDrive(uid)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return "", err
+	}
+	tmp := path + ".creating"
+	_ = os.Remove(tmp)
+	defer func() { _ = os.Remove(tmp) }()
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+		return "", err
+	}
+	if err := os.Truncate(tmp, configDriveBytes); err != nil {
+		return "", err
+	}
+	if out, err := exec.CommandContext(ctx, "mkfs.vfat", "-n", "CIDATA", tmp).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mkfs.vfat: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	staging, err := os.MkdirTemp(filepath.Dir(path), ".config-drive-")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = os.RemoveAll(staging) }()
+	names := make([]string, 0, len(files))
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(staging, name), content, 0o644); err != nil {
+			return "", err
+		}
+		names = append(names, filepath.Join(staging, name))
+	}
+	args := append([]string{"-i", tmp}, names...)
+	cmd := exec.CommandContext(ctx, "mcopy", append(args, "::")...)
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mcopy: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return path, os.Rename(tmp, path)
+}
+
 // SnapshotFile is where a snapshot of the instance's root disk is made before its upload.
 func (n *Node) SnapshotFile(uid string) (string, error) {
 	dir, err := n.InstanceDir(uid)

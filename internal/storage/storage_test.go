@@ -235,3 +235,43 @@ func qemuImg(t *testing.T, args ...string) {
 		t.Fatalf("qemu-img %v: %v: %s", args, err, out)
 	}
 }
+
+// TestWriteConfigDrive: the drive is a FAT filesystem labelled CIDATA (cloud-init's NoCloud)
+// with the files given, made once.
+func TestWriteConfigDrive(t *testing.T) {
+	n := &Node{Root: t.TempDir()}
+	ctx := context.Background()
+	path, err := n.WriteConfigDrive(ctx, uidA, map[string][]byte{
+		"meta-data": []byte("instance-id: \"" + uidA + "\"\n"),
+		"user-data": []byte("#cloud-config\nhostname: web\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtype := func(file string) string {
+		cmd := exec.Command("mtype", "-i", path, "::"+file)
+		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mtype %s: %v: %s", file, err, out)
+		}
+		return string(out)
+	}
+	if got := mtype("user-data"); got != "#cloud-config\nhostname: web\n" {
+		t.Errorf("user-data = %q", got)
+	}
+	if got := mtype("meta-data"); !strings.Contains(got, uidA) {
+		t.Errorf("meta-data = %q", got)
+	}
+	label, err := exec.Command("fatlabel", path).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(label)) != "CIDATA" {
+		t.Errorf("label %q, %v; want CIDATA", label, err)
+	}
+	before, _ := os.Stat(path)
+	if _, err := n.WriteConfigDrive(ctx, uidA, map[string][]byte{"meta-data": []byte("other")}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(path); !os.SameFile(before, after) {
+		t.Error("a second WriteConfigDrive replaced the drive")
+	}
+}

@@ -102,10 +102,18 @@ func disks(m driver.Machine) []libvirtxml.DomainDisk {
 			Target: &libvirtxml.DomainDiskTarget{Dev: dev, Bus: "virtio"},
 		}
 	}
+	disks := []libvirtxml.DomainDisk{disk(m.RootDisk, RootDiskTarget)}
 	if m.RescueDisk != "" {
-		return []libvirtxml.DomainDisk{disk(m.RescueDisk, RootDiskTarget), disk(m.RootDisk, SecondDiskTarget)}
+		disks = []libvirtxml.DomainDisk{disk(m.RescueDisk, RootDiskTarget), disk(m.RootDisk, SecondDiskTarget)}
 	}
-	return []libvirtxml.DomainDisk{disk(m.RootDisk, RootDiskTarget)}
+	if m.ConfigDrive != "" {
+		// Last, so that the root disk keeps its device name in the guest.
+		d := disk(m.ConfigDrive, ConfigDriveTarget)
+		d.Driver.Type = "raw"
+		d.ReadOnly = &libvirtxml.DomainDiskReadOnly{}
+		disks = append(disks, d)
+	}
+	return disks
 }
 
 // ParseMetadata reads kubenova's element from a domain's XML; ok is false for domains that
@@ -133,10 +141,12 @@ func ParseMetadata(domainXML string) (InstanceMetadata, bool) {
 }
 
 // The guest devices of the disks: the boot disk first (the root disk, or a rescue disk), then
-// the root disk under a rescue.
+// the root disk under a rescue, then the config drive (which the guest names after the others,
+// whatever libvirt calls it).
 const (
-	RootDiskTarget   = "vda"
-	SecondDiskTarget = "vdb"
+	RootDiskTarget    = "vda"
+	SecondDiskTarget  = "vdb"
+	ConfigDriveTarget = "vdz"
 )
 
 // Backup returns the XML of a push-mode backup that copies the root disk, flattened into a

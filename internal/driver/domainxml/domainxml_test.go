@@ -28,6 +28,12 @@ func rescued(m driver.Machine) driver.Machine {
 	return m
 }
 
+// withConfigDrive is m with a cloud-init drive.
+func withConfigDrive(m driver.Machine) driver.Machine {
+	m.ConfigDrive = "/var/lib/kubenova/instances/6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10/config-drive.img"
+	return m
+}
+
 func TestGolden(t *testing.T) {
 	for _, c := range []struct {
 		golden string
@@ -36,6 +42,7 @@ func TestGolden(t *testing.T) {
 		{"tcg.xml", machine(v1.VirtTypeQEMU)},
 		{"kvm.xml", machine(v1.VirtTypeKVM)},
 		{"rescue.xml", rescued(machine(v1.VirtTypeQEMU))},
+		{"config-drive.xml", withConfigDrive(rescued(machine(v1.VirtTypeQEMU)))},
 	} {
 		got, err := Build(c.m)
 		if err != nil {

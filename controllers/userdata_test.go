@@ -1,0 +1,49 @@
+package controllers
+
+import (
+	"os"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+var _ = Describe("User data", Ordered, func() {
+	BeforeAll(func(ctx SpecContext) {
+		ensureNodeA(ctx)
+	})
+
+	It("boots with a config drive made from the Secret, and fails the launch naming a missing Secret", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "userdata")
+		makeImage(ctx, ns, "img")
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "boot"},
+			Data: map[string][]byte{"script": []byte("#!/bin/sh\necho hi\n")}})).To(Succeed())
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		inst.Spec.UserData = &v1.UserDataSource{SecretName: "boot", Key: "script"}
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		got, _ := get(ctx, inst)()
+		m, ok := fakeDriver.Machine(string(got.UID))
+		Expect(ok).To(BeTrue())
+		Expect(m.ConfigDrive).To(HaveSuffix("/config-drive.img"))
+		_, err := os.Stat(m.ConfigDrive)
+		Expect(err).NotTo(HaveOccurred())
+
+		orphan := newInstance(ns, "orphan", "small", "img")
+		orphan.Spec.NodeSelector = onNodeA
+		orphan.Spec.UserData = &v1.UserDataSource{SecretName: "missing"}
+		Expect(k8s.Create(ctx, orphan)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, orphan)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateError))
+			g.Expect(got.Status.Fault).NotTo(BeNil())
+			g.Expect(got.Status.Fault.Message).To(ContainSubstring("user data: secret missing does not exist in namespace " + ns))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+	})
+})

@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+var _ = Describe("User data", Ordered, func() {
+	It("gives the guest its user data from a Secret and its SSH keys on a cloud-init NoCloud drive", func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-userdata"},
+			StringData: map[string]string{"userdata": "#cloud-config\nruncmd:\n- echo hello from user data\n"}}))).To(Succeed())
+		key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKubenovaTestKeyNotARealOne0000000000000000 ops@example: #1"
+		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "cloudy"},
+			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"},
+				UserData:          &v1.UserDataSource{SecretName: "web-userdata"},
+				SSHAuthorizedKeys: []string{key}}}
+		Expect(cluster.Client.Create(ctx, inst)).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) {
+			out, err := cluster.Kubectl(ctx, "delete", "instance", "cloudy", "-n", "default", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}, NodeTimeout(2*time.Minute))
+		inst = expectInstance(ctx, "cloudy", settled(v1.VMStateActive))
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 }, "first boot")
+		got := string(readConsole(inst))
+		for _, want := range []string{
+			`cidata instance-id: "` + string(inst.UID) + `"`,
+			`cidata ssh-key="` + key + `"`,
+			"cidata user-data: #cloud-config",
+			"cidata user-data: - echo hello from user data",
+		} {
+			Expect(got).To(ContainSubstring(want))
+		}
+		Expect(strings.Count(got, "cidata ssh-key=")).To(Equal(1))
+	}, NodeTimeout(3*time.Minute))
+})
