@@ -79,10 +79,11 @@ bench-scale: control-plane build ## The scheduler's Go benchmarks; 1,000 instanc
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 100 --instances 1000 --work-dir $(WORK_DIR)/bench-scale
 
 .PHONY: bench-guests
-bench-guests: libvirt control-plane test-guest build ## Launch, power operations and a launch storm on real guests, beside the same done with virsh.
+bench-guests: libvirt control-plane test-guest build ## Launch, power and image operations and a launch storm on real guests, beside the same done by hand.
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/launch --runs 5 --work-dir $(WORK_DIR)/bench
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/power --runs 3 --work-dir $(WORK_DIR)/bench-power
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/storm --guests 20 --spacing 100ms --runs 3 --work-dir $(WORK_DIR)/bench-storm
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/images --runs 3 --work-dir $(WORK_DIR)/bench-images
 
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.

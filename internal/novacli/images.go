@@ -23,7 +23,10 @@ import (
 
 func newImageListCommand(o *options) *cobra.Command {
 	printFlags := genericclioptions.NewPrintFlags("").WithTypeSetter(o.scheme)
-	var allNamespaces bool
+	var (
+		allNamespaces bool
+		wf            waitFlags
+	)
 	cmd := &cobra.Command{
 		Use:   "image-list",
 		Short: "List the images instances can boot from: the namespace's Images and the shared ClusterImages",
@@ -33,18 +36,23 @@ func newImageListCommand(o *options) *cobra.Command {
   kubectl nova image-list
 
   # List the images of every namespace
-  kubectl nova image-list -A`,
+  kubectl nova image-list -A
+
+  # Wait until no image is still importing, then list them
+  kubectl nova image-list --wait`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return o.runImageList(cmd.Context(), printFlags, allNamespaces)
+			return o.runImageList(cmd.Context(), printFlags, allNamespaces, wf)
 		},
 	}
 	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "List the Images of every namespace.")
+	cmd.Flags().BoolVar(&wf.wait, "wait", false, "Wait until no listed image is Pending or Importing.")
+	cmd.Flags().DurationVar(&wf.timeout, "timeout", 5*time.Minute, "How long --wait waits before it fails.")
 	printFlags.AddFlags(cmd)
 	return cmd
 }
 
-func (o *options) runImageList(ctx context.Context, printFlags *genericclioptions.PrintFlags, allNamespaces bool) error {
+func (o *options) runImageList(ctx context.Context, printFlags *genericclioptions.PrintFlags, allNamespaces bool, wf waitFlags) error {
 	c, err := o.newClient()
 	if err != nil {
 		return err
@@ -57,27 +65,24 @@ func (o *options) runImageList(ctx context.Context, printFlags *genericclioption
 		}
 		opts = append(opts, client.InNamespace(ns))
 	}
-	var images v1.ImageList
-	if err := c.List(ctx, &images, opts...); err != nil {
-		return err
-	}
-	var shared v1.ClusterImageList
-	if err := c.List(ctx, &shared); err != nil {
-		return err
-	}
-	items := make([]v1.ImageObject, 0, len(images.Items)+len(shared.Items))
-	for i := range shared.Items {
-		items = append(items, &shared.Items[i])
-	}
-	for i := range images.Items {
-		items = append(items, &images.Items[i])
-	}
-	sort.SliceStable(items, func(i, j int) bool {
-		if items[i].GetNamespace() != items[j].GetNamespace() {
-			return items[i].GetNamespace() < items[j].GetNamespace()
+	items, err := listImages(ctx, c, opts)
+	if wf.wait {
+		waitCtx, cancel := context.WithTimeout(ctx, wf.timeout)
+		defer cancel()
+		ticker := time.NewTicker(o.pollInterval)
+		defer ticker.Stop()
+		for err == nil && importing(items) != "" {
+			select {
+			case <-waitCtx.Done():
+				return fmt.Errorf("timed out after %s waiting for image %s to be imported", wf.timeout, importing(items))
+			case <-ticker.C:
+			}
+			items, err = listImages(waitCtx, c, opts)
 		}
-		return items[i].GetName() < items[j].GetName()
-	})
+	}
+	if err != nil {
+		return err
+	}
 	if !humanOutput(printFlags) {
 		printer, err := printFlags.ToPrinter()
 		if err != nil {
@@ -94,6 +99,43 @@ func (o *options) runImageList(ctx context.Context, printFlags *genericclioption
 		return nil
 	}
 	return renderImageTable(o.streams.Out, items, allNamespaces, o.now())
+}
+
+// listImages lists the Images (with opts) and the ClusterImages, by namespace then name.
+func listImages(ctx context.Context, c client.Client, opts []client.ListOption) ([]v1.ImageObject, error) {
+	var images v1.ImageList
+	if err := c.List(ctx, &images, opts...); err != nil {
+		return nil, err
+	}
+	var shared v1.ClusterImageList
+	if err := c.List(ctx, &shared); err != nil {
+		return nil, err
+	}
+	items := make([]v1.ImageObject, 0, len(images.Items)+len(shared.Items))
+	for i := range shared.Items {
+		items = append(items, &shared.Items[i])
+	}
+	for i := range images.Items {
+		items = append(items, &images.Items[i])
+	}
+	sort.SliceStable(items, func(i, j int) bool {
+		if items[i].GetNamespace() != items[j].GetNamespace() {
+			return items[i].GetNamespace() < items[j].GetNamespace()
+		}
+		return items[i].GetName() < items[j].GetName()
+	})
+	return items, nil
+}
+
+// importing names an image that is still on its way (Pending or Importing), or "".
+func importing(items []v1.ImageObject) string {
+	for _, img := range items {
+		switch img.ImageStatus().Phase {
+		case "", v1.ImagePending, v1.ImageImporting:
+			return img.GetName()
+		}
+	}
+	return ""
 }
 
 // imagesAsList puts Images and ClusterImages into one List, as kubectl get prints several kinds.

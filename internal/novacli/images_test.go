@@ -147,3 +147,18 @@ func hasProperty(out, name, value string) bool {
 	}
 	return false
 }
+
+func TestImageListWaitGivesUpOnAnImportThatDoesNotEnd(t *testing.T) {
+	guest, _, _ := sampleImages()
+	pending := guest.DeepCopy()
+	pending.Name, pending.Status = "fresh", v1.ImageStatus{Phase: v1.ImageImporting}
+	h := newHarness(t, guest, pending)
+	err := h.run("image-list", "--wait", "--timeout", "30ms")
+	if err == nil || err.Error() != "timed out after 30ms waiting for image fresh to be imported" {
+		t.Fatalf("--wait with an image importing: %v", err)
+	}
+	h = newHarness(t, guest)
+	if err := h.run("image-list", "--wait"); err != nil || !strings.Contains(h.out.String(), "test-guest") {
+		t.Fatalf("--wait with every image settled: %v\n%s", err, h.out)
+	}
+}
