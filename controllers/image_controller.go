@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,8 +42,7 @@ type ImageReconciler struct {
 	// MaxRetryBackoff caps the wait between imports of an image whose source did not answer.
 	MaxRetryBackoff time.Duration
 
-	attemptsMu sync.Mutex
-	attempts   map[types.UID]int
+	attempts attempts
 }
 
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images;clusterimages,verbs=get;list;watch;update;patch
@@ -131,7 +129,7 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 		msg := ie.Message
 		var result ctrl.Result
 		if ie.Retryable {
-			result.RequeueAfter = r.backoff(r.failedAttempt(img.GetUID()))
+			result.RequeueAfter = r.backoff(img.GetUID())
 			msg = fmt.Sprintf("%s; trying again in %s", msg, result.RequeueAfter)
 		}
 		if c := meta.FindStatusCondition(st.Conditions, v1.ConditionReady); c == nil || c.Reason != ie.Reason {
@@ -140,7 +138,7 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 		r.setPhase(img, v1.ImageError, ie.Reason, msg)
 		return result, nil
 	}
-	r.forgetAttempts(img.GetUID())
+	r.attempts.forget(img.GetUID())
 	now := metav1.NewTime(r.now())
 	st.SizeBytes, st.VirtualSizeBytes, st.Format = imported.Size, imported.Info.VirtualSize, imported.Info.Format
 	st.SHA256, st.Location, st.ImportedAt = imported.SHA256, key, &now
@@ -252,7 +250,7 @@ func (r *ImageReconciler) reconcileDelete(ctx context.Context, img v1.ImageObjec
 	if err := r.Importer.Store.Delete(ctx, string(img.GetUID())); err != nil {
 		return err
 	}
-	r.forgetAttempts(img.GetUID())
+	r.attempts.forget(img.GetUID())
 	controllerutil.RemoveFinalizer(img, v1.FinalizerImage)
 	return client.IgnoreNotFound(r.Update(ctx, img))
 }
@@ -263,33 +261,14 @@ func retryable(reason string) bool {
 	return reason == imagestore.ReasonSourceUnreachable || reason == ReasonStoreUnavailable
 }
 
-func (r *ImageReconciler) failedAttempt(uid types.UID) int {
-	r.attemptsMu.Lock()
-	defer r.attemptsMu.Unlock()
-	if r.attempts == nil {
-		r.attempts = map[types.UID]int{}
-	}
-	r.attempts[uid]++
-	return r.attempts[uid]
-}
-
-func (r *ImageReconciler) forgetAttempts(uid types.UID) {
-	r.attemptsMu.Lock()
-	defer r.attemptsMu.Unlock()
-	delete(r.attempts, uid)
-}
-
-// backoff doubles from 10 s per failed attempt up to MaxRetryBackoff (10 minutes by default).
-func (r *ImageReconciler) backoff(attempts int) time.Duration {
+// backoff counts a failed import of an image and returns the wait before the next: from 10 s,
+// doubled each time, up to MaxRetryBackoff (10 minutes by default).
+func (r *ImageReconciler) backoff(uid types.UID) time.Duration {
 	limit := r.MaxRetryBackoff
 	if limit == 0 {
 		limit = 10 * time.Minute
 	}
-	d := 10 * time.Second
-	for i := 1; i < attempts && d < limit; i++ {
-		d *= 2
-	}
-	return min(d, limit)
+	return r.attempts.failed(uid, 10*time.Second, limit)
 }
 
 func (r *ImageReconciler) now() time.Time {

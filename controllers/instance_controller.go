@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -64,8 +63,7 @@ type InstanceReconciler struct {
 	// Placement lock.
 	Workers int
 
-	attemptsMu sync.Mutex
-	attempts   map[types.UID]int
+	attempts attempts
 }
 
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch;update;patch
@@ -236,15 +234,14 @@ func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance,
 		if !errors.As(err, &nvh) {
 			return "", nil, err
 		}
-		attempts := r.failedAttempt(inst.UID)
 		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonNoValidHost, Message: nvh.Error()}
 		meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 			Status: metav1.ConditionFalse, Reason: v1.ReasonNoValidHost, Message: nvh.Error(),
 			ObservedGeneration: inst.Generation})
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
-		return "", &ctrl.Result{RequeueAfter: r.backoff(attempts)}, nil
+		return "", &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, nil
 	}
-	r.forgetAttempts(inst.UID)
+	r.attempts.forget(inst.UID)
 	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
 		ObservedGeneration: inst.Generation})
@@ -367,36 +364,15 @@ func (r *InstanceReconciler) candidates(ctx context.Context) ([]scheduler.Host, 
 	return hosts, nil
 }
 
-// failedAttempt counts a failed attempt to place an instance. The count lives in memory, not in
-// status: writing it would wake the controller again at once and defeat the backoff.
-func (r *InstanceReconciler) failedAttempt(uid types.UID) int {
-	r.attemptsMu.Lock()
-	defer r.attemptsMu.Unlock()
-	if r.attempts == nil {
-		r.attempts = map[types.UID]int{}
-	}
-	r.attempts[uid]++
-	return r.attempts[uid]
-}
-
-func (r *InstanceReconciler) forgetAttempts(uid types.UID) {
-	r.attemptsMu.Lock()
-	defer r.attemptsMu.Unlock()
-	delete(r.attempts, uid)
-}
-
-// backoff doubles from 5 s per failed attempt up to MaxSchedulingBackoff. A change to a
-// Hypervisor, Node, Flavor or Image retries at once regardless.
-func (r *InstanceReconciler) backoff(attempts int) time.Duration {
+// backoff counts a failed attempt to place an instance and returns the wait before the next:
+// from 5 s, doubled each time, up to MaxSchedulingBackoff. A change to a Hypervisor, Node,
+// Flavor or Image retries at once regardless.
+func (r *InstanceReconciler) backoff(uid types.UID) time.Duration {
 	limit := r.MaxSchedulingBackoff
 	if limit == 0 {
 		limit = 5 * time.Minute
 	}
-	d := 5 * time.Second
-	for i := 1; i < attempts && d < limit; i++ {
-		d *= 2
-	}
-	return min(d, limit)
+	return r.attempts.failed(uid, 5*time.Second, limit)
 }
 
 // collectReport finishes the task in flight once the node agent has answered it. A task still
@@ -1171,7 +1147,7 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 		}
 	}
 	r.Placement.Release(inst.UID)
-	r.forgetAttempts(inst.UID)
+	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
 		return client.IgnoreNotFound(r.Update(ctx, inst))
 	}

@@ -46,8 +46,7 @@ func newImageListCommand(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "List the Images of every namespace.")
-	cmd.Flags().BoolVar(&wf.wait, "wait", false, "Wait until no listed image is Pending or Importing.")
-	cmd.Flags().DurationVar(&wf.timeout, "timeout", 5*time.Minute, "How long --wait waits before it fails.")
+	wf.addWithUsage(cmd, "Wait until no listed image is Pending or Importing.", 5*time.Minute)
 	printFlags.AddFlags(cmd)
 	return cmd
 }
@@ -203,8 +202,7 @@ func newImageShowCommand(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&cluster, "cluster", false, "Show the ClusterImage NAME instead of the namespace's Image.")
-	cmd.Flags().BoolVar(&wf.wait, "wait", false, "Wait until the image is Available; fail if its import fails.")
-	cmd.Flags().DurationVar(&wf.timeout, "timeout", 5*time.Minute, "How long --wait waits before it fails.")
+	wf.addWithUsage(cmd, "Wait until the image is Available; fail if its import fails.", 5*time.Minute)
 	printFlags.AddFlags(cmd)
 	return cmd
 }

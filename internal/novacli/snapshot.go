@@ -39,8 +39,7 @@ func newSnapshotCommand(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&deleteWithSnapshot, "delete-image-with-snapshot", false, "Delete the Image when the Snapshot is deleted.")
-	cmd.Flags().BoolVar(&wf.wait, "wait", false, "Wait until the image is available; fail if the snapshot fails.")
-	cmd.Flags().DurationVar(&wf.timeout, "timeout", 10*time.Minute, "How long --wait waits before it fails.")
+	wf.addWithUsage(cmd, "Wait until the image is available; fail if the snapshot fails.", 10*time.Minute)
 	return cmd
 }
 

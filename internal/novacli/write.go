@@ -20,9 +20,14 @@ type waitFlags struct {
 }
 
 func (f *waitFlags) addTo(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&f.wait, "wait", false,
-		"Follow the instance until the manager has carried out the change; fail if it refuses or the instance goes to Error.")
-	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Minute, "How long --wait waits before it fails.")
+	f.addWithUsage(cmd, "Follow the instance until the manager has carried out the change; fail if it refuses or the instance goes to Error.",
+		5*time.Minute)
+}
+
+// addWithUsage adds --wait, saying what it waits for, and --timeout with its default.
+func (f *waitFlags) addWithUsage(cmd *cobra.Command, usage string, timeout time.Duration) {
+	cmd.Flags().BoolVar(&f.wait, "wait", false, usage)
+	cmd.Flags().DurationVar(&f.timeout, "timeout", timeout, "How long --wait waits before it fails.")
 }
 
 // request is one write of a verb.
