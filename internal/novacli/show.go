@@ -114,6 +114,27 @@ func showProperties(inst *v1.Instance) []property {
 		props = append(props, property{"startRequest", fmt.Sprintf("at %s: %s",
 			formatMicro(r.RequestedAt), requestValue(st.StartRequest, r.RequestedAt.Time))})
 	}
+	if r := inst.Spec.RebuildRequest; r != nil {
+		props = append(props, property{"rebuildRequest", fmt.Sprintf("at %s: %s",
+			formatMicro(r.RequestedAt), requestValue(st.RebuildRequest, r.RequestedAt.Time))})
+	}
+	if a := st.SnapshotRequest; a != nil {
+		value := fmt.Sprintf("snapshot %s: %s", a.Name, a.Result)
+		if a.Message != "" {
+			value += " (" + a.Message + ")"
+		}
+		props = append(props, property{"lastSnapshot", value})
+	}
+	if img := st.RescueImage; img != nil {
+		props = append(props, property{"rescueImage", imageName(img.ImageReference)})
+	}
+	if img := st.ShelvedImage; img != nil {
+		value := imageName(*img)
+		if st.ShelvedAt != nil {
+			value += " (shelved at " + formatTime(st.ShelvedAt.Time) + ")"
+		}
+		props = append(props, property{"shelvedImage", value})
+	}
 	if st.LaunchedAt != nil {
 		props = append(props, property{"launchedAt", formatTime(st.LaunchedAt.Time)})
 	}

@@ -158,3 +158,24 @@ func TestShowCommandOutputs(t *testing.T) {
 		t.Error("-o wide is not a format of show")
 	}
 }
+
+func TestShowNamesTheImagesOfRescueShelveAndTheLastSnapshot(t *testing.T) {
+	inst := sampleInstance("web")
+	inst.Status.VMState = v1.VMStateRescued
+	inst.Status.RescueImage = &v1.AppliedImage{ImageReference: v1.ImageReference{Kind: v1.KindClusterImage, Name: "rescue-tools"}}
+	inst.Status.ShelvedImage = &v1.ImageReference{Kind: v1.KindImage, Name: "web-shelved"}
+	inst.Status.SnapshotRequest = &v1.SnapshotRequestStatus{Name: "nightly", Result: v1.RequestFailed, Message: "disk full"}
+	props := map[string]string{}
+	for _, p := range showProperties(inst) {
+		props[p.name] = p.value
+	}
+	for name, want := range map[string]string{
+		"rescueImage":  "rescue-tools (cluster image)",
+		"shelvedImage": "web-shelved",
+		"lastSnapshot": "snapshot nightly: Failed (disk full)",
+	} {
+		if props[name] != want {
+			t.Errorf("%s = %q, want %q", name, props[name], want)
+		}
+	}
+}
