@@ -52,6 +52,8 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
+	// Secrets reads the Secrets that hold user data, uncached (nil skips the check).
+	Secrets client.Reader
 	// ShelvedOffloadTime is how long a shelved instance keeps its domain and disks on its node
 	// before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never.
 	ShelvedOffloadTime time.Duration
@@ -73,6 +75,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -176,6 +179,10 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		}
 		return &ctrl.Result{}, nil
 	}
+	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+		st.waiting = missing
+		return &ctrl.Result{RequeueAfter: userDataRetry}, err
+	}
 	if msg := flavorTooSmall(flavor, image); msg != "" {
 		// Nova refuses these at the API (FlavorDiskSmallerThanMinDisk, FlavorMemoryTooSmall);
 		// only a change of spec.flavor or of the image helps, so the instance is Stalled.
@@ -257,6 +264,36 @@ func flavorTooSmall(flavor *v1.Flavor, image *resolvedImage) string {
 		return fmt.Sprintf("flavor %s has %d MiB of memory; %s needs at least %d MiB", flavor.Name, m, image.ImageReference, image.spec.MinMemoryMiB)
 	}
 	return ""
+}
+
+// userDataRetry is how often an instance waiting for its user data Secret looks again: the
+// manager does not watch Secrets (it reads the one it needs, uncached).
+const userDataRetry = 10 * time.Second
+
+// userDataMissing says why the Secret that spec.userData names cannot give the user data yet,
+// or nil when it can (or the instance has none). The agent reads the Secret when it makes the
+// guest's config drive; a launch must not be placed only to fail there.
+func (r *InstanceReconciler) userDataMissing(ctx context.Context, inst *v1.Instance) (*lifecycle.Refusal, error) {
+	ud := inst.Spec.UserData
+	if ud == nil || r.Secrets == nil {
+		return nil, nil
+	}
+	key := ud.Key
+	if key == "" {
+		key = "userdata"
+	}
+	secret := &corev1.Secret{}
+	if err := r.Secrets.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: ud.SecretName}, secret); apierrors.IsNotFound(err) {
+		return &lifecycle.Refusal{Reason: v1.ReasonUserDataNotFound,
+			Message: fmt.Sprintf("user data: secret %s does not exist in namespace %s", ud.SecretName, inst.Namespace)}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if _, ok := secret.Data[key]; !ok {
+		return &lifecycle.Refusal{Reason: v1.ReasonUserDataNotFound,
+			Message: fmt.Sprintf("user data: secret %s has no key %q", ud.SecretName, key)}, nil
+	}
+	return nil, nil
 }
 
 // resolvedImage is an Available image: what the instance records of it, and its spec.
@@ -670,6 +707,11 @@ func (r *InstanceReconciler) startRebuild(ctx context.Context, inst *v1.Instance
 			return false, nil
 		}
 	}
+	// A rebuild makes the guest's config drive anew, from the spec as it is now.
+	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+		st.waiting = missing
+		return false, err
+	}
 	r.startTask(inst, v1.ActionRebuild)
 	inst.Status.Task.Image = image.AppliedImage
 	return true, nil
@@ -817,6 +859,11 @@ func (r *InstanceReconciler) startUnshelve(ctx context.Context, inst *v1.Instanc
 		notReady.Message = "shelved image: " + notReady.Message
 		st.refusal = notReady
 		return nil
+	}
+	// The new node makes the guest's config drive anew.
+	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+		st.waiting = missing
+		return err
 	}
 	r.startTask(inst, v1.ActionUnshelve)
 	inst.Status.Task.Image = image.AppliedImage

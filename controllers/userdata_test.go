@@ -7,6 +7,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -17,7 +18,7 @@ var _ = Describe("User data", Ordered, func() {
 		ensureNodeA(ctx)
 	})
 
-	It("boots with a config drive made from the Secret, and fails the launch naming a missing Secret", func(ctx SpecContext) {
+	It("boots with a config drive made from the Secret, and waits, unplaced, for a missing Secret", func(ctx SpecContext) {
 		ns := makeNamespace(ctx, "userdata")
 		makeImage(ctx, ns, "img")
 		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "boot"},
@@ -41,9 +42,18 @@ var _ = Describe("User data", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, orphan)()
 			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(got.Status.VMState).To(Equal(v1.VMStateError))
-			g.Expect(got.Status.Fault).NotTo(BeNil())
-			g.Expect(got.Status.Fault.Message).To(ContainSubstring("user data: secret missing does not exist in namespace " + ns))
-		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonUserDataNotFound))
+			g.Expect(ready.Message).To(Equal("user data: secret missing does not exist in namespace " + ns))
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReconciling)).To(BeTrue())
+			g.Expect(got.Status.NodeName).To(BeEmpty(), "not placed only to fail on the node")
+		}).WithContext(ctx).Should(Succeed())
+		Expect(k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "missing"},
+			Data: map[string][]byte{"userdata": []byte("#cloud-config\n")}})).To(Succeed())
+		Eventually(func() (v1.VMState, error) {
+			got, err := get(ctx, orphan)()
+			return got.Status.VMState, err
+		}).WithContext(ctx).WithTimeout(30*time.Second).Should(Equal(v1.VMStateActive), "launched once the Secret is there")
 	})
 })

@@ -50,6 +50,8 @@ const (
 	ReasonImageNotReady = "ImageNotReady"
 	// ReasonImageError: the instance's image failed its import; the message says why.
 	ReasonImageError = "ImageError"
+	// ReasonUserDataNotFound: the Secret that spec.userData names, or its key, does not exist.
+	ReasonUserDataNotFound = "UserDataNotFound"
 	// ReasonImporting: the image service imports an image.
 	ReasonImporting = "Importing"
 	// ReasonAvailable: an image's bytes are in the image store, verified.

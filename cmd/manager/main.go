@@ -79,6 +79,7 @@ func run() error {
 		Placement: scheduler.NewPlacement(),
 		Workers:   *workers,
 
+		Secrets:            mgr.GetAPIReader(),
 		DefaultRescueImage: *rescueImage,
 		ShelvedOffloadTime: *offloadTime,
 	}).SetupWithManager(mgr); err != nil {

@@ -642,6 +642,13 @@ func (r *InstanceReconciler) swapInNewDisk(ctx context.Context, inst *v1.Instanc
 	if err := r.Driver.PowerOff(ctx, uid); err != nil && !errors.Is(err, driver.ErrNotFound) {
 		return err
 	}
+	// The config drive is made anew at the boot, from the spec as it is now (Nova's rebuild
+	// regenerates it too).
+	if drive, err := r.Storage.ConfigDrive(uid); err == nil {
+		if err := os.Remove(drive); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 	if _, err := os.Stat(disk); err == nil {
 		if err := os.Rename(disk, old); err != nil {
 			return err

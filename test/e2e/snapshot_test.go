@@ -52,13 +52,21 @@ var _ = Describe("Snapshots", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(4*time.Minute))
 
-	It("saves a stopped instance from its disk", func(ctx SpecContext) {
+	It("saves a paused instance, which stays paused, and a stopped one from its disk", func(ctx SpecContext) {
+		patchSpec(ctx, name, `{"spec":{"powerState":"Paused"}}`)
+		expectInstance(ctx, name, settled(v1.VMStatePaused))
+		out, err := kubectlNova(ctx, "snapshot", name, "snap-paused", "--wait")
+		Expect(err).NotTo(HaveOccurred(), out)
+		expectImagePhase(ctx, "default", "snap-paused", v1.ImageAvailable)
+		cur := expectInstance(ctx, name, settled(v1.VMStatePaused))
+		Expect(cur.Status.PowerState).To(Equal(v1.PowerStatePaused))
+
 		patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
-		out, err := kubectlNova(ctx, "snapshot", name, "snap-stopped", "--wait")
+		out, err = kubectlNova(ctx, "snapshot", name, "snap-stopped", "--wait")
 		Expect(err).NotTo(HaveOccurred(), out)
 		expectImagePhase(ctx, "default", "snap-stopped", v1.ImageAvailable)
-		cur := expectInstance(ctx, name, settled(v1.VMStateStopped))
+		cur = expectInstance(ctx, name, settled(v1.VMStateStopped))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateShutdown))
 		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
