@@ -551,7 +551,15 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 	// the state machine allows now starts; when none is allowed, the first one's refusal says
 	// why, so that a power change that would make a rebuild possible is not held up by it.
 	var first *lifecycle.Refusal
+	held := false
 	for _, action := range specActions(inst) {
+		if hold := powerHold(inst, action); hold != nil {
+			if first == nil {
+				// The PowerStateChanged Event said so when the hypervisor made the change.
+				first, held = hold, true
+			}
+			continue
+		}
 		refusal := r.refusalOf(inst, action)
 		if refusal == nil {
 			switch action {
@@ -577,8 +585,8 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 	}
 	st.refusal = first
 	// One Event per refusal, not one per reconcile: the Ready condition already says it.
-	if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); ready == nil ||
-		ready.Reason != first.Reason || ready.Message != first.Message {
+	if ready := meta.FindStatusCondition(inst.Status.Conditions, v1.ConditionReady); !held && (ready == nil ||
+		ready.Reason != first.Reason || ready.Message != first.Message) {
 		r.event(st, inst, corev1.EventTypeWarning, first.Reason, string(first.Action), "%s", first.Message)
 	}
 	return nil, nil
@@ -586,9 +594,6 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 
 // refusalOf says why a spec action may not start now, or nil when it may.
 func (r *InstanceReconciler) refusalOf(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
-	if held := powerHold(inst, action); held != nil {
-		return held
-	}
 	refusal := r.check(inst, action)
 	if refusal == nil && !supportedActions[action] {
 		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,

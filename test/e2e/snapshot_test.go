@@ -60,6 +60,8 @@ var _ = Describe("Snapshots", Ordered, func() {
 		expectImagePhase(ctx, "default", "snap-paused", v1.ImageAvailable)
 		cur := expectInstance(ctx, name, settled(v1.VMStatePaused))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStatePaused))
+		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`) // Nova stops only an Active instance
+		expectInstance(ctx, name, settled(v1.VMStateActive))
 
 		patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
