@@ -24,6 +24,9 @@ import (
 	"github.com/kubenova/kubenova/internal/kube"
 )
 
+// DefaultImportTimeout bounds one import: 64 GiB at 20 MB/s.
+const DefaultImportTimeout = time.Hour
+
 // DefaultImageWorkers is how many images the image service imports at once. An import holds a
 // worker while it copies the bytes, so a few large downloads must not hold back the rest.
 const DefaultImageWorkers = 4
@@ -41,6 +44,8 @@ type ImageReconciler struct {
 	Now func() time.Time
 	// MaxRetryBackoff caps the wait between imports of an image whose source did not answer.
 	MaxRetryBackoff time.Duration
+	// ImportTimeout bounds one import, download included (DefaultImportTimeout when zero).
+	ImportTimeout time.Duration
 
 	attempts attempts
 }
@@ -118,7 +123,13 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 		}
 	}
 
-	imported, err := r.Importer.Import(ctx, key, *spec)
+	timeout := r.ImportTimeout
+	if timeout <= 0 {
+		timeout = DefaultImportTimeout
+	}
+	importCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	imported, err := r.Importer.Import(importCtx, key, *spec)
 	var ie *imagestore.ImportError
 	if err != nil && !errors.As(err, &ie) {
 		// The store itself failed (full, unmounted): nothing wrong with the image.
@@ -193,7 +204,8 @@ func (r *ImageReconciler) reconcileUpload(ctx context.Context, img v1.ImageObjec
 	obj, sum, err := r.Importer.Store.Verify(ctx, key, func(path, _ string) error {
 		var err error
 		if info, err = imagestore.Inspect(ctx, path); err != nil {
-			return &imagestore.ImportError{Reason: imagestore.ReasonInvalidImage, Message: fmt.Sprintf("the upload cannot be read: %v", err)}
+			return &imagestore.ImportError{Reason: imagestore.ReasonInspectFailed, Retryable: true,
+				Message: fmt.Sprintf("qemu-img could not read the upload: %v", err)}
 		}
 		if err := imagestore.CheckStandalone(info, v1.DiskFormatQCOW2); err != nil {
 			return &imagestore.ImportError{Reason: imagestore.ReasonInvalidImage, Message: err.Error()}
@@ -203,6 +215,9 @@ func (r *ImageReconciler) reconcileUpload(ctx context.Context, img v1.ImageObjec
 	var ie *imagestore.ImportError
 	if errors.As(err, &ie) {
 		r.setPhase(img, v1.ImageError, ie.Reason, ie.Message)
+		if ie.Retryable {
+			return fmt.Errorf("verify the upload of image %s: %w", img.GetName(), err) // retried with backoff
+		}
 		return nil
 	} else if err != nil {
 		return err
@@ -258,7 +273,7 @@ func (r *ImageReconciler) reconcileDelete(ctx context.Context, img v1.ImageObjec
 // retryable says whether an import that failed with reason may succeed if tried again
 // unchanged: only when the source or the store did not answer.
 func retryable(reason string) bool {
-	return reason == imagestore.ReasonSourceUnreachable || reason == ReasonStoreUnavailable
+	return reason == imagestore.ReasonSourceUnreachable || reason == ReasonStoreUnavailable || reason == imagestore.ReasonInspectFailed
 }
 
 // backoff counts a failed import of an image and returns the wait before the next: from 10 s,

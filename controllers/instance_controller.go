@@ -52,8 +52,9 @@ type InstanceReconciler struct {
 	// TerminateRetry is how long after a failed terminate task started a new one is given
 	// (default 30 s).
 	TerminateRetry time.Duration
-	// Secrets reads the Secrets that hold user data, uncached (nil skips the check).
-	Secrets client.Reader
+	// APIReader reads from the API server directly: the Secrets that hold user data (nil skips
+	// the check), and what the cache may show late.
+	APIReader client.Reader
 	// ShelvedOffloadTime is how long a shelved instance keeps its domain and disks on its node
 	// before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never.
 	ShelvedOffloadTime time.Duration
@@ -275,7 +276,7 @@ const userDataRetry = 10 * time.Second
 // guest's config drive; a launch must not be placed only to fail there.
 func (r *InstanceReconciler) userDataMissing(ctx context.Context, inst *v1.Instance) (*lifecycle.Refusal, error) {
 	ud := inst.Spec.UserData
-	if ud == nil || r.Secrets == nil {
+	if ud == nil || r.APIReader == nil {
 		return nil, nil
 	}
 	key := ud.Key
@@ -283,7 +284,7 @@ func (r *InstanceReconciler) userDataMissing(ctx context.Context, inst *v1.Insta
 		key = "userdata"
 	}
 	secret := &corev1.Secret{}
-	if err := r.Secrets.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: ud.SecretName}, secret); apierrors.IsNotFound(err) {
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: ud.SecretName}, secret); apierrors.IsNotFound(err) {
 		return &lifecycle.Refusal{Reason: v1.ReasonUserDataNotFound,
 			Message: fmt.Sprintf("user data: secret %s does not exist in namespace %s", ud.SecretName, inst.Namespace)}, nil
 	} else if err != nil {
@@ -433,6 +434,15 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	finishRequest(inst.Status.RebuildRequest, task.ID, succeeded, report.Message)
 	finishSnapshotRequest(inst.Status.SnapshotRequest, task.ID, succeeded, report.Message)
 	if !succeeded {
+		switch {
+		case task.Action == v1.ActionUnshelve && from == v1.VMStateShelvedOffloaded:
+			// The next unshelve goes through the scheduler again; the failed node keeps no claim.
+			inst.Status.NodeName = ""
+		case task.Action == v1.ActionShelve && inst.Status.PowerState == v1.PowerStateShutdown:
+			// The shelve powered the guest off before its upload failed: kubenova did that, so
+			// the instance is Stopped, not changed "outside kubenova".
+			inst.Status.VMState = v1.VMStateStopped
+		}
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
@@ -562,19 +572,25 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		}
 		refusal := r.refusalOf(inst, action)
 		if refusal == nil {
+			var err error
 			switch action {
 			case v1.ActionRebuild:
-				_, err := r.startRebuild(ctx, inst, st)
-				return nil, err
+				_, err = r.startRebuild(ctx, inst, st)
 			case v1.ActionRescue:
-				return nil, r.startRescue(ctx, inst, st)
+				err = r.startRescue(ctx, inst, st)
 			case v1.ActionShelve:
 				return r.startShelve(ctx, inst, st)
 			case v1.ActionUnshelve:
-				return nil, r.startUnshelve(ctx, inst, st)
+				err = r.startUnshelve(ctx, inst, st)
+			default:
+				r.startTask(inst, action)
+				return nil, nil
 			}
-			r.startTask(inst, action)
-			return nil, nil
+			if err == nil && st.waiting != nil {
+				// Some waits (a user data Secret, the default rescue image) have no watch to end them.
+				return &ctrl.Result{RequeueAfter: userDataRetry}, nil
+			}
+			return nil, err
 		}
 		if first == nil {
 			first = refusal
@@ -790,6 +806,16 @@ func (r *InstanceReconciler) startShelve(ctx context.Context, inst *v1.Instance,
 		return nil, nil
 	default:
 		// Left by a shelve that did not end in an unshelve (a crash, a failed task): start afresh.
+		// Unless the cache is behind: the API server may show the Shelve task that uploads to it.
+		if r.APIReader != nil {
+			current := &v1.Instance{}
+			if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(inst), current); err != nil {
+				return nil, err
+			}
+			if t := current.Status.Task; t != nil && t.Snapshot != nil && t.Snapshot.ImageUID == string(img.UID) {
+				return &ctrl.Result{RequeueAfter: kube.StaleRetry}, nil
+			}
+		}
 		if img.DeletionTimestamp.IsZero() {
 			if err := r.Delete(ctx, img); client.IgnoreNotFound(err) != nil {
 				return nil, err

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -26,6 +27,9 @@ import (
 // status.snapshotRequest), and follows the upload until the image service has verified it.
 type SnapshotReconciler struct {
 	client.Client
+	// Reader reads from the API server directly where the cache may lag behind this
+	// controller's own writes (the image it just made).
+	Reader   client.Reader
 	Recorder events.EventRecorder
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
@@ -101,6 +105,18 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 
 // advance reads the instance and the image and sets the phase they say.
 func (r *SnapshotReconciler) advance(ctx context.Context, snap *v1.Snapshot) (snapshotOutcome, error) {
+	// An image the image service verified is the snapshot, whatever became of the instance
+	// since (deleted right after the upload, say): it must never be thrown away.
+	if snap.Status.ImageUID != "" {
+		img := &v1.Image{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: snapshotImageName(snap)}, img)
+		if err == nil && string(img.UID) == snap.Status.ImageUID && img.Status.Phase == v1.ImageAvailable {
+			snap.Status.Phase, snap.Status.SizeBytes = v1.SnapshotSucceeded, img.Status.SizeBytes
+			return snapshotOutcome{reason: ReasonSnapshotSucceeded, message: fmt.Sprintf("image %s is Available", img.Name)}, nil
+		} else if client.IgnoreNotFound(err) != nil {
+			return snapshotOutcome{}, err
+		}
+	}
 	inst := &v1.Instance{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: snap.Spec.InstanceName}, inst); apierrors.IsNotFound(err) {
 		return snapshotOutcome{failed: true, reason: ReasonInstanceNotFound,
@@ -135,6 +151,9 @@ func (r *SnapshotReconciler) advance(ctx context.Context, snap *v1.Snapshot) (sn
 				message: fmt.Sprintf("image %s is Available", img.Name)}, nil
 		case v1.ImageError:
 			c := meta.FindStatusCondition(img.Status.Conditions, v1.ConditionReady)
+			if c != nil && retryable(c.Reason) {
+				break // the image service tries the verification again
+			}
 			msg := "the image service refused the upload"
 			if c != nil {
 				msg += ": " + c.Message
@@ -160,6 +179,12 @@ func (r *SnapshotReconciler) ensureImage(ctx context.Context, snap *v1.Snapshot,
 	err := r.Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: name}, img)
 	switch {
 	case apierrors.IsNotFound(err) && snap.Status.ImageUID != "":
+		// The cache may not show the image this controller just made: ask the API server.
+		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: name}, img); err == nil {
+			return img, snapshotOutcome{}, nil
+		} else if !apierrors.IsNotFound(err) {
+			return nil, snapshotOutcome{}, err
+		}
 		return nil, snapshotOutcome{failed: true, reason: ReasonImageDeleted,
 			message: fmt.Sprintf("image %s was deleted before the snapshot finished", name)}, nil
 	case apierrors.IsNotFound(err):
@@ -184,23 +209,38 @@ func (r *SnapshotReconciler) ensureImage(ctx context.Context, snap *v1.Snapshot,
 	return img, snapshotOutcome{}, nil
 }
 
-// fail ends the snapshot. The image it made holds nothing and goes with it.
+// fail ends the snapshot. The image it made holds nothing (an Available one was taken as the
+// snapshot's success before) and goes with it; a failure to delete it is logged, as the
+// snapshot has failed either way.
 func (r *SnapshotReconciler) fail(ctx context.Context, snap *v1.Snapshot, out snapshotOutcome) {
 	snap.Status.Phase, snap.Status.Message = v1.SnapshotFailed, out.message
 	if out.reason != ReasonImageExists {
-		r.deleteOwnImage(ctx, snap)
+		if err := r.deleteOwnImage(ctx, snap, false); err != nil {
+			log.FromContext(ctx).Error(err, "delete the image of a failed snapshot", "image", snapshotImageName(snap))
+		}
 	}
 }
 
-// deleteOwnImage deletes the image the snapshot made, if it still has one.
-func (r *SnapshotReconciler) deleteOwnImage(ctx context.Context, snap *v1.Snapshot) {
+// deleteOwnImage deletes the image the snapshot made, if it still has one; an Available one
+// only when evenAvailable.
+func (r *SnapshotReconciler) deleteOwnImage(ctx context.Context, snap *v1.Snapshot, evenAvailable bool) error {
 	img := &v1.Image{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: snapshotImageName(snap)}, img); err != nil {
-		return
+	// Uncached: the cache may not show an image made a moment ago.
+	if err := r.reader().Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: snapshotImageName(snap)}, img); err != nil {
+		return client.IgnoreNotFound(err)
 	}
-	if img.Annotations[v1.AnnotationSnapshotUID] == string(snap.UID) {
-		_ = client.IgnoreNotFound(r.Delete(ctx, img))
+	if img.Annotations[v1.AnnotationSnapshotUID] != string(snap.UID) || (img.Status.Phase == v1.ImageAvailable && !evenAvailable) {
+		return nil
 	}
+	return client.IgnoreNotFound(r.Delete(ctx, img))
+}
+
+// reader reads from the API server directly, or from the cache when no reader was given.
+func (r *SnapshotReconciler) reader() client.Reader {
+	if r.Reader != nil {
+		return r.Reader
+	}
+	return r.Client
 }
 
 // setConditions: Ready when Succeeded, Stalled when Failed, Reconciling in between.
@@ -232,7 +272,9 @@ func (r *SnapshotReconciler) reconcileDelete(ctx context.Context, snap *v1.Snaps
 	if !controllerutil.ContainsFinalizer(snap, v1.FinalizerSnapshot) {
 		return nil
 	}
-	r.deleteOwnImage(ctx, snap)
+	if err := r.deleteOwnImage(ctx, snap, true); err != nil {
+		return err
+	}
 	controllerutil.RemoveFinalizer(snap, v1.FinalizerSnapshot)
 	return client.IgnoreNotFound(r.Update(ctx, snap))
 }

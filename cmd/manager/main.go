@@ -6,6 +6,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -79,7 +82,7 @@ func run() error {
 		Placement: scheduler.NewPlacement(),
 		Workers:   *workers,
 
-		Secrets:            mgr.GetAPIReader(),
+		APIReader:          mgr.GetAPIReader(),
 		DefaultRescueImage: *rescueImage,
 		ShelvedOffloadTime: *offloadTime,
 	}).SetupWithManager(mgr); err != nil {
@@ -96,7 +99,34 @@ func run() error {
 	if err := store.RemoveStalePuts(time.Hour); err != nil {
 		return fmt.Errorf("image store %s: %w", *imageStore, err)
 	}
-	importer := &imagestore.Importer{Store: store, SourceDirs: splitList(*sourceDirs), MaxBytes: *maxImageBytes}
+	// A source that accepts a connection and then says nothing must not hold an import
+	// worker for ever: connecting and the response's headers are bounded, the whole import
+	// by the controller's ImportTimeout.
+	httpClient := &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   30 * time.Second,
+		ResponseHeaderTimeout: time.Minute,
+	}}
+	importer := &imagestore.Importer{Store: store, SourceDirs: splitList(*sourceDirs), MaxBytes: *maxImageBytes, HTTPClient: httpClient}
+	// Puts cut short by a crash (the manager's imports, the agents' uploads) leave temporary
+	// files: sweep those older than an hour now and then.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		ticker := time.NewTicker(30 * time.Minute)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-ticker.C:
+				if err := store.RemoveStalePuts(time.Hour); err != nil {
+					ctrl.Log.Error(err, "sweep the image store's temporary files")
+				}
+			}
+		}
+	})); err != nil {
+		return err
+	}
 	for _, kind := range []v1.ImageKind{v1.KindImage, v1.KindClusterImage} {
 		if err := (&controllers.ImageReconciler{
 			Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-images"), Importer: importer, Kind: kind,
@@ -105,7 +135,7 @@ func run() error {
 		}
 	}
 	if err := (&controllers.SnapshotReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("snapshot controller: %w", err)
 	}

@@ -160,6 +160,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			}
 			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskFailed, err.Error()
 			finished = true
+			r.removeTaskLeftovers(ctx, inst)
 		case done:
 			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskSucceeded, ""
 			finished = true
@@ -478,9 +479,23 @@ func (r *InstanceReconciler) rebuild(ctx context.Context, inst *v1.Instance, tas
 		return false, errors.New("the rebuild task names no image")
 	}
 	uid := string(inst.UID)
-	mark, _, err := r.taskMark(uid, task.ID)
+	mark, fresh, err := r.taskMark(uid, task.ID)
 	if err != nil {
 		return false, err
+	}
+	_, old, err := r.rebuildDisks(uid)
+	if err != nil {
+		return false, err
+	}
+	if fresh {
+		// An old disk set aside by an earlier rebuild that could not swap it back is the
+		// instance's disk: put it back before anything else, then record this task.
+		if err := r.swapBackOldDisk(ctx, uid); err != nil {
+			return false, err
+		}
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+			return false, err
+		}
 	}
 	if mark.Step != rebuildBooted {
 		if err := r.swapInNewDisk(ctx, inst, task); err != nil {
@@ -489,22 +504,38 @@ func (r *InstanceReconciler) rebuild(ctx context.Context, inst *v1.Instance, tas
 		if err := r.spawn(ctx, inst); err != nil {
 			return false, errors.Join(fmt.Errorf("boot the rebuilt disk: %w", err), r.swapBackOldDisk(ctx, uid))
 		}
-		_, old, err := r.rebuildDisks(uid)
-		if err != nil {
-			return false, err
-		}
-		if err := os.Remove(old); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return false, err
-		}
+		// Recorded before the old disk goes, so that a restart neither rebuilds again nor
+		// keeps the old disk.
 		mark.Step = rebuildBooted
 		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
 			return false, err
 		}
 	}
+	if err := os.Remove(old); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
 	if inst.Status.VMState != v1.VMStateStopped {
 		return true, nil
 	}
 	return r.stop(ctx, inst, task)
+}
+
+// removeTaskLeftovers deletes what a task that failed for good made for itself and no longer
+// needs: a snapshot's copy, a rebuild's new disk. Never the root disk or one set aside.
+func (r *InstanceReconciler) removeTaskLeftovers(ctx context.Context, inst *v1.Instance) {
+	uid := string(inst.UID)
+	var leftovers []string
+	if snap, err := r.Storage.SnapshotFile(uid); err == nil {
+		leftovers = append(leftovers, snap)
+	}
+	if disk, err := r.Storage.RootDisk(uid); err == nil {
+		leftovers = append(leftovers, disk+".rebuild")
+	}
+	for _, f := range leftovers {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.FromContext(ctx).Error(err, "remove what a failed task left", "file", f)
+		}
+	}
 }
 
 // The steps of a rescue and an unrescue that their task marks record.
@@ -532,6 +563,10 @@ func (r *InstanceReconciler) rescue(ctx context.Context, inst *v1.Instance, task
 	if fresh {
 		// A rescue disk left by an earlier rescue holds that rescue system's changes.
 		if err := os.Remove(rescueDisk); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		// Recorded now, so that a restart of this task keeps the disk it makes.
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
 			return err
 		}
 	}

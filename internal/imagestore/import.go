@@ -30,6 +30,9 @@ const (
 	ReasonInvalidImage = "InvalidImage"
 	// ReasonImageTooLarge: the image is larger than the image service accepts.
 	ReasonImageTooLarge = "ImageTooLarge"
+	// ReasonInspectFailed: qemu-img could not read the image (it failed to run, or the file
+	// could not be read). Tried again: a passing failure must not condemn an image.
+	ReasonInspectFailed = "InspectFailed"
 )
 
 // ImportError is a failed import: a reason for the Image's conditions, a message for people,
@@ -88,7 +91,8 @@ func (im *Importer) Import(ctx context.Context, key string, spec v1.ImageSpec) (
 		}
 		var err error
 		if info, err = Inspect(ctx, path); err != nil {
-			return &ImportError{Reason: ReasonInvalidImage, Message: fmt.Sprintf("the image at %s cannot be read: %v", from, err)}
+			return &ImportError{Reason: ReasonInspectFailed, Retryable: true,
+				Message: fmt.Sprintf("qemu-img could not read the image from %s: %v", from, err)}
 		}
 		if err := CheckStandalone(info, spec.DiskFormat); err != nil {
 			return &ImportError{Reason: ReasonInvalidImage, Message: err.Error()}
