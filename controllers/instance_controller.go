@@ -190,12 +190,7 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		st.refusal = &lifecycle.Refusal{Action: v1.ActionLaunch, Reason: v1.ReasonFlavorTooSmall, Message: msg}
 		return &ctrl.Result{}, nil
 	}
-	request := scheduler.Request{
-		Resources:        scheduler.FlavorResources(flavor.Spec),
-		NodeSelector:     inst.Spec.NodeSelector,
-		AvailabilityZone: inst.Spec.AvailabilityZone,
-	}
-	node, res, err := r.placeOrWait(ctx, inst, st, request)
+	node, res, err := r.placeOrWait(ctx, inst, st, flavor.Spec)
 	if node == "" {
 		return res, err
 	}
@@ -216,12 +211,7 @@ func (r *InstanceReconciler) scheduleUnshelve(ctx context.Context, inst *v1.Inst
 	if task == nil || task.Action != v1.ActionUnshelve || inst.Status.NodeName != "" || inst.Status.TaskState != v1.TaskStateUnshelving {
 		return nil, nil
 	}
-	request := scheduler.Request{
-		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
-		NodeSelector:     inst.Spec.NodeSelector,
-		AvailabilityZone: inst.Spec.AvailabilityZone,
-	}
-	node, res, err := r.placeOrWait(ctx, inst, st, request)
+	node, res, err := r.placeOrWait(ctx, inst, st, inst.Status.Flavor.FlavorSpec)
 	if node == "" {
 		return res, err
 	}
@@ -233,9 +223,15 @@ func (r *InstanceReconciler) scheduleUnshelve(ctx context.Context, inst *v1.Inst
 	return nil, nil
 }
 
-// placeOrWait chooses a node for request and says so in the Scheduled condition, or records
-// why no node fits and when to try again ("" and the result to return).
-func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance, st *reconcileState, request scheduler.Request) (string, *ctrl.Result, error) {
+// placeOrWait chooses a node that fits flavor and the spec's placement and says so in the
+// Scheduled condition, or records why no node fits and when to try again ("" and the result
+// to return).
+func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance, st *reconcileState, flavor v1.FlavorSpec) (string, *ctrl.Result, error) {
+	request := scheduler.Request{
+		Resources:        scheduler.FlavorResources(flavor),
+		NodeSelector:     inst.Spec.NodeSelector,
+		AvailabilityZone: inst.Spec.AvailabilityZone,
+	}
 	node, err := r.place(ctx, inst, request)
 	if err != nil {
 		var nvh *scheduler.NoValidHost

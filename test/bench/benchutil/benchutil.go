@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -159,4 +160,17 @@ func Machine() string {
 		}
 	}
 	return fmt.Sprintf("%d cores (%s)", runtime.NumCPU(), model)
+}
+
+// RestsIn says whether an instance rests in vm state want, Ready, for its current generation.
+func RestsIn(i *v1.Instance, want v1.VMState) bool {
+	if i.Status.VMState != want || i.Status.TaskState != "" || i.Status.ObservedGeneration != i.Generation {
+		return false
+	}
+	for _, c := range i.Status.Conditions {
+		if c.Type == v1.ConditionReady {
+			return c.Status == metav1.ConditionTrue && c.ObservedGeneration == i.Generation
+		}
+	}
+	return false
 }

@@ -124,7 +124,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err := b.c.Create(ctx, b.inst); err != nil {
 		return err
 	}
-	if err := b.waitInstance(ctx, func(i *v1.Instance) bool { return restsIn(i, v1.VMStateActive) }); err != nil {
+	if err := b.waitInstance(ctx, func(i *v1.Instance) bool { return benchutil.RestsIn(i, v1.VMStateActive) }); err != nil {
 		return err
 	}
 	var err error
@@ -234,7 +234,7 @@ func (b *bench) kubenovaRebuild(ctx context.Context, _ int) error {
 	}
 	if err := b.waitInstance(ctx, func(i *v1.Instance) bool {
 		ack := i.Status.RebuildRequest
-		return ack != nil && ack.RequestedAt.Equal(&at) && ack.Result == v1.RequestSucceeded && restsIn(i, v1.VMStateActive)
+		return ack != nil && ack.RequestedAt.Equal(&at) && ack.Result == v1.RequestSucceeded && benchutil.RestsIn(i, v1.VMStateActive)
 	}); err != nil {
 		return err
 	}
@@ -253,7 +253,7 @@ func (b *bench) kubenovaShelve(ctx context.Context, _ int) error {
 	if err := b.patch(ctx, `{"spec":{"powerState":"Shelved"}}`); err != nil {
 		return err
 	}
-	return b.waitInstance(ctx, func(i *v1.Instance) bool { return restsIn(i, v1.VMStateShelvedOffloaded) })
+	return b.waitInstance(ctx, func(i *v1.Instance) bool { return benchutil.RestsIn(i, v1.VMStateShelvedOffloaded) })
 }
 
 func (b *bench) kubenovaUnshelve(ctx context.Context, _ int) error {
@@ -267,7 +267,7 @@ func (b *bench) kubenovaBoot(ctx context.Context, body string, want v1.VMState) 
 	if err := b.patch(ctx, body); err != nil {
 		return err
 	}
-	if err := b.waitInstance(ctx, func(i *v1.Instance) bool { return restsIn(i, want) }); err != nil {
+	if err := b.waitInstance(ctx, func(i *v1.Instance) bool { return benchutil.RestsIn(i, want) }); err != nil {
 		return err
 	}
 	return booted(b.instLog(), before)
@@ -378,16 +378,4 @@ func (b *bench) virshUnshelve(ctx context.Context, _ int) error {
 		return err
 	}
 	return booted(b.baseLog(), before)
-}
-
-func restsIn(i *v1.Instance, want v1.VMState) bool {
-	if i.Status.VMState != want || i.Status.TaskState != "" || i.Status.ObservedGeneration != i.Generation {
-		return false
-	}
-	for _, c := range i.Status.Conditions {
-		if c.Type == v1.ConditionReady {
-			return c.Status == metav1.ConditionTrue && c.ObservedGeneration == i.Generation
-		}
-	}
-	return false
 }

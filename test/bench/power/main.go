@@ -271,7 +271,7 @@ func (b *bench) virshHardReboot(ctx context.Context, _ *bench) (time.Duration, e
 func (b *bench) kubenovaPower(desired v1.DesiredPowerState, want v1.VMState, boots bool) func(context.Context, *bench) (time.Duration, int, error) {
 	return func(ctx context.Context, b *bench) (time.Duration, int, error) {
 		patch := fmt.Sprintf(`{"spec":{"powerState":%q}}`, desired)
-		return b.kubenovaOp(ctx, patch, boots, func(i *v1.Instance) bool { return restsIn(i, want) })
+		return b.kubenovaOp(ctx, patch, boots, func(i *v1.Instance) bool { return benchutil.RestsIn(i, want) })
 	}
 }
 
@@ -282,7 +282,7 @@ func (b *bench) kubenovaReboot(t v1.RebootType) func(context.Context, *bench) (t
 		patch := fmt.Sprintf(`{"spec":{"rebootRequest":{"type":%q,"requestedAt":%q}}}`, t, at.UTC().Format(metav1.RFC3339Micro))
 		return b.kubenovaOp(ctx, patch, true, func(i *v1.Instance) bool {
 			ack := i.Status.RebootRequest
-			return ack != nil && ack.RequestedAt.Equal(&at) && ack.Result == v1.RequestSucceeded && restsIn(i, v1.VMStateActive)
+			return ack != nil && ack.RequestedAt.Equal(&at) && ack.Result == v1.RequestSucceeded && benchutil.RestsIn(i, v1.VMStateActive)
 		})
 	}
 }
@@ -326,16 +326,4 @@ func (b *bench) kubenovaOp(ctx context.Context, patch string, boots bool, done f
 	}
 	d := time.Since(start)
 	return d, writes, listening(b.instLog, before+1)
-}
-
-func restsIn(i *v1.Instance, want v1.VMState) bool {
-	if i.Status.VMState != want || i.Status.TaskState != "" || i.Status.ObservedGeneration != i.Generation {
-		return false
-	}
-	for _, c := range i.Status.Conditions {
-		if c.Type == v1.ConditionReady {
-			return c.Status == metav1.ConditionTrue && c.ObservedGeneration == i.Generation
-		}
-	}
-	return false
 }
