@@ -137,3 +137,9 @@ func waitForVMState(ctx context.Context, inst *v1.Instance, want v1.VMState) {
 		return got.Status.VMState, nil
 	}).WithContext(ctx).Should(Equal(want))
 }
+
+// patchInstance applies a JSON merge patch to the instance, as kubectl patch --type merge does.
+func patchInstance(ctx context.Context, inst *v1.Instance, patch string) {
+	target := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: inst.Name}}
+	Expect(k8s.Patch(ctx, target, client.RawPatch(types.MergePatchType, []byte(patch)))).To(Succeed())
+}

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,9 +130,11 @@ func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hyperviso
 	var used v1.Resources
 	var count int32
 	for i := range list.Items {
-		if scheduler.Holds(&list.Items[i]) {
-			used = scheduler.Add(used, scheduler.FlavorResources(list.Items[i].Status.Flavor.FlavorSpec))
-			count++
+		for _, c := range scheduler.Claims(&list.Items[i]) {
+			if c.Node == hv.Name {
+				used = scheduler.Add(used, c.Resources)
+				count++
+			}
 		}
 	}
 	hv.Status.Allocated, hv.Status.Instances = used, count
@@ -178,23 +181,17 @@ const allocationDelay = 2 * time.Second
 // change touches; changes that touch none (most status writes) enqueue nothing. A nil old or
 // inst is an instance that was created or deleted.
 func allocationChanged(q workqueue.TypedRateLimitingInterface[reconcile.Request], old, inst *v1.Instance) {
-	type holding struct {
-		node string
-		res  v1.Resources
-	}
-	of := func(i *v1.Instance) holding {
-		if i == nil || !scheduler.Holds(i) {
-			return holding{}
+	of := func(i *v1.Instance) []scheduler.Claim {
+		if i == nil {
+			return nil
 		}
-		return holding{node: i.Status.NodeName, res: scheduler.FlavorResources(i.Status.Flavor.FlavorSpec)}
+		return scheduler.Claims(i)
 	}
 	before, after := of(old), of(inst)
-	if before == after {
+	if slices.Equal(before, after) {
 		return
 	}
-	for _, node := range []string{before.node, after.node} {
-		if node != "" {
-			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: node}}, allocationDelay)
-		}
+	for _, c := range append(before, after...) {
+		q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: c.Node}}, allocationDelay)
 	}
 }

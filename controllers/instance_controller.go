@@ -74,7 +74,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/finalizers,verbs=update
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
-// +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots;migrations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
@@ -411,24 +411,36 @@ func (r *InstanceReconciler) backoff(uid types.UID) time.Duration {
 
 // collectReport finishes the task in flight once the node agent has answered it. A task still
 // in flight lets the later steps look too: a hard reboot may interrupt it.
-func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
+func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	task, report := inst.Status.Task, inst.Status.AgentReport
 	if task == nil || inst.Status.TaskState == v1.TaskStateScheduling {
 		return nil, nil
+	}
+	if done, err := r.collectMigration(ctx, inst, st); err != nil || done {
+		return nil, err
 	}
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
 		followStep(inst)
 		return nil, nil // the agent is still at it; its report brings us back
 	}
+	r.finishTask(inst, st, report.TaskResult == v1.TaskSucceeded, report.NodeName, report.Message)
+	return nil, nil
+}
+
+// finishTask ends the task in flight with the outcome a node's agent reported: the vm state
+// moves to the table's outcome, the requests the task served learn theirs, and status records
+// what the task changed (or the fault).
+func (r *InstanceReconciler) finishTask(inst *v1.Instance, st *reconcileState, succeeded bool, node, message string) {
+	task := inst.Status.Task
 	tr, _ := lifecycle.Lookup(task.Action)
-	succeeded := report.TaskResult == v1.TaskSucceeded
 	from := inst.Status.VMState
 	inst.Status.VMState = tr.Outcome(from, succeeded, from == v1.VMStateStopped)
 	inst.Status.TaskState = v1.TaskStateNone
 	inst.Status.Task = nil
-	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, report.Message)
-	finishRequest(inst.Status.RebuildRequest, task.ID, succeeded, report.Message)
-	finishSnapshotRequest(inst.Status.SnapshotRequest, task.ID, succeeded, report.Message)
+	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, message)
+	finishRequest(inst.Status.RebuildRequest, task.ID, succeeded, message)
+	finishObjectRequest(inst.Status.SnapshotRequest, task.ID, succeeded, message)
+	finishObjectRequest(inst.Status.MigrationRequest, task.ID, succeeded, message)
 	if !succeeded {
 		switch {
 		case task.Action == v1.ActionUnshelve && from == v1.VMStateShelvedOffloaded:
@@ -439,10 +451,18 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 			// the instance is Stopped, not changed "outside kubenova".
 			inst.Status.VMState = v1.VMStateStopped
 		}
-		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, report.Message),
+		if task.Action == v1.ActionLiveMigrate {
+			// The guest runs on where it ran, as Nova's rollback leaves it: no fault, and the
+			// Migration tells the story.
+			inst.Status.TargetReport = nil
+			r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s; the instance stays on %s",
+				task.Action, node, message, inst.Status.NodeName)
+			return
+		}
+		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
-		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, report.NodeName, report.Message)
-		return nil, nil
+		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, node, message)
+		return
 	}
 	switch task.Action {
 	case v1.ActionRebuild:
@@ -460,7 +480,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 		// Nova frees an offloaded instance from its node: the next unshelve places it anew.
 		inst.Status.NodeName = ""
 		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action),
-			"offloaded from node %s: domain and disks removed, resources freed", report.NodeName)
+			"offloaded from node %s: domain and disks removed, resources freed", node)
 	}
 	if task.Action == v1.ActionLaunch && inst.Status.LaunchedAt == nil {
 		t := metav1.NewTime(r.now())
@@ -469,8 +489,7 @@ func (r *InstanceReconciler) collectReport(_ context.Context, inst *v1.Instance,
 	if inst.Status.VMState != v1.VMStateError {
 		inst.Status.Fault = nil
 	}
-	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, report.NodeName, inst.Status.VMState)
-	return nil, nil
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, node, inst.Status.VMState)
 }
 
 // syncPowerState is Nova's sync_power_states on the manager's side: when the agent reports a
@@ -531,6 +550,7 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
 	v1.ActionSnapshot: true, v1.ActionRebuild: true, v1.ActionRescue: true, v1.ActionUnrescue: true,
 	v1.ActionShelve: true, v1.ActionShelveOffload: true, v1.ActionUnshelve: true,
+	v1.ActionLiveMigrate: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may
@@ -545,6 +565,9 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		return nil, err
 	}
 	if started, err := r.serveSnapshot(ctx, inst, st); err != nil || started {
+		return nil, err
+	}
+	if started, err := r.serveMigration(ctx, inst, st); err != nil || started {
 		return nil, err
 	}
 	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
@@ -959,7 +982,7 @@ func (r *InstanceReconciler) serveSnapshot(ctx context.Context, inst *v1.Instanc
 	if next == nil {
 		return false, nil
 	}
-	ack := &v1.SnapshotRequestStatus{Name: next.Name, UID: string(next.UID)}
+	ack := &v1.ObjectRequestStatus{Name: next.Name, UID: string(next.UID)}
 	refusal := r.check(inst, v1.ActionSnapshot)
 	if refusal == nil && inst.Spec.Locked && !next.Spec.OverrideLock {
 		// A Snapshot is not a change of the instance's spec, so the lock policy never saw it;
@@ -984,8 +1007,9 @@ func (r *InstanceReconciler) serveSnapshot(ctx context.Context, inst *v1.Instanc
 	}
 }
 
-// finishSnapshotRequest records the outcome of the task that serves an accepted Snapshot.
-func finishSnapshotRequest(ack *v1.SnapshotRequestStatus, taskID int64, succeeded bool, message string) {
+// finishObjectRequest records the outcome of the task that serves an accepted Snapshot or
+// Migration.
+func finishObjectRequest(ack *v1.ObjectRequestStatus, taskID int64, succeeded bool, message string) {
 	if ack == nil || ack.Result != v1.RequestAccepted || ack.TaskID != taskID {
 		return
 	}
@@ -1236,7 +1260,10 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 // counts against that decision (Placement.Usage leaves out the instance's own claim).
 func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Instance) error {
 	err := kube.PatchStatus(ctx, r.Client, orig, inst)
-	if (errors.Is(err, kube.ErrStale) || apierrors.IsNotFound(err)) && orig.Status.NodeName == "" && inst.Status.NodeName != "" {
+	lost := errors.Is(err, kube.ErrStale) || apierrors.IsNotFound(err)
+	placed := orig.Status.NodeName == "" && inst.Status.NodeName != ""
+	targeted := scheduler.MigrationTarget(orig) == "" && scheduler.MigrationTarget(inst) != ""
+	if lost && (placed || targeted) {
 		r.Placement.Release(inst.UID)
 	}
 	if errors.Is(err, kube.ErrStale) {
@@ -1287,6 +1314,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Image{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
 		Watches(&v1.ClusterImage{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(instanceOfSnapshot)).
+		Watches(&v1.Migration{}, handler.EnqueueRequestsFromMapFunc(instanceOfMigration)).
 		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
 		Complete(r)
@@ -1364,10 +1392,16 @@ const (
 func IndexInstances(ctx context.Context, mgr ctrl.Manager) error {
 	indexer := mgr.GetFieldIndexer()
 	if err := indexer.IndexField(ctx, &v1.Instance{}, indexNode, func(o client.Object) []string {
-		if n := o.(*v1.Instance).Status.NodeName; n != "" {
-			return []string{n}
+		inst := o.(*v1.Instance)
+		var nodes []string
+		if n := inst.Status.NodeName; n != "" {
+			nodes = append(nodes, n)
 		}
-		return nil
+		// A migration's target counts the instance too, while it moves.
+		if t := scheduler.MigrationTarget(inst); t != "" && t != inst.Status.NodeName {
+			nodes = append(nodes, t)
+		}
+		return nodes
 	}); err != nil {
 		return err
 	}

@@ -98,6 +98,14 @@ const (
 	AnnotationSnapshotUID = "compute.kubenova.io/snapshot-uid"
 	// StepUploading: the agent has made a snapshot's copy and uploads it.
 	StepUploading = "Uploading"
+	// StepPrepared: a migration's target agent has made what the domain needs there.
+	StepPrepared = "Prepared"
+	// StepMigrating: the source agent has begun migrating the domain.
+	StepMigrating = "Migrating"
+	// StepMigrated: the domain left the source node for the target.
+	StepMigrated = "Migrated"
+	// FinalizerMigration keeps a Migration in flight until its move is aborted or done.
+	FinalizerMigration = "compute.kubenova.io/migration"
 	// FinalizerImage keeps an Image or ClusterImage until its bytes are gone from the image store.
 	FinalizerImage = "compute.kubenova.io/image"
 	// LabelHypervisor is set on an agent's Lease to name its node.

@@ -104,6 +104,15 @@ type HypervisorStatus struct {
 	// StorageRoot is the directory instance disks live under (agent).
 	// +optional
 	StorageRoot string `json:"storageRoot,omitempty"`
+	// StorageShared says the storage root is on storage other nodes mount too (NFS, CephFS), as
+	// the agent's --shared-storage declares (agent). Live migration between two nodes that
+	// share it moves only memory.
+	// +optional
+	StorageShared bool `json:"storageShared,omitempty"`
+	// StorageID identifies the filesystem the storage root is on, from a file the first agent
+	// to use it wrote there: nodes with the same ID see the same disks (agent).
+	// +optional
+	StorageID string `json:"storageID,omitempty"`
 	// AgentVersion is the agent's build (agent).
 	// +optional
 	AgentVersion string `json:"agentVersion,omitempty"`

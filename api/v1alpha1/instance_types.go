@@ -376,6 +376,53 @@ type Task struct {
 	// Unshelve task of an offloaded instance boots from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
+	// Migration is where a LiveMigrate task moves the instance, and how.
+	// +optional
+	Migration *MigrationTask `json:"migration,omitempty"`
+}
+
+// MigrationTask tells the two agents of a move what to do: the target's prepares the disks
+// and reports in status.targetReport, the source's then migrates the domain straight to the
+// target's libvirt.
+type MigrationTask struct {
+	// Name of the Migration served.
+	Name string `json:"name"`
+	// UID of the Migration served.
+	UID string `json:"uid"`
+	// SourceNode the instance leaves.
+	SourceNode string `json:"sourceNode"`
+	// TargetNode the instance goes to.
+	TargetNode string `json:"targetNode"`
+	// TargetURI is the libvirt URI of the target (its Hypervisor's migrationURI).
+	TargetURI string `json:"targetURI"`
+	// TargetStorageRoot is the target's storage root: the disk paths of the domain are moved
+	// under it.
+	TargetStorageRoot string `json:"targetStorageRoot"`
+	// BlockMigration copies the disks to the target; otherwise source and target share them.
+	// +optional
+	BlockMigration bool `json:"blockMigration,omitempty"`
+	// Abort asks the source to cancel the migration (its Migration is being deleted).
+	// +optional
+	Abort bool `json:"abort,omitempty"`
+}
+
+// MigrationProgress is what the hypervisor says of a migration: while it runs, and once done.
+type MigrationProgress struct {
+	// ProgressPercent of the data copied.
+	// +optional
+	ProgressPercent int32 `json:"progressPercent,omitempty"`
+	// DataTotalBytes to copy (memory, and disks in a block migration), as libvirt counts them.
+	// +optional
+	DataTotalBytes int64 `json:"dataTotalBytes,omitempty"`
+	// DataRemainingBytes still to copy.
+	// +optional
+	DataRemainingBytes int64 `json:"dataRemainingBytes,omitempty"`
+	// DowntimeMillis the guest was paused for at the switch-over.
+	// +optional
+	DowntimeMillis int64 `json:"downtimeMillis,omitempty"`
+	// TotalMillis the migration took, from libvirt's job statistics.
+	// +optional
+	TotalMillis int64 `json:"totalMillis,omitempty"`
 }
 
 // SnapshotTask tells the node agent which Snapshot (or shelved image) it serves and which image
@@ -387,12 +434,12 @@ type SnapshotTask struct {
 	ImageUID string `json:"imageUID"`
 }
 
-// SnapshotRequestStatus acknowledges the last Snapshot the instance served: the Snapshot
-// controller reads what became of its request here.
-type SnapshotRequestStatus struct {
-	// Name of the Snapshot.
+// ObjectRequestStatus acknowledges the last request object (a Snapshot, a Migration) the
+// instance served: the object's controller reads what became of its request here.
+type ObjectRequestStatus struct {
+	// Name of the Snapshot or Migration.
 	Name string `json:"name"`
-	// UID of the Snapshot.
+	// UID of the Snapshot or Migration.
 	UID string `json:"uid"`
 	// Result is what became of it.
 	Result RequestResult `json:"result"`
@@ -405,6 +452,15 @@ type SnapshotRequestStatus struct {
 	// TaskID is the task that serves the request.
 	// +optional
 	TaskID int64 `json:"taskID,omitempty"`
+	// SourceNode a served Migration moves the instance from.
+	// +optional
+	SourceNode string `json:"sourceNode,omitempty"`
+	// TargetNode a served Migration moves the instance to.
+	// +optional
+	TargetNode string `json:"targetNode,omitempty"`
+	// BlockMigration says whether a served Migration copies the disks.
+	// +optional
+	BlockMigration bool `json:"blockMigration,omitempty"`
 }
 
 // TaskResult is an agent's outcome of a task.
@@ -447,6 +503,13 @@ type AgentReport struct {
 	// ConsoleLogPath is the node-local file the serial console is logged to.
 	// +optional
 	ConsoleLogPath string `json:"consoleLogPath,omitempty"`
+	// Migration is the progress of a migration this agent takes part in (task StepTaskID).
+	// +optional
+	Migration *MigrationProgress `json:"migration,omitempty"`
+	// RootDiskBytes is the virtual size of the root disk, reported by the source of a block
+	// migration (task StepTaskID) so that the target makes a disk of the same size.
+	// +optional
+	RootDiskBytes int64 `json:"rootDiskBytes,omitempty"`
 	// LastSyncTime is when the agent last compared this report with the hypervisor.
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
@@ -492,7 +555,8 @@ type PowerChange struct {
 }
 
 // InstanceStatus is the observed state of a virtual machine. The manager writes every field but
-// powerState and agentReport, which only the agent of status.nodeName writes.
+// powerState and agentReport, which only the agent of status.nodeName writes, and targetReport,
+// which only the agent of a migration's target node writes.
 type InstanceStatus struct {
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional
@@ -543,7 +607,10 @@ type InstanceStatus struct {
 	RebuildRequest *RequestStatus `json:"rebuildRequest,omitempty"`
 	// SnapshotRequest acknowledges the last Snapshot of the instance that was served.
 	// +optional
-	SnapshotRequest *SnapshotRequestStatus `json:"snapshotRequest,omitempty"`
+	SnapshotRequest *ObjectRequestStatus `json:"snapshotRequest,omitempty"`
+	// MigrationRequest acknowledges the last Migration of the instance that was served.
+	// +optional
+	MigrationRequest *ObjectRequestStatus `json:"migrationRequest,omitempty"`
 	// PowerChange is the last power change the hypervisor made while no task ran, kept until
 	// the instance rests where its spec asks again.
 	// +optional
@@ -551,6 +618,10 @@ type InstanceStatus struct {
 	// AgentReport is the node agent's account of the instance.
 	// +optional
 	AgentReport *AgentReport `json:"agentReport,omitempty"`
+	// TargetReport is the account of the agent of a migration's target node, while the
+	// instance still lives on its source.
+	// +optional
+	TargetReport *AgentReport `json:"targetReport,omitempty"`
 	// LaunchedAt is when the instance first became Active.
 	// +optional
 	LaunchedAt *metav1.Time `json:"launchedAt,omitempty"`
@@ -570,6 +641,7 @@ type InstanceStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=inst,categories=nova
 // +kubebuilder:selectablefield:JSONPath=`.status.nodeName`
+// +kubebuilder:selectablefield:JSONPath=`.status.task.migration.targetNode`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.vmState`
 // +kubebuilder:printcolumn:name="Task",type=string,JSONPath=`.status.taskState`
 // +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`

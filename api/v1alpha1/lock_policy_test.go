@@ -141,33 +141,43 @@ func grant(t *testing.T, ctx context.Context, user string) {
 	}).WithTimeout(10*time.Second).WithPolling(100*time.Millisecond).Should(gomega.BeTrue(), "the grant takes effect")
 }
 
-// TestOnlyAdministratorsOverrideTheLockWithASnapshot: spec.overrideLock on a Snapshot is an
-// administrator's to set; a Snapshot without it is anyone's.
-func TestOnlyAdministratorsOverrideTheLockWithASnapshot(t *testing.T) {
+// TestOnlyAdministratorsOverrideTheLock: spec.overrideLock on a Snapshot or a Migration is an
+// administrator's to set; one without it is anyone's.
+func TestOnlyAdministratorsOverrideTheLock(t *testing.T) {
 	ctx := context.Background()
 	for _, user := range []string{"bob", "root-of-snapshots"} {
-		if err := utils.GrantEditor(ctx, env.Client, "default", user, "snapshots"); err != nil {
+		if err := utils.GrantEditor(ctx, env.Client, "default", user, "snapshots", "migrations"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	bob := as(t, "bob", "tenants")
 	admin := as(t, "root-of-snapshots", "kubenova:admins")
-	snapshot := func(name string, override bool) *v1.Snapshot {
-		return &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-			Spec: v1.SnapshotSpec{InstanceName: "locked", OverrideLock: override}}
+	kinds := map[string]func(name string, override bool) client.Object{
+		"Snapshot": func(name string, override bool) client.Object {
+			return &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+				Spec: v1.SnapshotSpec{InstanceName: "locked", OverrideLock: override}}
+		},
+		"Migration": func(name string, override bool) client.Object {
+			return &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+				Spec: v1.MigrationSpec{InstanceName: "locked", Type: v1.MigrationLive, OverrideLock: override}}
+		},
 	}
-	g := gomega.NewWithT(t)
-	g.Eventually(func() error { return bob.Create(ctx, snapshot("plain", false)) }).
-		WithTimeout(10*time.Second).WithPolling(100*time.Millisecond).Should(gomega.Succeed(), "the grant takes effect")
-	var err error
-	g.Eventually(func() error {
-		err = bob.Create(ctx, snapshot("sneaky", true))
-		return err
-	}).WithTimeout(10*time.Second).WithPolling(100*time.Millisecond).Should(gomega.HaveOccurred(), "the policy takes effect")
-	if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "only administrators may set spec.overrideLock on snapshot sneaky") {
-		t.Fatalf("an ordinary user's overrideLock: %v", err)
-	}
-	if err := admin.Create(ctx, snapshot("by-admin", true)); err != nil {
-		t.Fatalf("an administrator's overrideLock: %v", err)
+	for kind, object := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			g := gomega.NewWithT(t)
+			g.Eventually(func() error { return bob.Create(ctx, object("plain", false)) }).
+				WithTimeout(10*time.Second).WithPolling(100*time.Millisecond).Should(gomega.Succeed(), "the grant takes effect")
+			var err error
+			g.Eventually(func() error {
+				err = bob.Create(ctx, object("sneaky", true))
+				return err
+			}).WithTimeout(10*time.Second).WithPolling(100*time.Millisecond).Should(gomega.HaveOccurred(), "the policy takes effect")
+			if !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "only administrators may set spec.overrideLock on "+kind+" sneaky") {
+				t.Fatalf("an ordinary user's overrideLock: %v", err)
+			}
+			if err := admin.Create(ctx, object("by-admin", true)); err != nil {
+				t.Fatalf("an administrator's overrideLock: %v", err)
+			}
+		})
 	}
 }

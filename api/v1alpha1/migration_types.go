@@ -66,6 +66,12 @@ type MigrationSpec struct {
 	// +kubebuilder:default=Auto
 	// +optional
 	BlockMigration BlockMigration `json:"blockMigration,omitempty"`
+
+	// OverrideLock moves a locked instance. Only administrators may set it (the admission
+	// policy config/admission/override-lock.yaml); otherwise a locked instance's migration
+	// fails with reason Locked, as Nova's does.
+	// +optional
+	OverrideLock bool `json:"overrideLock,omitempty"`
 }
 
 // MigrationStatus is the progress and outcome of a migration.
@@ -88,21 +94,34 @@ type MigrationStatus struct {
 	// CompletionTime is when it succeeded or failed.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// BlockMigration says whether the disks are copied (true) or shared by both nodes.
+	// +optional
+	BlockMigration bool `json:"blockMigration,omitempty"`
 	// ProgressPercent of the data copied.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100
 	// +optional
 	ProgressPercent int32 `json:"progressPercent,omitempty"`
+	// DataTotalBytes to copy, as libvirt counts them (memory, and disks in a block migration).
+	// +optional
+	DataTotalBytes int64 `json:"dataTotalBytes,omitempty"`
+	// DataRemainingBytes still to copy.
+	// +optional
+	DataRemainingBytes int64 `json:"dataRemainingBytes,omitempty"`
 	// DowntimeMillis the guest was paused for (live migrations), from libvirt's job statistics.
 	// +optional
 	DowntimeMillis int64 `json:"downtimeMillis,omitempty"`
 	// TotalMillis the migration took.
 	// +optional
 	TotalMillis int64 `json:"totalMillis,omitempty"`
-	// Message explains a failure.
+	// Reason is a CamelCase code for the outcome (MigrationSucceeded, InstanceNotFound,
+	// MigrationInProgress, Aborted, ...).
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message explains the outcome.
 	// +optional
 	Message string `json:"message,omitempty"`
-	// Conditions: Ready.
+	// Conditions: Ready, Reconciling and Stalled (as kstatus reads them).
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -118,6 +137,9 @@ type MigrationStatus struct {
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Source",type=string,JSONPath=`.status.sourceNode`
 // +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.status.targetNode`
+// +kubebuilder:printcolumn:name="Progress",type=integer,JSONPath=`.status.progressPercent`,priority=1
+// +kubebuilder:printcolumn:name="Downtime_ms",type=integer,JSONPath=`.status.downtimeMillis`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Migration struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -36,7 +36,7 @@ type SnapshotSpec struct {
 	DeleteImageWithSnapshot bool `json:"deleteImageWithSnapshot,omitempty"`
 
 	// OverrideLock snapshots the instance even when it is locked, as Nova's administrators may.
-	// Only administrators may set it (config/admission/snapshot-override-lock.yaml).
+	// Only administrators may set it (config/admission/override-lock.yaml).
 	// +optional
 	OverrideLock bool `json:"overrideLock,omitempty"`
 }

@@ -60,6 +60,9 @@ func run() error {
 		migrationURI   = flag.String("migration-uri", "", "libvirt URI other nodes reach this node's libvirtd at (default: --libvirt-uri)")
 		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto (KVM on bare metal with a usable /dev/kvm)")
 		storageRoot    = flag.String("storage-root", "/var/lib/kubenova", "directory for the image cache and instance disks")
+		sharedStorage  = flag.Bool("shared-storage", false, "the storage root is on storage other nodes mount at the same path (NFS, CephFS): live migrations between such nodes move only memory, and evacuations keep the disk")
+		migrationWait  = flag.Duration("live-migration-completion-timeout", agent.DefaultMigrationTimeoutPerGiB, "how long a live migration may take per GiB it copies (memory, and disk in a block migration) before it is aborted, the guest running on at the source (Nova's live_migration_completion_timeout)")
+		migrationTLS   = flag.Bool("migration-tls", false, "encrypt the data of outgoing live migrations with libvirt's TLS certificates (VIR_MIGRATE_TLS); use with a qemu+tls:// --migration-uri")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
@@ -99,7 +102,8 @@ func run() error {
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
-		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr,
+		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
+		MigrationTimeoutPerGiB: *migrationWait,
 	}
 	ctx := ctrl.SetupSignalHandler()
 
@@ -119,7 +123,7 @@ func run() error {
 		}
 		defer func() { _ = drv.Close() }()
 		store := &storage.Node{Root: *storageRoot, Images: &imagestore.Dir{Root: *imageStore}}
-		if err := store.RemoveStaleDownloads(); err != nil {
+		if err := store.RemoveStaleDownloads(10 * time.Minute); err != nil {
 			return err
 		}
 		base.Driver, base.Storage, base.VirtType = drv, store, virtType
@@ -157,8 +161,12 @@ func simulate(ctx context.Context, cfg *rest.Config, base agent.Node, sim simula
 		n := base
 		n.Name = name
 		n.VirtType = v1.VirtTypeQEMU
-		n.Driver = fake.NewHost(driver.HostInfo{Hostname: name, HostUUID: "simulated-" + name,
+		host := fake.NewHost(driver.HostInfo{Hostname: name, HostUUID: "simulated-" + name,
 			VCPUs: sim.vcpus, MemoryMiB: sim.memoryMiB, LibvirtVersion: "simulated", QEMUVersion: "simulated"})
+		// The simulated nodes of one process migrate to one another.
+		n.MigrationURI = "fake://" + name
+		host.Serve(n.MigrationURI)
+		n.Driver = host
 		n.Storage = &storage.Node{Root: filepath.Join(storageRoot, name)}
 		n.Disks = &storage.SimulatedDisks{Node: n.Storage, Capacity: sim.diskGiB}
 		mgr, err := agent.NewManager(cfg, n)

@@ -76,6 +76,9 @@ func run() error {
 	if err := controllers.IndexSnapshots(context.Background(), mgr); err != nil {
 		return err
 	}
+	if err := controllers.IndexMigrations(context.Background(), mgr); err != nil {
+		return err
+	}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
@@ -138,6 +141,11 @@ func run() error {
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("snapshot controller: %w", err)
+	}
+	if err := (&controllers.MigrationReconciler{
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations"),
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("migration controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

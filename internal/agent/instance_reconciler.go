@@ -22,8 +22,10 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -89,8 +91,21 @@ type InstanceReconciler struct {
 	RebootTimeout time.Duration
 	// Workers is how many instances are reconciled at once (DefaultWorkers when zero).
 	Workers int
+	// Incoming holds the instances whose migration targets this node (a field selector on
+	// status.task.migration.targetNode) while they still live on their source; nil for none.
+	Incoming cache.Cache
+	// MigrationTLS encrypts the data of the live migrations this node sends.
+	MigrationTLS bool
+	// MigrationTimeoutPerGiB bounds a live migration's time per GiB it copies
+	// (DefaultMigrationTimeoutPerGiB when zero).
+	MigrationTimeoutPerGiB time.Duration
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// migrations are the live migrations this process started, by instance.
+	migrations map[types.UID]*migrationRun
+	// uids remembers the UID of each instance reconciled, so that one that leaves the caches
+	// can be looked for in the node's storage.
+	uids     map[types.NamespacedName]types.UID
 	progress map[types.UID]*taskProgress
 	// overwritten is, per instance, the resourceVersion the agent's last status write replaced.
 	// Until the cache shows a newer one, it is older than what the agent knows: a reconcile
@@ -115,15 +130,30 @@ type taskProgress struct {
 // when something changed.
 func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	inst := &v1.Instance{}
-	if err := r.Client.Get(ctx, req.NamespacedName, inst); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.wrote(req.NamespacedName, "")
+	err := r.Client.Get(ctx, req.NamespacedName, inst)
+	if apierrors.IsNotFound(err) && r.Incoming != nil {
+		if err = r.Incoming.Get(ctx, req.NamespacedName, inst); err == nil {
+			r.remember(req.NamespacedName, inst.UID)
+			if r.cacheBehind(inst) {
+				return ctrl.Result{RequeueAfter: guestPoll}, nil
+			}
+			return r.reconcileIncoming(ctx, inst)
 		}
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if apierrors.IsNotFound(err) {
+		r.wrote(req.NamespacedName, "")
+		if uid, ok := r.forgetUID(req.NamespacedName); ok {
+			return ctrl.Result{}, r.cleanUpLeftBehind(ctx, req.NamespacedName, uid)
+		}
+		return ctrl.Result{}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	if inst.Status.NodeName != r.NodeName {
 		return ctrl.Result{}, nil
 	}
+	r.remember(req.NamespacedName, inst.UID)
 	if r.cacheBehind(inst) {
 		// The informer brings the newer version within moments, and a reconcile with it.
 		return ctrl.Result{RequeueAfter: guestPoll}, nil
@@ -154,7 +184,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		done, err := r.carryOut(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:
-			if attempt, again := r.failed(inst.UID, task.ID); again {
+			if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
 				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
 				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
 			}
@@ -242,6 +272,14 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.rescue(ctx, inst, task)
 	case v1.ActionUnrescue:
 		return true, r.unrescue(ctx, inst, task)
+	case v1.ActionLiveMigrate:
+		if task.Migration == nil {
+			return false, errors.New("the live migration task names no target")
+		}
+		if task.Migration.TargetNode == r.NodeName {
+			return r.arrive(ctx, inst)
+		}
+		return r.liveMigrate(ctx, inst, task)
 	default:
 		return false, fmt.Errorf("this agent does not carry out %s yet", task.Action)
 	}
@@ -868,6 +906,25 @@ func (r *InstanceReconciler) cacheBehind(inst *v1.Instance) bool {
 	return ok
 }
 
+// remember records the UID of an instance the agent reconciles.
+func (r *InstanceReconciler) remember(key types.NamespacedName, uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.uids == nil {
+		r.uids = map[types.NamespacedName]types.UID{}
+	}
+	r.uids[key] = uid
+}
+
+// forgetUID returns and forgets the UID remembered for an instance.
+func (r *InstanceReconciler) forgetUID(key types.NamespacedName) (types.UID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	uid, ok := r.uids[key]
+	delete(r.uids, key)
+	return uid, ok
+}
+
 func (r *InstanceReconciler) forget(uid types.UID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -907,10 +964,14 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if workers <= 0 {
 		workers = DefaultWorkers
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("agent-instance").
 		For(&v1.Instance{}).
-		WatchesRawSource(source.Func(r.domainEvents)).
+		WatchesRawSource(source.Func(r.domainEvents))
+	if r.Incoming != nil {
+		b = b.WatchesRawSource(source.Kind(r.Incoming, &v1.Instance{}, &handler.TypedEnqueueRequestForObject[*v1.Instance]{}))
+	}
+	return b.
 		// A simulated fleet runs one of these per node in one process, under the same name.
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, SkipNameValidation: ptr.To(true)}).
 		Complete(r)

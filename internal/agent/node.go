@@ -41,8 +41,14 @@ type Node struct {
 	Disks        Disks
 	VirtType     v1.VirtType
 	MigrationURI string
-	AgentVersion string
-	Reserved     v1.Resources
+	// SharedStorage declares that the storage root is on storage other nodes mount too.
+	SharedStorage bool
+	// MigrationTLS encrypts outgoing live migrations' data.
+	MigrationTLS bool
+	// MigrationTimeoutPerGiB bounds a live migration's time per GiB copied.
+	MigrationTimeoutPerGiB time.Duration
+	AgentVersion           string
+	Reserved               v1.Resources
 
 	LeaseNamespace  string
 	LeaseDuration   time.Duration
@@ -72,7 +78,20 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create manager for node %s: %w", n.Name, err)
 	}
+	// A second cache holds the instances whose live migration targets this node, while they
+	// still live on their source: the target prepares for them.
+	incoming, err := cache.New(cfg, cache.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(),
+		ByObject: map[client.Object]cache.ByObject{
+			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.task.migration.targetNode", n.Name)},
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("create the incoming-migrations cache of node %s: %w", n.Name, err)
+	}
+	if err := mgr.Add(incoming); err != nil {
+		return nil, err
+	}
 	reconciler := &InstanceReconciler{
+		Incoming: incoming, MigrationTLS: n.MigrationTLS, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
 		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
@@ -82,7 +101,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	}
 	reporter := &Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
-		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion,
+		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
 	}

@@ -16,6 +16,7 @@ import (
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
 	"github.com/kubenova/kubenova/internal/kube"
+	"github.com/kubenova/kubenova/internal/scheduler"
 	"github.com/kubenova/kubenova/internal/storage"
 )
 
@@ -34,6 +35,8 @@ type Reporter struct {
 	NodeName     string
 	VirtType     v1.VirtType
 	MigrationURI string
+	// SharedStorage declares that the storage root is on storage other nodes mount too.
+	SharedStorage bool
 	// Reserved is held back for the node itself (Nova's reserved_host_memory_mb,
 	// reserved_host_cpus and reserved_host_disk_mb); the scheduler places nothing in it.
 	Reserved       v1.Resources
@@ -118,6 +121,10 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	storageID, err := r.Storage.StorageID()
+	if err != nil {
+		return err
+	}
 	hv := &v1.Hypervisor{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: r.NodeName}, hv); apierrors.IsNotFound(err) {
 		hv = &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
@@ -133,6 +140,7 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	s.Reserved = r.Reserved
 	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
+	s.StorageShared, s.StorageID = r.SharedStorage, storageID
 	if !kube.Changed(orig, hv) {
 		return nil
 	}
@@ -191,12 +199,12 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			continue // not kubenova's
 		}
 		withDomain[d.UUID] = true
-		node, exists, err := where.node(ctx, d.UUID, storage.Owner{Namespace: d.Namespace, Name: d.InstanceName})
+		inst, err := where.instance(ctx, d.UUID, storage.Owner{Namespace: d.Namespace, Name: d.InstanceName})
 		if err != nil {
 			return err
 		}
 		switch {
-		case !exists:
+		case inst == nil:
 			logger.Info("removing the domain and files of a deleted instance", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
@@ -204,8 +212,9 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			if err := r.Storage.DeleteInstanceFiles(d.UUID); err != nil {
 				return err
 			}
-		case node != "" && node != r.NodeName:
-			logger.Info("destroying the domain of an instance that now lives elsewhere; its disks stay", "domain", d.Name, "node", node)
+		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName:
+			// (A migration's target holds the domain before status.nodeName names it.)
+			logger.Info("destroying the domain of an instance that now lives elsewhere; its disks stay", "domain", d.Name, "node", inst.Status.NodeName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
 			}
@@ -220,8 +229,10 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			return err
 		}
 		var exists bool
+		var inst *v1.Instance
 		if known {
-			_, exists, err = where.node(ctx, uid, owner)
+			inst, err = where.instance(ctx, uid, owner)
+			exists = inst != nil
 		} else {
 			exists, err = where.existsAnywhere(ctx, uid)
 		}
@@ -230,6 +241,21 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 		}
 		if !exists {
 			logger.Info("removing the files of a deleted instance", "uid", uid)
+			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
+				return err
+			}
+			continue
+		}
+		if inst != nil && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName {
+			// Left by a move: removed unless this storage is the one of the instance's node
+			// or of its migration's target.
+			if inUse, err := storageInUse(ctx, r.Reader, r.Storage, r.NodeName, inst); err != nil || inUse {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			logger.Info("removing the files of an instance that moved to another node", "uid", uid, "node", inst.Status.NodeName)
 			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
 				return err
 			}
@@ -246,21 +272,21 @@ type instanceLocator struct {
 	all map[string]string
 }
 
-// node reads the instance owner names and says whether it exists as the instance uid (a new
-// instance of the same name is another instance) and on which node.
-func (l *instanceLocator) node(ctx context.Context, uid string, owner storage.Owner) (string, bool, error) {
+// instance reads the instance owner names: nil when it does not exist as the instance uid (a
+// new instance of the same name is another instance).
+func (l *instanceLocator) instance(ctx context.Context, uid string, owner storage.Owner) (*v1.Instance, error) {
 	inst := &v1.Instance{}
 	err := l.reader.Get(ctx, types.NamespacedName{Namespace: owner.Namespace, Name: owner.Name}, inst)
 	if apierrors.IsNotFound(err) {
-		return "", false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", false, err
+		return nil, err
 	}
 	if string(inst.UID) != uid {
-		return "", false, nil
+		return nil, nil
 	}
-	return inst.Status.NodeName, true, nil
+	return inst, nil
 }
 
 // existsAnywhere says whether any instance has this UID, listing the cluster's instances once.

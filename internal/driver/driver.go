@@ -6,6 +6,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -74,6 +75,42 @@ type HostInfo struct {
 	QEMUVersion    string
 }
 
+// MigrationTarget is where a live migration goes and how.
+type MigrationTarget struct {
+	// URI is the target's libvirt URI.
+	URI string
+	// SourceRoot and TargetRoot are the two nodes' storage roots: the domain's file paths under
+	// the first are moved under the second.
+	SourceRoot, TargetRoot string
+	// Block copies the disks into the files the target made for them; otherwise both nodes
+	// share them.
+	Block bool
+	// SharedStorage tells the hypervisor that the disks are on storage both nodes mount, so
+	// that it migrates them without copying even where it cannot tell by itself (libvirt's
+	// VIR_MIGRATE_UNSAFE).
+	SharedStorage bool
+	// TLS encrypts the migration's data stream with the hypervisors' TLS certificates.
+	TLS bool
+}
+
+// MigrationStats is a migration's progress or outcome, as the hypervisor counts it.
+type MigrationStats struct {
+	DataTotal, DataRemaining int64
+	Elapsed, Downtime        time.Duration
+}
+
+// Percent is how much of the data has been copied.
+func (s MigrationStats) Percent() int32 {
+	if s.DataTotal <= 0 {
+		return 0
+	}
+	done := s.DataTotal - s.DataRemaining
+	if done < 0 {
+		done = 0
+	}
+	return int32(done * 100 / s.DataTotal)
+}
+
 // Event says that something happened to a domain. An Event with an empty UUID says that any
 // domain may have changed (the connection to the hypervisor was lost and is back), so every
 // instance should be looked at again.
@@ -111,6 +148,19 @@ type Driver interface {
 	// once the copy is complete. A copy begun before (by an agent that died) is abandoned and
 	// begun again.
 	BackupDisk(ctx context.Context, uuid, target string) error
+	// MigrateLive moves the running (or paused) domain to another node's hypervisor while it
+	// runs, and returns once the move is over: on success the domain runs there, defined
+	// there, and is gone from here; on failure it still runs here. Cancelling ctx does not
+	// stop the move; AbortMigration does.
+	MigrateLive(ctx context.Context, uuid string, to MigrationTarget) error
+	// MigrationProgress reports the domain's outgoing migration in flight; false when none
+	// runs.
+	MigrationProgress(ctx context.Context, uuid string) (MigrationStats, bool, error)
+	// AbortMigration cancels the domain's migration in flight, if any; the guest runs on here.
+	AbortMigration(ctx context.Context, uuid string) error
+	// ArrivedMigration reports the completed migration that brought the domain here; false
+	// when the hypervisor has no record of one.
+	ArrivedMigration(ctx context.Context, uuid string) (MigrationStats, bool, error)
 	// State reports the domain's state now.
 	State(ctx context.Context, uuid string) (State, error)
 	// List reports every domain on the node.

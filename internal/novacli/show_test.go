@@ -164,7 +164,7 @@ func TestShowNamesTheImagesOfRescueShelveAndTheLastSnapshot(t *testing.T) {
 	inst.Status.VMState = v1.VMStateRescued
 	inst.Status.RescueImage = &v1.AppliedImage{ImageReference: v1.ImageReference{Kind: v1.KindClusterImage, Name: "rescue-tools"}}
 	inst.Status.ShelvedImage = &v1.ImageReference{Kind: v1.KindImage, Name: "web-shelved"}
-	inst.Status.SnapshotRequest = &v1.SnapshotRequestStatus{Name: "nightly", Result: v1.RequestFailed, Message: "disk full"}
+	inst.Status.SnapshotRequest = &v1.ObjectRequestStatus{Name: "nightly", Result: v1.RequestFailed, Message: "disk full"}
 	props := map[string]string{}
 	for _, p := range showProperties(inst) {
 		props[p.name] = p.value

@@ -34,10 +34,42 @@ func Holds(inst *v1.Instance) bool {
 		(st.VMState != v1.VMStateShelvedOffloaded || unshelving)
 }
 
+// Claim is what an instance holds on one node.
+type Claim struct {
+	Node      string
+	Resources v1.Resources
+}
+
+// Claims lists what an instance holds, node by node: its flavor on its node (Holds), and on the
+// target of a migration in flight too, as Nova's placement holds a migration's allocation on
+// both hosts until the move is over.
+func Claims(inst *v1.Instance) []Claim {
+	if !Holds(inst) {
+		return nil
+	}
+	res := FlavorResources(inst.Status.Flavor.FlavorSpec)
+	claims := []Claim{{Node: inst.Status.NodeName, Resources: res}}
+	if target := MigrationTarget(inst); target != "" && target != inst.Status.NodeName {
+		claims = append(claims, Claim{Node: target, Resources: res})
+	}
+	return claims
+}
+
+// MigrationTarget is the node a migration in flight moves the instance to; "" when none.
+func MigrationTarget(inst *v1.Instance) string {
+	if t := inst.Status.Task; t != nil && t.Migration != nil {
+		return t.Migration.TargetNode
+	}
+	return ""
+}
+
 type claim struct {
 	node      string
 	resources v1.Resources
 }
+
+// claims are what one instance holds: one claim per node.
+type claims []claim
 
 // Placement is the one place that knows what is allocated on each node. It keeps a running sum
 // per node, fed by the manager's Instance informer (Observe, Forget), so that a decision costs
@@ -52,7 +84,7 @@ type claim struct {
 type Placement struct {
 	mu sync.Mutex
 	// observed is each instance the informer shows holding resources, and where.
-	observed map[types.UID]claim
+	observed map[types.UID]claims
 	// used sums observed per node.
 	used map[string]v1.Resources
 	// pending are decisions the informer does not show yet.
@@ -62,7 +94,7 @@ type Placement struct {
 
 // NewPlacement returns an empty Placement.
 func NewPlacement() *Placement {
-	return &Placement{observed: map[types.UID]claim{}, used: map[string]v1.Resources{}, pending: map[types.UID]claim{}}
+	return &Placement{observed: map[types.UID]claims{}, used: map[string]v1.Resources{}, pending: map[types.UID]claim{}}
 }
 
 // Observe records what the informer shows of an instance now. A pending claim that the
@@ -71,12 +103,16 @@ func (p *Placement) Observe(inst *v1.Instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.unobserve(inst.UID)
-	if Holds(inst) {
-		c := claim{node: inst.Status.NodeName, resources: FlavorResources(inst.Status.Flavor.FlavorSpec)}
-		p.observed[inst.UID] = c
-		p.used[c.node] = Add(p.used[c.node], c.resources)
+	var held claims
+	for _, c := range Claims(inst) {
+		held = append(held, claim{node: c.Node, resources: c.Resources})
+		p.used[c.Node] = Add(p.used[c.Node], c.Resources)
 	}
-	if c, ok := p.pending[inst.UID]; ok && inst.Status.NodeName == c.node && inst.Status.Flavor != nil {
+	if len(held) > 0 {
+		p.observed[inst.UID] = held
+	}
+	if c, ok := p.pending[inst.UID]; ok && inst.Status.Flavor != nil &&
+		(inst.Status.NodeName == c.node || MigrationTarget(inst) == c.node) {
 		delete(p.pending, inst.UID)
 	}
 }
@@ -91,17 +127,19 @@ func (p *Placement) Forget(uid types.UID) {
 
 // unobserve takes an instance's observed allocation out of the sums. Call with p.mu held.
 func (p *Placement) unobserve(uid types.UID) {
-	c, ok := p.observed[uid]
+	held, ok := p.observed[uid]
 	if !ok {
 		return
 	}
 	delete(p.observed, uid)
-	left := Sub(p.used[c.node], c.resources)
-	if left == (v1.Resources{}) {
-		delete(p.used, c.node)
-		return
+	for _, c := range held {
+		left := Sub(p.used[c.node], c.resources)
+		if left == (v1.Resources{}) {
+			delete(p.used, c.node)
+			continue
+		}
+		p.used[c.node] = left
 	}
-	p.used[c.node] = left
 }
 
 // EventHandler feeds Observe and Forget from an Instance informer.

@@ -35,6 +35,8 @@ type Request struct {
 	AvailabilityZone string
 	// Exclude lists hosts that must not be chosen (a migration's source).
 	Exclude []string
+	// Host, when set, is the only host that may be chosen (a migration's requested target).
+	Host string
 }
 
 // Filter rejects hosts that cannot take a request.
@@ -54,6 +56,9 @@ var DefaultFilters = []Filter{
 			}
 		}
 		return true
+	}},
+	{Name: "RequestedHostFilter", Passes: func(h Host, r Request) bool {
+		return r.Host == "" || r.Host == h.Name()
 	}},
 	{Name: "ComputeFilter", Passes: func(h Host, _ Request) bool {
 		hv := h.Hypervisor

@@ -9,6 +9,7 @@ package storage
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -461,19 +462,66 @@ func (n *Node) InstanceUIDs() ([]string, error) {
 	return uids, nil
 }
 
-// RemoveStaleDownloads deletes the partial downloads of an agent that died mid-download. Call
-// it at start, before any download runs.
-func (n *Node) RemoveStaleDownloads() error {
+// RemoveStaleDownloads deletes the partial downloads of an agent that died mid-download: those
+// untouched for olderThan (a download in progress writes its file all the time). Call it at
+// start, before any download of this agent runs.
+func (n *Node) RemoveStaleDownloads(olderThan time.Duration) error {
 	stale, err := filepath.Glob(filepath.Join(n.Root, "_base", ".download-*"))
 	if err != nil {
 		return err
 	}
 	for _, f := range stale {
+		// On shared storage another node's agent may be writing one right now.
+		if info, err := os.Stat(f); err != nil || time.Since(info.ModTime()) < olderThan {
+			continue
+		}
 		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
 			return err
 		}
 	}
 	return nil
+}
+
+// storageIDFile holds the storage root's identity.
+const storageIDFile = ".storage-id"
+
+// StorageID identifies the filesystem the storage root is on: a random ID written into the
+// root by the first agent that asks, so that every node that mounts the same storage reads the
+// same ID, and nodes that merely use the same path do not.
+func (n *Node) StorageID() (string, error) {
+	path := filepath.Join(n.Root, storageIDFile)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(n.Root, 0o755); err != nil {
+		return "", err
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	// Written aside and linked into place: link fails if another agent won the race, and then
+	// its ID is the root's.
+	tmp, err := os.CreateTemp(n.Root, ".storage-id-*")
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if _, err := tmp.WriteString(hex.EncodeToString(raw[:]) + "\n"); err != nil {
+		_ = tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // CapacityGiB is the size of the filesystem holding the storage root.
@@ -486,4 +534,39 @@ func (n *Node) CapacityGiB() (int64, error) {
 		return 0, fmt.Errorf("statfs %s: %w", n.Root, err)
 	}
 	return int64(st.Blocks) * st.Bsize >> 30, nil
+}
+
+// DiskVirtualSize reads the virtual size of a qcow2 disk from its header.
+func DiskVirtualSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = f.Close() }()
+	var hdr [32]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return 0, fmt.Errorf("%s is not a qcow2 disk: %w", path, err)
+	}
+	if string(hdr[:4]) != "QFI\xfb" {
+		return 0, fmt.Errorf("%s is not a qcow2 disk", path)
+	}
+	return int64(binary.BigEndian.Uint64(hdr[24:32])), nil
+}
+
+// CreateBlankDisk makes an empty standalone qcow2 of sizeBytes at path, for a block migration
+// to copy a disk into. An existing file is replaced: it can only be a copy cut short.
+func (n *Node) CreateBlankDisk(ctx context.Context, path string, sizeBytes int64) error {
+	if sizeBytes <= 0 {
+		return fmt.Errorf("a disk of %d bytes", sizeBytes)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".creating"
+	_ = os.Remove(tmp)
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", tmp, fmt.Sprint(sizeBytes)).CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("qemu-img create: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return os.Rename(tmp, path)
 }

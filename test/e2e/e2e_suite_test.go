@@ -32,14 +32,16 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(os.RemoveAll(filepath.Join(workDir, "hosts"))).To(Succeed())
 	start := time.Now()
 	var err error
-	cluster, err = utils.StartCluster(context.Background(), workDir, 2)
+	// host-1 and host-2 share their storage root, as two nodes that mount one NFS export do;
+	// host-3 keeps its own: live migrations and evacuations of both kinds can run.
+	cluster, err = utils.StartCluster(context.Background(), workDir, hostCount, utils.WithSharedStorage(2))
 	Expect(err).NotTo(HaveOccurred())
-	GinkgoWriter.Printf("cluster with 2 hosts started in %s (work dir %s)\n", time.Since(start).Round(time.Millisecond), workDir)
+	GinkgoWriter.Printf("cluster with %d hosts started in %s (work dir %s)\n", hostCount, time.Since(start).Round(time.Millisecond), workDir)
 
 	// Every spec starts from a cluster whose agents have reported: a fresh libvirtd probes
 	// QEMU's capabilities for several seconds before its first answer.
 	expectHypervisorsUp(ctx)
-	GinkgoWriter.Printf("both hypervisors up %s after the start\n", time.Since(start).Round(time.Millisecond))
+	GinkgoWriter.Printf("every hypervisor up %s after the start\n", time.Since(start).Round(time.Millisecond))
 }, NodeTimeout(4*time.Minute))
 
 var _ = AfterSuite(func() {
@@ -63,12 +65,15 @@ var _ = ReportAfterEach(func(report SpecReport) {
 	}
 })
 
-// expectHypervisorsUp waits until both hosts' agents have reported and renew their leases.
+// hostCount is how many libvirt hosts the suite's cluster has.
+const hostCount = 3
+
+// expectHypervisorsUp waits until every host's agent has reported and renews its lease.
 func expectHypervisorsUp(ctx context.Context) {
 	Eventually(func(g Gomega) {
 		var hvs v1.HypervisorList
 		g.Expect(cluster.Client.List(ctx, &hvs)).To(Succeed())
-		g.Expect(hvs.Items).To(HaveLen(2))
+		g.Expect(hvs.Items).To(HaveLen(hostCount))
 		for _, hv := range hvs.Items {
 			g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp), hv.Name)
 			g.Expect(hv.Status.VirtType).To(Equal(v1.VirtTypeQEMU))
@@ -77,6 +82,14 @@ func expectHypervisorsUp(ctx context.Context) {
 			g.Expect(hv.Status.HostUUID).NotTo(BeEmpty())
 			g.Expect(hv.Status.Reserved.MemoryMiB).To(Equal(int64(512)), "the agent's default reserved_host_memory_mb")
 		}
-		g.Expect(hvs.Items[0].Status.HostUUID).NotTo(Equal(hvs.Items[1].Status.HostUUID), "each host has its own libvirt host UUID")
+		uuids := map[string]bool{}
+		for _, hv := range hvs.Items {
+			uuids[hv.Status.HostUUID] = true
+		}
+		g.Expect(uuids).To(HaveLen(hostCount), "each host has its own libvirt host UUID")
+		g.Expect(hvs.Items[0].Status.StorageID).To(Equal(hvs.Items[1].Status.StorageID), "host-1 and host-2 share their storage")
+		g.Expect(hvs.Items[0].Status.StorageShared).To(BeTrue())
+		g.Expect(hvs.Items[2].Status.StorageID).NotTo(Equal(hvs.Items[0].Status.StorageID), "host-3 keeps its own")
+		g.Expect(hvs.Items[2].Status.StorageShared).To(BeFalse())
 	}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
 }

@@ -41,6 +41,22 @@ type Host struct {
 	Name        string
 	URI         string
 	StorageRoot string
+	// SharedStorage: the storage root is shared with other hosts of the cluster, as an NFS
+	// export mounted on several nodes is (its agent runs with --shared-storage).
+	SharedStorage bool
+}
+
+// ClusterOption changes how StartCluster lays the cluster out.
+type ClusterOption func(*clusterLayout)
+
+type clusterLayout struct {
+	sharedHosts int
+}
+
+// WithSharedStorage has the first n hosts share one storage root (DIR/hosts/shared-storage),
+// the others keeping their own, so that live migrations and evacuations of both kinds can run.
+func WithSharedStorage(n int) ClusterOption {
+	return func(l *clusterLayout) { l.sharedHosts = n }
 }
 
 // startControlPlane starts kube-apiserver and etcd, writes the kubeconfig the processes use
@@ -79,7 +95,11 @@ func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (
 }
 
 // StartCluster starts a control plane, n libvirt hosts with their agents, and the manager.
-func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err error) {
+func StartCluster(ctx context.Context, workDir string, n int, opts ...ClusterOption) (c *Cluster, err error) {
+	var layout clusterLayout
+	for _, o := range opts {
+		o(&layout)
+	}
 	c, err = startControlPlane(ctx, workDir)
 	if err != nil {
 		return nil, err
@@ -89,7 +109,7 @@ func StartCluster(ctx context.Context, workDir string, n int) (c *Cluster, err e
 			c.Stop()
 		}
 	}()
-	if err := c.startHosts(ctx, n); err != nil {
+	if err := c.startHosts(ctx, n, layout); err != nil {
 		return c, err
 	}
 	for _, h := range c.Hosts {
@@ -145,7 +165,7 @@ func (c *Cluster) writeKubeconfig() error {
 	return os.WriteFile(c.Kubeconfig, kc, 0o600)
 }
 
-func (c *Cluster) startHosts(ctx context.Context, n int) error {
+func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) error {
 	dir := filepath.Join(c.WorkDir, "hosts")
 	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
 	// A previous run cut short may have left hosts running; stop them before starting anew.
@@ -160,8 +180,11 @@ func (c *Cluster) startHosts(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		c.Hosts = append(c.Hosts, Host{Name: name, URI: strings.TrimSpace(string(uri)),
-			StorageRoot: filepath.Join(dir, name, "storage")})
+		h := Host{Name: name, URI: strings.TrimSpace(string(uri)), StorageRoot: filepath.Join(dir, name, "storage")}
+		if i <= layout.sharedHosts {
+			h.StorageRoot, h.SharedStorage = filepath.Join(dir, "shared-storage"), true
+		}
+		c.Hosts = append(c.Hosts, h)
 	}
 	return nil
 }
@@ -176,6 +199,9 @@ const (
 
 // StartAgent starts the agent of one host; args are added to its flags.
 func (c *Cluster) StartAgent(h Host, args ...string) error {
+	if h.SharedStorage {
+		args = append([]string{"--shared-storage"}, args...)
+	}
 	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"), append([]string{
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",

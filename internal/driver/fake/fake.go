@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strings"
 	"sync"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -34,6 +35,8 @@ type domain struct {
 	power   v1.PowerState
 	reason  string
 	runID   int64
+	// arrived says the domain came by a live migration.
+	arrived bool
 }
 
 var _ driver.Driver = (*Driver)(nil)
@@ -318,3 +321,72 @@ func (d *Driver) Events() <-chan driver.Event { return d.events }
 
 // Close implements driver.Driver.
 func (d *Driver) Close() error { return nil }
+
+// hosts are the fakes that take migrations, by URI (Serve).
+var hosts sync.Map
+
+// Serve makes the fake reachable at uri for live migrations from other fakes of the process,
+// as a simulated fleet's nodes reach each other.
+func (d *Driver) Serve(uri string) { hosts.Store(uri, d) }
+
+// MigrateLive implements driver.Driver: the domain moves to the fake served at to.URI, running
+// as it ran here, its paths moved to the target's root.
+func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.MigrationTarget) error {
+	t, ok := hosts.Load(to.URI)
+	if !ok {
+		return fmt.Errorf("live-migrate domain %s: no hypervisor answers at %s", uuid, to.URI)
+	}
+	target := t.(*Driver)
+	if target == d {
+		return fmt.Errorf("live-migrate domain %s: %s is this host", uuid, to.URI)
+	}
+	d.mu.Lock()
+	d.called("MigrateLive")
+	dom, ok := d.domains[uuid]
+	if !ok {
+		d.mu.Unlock()
+		return driver.ErrNotFound
+	}
+	if dom.runID < 0 {
+		d.mu.Unlock()
+		return fmt.Errorf("live-migrate domain %s: it is not running", uuid)
+	}
+	moved := *dom
+	delete(d.domains, uuid)
+	d.set(uuid, &domain{}, v1.PowerStateNoState, "Migrated")
+	d.mu.Unlock()
+
+	m := moved.machine
+	if to.SourceRoot != to.TargetRoot {
+		for _, p := range []*string{&m.RootDisk, &m.RescueDisk, &m.ConfigDrive, &m.ConsoleLog} {
+			if rest, ok := strings.CutPrefix(*p, to.SourceRoot); ok {
+				*p = to.TargetRoot + rest
+			}
+		}
+	}
+	target.mu.Lock()
+	defer target.mu.Unlock()
+	arrived := &domain{machine: m, runID: -1, arrived: true}
+	target.domains[uuid] = arrived
+	target.set(uuid, arrived, moved.power, "Migrated")
+	return nil
+}
+
+// MigrationProgress implements driver.Driver: a fake migration is over when MigrateLive returns.
+func (d *Driver) MigrationProgress(context.Context, string) (driver.MigrationStats, bool, error) {
+	return driver.MigrationStats{}, false, nil
+}
+
+// AbortMigration implements driver.Driver.
+func (d *Driver) AbortMigration(context.Context, string) error { return nil }
+
+// ArrivedMigration implements driver.Driver.
+func (d *Driver) ArrivedMigration(_ context.Context, uuid string) (driver.MigrationStats, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dom, ok := d.domains[uuid]
+	if !ok || !dom.arrived {
+		return driver.MigrationStats{}, false, nil
+	}
+	return driver.MigrationStats{}, true, nil
+}

@@ -1,0 +1,230 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/lifecycle"
+	"github.com/kubenova/kubenova/internal/scheduler"
+)
+
+// migrationActions maps each Migration type to the action that serves it.
+var migrationActions = map[v1.MigrationType]v1.Action{
+	v1.MigrationLive: v1.ActionLiveMigrate, v1.MigrationCold: v1.ActionMigrate, v1.MigrationEvacuate: v1.ActionEvacuate,
+}
+
+// serveMigration starts the oldest Migration of the instance that waits (the Migration
+// controller has found nothing wrong with it: its phase is Pending) once the instance is idle,
+// and acknowledges it in status.migrationRequest, where the Migration controller reads what
+// became of it. A Migration that cannot be served (the state machine or the lock refuses it,
+// no node fits) is acknowledged as Refused, which fails it. It says whether it started a task.
+func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
+		return false, nil
+	}
+	var list v1.MigrationList
+	if err := r.List(ctx, &list, client.InNamespace(inst.Namespace), client.MatchingFields{indexMigrationInstance: inst.Name}); err != nil {
+		return false, err
+	}
+	last := inst.Status.MigrationRequest
+	var next *v1.Migration
+	for i := range list.Items {
+		mig := &list.Items[i]
+		if last != nil && last.UID == string(mig.UID) {
+			if !migrationFinal(mig) && mig.DeletionTimestamp.IsZero() {
+				return false, nil // its outcome is not read yet
+			}
+			continue
+		}
+		if mig.Status.Phase != v1.MigrationPending || !mig.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if next == nil || mig.CreationTimestamp.Before(&next.CreationTimestamp) ||
+			(mig.CreationTimestamp.Equal(&next.CreationTimestamp) && mig.Name < next.Name) {
+			next = mig
+		}
+	}
+	if next == nil {
+		return false, nil
+	}
+	action := migrationActions[next.Spec.Type]
+	ack := &v1.ObjectRequestStatus{Name: next.Name, UID: string(next.UID), SourceNode: inst.Status.NodeName}
+	refusal := r.check(inst, action)
+	switch {
+	case refusal == nil && !supportedActions[action]:
+		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonNotSupported,
+			Message: fmt.Sprintf("%s migrations are not supported by this version of kubenova yet", next.Spec.Type)}
+	case refusal == nil && inst.Spec.Locked && !next.Spec.OverrideLock:
+		// A Migration is not a change of the instance's spec, so the lock policy never saw it.
+		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonLocked,
+			Message: "cannot migrate: the instance is locked; unlock it first, or have an administrator migrate it with spec.overrideLock"}
+	case refusal != nil && refusal.Reason == v1.ReasonTaskInProgress:
+		return false, nil
+	}
+	var move *v1.MigrationTask
+	if refusal == nil {
+		var err error
+		if move, refusal, err = r.planLiveMigration(ctx, inst, next); err != nil {
+			return false, err
+		}
+	}
+	if refusal != nil {
+		ack.Result, ack.Reason, ack.Message = v1.RequestRefused, refusal.Reason, refusal.Message
+		inst.Status.MigrationRequest = ack
+		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "migration %s: %s", next.Name, refusal.Message)
+		return false, nil
+	}
+	r.startTask(inst, action)
+	inst.Status.Task.Migration = move
+	ack.Result, ack.TaskID, ack.TargetNode, ack.BlockMigration = v1.RequestAccepted, inst.Status.Task.ID, move.TargetNode, move.BlockMigration
+	inst.Status.MigrationRequest = ack
+	how := "shared storage: memory only"
+	if move.BlockMigration {
+		how = "block migration: memory and disks"
+	}
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, string(action), "migration %s: live-migrating from %s to %s (%s)",
+		next.Name, move.SourceNode, move.TargetNode, how)
+	return true, nil
+}
+
+// planLiveMigration chooses the target (the requested node, checked by the scheduler's filters
+// as Nova's live migration to a host is, or the scheduler's choice among the other nodes),
+// claims room there, and decides whether the disks move: only memory when both nodes declare
+// shared storage and see the same storage (their storage IDs), memory and disks otherwise.
+func (r *InstanceReconciler) planLiveMigration(ctx context.Context, inst *v1.Instance, mig *v1.Migration) (*v1.MigrationTask, *lifecycle.Refusal, error) {
+	refuse := func(reason, format string, args ...any) (*v1.MigrationTask, *lifecycle.Refusal, error) {
+		return nil, &lifecycle.Refusal{Action: v1.ActionLiveMigrate, Reason: reason, Message: fmt.Sprintf(format, args...)}, nil
+	}
+	source := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: inst.Status.NodeName}, source); apierrors.IsNotFound(err) {
+		return refuse(v1.ReasonNodeDown, "the instance's node %s has no Hypervisor", inst.Status.NodeName)
+	} else if err != nil {
+		return nil, nil, err
+	}
+	if source.Status.State != v1.HypervisorUp {
+		return refuse(v1.ReasonNodeDown, "node %s is down: a live migration needs its agent and hypervisor (evacuate instead once it is fenced)", source.Name)
+	}
+	request := scheduler.Request{
+		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
+		NodeSelector:     inst.Spec.NodeSelector,
+		AvailabilityZone: inst.Spec.AvailabilityZone,
+		Exclude:          []string{inst.Status.NodeName},
+		Host:             mig.Spec.TargetNode,
+	}
+	node, err := r.place(ctx, inst, request)
+	if err != nil {
+		var nvh *scheduler.NoValidHost
+		if errors.As(err, &nvh) {
+			return refuse(v1.ReasonNoValidHost, "%s", nvh.Error())
+		}
+		return nil, nil, err
+	}
+	target := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, target); err != nil {
+		r.Placement.Release(inst.UID)
+		return nil, nil, err
+	}
+	move, refusal := liveMigrationPlan(inst, mig, source, target)
+	if refusal != nil {
+		r.Placement.Release(inst.UID)
+	}
+	return move, refusal, nil
+}
+
+// liveMigrationPlan decides how the instance moves from source to target, or why it cannot.
+func liveMigrationPlan(inst *v1.Instance, mig *v1.Migration, source, target *v1.Hypervisor) (*v1.MigrationTask, *lifecycle.Refusal) {
+	refuse := func(reason, format string, args ...any) (*v1.MigrationTask, *lifecycle.Refusal) {
+		return nil, &lifecycle.Refusal{Action: v1.ActionLiveMigrate, Reason: reason, Message: fmt.Sprintf(format, args...)}
+	}
+	s, t := source.Status, target.Status
+	if t.MigrationURI == "" || t.StorageRoot == "" {
+		return refuse(v1.ReasonNotSupported, "node %s has not reported its migration URI and storage root yet", target.Name)
+	}
+	sameStorage := s.StorageID != "" && s.StorageID == t.StorageID
+	if sameStorage && (!s.StorageShared || !t.StorageShared) {
+		// Two agents on one filesystem that do not say so: moving the disk would overwrite it,
+		// and telling libvirt it is shared would be a guess.
+		return refuse(ReasonStorageMismatch, "nodes %s and %s see the same storage but do not both declare it shared (the agents' --shared-storage)", source.Name, target.Name)
+	}
+	block := !sameStorage
+	switch mig.Spec.BlockMigration {
+	case v1.BlockMigrationEnabled:
+		if sameStorage {
+			return refuse(ReasonStorageMismatch, "nodes %s and %s share their storage: a block migration would copy the disk onto itself; use blockMigration Auto or Disabled", source.Name, target.Name)
+		}
+	case v1.BlockMigrationDisabled:
+		if !sameStorage {
+			return refuse(ReasonStorageMismatch, "nodes %s and %s do not share their storage: only a block migration can move the disk", source.Name, target.Name)
+		}
+	}
+	return &v1.MigrationTask{Name: mig.Name, UID: string(mig.UID), SourceNode: source.Name, TargetNode: target.Name,
+		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot, BlockMigration: block}, nil
+}
+
+// ReasonStorageMismatch says the migration's disk handling does not fit the nodes' storage.
+const ReasonStorageMismatch = "StorageMismatch"
+
+// collectMigration reads the reports of a live migration's two agents. The source's success
+// means the domain has left it: status.nodeName moves to the target, whose agent then checks
+// the guest and finishes the task. A target that could not prepare fails the task. It says
+// whether it finished the task's step itself (the generic collection must not look then).
+func (r *InstanceReconciler) collectMigration(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	task := inst.Status.Task
+	if task == nil || task.Migration == nil || task.Action != v1.ActionLiveMigrate {
+		return false, nil
+	}
+	m := task.Migration
+	if inst.Status.NodeName == m.SourceNode {
+		if !m.Abort {
+			aborted, err := r.migrationWithdrawn(ctx, inst, m)
+			if err != nil {
+				return false, err
+			}
+			if aborted {
+				m.Abort = true
+				r.event(st, inst, corev1.EventTypeWarning, ReasonAborting, string(task.Action), "migration %s was deleted: aborting the move to %s", m.Name, m.TargetNode)
+			}
+		}
+		if tr := inst.Status.TargetReport; tr != nil && tr.NodeName == m.TargetNode && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
+			r.finishTask(inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
+			return true, nil
+		}
+		if rep := inst.Status.AgentReport; rep != nil && rep.NodeName == m.SourceNode && rep.TaskID == task.ID && rep.TaskResult == v1.TaskSucceeded {
+			inst.Status.NodeName = m.TargetNode
+			inst.Status.TargetReport = nil
+			r.event(st, inst, corev1.EventTypeNormal, ReasonMigrating, string(task.Action), "the domain left %s and runs on %s", m.SourceNode, m.TargetNode)
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// ReasonAborting says a move is being aborted.
+const ReasonAborting = "Aborting"
+
+// migrationWithdrawn says whether the Migration a move serves was deleted (or is being).
+func (r *InstanceReconciler) migrationWithdrawn(ctx context.Context, inst *v1.Instance, m *v1.MigrationTask) (bool, error) {
+	mig := &v1.Migration{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: m.Name}, mig)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return string(mig.UID) != m.UID || !mig.DeletionTimestamp.IsZero(), nil
+}
+
+// instanceOfMigration names the instance a Migration moves.
+func instanceOfMigration(_ context.Context, o client.Object) []reconcile.Request {
+	mig := o.(*v1.Migration)
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: mig.Namespace, Name: mig.Spec.InstanceName}}}
+}

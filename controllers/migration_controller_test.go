@@ -1,0 +1,118 @@
+package controllers
+
+import (
+	"context"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+var _ = Describe("Migration controller", Ordered, func() {
+	var inst *v1.Instance
+
+	BeforeAll(func(ctx SpecContext) {
+		ensureNodeA(ctx)
+		inst = createOnNodeA(ctx, "migration")
+		waitForVMState(ctx, inst, v1.VMStateActive)
+	})
+
+	migration := func(name string, spec v1.MigrationSpec) *v1.Migration {
+		return &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: name}, Spec: spec}
+	}
+
+	// expectFailed waits until the migration failed with reason, and checks how it says so.
+	expectFailed := func(ctx context.Context, mig *v1.Migration, reason string) *v1.Migration {
+		got := &v1.Migration{}
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(mig), got)).To(Succeed())
+			g.Expect(got.Status.Phase).To(Equal(v1.MigrationFailed))
+		}).WithContext(ctx).Should(Succeed())
+		Expect(got.Status.Reason).To(Equal(reason), got.Status.Message)
+		Expect(got.Status.Message).NotTo(BeEmpty())
+		Expect(got.Status.CompletionTime).NotTo(BeNil())
+		stalled := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionStalled)
+		Expect(stalled).NotTo(BeNil())
+		Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
+		Expect(stalled.Reason).To(Equal(reason))
+		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeFalse())
+		Eventually(func() []string {
+			_ = k8s.Get(ctx, client.ObjectKeyFromObject(mig), got)
+			return got.Finalizers
+		}).WithContext(ctx).Should(BeEmpty(), "a finished migration holds nothing back")
+		return got
+	}
+
+	// expectUnmoved checks that the instance rests where it was, as it was.
+	expectUnmoved := func(ctx context.Context) {
+		Consistently(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+			g.Expect(got.Status.NodeName).To(Equal("node-a"))
+		}).WithContext(ctx).WithTimeout(500 * time.Millisecond).Should(Succeed())
+	}
+
+	It("refuses a migration of an instance that does not exist", func(ctx SpecContext) {
+		mig := migration("ghost", v1.MigrationSpec{InstanceName: "no-such", Type: v1.MigrationLive})
+		Expect(k8s.Create(ctx, mig)).To(Succeed())
+		expectFailed(ctx, mig, ReasonInstanceNotFound)
+	})
+
+	It("refuses a move to the node the instance is on", func(ctx SpecContext) {
+		mig := migration("stay", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive, TargetNode: "node-a"})
+		Expect(k8s.Create(ctx, mig)).To(Succeed())
+		expectFailed(ctx, mig, ReasonInvalidTarget)
+		expectUnmoved(ctx)
+	})
+
+	It("refuses a second migration of the instance while the first is not over, and fails one that no node fits", func(ctx SpecContext) {
+		first := migration("first", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive})
+		second := migration("second", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive})
+		Expect(k8s.Create(ctx, first)).To(Succeed())
+		Expect(k8s.Create(ctx, second)).To(Succeed())
+		expectFailed(ctx, second, ReasonMigrationInProgress)
+		// Only node-a matches the instance's node selector: nowhere else to go, as Nova says.
+		got := expectFailed(ctx, first, v1.ReasonNoValidHost)
+		Expect(got.Status.Message).To(ContainSubstring("no valid host"))
+		expectUnmoved(ctx)
+		cur, _ := get(ctx, inst)()
+		Expect(cur.Status.MigrationRequest).NotTo(BeNil())
+		Expect(cur.Status.MigrationRequest.Name).To(Equal("first"))
+		Expect(cur.Status.MigrationRequest.Result).To(Equal(v1.RequestRefused))
+	})
+
+	It("refuses a migration of a locked instance unless an administrator overrides the lock", func(ctx SpecContext) {
+		patchInstance(ctx, inst, `{"spec":{"locked":true}}`)
+		mig := migration("locked", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive})
+		Expect(k8s.Create(ctx, mig)).To(Succeed())
+		expectFailed(ctx, mig, v1.ReasonLocked)
+		override := migration("override", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive, OverrideLock: true})
+		Expect(k8s.Create(ctx, override)).To(Succeed())
+		// Past the lock, the scheduler has its say.
+		expectFailed(ctx, override, v1.ReasonNoValidHost)
+		patchInstance(ctx, inst, `{"spec":{"locked":false}}`)
+	})
+
+	It("refuses the kinds of migration this version does not carry out yet", func(ctx SpecContext) {
+		mig := migration("cold", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationCold})
+		Expect(k8s.Create(ctx, mig)).To(Succeed())
+		expectFailed(ctx, mig, v1.ReasonNotSupported)
+		expectUnmoved(ctx)
+	})
+
+	It("lets a finished migration be deleted", func(ctx SpecContext) {
+		mig := migration("stay", v1.MigrationSpec{})
+		Expect(k8s.Delete(ctx, mig)).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(mig), &v1.Migration{}))
+		}).WithContext(ctx).Should(BeTrue())
+	})
+})

@@ -1,0 +1,403 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/kube"
+	"github.com/kubenova/kubenova/internal/scheduler"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// A live migration runs in three places, as Nova's does: the target's agent prepares what the
+// domain needs there (pre_live_migration) and says so in status.targetReport; the source's
+// agent then has its libvirtd migrate the domain straight to the target's
+// (_live_migration_operation) and reports when the domain has left; the manager moves
+// status.nodeName to the target, whose agent checks that the guest runs and reports the
+// migration's figures (post_live_migration_at_destination). Files the move leaves behind on a
+// node that does not share the instance's storage are removed once the instance has gone
+// (cleanUpLeftBehind).
+
+// migrationRun is a live migration this agent's process started: the driver call blocks until
+// the move is over, so it runs beside the reconciles, which look at it.
+type migrationRun struct {
+	taskID  int64
+	started time.Time
+	// deadline is when the move is aborted if it has not ended (timedOut then).
+	deadline time.Time
+	timedOut bool
+	done     bool
+	err      error
+}
+
+// DefaultMigrationTimeoutPerGiB is Nova's live_migration_completion_timeout: how long a live
+// migration may take per GiB it copies (memory, and disk in a block migration) before it is
+// aborted, the guest running on at the source.
+const DefaultMigrationTimeoutPerGiB = 800 * time.Second
+
+// finalError is a task failure that trying again cannot mend (an abort asked for).
+type finalError struct{ error }
+
+func (e finalError) Unwrap() error { return e.error }
+
+// isFinal says whether err ends its task at once, without the usual retries.
+func isFinal(err error) bool {
+	var f finalError
+	return errors.As(err, &f)
+}
+
+// liveMigrate is the source's part of a LiveMigrate task. It is done once the domain has left
+// this node: libvirt undefines the source only when the guest runs on the target.
+func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	m := task.Migration
+	uid := string(inst.UID)
+	report := inst.Status.AgentReport
+	st, err := r.Driver.State(ctx, uid)
+	if err != nil {
+		return false, err
+	}
+	run := r.migrationRunOf(inst.UID, task.ID)
+	if st.Power == v1.PowerStateNoState {
+		if run == nil || run.done {
+			r.dropMigrationRun(inst.UID)
+			return true, nil
+		}
+		return false, nil // the driver call returns in a moment
+	}
+	if m.Abort {
+		if err := r.Driver.AbortMigration(ctx, uid); err != nil {
+			return false, err
+		}
+		if run != nil && !run.done {
+			return false, nil // libvirt ends the job; the call returns
+		}
+		r.dropMigrationRun(inst.UID)
+		return false, finalError{errors.New("aborted: the Migration was deleted; the guest runs on here")}
+	}
+	if run != nil {
+		if !run.done {
+			if time.Now().After(run.deadline) && !run.timedOut {
+				r.markTimedOut(inst.UID)
+				log.FromContext(ctx).Info("the live migration takes too long; aborting", "since", run.started, "deadline", run.deadline)
+				if err := r.Driver.AbortMigration(ctx, uid); err != nil {
+					return false, err
+				}
+			}
+			return false, r.followMigration(ctx, inst, task)
+		}
+		r.dropMigrationRun(inst.UID)
+		if run.timedOut {
+			return false, finalError{fmt.Errorf("aborted after %s, the completion timeout: the guest runs on here", run.deadline.Sub(run.started).Round(time.Second))}
+		}
+		if run.err != nil {
+			return false, run.err
+		}
+		return false, nil // the domain is still listed here; look again
+	}
+	// A migration that an earlier run of this agent started: libvirtd carries it on.
+	if _, inFlight, err := r.Driver.MigrationProgress(ctx, uid); err != nil || inFlight {
+		if err != nil {
+			return false, err
+		}
+		return false, r.followMigration(ctx, inst, task)
+	}
+	if !st.Active() {
+		return false, finalError{fmt.Errorf("the domain is %s (%s), not running: only a running guest migrates live", st.Power, st.Reason)}
+	}
+	if m.BlockMigration && (report.StepTaskID != task.ID || report.RootDiskBytes == 0) {
+		// The target makes an empty disk of the same size for the copy.
+		disk, err := r.Storage.RootDisk(uid)
+		if err != nil {
+			return false, err
+		}
+		size, err := storage.DiskVirtualSize(disk)
+		if err != nil {
+			return false, err
+		}
+		report.RootDiskBytes, report.StepTaskID, report.Step = size, task.ID, ""
+		return false, nil
+	}
+	if tr := inst.Status.TargetReport; tr == nil || tr.NodeName != m.TargetNode || tr.StepTaskID != task.ID || tr.Step != v1.StepPrepared {
+		return false, nil // the target prepares; its report brings us back
+	}
+	r.startMigration(ctx, inst, task)
+	report.Step, report.StepTaskID = v1.StepMigrating, task.ID
+	return false, nil
+}
+
+// followMigration copies the migration's progress into the report.
+func (r *InstanceReconciler) followMigration(ctx context.Context, inst *v1.Instance, task *v1.Task) error {
+	stats, inFlight, err := r.Driver.MigrationProgress(ctx, string(inst.UID))
+	if err != nil || !inFlight {
+		return err
+	}
+	report := inst.Status.AgentReport
+	report.Step, report.StepTaskID = v1.StepMigrating, task.ID
+	report.Migration = &v1.MigrationProgress{ProgressPercent: stats.Percent(),
+		DataTotalBytes: stats.DataTotal, DataRemainingBytes: stats.DataRemaining, TotalMillis: stats.Elapsed.Milliseconds()}
+	return nil
+}
+
+// startMigration has the driver migrate the domain, beside the reconciles.
+func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instance, task *v1.Task) {
+	m := task.Migration
+	target := driver.MigrationTarget{URI: m.TargetURI, SourceRoot: r.Storage.Root, TargetRoot: m.TargetStorageRoot,
+		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS}
+	// The timeout scales with what is copied, as Nova's does.
+	copied := int64(inst.Status.Flavor.MemoryMiB) << 20
+	if m.BlockMigration {
+		copied += inst.Status.AgentReport.RootDiskBytes
+	}
+	gib := max(1, float64(copied)/(1<<30))
+	now := time.Now()
+	run := &migrationRun{taskID: task.ID, started: now, deadline: now.Add(time.Duration(gib * float64(r.migrationTimeoutPerGiB())))}
+	r.mu.Lock()
+	if r.migrations == nil {
+		r.migrations = map[types.UID]*migrationRun{}
+	}
+	r.migrations[inst.UID] = run
+	r.mu.Unlock()
+	logger := log.FromContext(ctx)
+	logger.Info("live-migrating", "target", m.TargetNode, "uri", m.TargetURI, "block", m.BlockMigration)
+	uid := inst.UID
+	go func() {
+		began := time.Now()
+		// The call is the hypervisor's to finish: no reconcile's context may cut it short.
+		err := r.Driver.MigrateLive(context.Background(), string(uid), target)
+		logger.Info("live migration ended", "took", time.Since(began).String(), "error", err)
+		r.mu.Lock()
+		run.done, run.err = true, err
+		r.mu.Unlock()
+	}()
+}
+
+func (r *InstanceReconciler) migrationRunOf(uid types.UID, taskID int64) *migrationRun {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	run, ok := r.migrations[uid]
+	if !ok || run.taskID != taskID {
+		return nil
+	}
+	copied := *run
+	return &copied
+}
+
+func (r *InstanceReconciler) markTimedOut(uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if run, ok := r.migrations[uid]; ok {
+		run.timedOut = true
+	}
+}
+
+func (r *InstanceReconciler) migrationTimeoutPerGiB() time.Duration {
+	if r.MigrationTimeoutPerGiB > 0 {
+		return r.MigrationTimeoutPerGiB
+	}
+	return DefaultMigrationTimeoutPerGiB
+}
+
+func (r *InstanceReconciler) dropMigrationRun(uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.migrations, uid)
+}
+
+// arrive is the target's last part of a LiveMigrate task, once status.nodeName names it: the
+// guest must run here; the report carries the migration's figures from libvirt.
+func (r *InstanceReconciler) arrive(ctx context.Context, inst *v1.Instance) (bool, error) {
+	uid := string(inst.UID)
+	st, err := r.Driver.State(ctx, uid)
+	if err != nil {
+		return false, err
+	}
+	if !st.Active() {
+		return false, fmt.Errorf("the domain is %s on this node after its migration", st.Power)
+	}
+	stats, found, err := r.Driver.ArrivedMigration(ctx, uid)
+	if err != nil {
+		return false, err
+	}
+	if found {
+		inst.Status.AgentReport.Migration = &v1.MigrationProgress{ProgressPercent: 100, DataTotalBytes: stats.DataTotal,
+			DowntimeMillis: stats.Downtime.Milliseconds(), TotalMillis: stats.Elapsed.Milliseconds()}
+	}
+	return true, nil
+}
+
+// reconcileIncoming is the target's first part of a LiveMigrate task, while the instance still
+// lives on its source: make what the domain needs here, and say so in status.targetReport.
+func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Instance) (ctrl.Result, error) {
+	task := inst.Status.Task
+	if task == nil || task.Migration == nil || task.Action != v1.ActionLiveMigrate ||
+		task.Migration.TargetNode != r.NodeName || inst.Status.NodeName == r.NodeName {
+		return ctrl.Result{}, nil
+	}
+	orig := inst.DeepCopy()
+	if tr := inst.Status.TargetReport; tr == nil || tr.NodeName != r.NodeName {
+		inst.Status.TargetReport = &v1.AgentReport{NodeName: r.NodeName}
+	}
+	tr := inst.Status.TargetReport
+	if tr.TaskID == task.ID || (tr.StepTaskID == task.ID && tr.Step == v1.StepPrepared) {
+		return ctrl.Result{}, nil // answered; the source and the manager go on
+	}
+	next := time.Duration(0)
+	ready, err := r.prepareIncoming(ctx, inst, task)
+	switch {
+	case err != nil:
+		if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
+			log.FromContext(ctx).Error(err, "preparing for an incoming migration failed; retrying", "attempt", attempt)
+			return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
+		}
+		tr.TaskID, tr.TaskResult, tr.Message = task.ID, v1.TaskFailed, err.Error()
+		r.forget(inst.UID)
+	case ready:
+		tr.Step, tr.StepTaskID = v1.StepPrepared, task.ID
+		r.forget(inst.UID)
+	default:
+		next = guestPoll
+	}
+	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+		return kube.RetryIfStale(ctrl.Result{}, err)
+	}
+	if kube.Changed(orig, inst) {
+		r.wrote(client.ObjectKeyFromObject(inst), orig.ResourceVersion)
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// prepareIncoming makes the instance's files on the target: nothing but the owner record on
+// storage shared with the source (the disk is there already), an empty disk of the source
+// disk's size for a block migration to copy into, and the config drive, which libvirt does not
+// copy (it is read-only) and which is made here from the spec, as at any first boot on a node.
+// It says whether all is ready; a block migration waits for the source to report its disk's
+// size.
+func (r *InstanceReconciler) prepareIncoming(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	m := task.Migration
+	uid := string(inst.UID)
+	disk, err := r.Storage.RootDisk(uid)
+	if err != nil {
+		return false, err
+	}
+	shared, err := r.sharesStorageWith(ctx, m.SourceNode)
+	if err != nil {
+		return false, err
+	}
+	if m.BlockMigration && shared {
+		// A blank disk here would be written over the disk the guest runs from.
+		return false, finalError{fmt.Errorf("nodes %s and %s share their storage: a block migration would overwrite the disk it copies", m.SourceNode, r.NodeName)}
+	}
+	if !m.BlockMigration {
+		if !shared {
+			return false, finalError{fmt.Errorf("node %s does not share its storage with %s: the guest's disk is not here, so only a block migration can move it", r.NodeName, m.SourceNode)}
+		}
+		if _, err := os.Stat(disk); err != nil {
+			return false, fmt.Errorf("the shared root disk is not visible here: %w", err)
+		}
+		return true, nil
+	}
+	src := inst.Status.AgentReport
+	if src == nil || src.NodeName != m.SourceNode || src.StepTaskID != task.ID || src.RootDiskBytes == 0 {
+		return false, nil // the source reports its disk's size first
+	}
+	if err := r.Storage.WriteOwner(uid, storage.Owner{Namespace: inst.Namespace, Name: inst.Name}); err != nil {
+		return false, err
+	}
+	if err := r.Storage.CreateBlankDisk(ctx, disk, src.RootDiskBytes); err != nil {
+		return false, err
+	}
+	if drive, err := r.Storage.ConfigDrive(uid); err == nil {
+		_ = os.Remove(drive) // made again from the spec, like the first boot's
+	}
+	if _, err := r.configDrive(ctx, inst); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// sharesStorageWith says whether this node's storage root is the same storage as another
+// node's.
+func (r *InstanceReconciler) sharesStorageWith(ctx context.Context, node string) (bool, error) {
+	return sharesStorage(ctx, r.Reader, r.Storage, r.NodeName, node)
+}
+
+// storageInUse says whether this node's storage holds disks the instance needs: it is the
+// storage of the instance's node, or of the target its migration prepares.
+func storageInUse(ctx context.Context, reader client.Reader, own *storage.Node, me string, inst *v1.Instance) (bool, error) {
+	for _, node := range []string{inst.Status.NodeName, scheduler.MigrationTarget(inst)} {
+		shared, err := sharesStorage(ctx, reader, own, me, node)
+		if err != nil || shared {
+			return shared, err
+		}
+	}
+	return false, nil
+}
+
+// sharesStorage says whether the storage of node me is node's too: both Hypervisors report the
+// same storage ID, which lives in the storage itself (storage.Node.StorageID).
+func sharesStorage(ctx context.Context, reader client.Reader, own *storage.Node, me, node string) (bool, error) {
+	if node == "" || node == me {
+		return node == me, nil
+	}
+	mine, err := own.StorageID()
+	if err != nil {
+		return false, err
+	}
+	hv := &v1.Hypervisor{}
+	if err := reader.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return hv.Status.StorageID != "" && hv.Status.StorageID == mine, nil
+}
+
+// cleanUpLeftBehind removes what an instance that no longer concerns this node left in its
+// storage: the disk of a source after a block migration, or the disk a target made for a
+// migration that failed. Only with a live read saying the instance lives on another node (and
+// is no migration's target here), only when no domain of it is here, and never on storage
+// shared with the node it lives on, where these files are its disks.
+func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.NamespacedName, uid types.UID) error {
+	dir, err := r.Storage.InstanceDir(string(uid))
+	if err != nil {
+		return nil
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	inst := &v1.Instance{}
+	if err := r.Reader.Get(ctx, key, inst); err != nil {
+		// A deleted instance's files are its terminate task's, or the orphan cleanup's.
+		return client.IgnoreNotFound(err)
+	}
+	if inst.UID != uid || !r.livesElsewhere(inst) {
+		return nil
+	}
+	inUse, err := storageInUse(ctx, r.Reader, r.Storage, r.NodeName, inst)
+	if err != nil || inUse {
+		return err
+	}
+	st, err := r.Driver.State(ctx, string(uid))
+	if err != nil || st.Power != v1.PowerStateNoState {
+		return err
+	}
+	log.FromContext(ctx).Info("removing the files an instance that moved away left here", "node", inst.Status.NodeName)
+	return r.Storage.DeleteInstanceFiles(string(uid))
+}
+
+// livesElsewhere says whether an instance has nothing to do with this node now: placed on
+// another node (or none) and no migration's target here.
+func (r *InstanceReconciler) livesElsewhere(inst *v1.Instance) bool {
+	return inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName
+}

@@ -1,0 +1,217 @@
+package novacli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/printers"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+func newMigrateCommand(o *options) *cobra.Command {
+	var (
+		wf    waitFlags
+		live  bool
+		block bool
+		node  string
+	)
+	cmd := &cobra.Command{
+		Use:   "migrate NAME [--live [--block-migrate]] [--node NODE]",
+		Short: "Move an instance to another node (nova migrate, nova live-migration)",
+		Long: "migrate creates a Migration of the instance. With --live the guest keeps running while\n" +
+			"it moves: only its memory when the two nodes share storage, its memory and disks with\n" +
+			"--block-migrate (the default chooses from the nodes' storage). Without --node the\n" +
+			"scheduler chooses the target among the other nodes.",
+		Example: `  # Live-migrate web to a node the scheduler chooses, and follow it
+  kubectl nova migrate web --live --wait
+
+  # Live-migrate web to node-3, copying its disk
+  kubectl nova migrate web --live --block-migrate --node node-3`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: o.completeInstanceNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !live {
+				return fmt.Errorf("only live migration (--live) is supported by this version of kubenova yet")
+			}
+			mode := v1.BlockMigrationAuto
+			if cmd.Flags().Changed("block-migrate") {
+				mode = v1.BlockMigrationDisabled
+				if block {
+					mode = v1.BlockMigrationEnabled
+				}
+			}
+			spec := v1.MigrationSpec{InstanceName: args[0], Type: v1.MigrationLive, TargetNode: node, BlockMigration: mode}
+			return o.runMigrate(cmd.Context(), spec, wf)
+		},
+	}
+	cmd.Flags().BoolVar(&live, "live", false, "Move the instance while its guest runs.")
+	cmd.Flags().BoolVar(&block, "block-migrate", false, "Copy the disks too (--block-migrate=false: only memory, the nodes must share storage). Default: decided from the nodes' storage.")
+	cmd.Flags().StringVar(&node, "node", "", "The node to move to; default: the scheduler's choice.")
+	wf.addWithUsage(cmd, "Follow the migration until it succeeds; fail if it fails.", 30*time.Minute)
+	return cmd
+}
+
+func (o *options) runMigrate(ctx context.Context, spec v1.MigrationSpec, wf waitFlags) error {
+	c, key, err := o.instanceKey(spec.InstanceName)
+	if err != nil {
+		return err
+	}
+	// Say so at once when the instance does not exist, rather than leave a failed Migration.
+	if err := c.Get(ctx, key, &v1.Instance{}); err != nil {
+		return err
+	}
+	mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, GenerateName: spec.InstanceName + "-"}, Spec: spec}
+	if err := c.Create(ctx, mig); err != nil {
+		return err
+	}
+	out := o.streams.Out
+	_, _ = fmt.Fprintf(out, "migration.compute.kubenova.io/%s created\n", mig.Name)
+	if !wf.wait {
+		return nil
+	}
+	if err := waitForMigration(ctx, out, mig, func(ctx context.Context) error {
+		return c.Get(ctx, client.ObjectKeyFromObject(mig), mig)
+	}, o.pollInterval, wf.timeout); err != nil {
+		return err
+	}
+	s := mig.Status
+	how := "shared storage"
+	if s.BlockMigration {
+		how = "block migration"
+	}
+	_, _ = fmt.Fprintf(out, "%s runs on %s (from %s, %s): %d ms in all, %d ms of downtime\n",
+		spec.InstanceName, s.TargetNode, s.SourceNode, how, s.TotalMillis, s.DowntimeMillis)
+	return nil
+}
+
+// waitForMigration reads the migration (get fills mig) every interval until it Succeeded (nil)
+// or Failed (the error says why), or timeout passes, printing each new phase and progress.
+func waitForMigration(ctx context.Context, out io.Writer, mig *v1.Migration, get func(context.Context) error, interval, timeout time.Duration) error {
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var shown string
+	for {
+		err := get(waitCtx)
+		switch {
+		case apierrors.IsNotFound(err):
+			return fmt.Errorf("migration %s was deleted while waiting", mig.Name)
+		case err == nil:
+			now := migrationProgressLine(mig)
+			if now != shown {
+				shown = now
+				_, _ = fmt.Fprintln(out, now)
+			}
+			switch mig.Status.Phase {
+			case v1.MigrationSucceeded:
+				return nil
+			case v1.MigrationFailed:
+				return fmt.Errorf("migration %s failed: %s: %s", mig.Name, mig.Status.Reason, mig.Status.Message)
+			}
+		}
+		select {
+		case <-waitCtx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("timed out after %s waiting for migration %s (it is %s)", timeout, mig.Name, orDash(string(mig.Status.Phase)))
+		case <-ticker.C:
+		}
+	}
+}
+
+// migrationProgressLine is what --wait prints of a migration: its phase, and its progress
+// while it copies.
+func migrationProgressLine(mig *v1.Migration) string {
+	line := fmt.Sprintf("%s: %s", mig.Name, orDash(string(mig.Status.Phase)))
+	if mig.Status.Phase == v1.MigrationMigrating {
+		line += fmt.Sprintf(" %d%%", mig.Status.ProgressPercent)
+	}
+	return line
+}
+
+func newMigrationListCommand(o *options) *cobra.Command {
+	var allNamespaces bool
+	var instance string
+	cmd := &cobra.Command{
+		Use:   "migration-list [--instance NAME]",
+		Short: "List migrations (nova migration-list)",
+		Long: "migration-list shows the namespace's Migrations, newest first: the instance, the move's\n" +
+			"type, its phase, source and target, and libvirt's figures.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.runMigrationList(cmd.Context(), allNamespaces, instance)
+		},
+	}
+	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "List the migrations of every namespace.")
+	cmd.Flags().StringVar(&instance, "instance", "", "Only the migrations of this instance.")
+	return cmd
+}
+
+func (o *options) runMigrationList(ctx context.Context, allNamespaces bool, instance string) error {
+	c, err := o.newClient()
+	if err != nil {
+		return err
+	}
+	var opts []client.ListOption
+	if !allNamespaces {
+		ns, err := o.namespace()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, client.InNamespace(ns))
+	}
+	var list v1.MigrationList
+	if err := c.List(ctx, &list, opts...); err != nil {
+		return err
+	}
+	items := list.Items[:0]
+	for _, m := range list.Items {
+		if instance == "" || m.Spec.InstanceName == instance {
+			items = append(items, m)
+		}
+	}
+	return renderMigrationTable(o.streams.Out, items, allNamespaces, o.now())
+}
+
+// renderMigrationTable prints migrations as nova migration-list does, newest first.
+func renderMigrationTable(out io.Writer, items []v1.Migration, allNamespaces bool, now time.Time) error {
+	sort.SliceStable(items, func(i, j int) bool {
+		return items[j].CreationTimestamp.Before(&items[i].CreationTimestamp)
+	})
+	w := printers.GetNewTabWriter(out)
+	header := []string{"NAME", "INSTANCE", "TYPE", "PHASE", "SOURCE", "TARGET", "BLOCK", "PROGRESS", "TOTAL", "DOWNTIME", "AGE"}
+	if allNamespaces {
+		header = append([]string{"NAMESPACE"}, header...)
+	}
+	_, _ = fmt.Fprintln(w, strings.Join(header, "\t"))
+	for i := range items {
+		m := &items[i]
+		s := m.Status
+		row := []string{m.Name, m.Spec.InstanceName, string(m.Spec.Type), orDash(string(s.Phase)), orDash(s.SourceNode), orDash(s.TargetNode),
+			fmt.Sprint(s.BlockMigration), fmt.Sprintf("%d%%", s.ProgressPercent), millis(s.TotalMillis), millis(s.DowntimeMillis),
+			age(m.CreationTimestamp.Time, now)}
+		if allNamespaces {
+			row = append([]string{m.Namespace}, row...)
+		}
+		_, _ = fmt.Fprintln(w, strings.Join(row, "\t"))
+	}
+	return w.Flush()
+}
+
+func millis(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return (time.Duration(ms) * time.Millisecond).String()
+}

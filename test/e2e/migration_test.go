@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// Live migrations between the suite's hosts: host-1 and host-2 share their storage root,
+// host-3 has its own. The test guest prints "alive seq=K" every few seconds from its boot on,
+// so a guest that moved without stopping goes on counting, and never prints a boot line again.
+var _ = Describe("Live migration", Ordered, func() {
+	const name = "wanderer"
+	var inst *v1.Instance
+
+	BeforeAll(func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
+		// Start on host-1, so that the first move is between the two hosts that share storage.
+		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: host-1\n", 1)
+		path := filepath.Join(cluster.WorkDir, name+".yaml")
+		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
+		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		inst = expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(inst.Status.NodeName).To(Equal("host-1"))
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 && c.Last(aliveSeq) >= 1 }, "first boot, counting")
+		// The node selector pinned the launch; the moves below name their targets.
+		patchSpec(ctx, name, `{"spec":{"nodeSelector":null}}`)
+		DeferCleanup(func(ctx SpecContext) {
+			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}, NodeTimeout(2*time.Minute))
+	}, NodeTimeout(3*time.Minute))
+
+	// migrate moves the instance live to target while its guest counts, and checks that it
+	// arrived running the same boot: returns the Migration.
+	migrate := func(ctx context.Context, target string, block bool) *v1.Migration {
+		before := expectInstance(ctx, name, settled(v1.VMStateActive))
+		source := before.Status.NodeName
+		seqBefore := readConsole(before).Last(aliveSeq)
+		start := time.Now()
+		out, err := kubectlNova(ctx, "migrate", name, "--live", "--node", target, "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		took := time.Since(start)
+		Expect(out).To(ContainSubstring("runs on " + target))
+		created := regexp.MustCompile(`migration\.compute\.kubenova\.io/(\S+) created`).FindStringSubmatch(out)
+		Expect(created).To(HaveLen(2), out)
+		migName := created[1]
+
+		mig := &v1.Migration{}
+		Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: migName}, mig)).To(Succeed())
+		Expect(mig.Status.Phase).To(Equal(v1.MigrationSucceeded))
+		Expect(mig.Status.SourceNode).To(Equal(source))
+		Expect(mig.Status.TargetNode).To(Equal(target))
+		Expect(mig.Status.BlockMigration).To(Equal(block))
+		Expect(mig.Status.TotalMillis).To(BeNumerically(">", 0), "libvirt's job statistics")
+		Expect(mig.Status.DowntimeMillis).To(BeNumerically(">", 0))
+		Expect(mig.Status.DowntimeMillis).To(BeNumerically("<", mig.Status.TotalMillis))
+		Expect(mig.Status.ProgressPercent).To(Equal(int32(100)))
+		Expect(mig.Status.StartTime).NotTo(BeNil())
+		Expect(mig.Status.CompletionTime).NotTo(BeNil())
+		Expect(apimeta.IsStatusConditionTrue(mig.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		GinkgoWriter.Printf("FIGURE live migration %s -> %s (block %v): %s from kubectl to Succeeded; libvirt: %d ms total, %d ms downtime\n",
+			source, target, block, took.Round(10*time.Millisecond), mig.Status.TotalMillis, mig.Status.DowntimeMillis)
+
+		after := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal(target))
+		Expect(after.UID).To(Equal(before.UID))
+		Expect(after.Status.TargetReport).To(BeNil())
+		Expect(after.Status.MigrationRequest.Result).To(Equal(v1.RequestSucceeded))
+		// The guest runs on the target, and only there.
+		out, err = host(target).Virsh(ctx, "domstate", string(after.UID))
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(strings.TrimSpace(out)).To(Equal("running"))
+		Eventually(func() (string, error) { return host(source).Virsh(ctx, "list", "--all", "--uuid") }).
+			WithContext(ctx).ShouldNot(ContainSubstring(string(after.UID)), "the domain left the source")
+		// Its counter went on from where it was: it never booted again.
+		expectConsole(ctx, after, func(c console) bool { return c.Last(aliveSeq) > seqBefore }, "counting on the target")
+		c := readConsole(after)
+		if block {
+			Expect(c.Boots()).To(BeZero(), "the target's console log starts after the move: no boot line")
+		} else {
+			Expect(c.Boots()).To(Equal(1), "one boot in the shared console log")
+		}
+		// Both hypervisors count the instance where it is now.
+		Eventually(func(g Gomega) {
+			for _, hv := range []string{source, target} {
+				got := &v1.Hypervisor{}
+				g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Name: hv}, got)).To(Succeed())
+				g.Expect(got.Status.Instances).To(Equal(countOn(ctx, hv)), hv)
+			}
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		return mig
+	}
+
+	It("moves only the memory between hosts that share storage, the guest running on", func(ctx SpecContext) {
+		migrate(ctx, "host-2", false)
+		disk := filepath.Join(host("host-2").StorageRoot, "instances", string(inst.UID), "disk")
+		Expect(disk).To(BeAnExistingFile(), "the one shared disk stays where it was")
+	}, NodeTimeout(5*time.Minute))
+
+	It("copies the disk to a host with its own storage (block migration), and removes the source's copy", func(ctx SpecContext) {
+		migrate(ctx, "host-3", true)
+		Expect(filepath.Join(host("host-3").StorageRoot, "instances", string(inst.UID), "disk")).To(BeAnExistingFile())
+		Eventually(func() string {
+			return filepath.Join(host("host-2").StorageRoot, "instances", string(inst.UID))
+		}).WithContext(ctx).ShouldNot(BeADirectory(), "the source's copy goes once the guest runs on the target")
+	}, NodeTimeout(5*time.Minute))
+
+	It("copies it back to a host of the shared storage", func(ctx SpecContext) {
+		migrate(ctx, "host-1", true)
+		Eventually(func() string {
+			return filepath.Join(host("host-3").StorageRoot, "instances", string(inst.UID))
+		}).WithContext(ctx).ShouldNot(BeADirectory())
+	}, NodeTimeout(5*time.Minute))
+
+	It("refuses a block migration onto the same storage, leaving the guest where it runs", func(ctx SpecContext) {
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", GenerateName: name + "-"},
+			Spec: v1.MigrationSpec{InstanceName: name, Type: v1.MigrationLive, TargetNode: "host-2", BlockMigration: v1.BlockMigrationEnabled}}
+		Expect(cluster.Client.Create(ctx, mig)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), mig)).To(Succeed())
+			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationFailed))
+			g.Expect(mig.Status.Reason).To(Equal("StorageMismatch"))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		cur := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(cur.Status.NodeName).To(Equal("host-1"))
+		out, err := kubectlNova(ctx, "migration-list", "--instance", name)
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(strings.Count(out, "Succeeded")).To(Equal(3), out)
+		Expect(out).To(ContainSubstring("Failed"))
+	}, NodeTimeout(2*time.Minute))
+})
+
+// countOn counts the instances placed on a node, from the instances themselves.
+func countOn(ctx context.Context, node string) int32 {
+	var list v1.InstanceList
+	if err := cluster.Client.List(ctx, &list); err != nil {
+		return -1
+	}
+	n := int32(0)
+	for _, i := range list.Items {
+		if i.Status.NodeName == node {
+			n++
+		}
+	}
+	return n
+}
