@@ -66,7 +66,7 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
-test-e2e: build ## End-to-end: two agents on real libvirt guests; then the manager against a simulated fleet.
+test-e2e: build ## End-to-end: three agents on real libvirt guests (two sharing storage); then the manager against a simulated fleet.
 	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
 	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
@@ -84,6 +84,7 @@ bench-guests: libvirt control-plane test-guest build ## Launch, power and image 
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/power --runs 3 --work-dir $(WORK_DIR)/bench-power
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/storm --guests 20 --spacing 100ms --runs 3 --work-dir $(WORK_DIR)/bench-storm
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/images --runs 3 --work-dir $(WORK_DIR)/bench-images
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/migration --runs 5 --work-dir $(WORK_DIR)/bench-migration
 
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -78,6 +79,9 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.nodeReadiness(ctx, hv); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.allocations(ctx, hv); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -121,6 +125,32 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 	return recheck, nil
 }
 
+// nodeReadiness marks the hypervisor Down, whatever its lease says, while its Node's kubelet
+// reports it not Ready (or has stopped reporting: Unknown): the node lifecycle controller's
+// verdict counts as much as the agent's heartbeat. A Node without a Ready condition (no kubelet
+// reports on it) leaves the lease to decide.
+func (r *HypervisorReconciler) nodeReadiness(ctx context.Context, hv *v1.Hypervisor) error {
+	node := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: hv.Name}, node); apierrors.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type != corev1.NodeReady || c.Status == corev1.ConditionTrue {
+			continue
+		}
+		hv.Status.State = v1.HypervisorDown
+		meta.SetStatusCondition(&hv.Status.Conditions, metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: ReasonNodeNotReady, ObservedGeneration: hv.Generation,
+			Message: fmt.Sprintf("node %s is not Ready (%s: %s)", hv.Name, c.Reason, c.Message)})
+	}
+	return nil
+}
+
+// ReasonNodeNotReady says a hypervisor is down because its Node is not Ready.
+const ReasonNodeNotReady = "NodeNotReady"
+
 // allocations sums the flavors of the instances placed on the hypervisor.
 func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hypervisor) error {
 	var list v1.InstanceList
@@ -158,6 +188,7 @@ func (r *HypervisorReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.GetLabels()[v1.LabelHypervisor]}}}
 		})).
+		Watches(&corev1.Node{}, &handler.EnqueueRequestForObject{}).
 		Watches(&v1.Instance{}, handler.TypedFuncs[client.Object, reconcile.Request]{
 			CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 				allocationChanged(q, nil, e.Object.(*v1.Instance))

@@ -419,6 +419,9 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 	if done, err := r.collectMigration(ctx, inst, st); err != nil || done {
 		return nil, err
 	}
+	if failed, err := r.failTaskOnFencedNode(ctx, inst, st); err != nil || failed {
+		return nil, err
+	}
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
 		followStep(inst)
 		return nil, nil // the agent is still at it; its report brings us back
@@ -550,7 +553,7 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionPause: true, v1.ActionUnpause: true, v1.ActionSuspend: true, v1.ActionResume: true,
 	v1.ActionSnapshot: true, v1.ActionRebuild: true, v1.ActionRescue: true, v1.ActionUnrescue: true,
 	v1.ActionShelve: true, v1.ActionShelveOffload: true, v1.ActionUnshelve: true,
-	v1.ActionLiveMigrate: true,
+	v1.ActionLiveMigrate: true, v1.ActionEvacuate: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may

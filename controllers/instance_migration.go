@@ -70,9 +70,16 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 		return false, nil
 	}
 	var move *v1.MigrationTask
+	var image *v1.AppliedImage
 	if refusal == nil {
 		var err error
-		if move, refusal, err = r.planLiveMigration(ctx, inst, next); err != nil {
+		switch action {
+		case v1.ActionEvacuate:
+			move, image, refusal, err = r.planEvacuation(ctx, inst, next)
+		default:
+			move, refusal, err = r.planLiveMigration(ctx, inst, next)
+		}
+		if err != nil {
 			return false, err
 		}
 	}
@@ -85,13 +92,142 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 	r.startTask(inst, action)
 	inst.Status.Task.Migration = move
 	ack.Result, ack.TaskID, ack.TargetNode, ack.BlockMigration = v1.RequestAccepted, inst.Status.Task.ID, move.TargetNode, move.BlockMigration
+	ack.RebuiltFromImage = move.FromImage
 	inst.Status.MigrationRequest = ack
+	if action == v1.ActionEvacuate {
+		// Nothing runs on the fenced source any more: the target owns the instance from now on.
+		inst.Status.NodeName = move.TargetNode
+		inst.Status.Task.Image = image
+		how := "from its own disk on the shared storage"
+		if move.FromImage {
+			how = fmt.Sprintf("from %s: the source does not share its storage, so the disk's data is lost", image.ImageReference)
+		}
+		r.event(st, inst, corev1.EventTypeWarning, ReasonEvacuating, string(action), "migration %s: evacuating from fenced node %s to %s, rebuilt %s",
+			next.Name, move.SourceNode, move.TargetNode, how)
+		return true, nil
+	}
 	how := "shared storage: memory only"
 	if move.BlockMigration {
 		how = "block migration: memory and disks"
 	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, string(action), "migration %s: live-migrating from %s to %s (%s)",
 		next.Name, move.SourceNode, move.TargetNode, how)
+	return true, nil
+}
+
+// ReasonEvacuating says an instance is rebuilt elsewhere, its node fenced.
+const ReasonEvacuating = "Evacuating"
+
+// ReasonNotFenced says an evacuation waits for its node to be fenced and down.
+const ReasonNotFenced = "NotFenced"
+
+// planEvacuation checks that the instance's node is fenced (Hypervisor.spec.forcedDown, or the
+// node.kubernetes.io/out-of-service taint) and down (its agent's lease lapsed, or its Node not
+// Ready): never while the node may still run the guest. It then chooses the target as a live
+// migration does, and decides how the instance is rebuilt there: from its own disk when the
+// two nodes share storage, from its image otherwise (which must still be Available, the same
+// image the disk was built from).
+func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instance, mig *v1.Migration) (*v1.MigrationTask, *v1.AppliedImage, *lifecycle.Refusal, error) {
+	refuse := func(reason, format string, args ...any) (*v1.MigrationTask, *v1.AppliedImage, *lifecycle.Refusal, error) {
+		return nil, nil, &lifecycle.Refusal{Action: v1.ActionEvacuate, Reason: reason, Message: fmt.Sprintf(format, args...)}, nil
+	}
+	source := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: inst.Status.NodeName}, source); err != nil && !apierrors.IsNotFound(err) {
+		return nil, nil, nil, err
+	}
+	fenced, down, err := r.fencedAndDown(ctx, inst.Status.NodeName)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	switch {
+	case !fenced:
+		return refuse(ReasonNotFenced, "node %s is not fenced: force it down (kubectl nova evacuate --force-down, Hypervisor spec.forcedDown) or taint it node.kubernetes.io/out-of-service once it is powered off", inst.Status.NodeName)
+	case !down:
+		return refuse(ReasonNotFenced, "node %s is fenced but its agent still renews its lease: it may still run the guest", inst.Status.NodeName)
+	}
+	request := scheduler.Request{
+		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
+		NodeSelector:     inst.Spec.NodeSelector,
+		AvailabilityZone: inst.Spec.AvailabilityZone,
+		Exclude:          []string{inst.Status.NodeName},
+		Host:             mig.Spec.TargetNode,
+	}
+	node, err := r.place(ctx, inst, request)
+	if err != nil {
+		var nvh *scheduler.NoValidHost
+		if errors.As(err, &nvh) {
+			return refuse(v1.ReasonNoValidHost, "%s", nvh.Error())
+		}
+		return nil, nil, nil, err
+	}
+	target := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, target); err != nil {
+		r.Placement.Release(inst.UID)
+		return nil, nil, nil, err
+	}
+	s, t := source.Status, target.Status
+	move := &v1.MigrationTask{Name: mig.Name, UID: string(mig.UID), SourceNode: inst.Status.NodeName, TargetNode: node,
+		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot}
+	if s.StorageID != "" && s.StorageID == t.StorageID {
+		return move, nil, nil, nil
+	}
+	move.FromImage = true
+	var image *v1.AppliedImage
+	if applied := inst.Status.Image; applied != nil {
+		img, notReady, err := r.availableImage(ctx, inst.Namespace, applied.ImageReference)
+		if err != nil {
+			r.Placement.Release(inst.UID)
+			return nil, nil, nil, err
+		}
+		if notReady == nil && img.UID == applied.UID {
+			image = img.AppliedImage
+		}
+	}
+	if image == nil {
+		r.Placement.Release(inst.UID)
+		return refuse(v1.ReasonImageNotFound, "node %s does not share its storage with %s, and the image the instance was built from is no longer available to rebuild it from", move.SourceNode, node)
+	}
+	return move, image, nil, nil
+}
+
+// fencedAndDown says whether a node is fenced (forced down, or tainted out-of-service) and
+// whether it is down (its Hypervisor says so, or it has none).
+func (r *InstanceReconciler) fencedAndDown(ctx context.Context, node string) (fenced, down bool, err error) {
+	hv := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
+		down = true
+	} else if err != nil {
+		return false, false, err
+	} else {
+		fenced, down = hv.Spec.ForcedDown, hv.Status.State == v1.HypervisorDown
+	}
+	n := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); err == nil {
+		for _, t := range n.Spec.Taints {
+			if t.Key == corev1.TaintNodeOutOfService {
+				fenced = true
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return false, false, err
+	}
+	return fenced, down, nil
+}
+
+// failTaskOnFencedNode fails the task in flight on a node that is fenced and down: its agent
+// will never answer, and an evacuation waits for the instance to be idle. It says whether it
+// did.
+func (r *InstanceReconciler) failTaskOnFencedNode(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
+	task := inst.Status.Task
+	if task == nil || inst.Status.NodeName == "" || inst.Status.TaskState == v1.TaskStateScheduling || task.Action == v1.ActionTerminate {
+		return false, nil
+	}
+	fenced, down, err := r.fencedAndDown(ctx, inst.Status.NodeName)
+	if err != nil || !fenced || !down {
+		return false, err
+	}
+	r.finishTask(inst, st, false, inst.Status.NodeName,
+		fmt.Sprintf("node %s is fenced and down: the task can never finish there", inst.Status.NodeName))
 	return true, nil
 }
 

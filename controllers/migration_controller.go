@@ -91,8 +91,12 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if mig.Status.Phase != orig.Status.Phase {
 		switch mig.Status.Phase {
 		case v1.MigrationSucceeded:
-			r.event(mig, corev1.EventTypeNormal, out.reason, "instance %s moved from %s to %s in %d ms (downtime %d ms)",
-				mig.Spec.InstanceName, mig.Status.SourceNode, mig.Status.TargetNode, mig.Status.TotalMillis, mig.Status.DowntimeMillis)
+			if mig.Spec.Type == v1.MigrationLive {
+				r.event(mig, corev1.EventTypeNormal, out.reason, "instance %s moved from %s to %s in %d ms (downtime %d ms)",
+					mig.Spec.InstanceName, mig.Status.SourceNode, mig.Status.TargetNode, mig.Status.TotalMillis, mig.Status.DowntimeMillis)
+			} else {
+				r.event(mig, corev1.EventTypeNormal, out.reason, "%s", out.message)
+			}
 		case v1.MigrationFailed:
 			r.event(mig, corev1.EventTypeWarning, out.reason, "%s", out.message)
 		}
@@ -113,6 +117,7 @@ func (r *MigrationReconciler) advance(ctx context.Context, mig *v1.Migration) (m
 		return r.beforeServed(ctx, mig, inst)
 	}
 	mig.Status.SourceNode, mig.Status.TargetNode, mig.Status.BlockMigration = ack.SourceNode, ack.TargetNode, ack.BlockMigration
+	mig.Status.RebuiltFromImage = ack.RebuiltFromImage
 	switch ack.Result {
 	case v1.RequestAccepted:
 		return r.inFlight(mig, inst), nil
@@ -121,8 +126,11 @@ func (r *MigrationReconciler) advance(ctx context.Context, mig *v1.Migration) (m
 			copyFigures(mig, rep.Migration)
 		}
 		mig.Status.Phase, mig.Status.ProgressPercent, mig.Status.DataRemainingBytes = v1.MigrationSucceeded, 100, 0
-		return migrationOutcome{reason: ReasonMigrationSucceeded,
-			message: fmt.Sprintf("instance %s runs on %s", inst.Name, ack.TargetNode)}, nil
+		msg := fmt.Sprintf("instance %s runs on %s", inst.Name, ack.TargetNode)
+		if ack.RebuiltFromImage {
+			msg += ", rebuilt from its image: the data of its old disk was lost"
+		}
+		return migrationOutcome{reason: ReasonMigrationSucceeded, message: msg}, nil
 	default:
 		reason := ack.Reason
 		if reason == "" {
@@ -167,6 +175,13 @@ func (r *MigrationReconciler) inFlight(mig *v1.Migration, inst *v1.Instance) mig
 	}
 	m := task.Migration
 	switch {
+	case task.Action == v1.ActionEvacuate:
+		mig.Status.Phase = v1.MigrationMigrating
+		from := "its own disk on the shared storage"
+		if m.FromImage {
+			from = "its image: the source does not share its storage, so the disk's data is lost"
+		}
+		return migrationOutcome{reason: ReasonMigrating, message: fmt.Sprintf("node %s rebuilds the instance from %s", m.TargetNode, from)}
 	case inst.Status.NodeName == m.TargetNode:
 		mig.Status.Phase = v1.MigrationFinalizing
 		return migrationOutcome{reason: ReasonMigrating, message: fmt.Sprintf("the domain left %s; %s checks that it runs", m.SourceNode, m.TargetNode)}

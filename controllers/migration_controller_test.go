@@ -108,6 +108,14 @@ var _ = Describe("Migration controller", Ordered, func() {
 		expectUnmoved(ctx)
 	})
 
+	It("refuses to evacuate an instance whose node is not fenced", func(ctx SpecContext) {
+		mig := migration("evacuate", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationEvacuate})
+		Expect(k8s.Create(ctx, mig)).To(Succeed())
+		got := expectFailed(ctx, mig, ReasonNotFenced)
+		Expect(got.Status.Message).To(ContainSubstring("node-a is not fenced"))
+		expectUnmoved(ctx)
+	})
+
 	It("lets a finished migration be deleted", func(ctx SpecContext) {
 		mig := migration("stay", v1.MigrationSpec{})
 		Expect(k8s.Delete(ctx, mig)).To(Succeed())

@@ -145,9 +145,17 @@ done
 i=0
 while [ ! -b /dev/vda ] && [ "$i" -lt 50 ]; do usleep 100000; i=$((i + 1)); done
 
-# Boot counter on the boot disk itself, written and synced before the booted line so that it
-# survives a hard power-off; the filesystem is then remounted read-only so that the FAT stays
-# clean whatever happens to the guest afterwards.
+# flush_disk DEV has the disk write out its volatile cache, as a journaling filesystem's commit
+# does: sync(1) alone hands the data to the virtual disk but sends it no flush, and QEMU keeps
+# a qcow2 disk's new allocations in memory until one comes, so a QEMU killed with SIGKILL (a
+# node's power failure) would lose what sync wrote. fsync on the device sends the flush.
+flush_disk() {
+  sync -d "$1" 2>/dev/null || dd if=/dev/null of="$1" conv=notrunc,fsync 2>/dev/null || say "cannot flush $1"
+}
+
+# Boot counter on the boot disk itself, written and flushed before the booted line so that it
+# survives a hard power-off, even a QEMU killed with SIGKILL; the filesystem is then remounted
+# read-only so that the FAT stays clean whatever happens to the guest afterwards.
 count=0
 root_mounted=
 if mount -t vfat -o rw /dev/vda /mnt/root; then
@@ -157,6 +165,7 @@ if mount -t vfat -o rw /dev/vda /mnt/root; then
   count=$((count + 1))
   echo "$count" >/mnt/root/count
   sync
+  flush_disk /dev/vda
   mount -o remount,ro /mnt/root || say "cannot remount /dev/vda read-only"
 else
   say "cannot mount /dev/vda"
@@ -177,6 +186,7 @@ if [ -b /dev/vdb ] && mount -t vfat -o rw /dev/vdb /mnt/vdb 2>/dev/null; then
     say "vdb count=$(head -n1 /mnt/vdb/count)"
     echo "by a rescue system at its boot $count" >/mnt/vdb/rescued
     sync
+    flush_disk /dev/vdb
   fi
   umount /mnt/vdb
 fi

@@ -7,6 +7,11 @@
 #   hack/libvirt-hosts.sh restart-daemon DIR HOST
 #                                        restart one host's libvirtd, leaving its guests running
 #                                        (as a libvirt upgrade on a compute node does)
+#   hack/libvirt-hosts.sh kill-host DIR HOST
+#                                        SIGKILL one host's libvirtd and QEMUs at once, as a
+#                                        power failure of the node would (disks stay)
+#   hack/libvirt-hosts.sh start-host DIR HOST
+#                                        start one host of DIR again (after kill-host)
 #
 # Each host is a libvirtd in its own mount and UTS namespace (unshare -m -u, private mount
 # propagation) whose hostname is the host's name and whose libvirt directories are
@@ -37,7 +42,7 @@ set -euo pipefail
 timeout_s=${LIBVIRT_HOST_TIMEOUT:-60}
 
 usage() {
-  echo "usage: $0 start DIR N | stop DIR | status DIR | restart-daemon DIR HOST" >&2
+  echo "usage: $0 start DIR N | stop DIR | status DIR | restart-daemon DIR HOST | kill-host DIR HOST | start-host DIR HOST" >&2
   exit 2
 }
 log() { echo "libvirt-hosts.sh: $*" >&2; }
@@ -222,6 +227,24 @@ stop_host() { # HOSTDIR
   rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid
 }
 
+kill_host() { # HOSTDIR
+  local hd=$1 pids deadline
+  pids=$(host_pids "$hd")
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086 # one pid per word
+    kill -KILL $pids 2>/dev/null || true
+  fi
+  deadline=$((SECONDS + timeout_s))
+  while [ -n "$(host_pids "$hd")" ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "${hd##*/}: processes still running: $(host_pids "$hd" | tr '\n' ' ')"
+      return 1
+    fi
+    sleep 0.1
+  done
+  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock"
+}
+
 restart_daemon() { # DIR NAME
   local hd=$1/$2 pid qemu="" p exe deadline
   pid=$(head -n1 "$hd/run/libvirtd.pid" 2>/dev/null || true)
@@ -313,6 +336,20 @@ case $cmd in
     dir=$(cd "$2" && pwd)
     [ -d "$dir/$3" ] || { log "no host $3 in $dir"; exit 2; }
     restart_daemon "$dir" "$3"
+    ;;
+  kill-host)
+    [ $# -eq 3 ] || usage
+    dir=$(cd "$2" && pwd)
+    [ -d "$dir/$3" ] || { log "no host $3 in $dir"; exit 2; }
+    kill_host "$dir/$3"
+    ;;
+  start-host)
+    [ $# -eq 3 ] || usage
+    dir=$(cd "$2" && pwd)
+    [ -d "$dir/$3" ] || { log "no host $3 in $dir"; exit 2; }
+    # shellcheck disable=SC2046 # one name per word
+    start_host "$dir" "$3" $(cat "$dir/hosts")
+    wait_answers "$dir/$3"
     ;;
   *) usage ;;
 esac

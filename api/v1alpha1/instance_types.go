@@ -376,7 +376,7 @@ type Task struct {
 	// Unshelve task of an offloaded instance boots from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
-	// Migration is where a LiveMigrate task moves the instance, and how.
+	// Migration is where a LiveMigrate or Evacuate task moves the instance, and how.
 	// +optional
 	Migration *MigrationTask `json:"migration,omitempty"`
 }
@@ -404,6 +404,11 @@ type MigrationTask struct {
 	// Abort asks the source to cancel the migration (its Migration is being deleted).
 	// +optional
 	Abort bool `json:"abort,omitempty"`
+	// FromImage: an evacuation to a node that does not share the source's storage rebuilds the
+	// root disk from status.image (task.image); the old disk's data is lost. Otherwise the
+	// target boots the instance's own disk.
+	// +optional
+	FromImage bool `json:"fromImage,omitempty"`
 }
 
 // MigrationProgress is what the hypervisor says of a migration: while it runs, and once done.
@@ -461,6 +466,10 @@ type ObjectRequestStatus struct {
 	// BlockMigration says whether a served Migration copies the disks.
 	// +optional
 	BlockMigration bool `json:"blockMigration,omitempty"`
+	// RebuiltFromImage says that a served evacuation rebuilds the root disk from the instance's
+	// image, without shared storage: the disk's data is lost.
+	// +optional
+	RebuiltFromImage bool `json:"rebuiltFromImage,omitempty"`
 }
 
 // TaskResult is an agent's outcome of a task.

@@ -97,6 +97,10 @@ type MigrationStatus struct {
 	// BlockMigration says whether the disks are copied (true) or shared by both nodes.
 	// +optional
 	BlockMigration bool `json:"blockMigration,omitempty"`
+	// RebuiltFromImage says that an evacuation rebuilt the root disk from the instance's image,
+	// the source not sharing its storage with the target: the disk's data was lost.
+	// +optional
+	RebuiltFromImage bool `json:"rebuiltFromImage,omitempty"`
 	// ProgressPercent of the data copied.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100

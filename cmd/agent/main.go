@@ -62,6 +62,7 @@ func run() error {
 		storageRoot    = flag.String("storage-root", "/var/lib/kubenova", "directory for the image cache and instance disks")
 		sharedStorage  = flag.Bool("shared-storage", false, "the storage root is on storage other nodes mount at the same path (NFS, CephFS): live migrations between such nodes move only memory, and evacuations keep the disk")
 		migrationWait  = flag.Duration("live-migration-completion-timeout", agent.DefaultMigrationTimeoutPerGiB, "how long a live migration may take per GiB it copies (memory, and disk in a block migration) before it is aborted, the guest running on at the source (Nova's live_migration_completion_timeout)")
+		migrationRate  = flag.Uint64("live-migration-bandwidth", 0, "the most MiB/s an outgoing live migration may use; 0: no cap (Nova's live_migration_bandwidth)")
 		migrationTLS   = flag.Bool("migration-tls", false, "encrypt the data of outgoing live migrations with libvirt's TLS certificates (VIR_MIGRATE_TLS); use with a qemu+tls:// --migration-uri")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
@@ -103,7 +104,7 @@ func run() error {
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
 		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
-		MigrationTimeoutPerGiB: *migrationWait,
+		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate,
 	}
 	ctx := ctrl.SetupSignalHandler()
 

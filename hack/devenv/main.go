@@ -19,19 +19,20 @@ import (
 func main() {
 	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/dev", "where the hosts, disks, kubeconfig and logs go")
 	hosts := flag.Int("hosts", 2, "how many libvirt hosts (compute nodes) to start")
+	shared := flag.Int("shared-storage-hosts", 0, "how many of the hosts (the first ones) share one storage root, as nodes that mount one NFS export do")
 	flag.Parse()
-	if err := run(*workDir, *hosts); err != nil {
+	if err := run(*workDir, *hosts, *shared); err != nil {
 		fmt.Fprintln(os.Stderr, "devenv:", err)
 		os.Exit(1)
 	}
 }
 
-func run(workDir string, hosts int) error {
+func run(workDir string, hosts, shared int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	fmt.Printf("starting kube-apiserver, etcd, %d libvirt hosts with their agents, and the manager in %s\n", hosts, workDir)
-	cluster, err := utils.StartCluster(ctx, workDir, hosts)
+	cluster, err := utils.StartCluster(ctx, workDir, hosts, utils.WithSharedStorage(shared))
 	if err != nil {
 		return err
 	}
@@ -65,7 +66,7 @@ kubenova is up. In another shell:
   export KUBECONFIG=%s
   %s get instances,hypervisors
   %s describe instance demo
-  tail -f %s/hosts/host-*/storage/instances/*/console.log
+  tail -f %s/hosts/*/storage/instances/*/console.log
 
 Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
 `, cluster.Kubeconfig, kubectl, kubectl, workDir, workDir)

@@ -96,6 +96,9 @@ type InstanceReconciler struct {
 	Incoming cache.Cache
 	// MigrationTLS encrypts the data of the live migrations this node sends.
 	MigrationTLS bool
+	// MigrationBandwidthMiBs caps the data rate of the live migrations this node sends, in
+	// MiB/s (Nova's live_migration_bandwidth); 0 is no cap.
+	MigrationBandwidthMiBs uint64
 	// MigrationTimeoutPerGiB bounds a live migration's time per GiB it copies
 	// (DefaultMigrationTimeoutPerGiB when zero).
 	MigrationTimeoutPerGiB time.Duration
@@ -272,6 +275,8 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.rescue(ctx, inst, task)
 	case v1.ActionUnrescue:
 		return true, r.unrescue(ctx, inst, task)
+	case v1.ActionEvacuate:
+		return r.evacuate(ctx, inst, task)
 	case v1.ActionLiveMigrate:
 		if task.Migration == nil {
 			return false, errors.New("the live migration task names no target")

@@ -153,7 +153,7 @@ func (r *InstanceReconciler) followMigration(ctx context.Context, inst *v1.Insta
 func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instance, task *v1.Task) {
 	m := task.Migration
 	target := driver.MigrationTarget{URI: m.TargetURI, SourceRoot: r.Storage.Root, TargetRoot: m.TargetStorageRoot,
-		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS}
+		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS, BandwidthMiBs: r.MigrationBandwidthMiBs}
 	// The timeout scales with what is copied, as Nova's does.
 	copied := int64(inst.Status.Flavor.MemoryMiB) << 20
 	if m.BlockMigration {
@@ -400,4 +400,53 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 // another node (or none) and no migration's target here.
 func (r *InstanceReconciler) livesElsewhere(inst *v1.Instance) bool {
 	return inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName
+}
+
+// evacuate rebuilds the instance on this node after its own node was fenced (Nova's rebuild on
+// another host): from its own disk when this node shares the old node's storage, else from its
+// image on a fresh disk (whatever this node kept of the instance before is older than that
+// image, and goes first, once: the task mark says so). A stopped instance is stopped again, as
+// Nova's evacuate leaves it. QEMU's disk locking refuses to open a shared disk that a QEMU on
+// the old node still writes: a guard beside the fencing.
+func (r *InstanceReconciler) evacuate(ctx context.Context, inst *v1.Instance, task *v1.Task) (bool, error) {
+	m := task.Migration
+	if m == nil {
+		return false, errors.New("the evacuation task names no move")
+	}
+	uid := string(inst.UID)
+	mark, fresh, err := r.taskMark(uid, task.ID)
+	if err != nil {
+		return false, err
+	}
+	if mark.Step != rebuildBooted {
+		if m.FromImage {
+			if fresh {
+				if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
+					return false, err
+				}
+				if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+					return false, err
+				}
+			}
+		} else {
+			disk, err := r.Storage.RootDisk(uid)
+			if err != nil {
+				return false, err
+			}
+			if _, err := os.Stat(disk); err != nil {
+				return false, finalError{fmt.Errorf("the instance's disk is not on this node's storage, which the fenced node %s was said to share: %w", m.SourceNode, err)}
+			}
+		}
+		if err := r.spawn(ctx, inst); err != nil {
+			return false, err
+		}
+		mark.Step = rebuildBooted
+		if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
+			return false, err
+		}
+	}
+	if inst.Status.VMState != v1.VMStateStopped {
+		return true, nil
+	}
+	return r.stop(ctx, inst, task)
 }

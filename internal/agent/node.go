@@ -45,6 +45,8 @@ type Node struct {
 	SharedStorage bool
 	// MigrationTLS encrypts outgoing live migrations' data.
 	MigrationTLS bool
+	// MigrationBandwidthMiBs caps outgoing live migrations' data rate (MiB/s; 0: no cap).
+	MigrationBandwidthMiBs uint64
 	// MigrationTimeoutPerGiB bounds a live migration's time per GiB copied.
 	MigrationTimeoutPerGiB time.Duration
 	AgentVersion           string
@@ -92,7 +94,8 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	}
 	reconciler := &InstanceReconciler{
 		Incoming: incoming, MigrationTLS: n.MigrationTLS, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
+		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
+		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
 		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}

@@ -91,6 +91,8 @@ type MigrationTarget struct {
 	SharedStorage bool
 	// TLS encrypts the migration's data stream with the hypervisors' TLS certificates.
 	TLS bool
+	// BandwidthMiBs caps the migration's data rate in MiB/s; 0 leaves it to the hypervisor.
+	BandwidthMiBs uint64
 }
 
 // MigrationStats is a migration's progress or outcome, as the hypervisor counts it.

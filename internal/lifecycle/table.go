@@ -83,6 +83,8 @@ var table = []Transition{
 		To:    v1.VMStateResized, RunsOnNode: true},
 	{Action: v1.ActionLiveMigrate, From: []v1.VMState{v1.VMStateActive, v1.VMStatePaused},
 		Tasks: []v1.TaskState{v1.TaskStateMigrating}, RunsOnNode: true},
+	// An evacuation is a rebuild elsewhere once the node is fenced and down. A task that was in
+	// flight there is failed first (the manager does so once the node is fenced).
 	{Action: v1.ActionEvacuate, From: []v1.VMState{v1.VMStateActive, v1.VMStateStopped, v1.VMStateError},
 		Tasks: []v1.TaskState{v1.TaskStateRebuilding}, To: v1.VMStateActive, KeepsStopped: true,
 		OnFailure: v1.VMStateError, RunsOnNode: true},

@@ -64,6 +64,8 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	h := &harness{out: &bytes.Buffer{}, errOut: &bytes.Buffer{}}
 	h.opts = newOptions(genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: h.out, ErrOut: h.errOut})
 	c := fake.NewClientBuilder().WithScheme(h.opts.scheme).WithObjects(objs...).
+		// The Instance CRD's selectable field, as the API server serves it.
+		WithIndex(&v1.Instance{}, "status.nodeName", func(o client.Object) []string { return []string{o.(*v1.Instance).Status.NodeName} }).
 		WithInterceptorFuncs(interceptor.Funcs{Patch: h.patch, Get: h.get}).Build()
 	h.opts.newClient = func() (client.Client, error) { return c, nil }
 	h.opts.namespace = func() (string, error) { return "default", nil }

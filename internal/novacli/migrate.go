@@ -215,3 +215,91 @@ func millis(ms int64) string {
 	}
 	return (time.Duration(ms) * time.Millisecond).String()
 }
+
+func newEvacuateCommand(o *options) *cobra.Command {
+	var (
+		wf        waitFlags
+		target    string
+		forceDown bool
+	)
+	cmd := &cobra.Command{
+		Use:   "evacuate NODE [--target NODE] [--force-down]",
+		Short: "Rebuild every instance of a failed node elsewhere (nova host-evacuate)",
+		Long: "evacuate creates one Migration of type Evacuate per instance of NODE, in the instance's\n" +
+			"namespace. The manager carries them out only once NODE is fenced (its Hypervisor forced\n" +
+			"down, or the Node tainted node.kubernetes.io/out-of-service) and down: never while it may\n" +
+			"still run the guests. --force-down fences it first: say so only when NODE is powered off.\n" +
+			"Instances on storage NODE shares with the target keep their disks; the others are rebuilt\n" +
+			"from their images, and their disks' data is lost.",
+		Example: `  # Fence the failed node host-1 and evacuate its instances, following them
+  kubectl nova evacuate host-1 --force-down --wait`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.runEvacuate(cmd.Context(), args[0], target, forceDown, wf)
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "The node to rebuild the instances on; default: the scheduler's choice for each.")
+	cmd.Flags().BoolVar(&forceDown, "force-down", false, "Fence NODE first (Hypervisor spec.forcedDown): the administrator asserts it runs nothing any more.")
+	wf.addWithUsage(cmd, "Follow the evacuations until each has succeeded or failed; fail if any failed.", 30*time.Minute)
+	return cmd
+}
+
+func (o *options) runEvacuate(ctx context.Context, node, target string, forceDown bool, wf waitFlags) error {
+	c, err := o.newClient()
+	if err != nil {
+		return err
+	}
+	out := o.streams.Out
+	hv := &v1.Hypervisor{}
+	if err := c.Get(ctx, client.ObjectKey{Name: node}, hv); err != nil {
+		return err
+	}
+	if forceDown && !hv.Spec.ForcedDown {
+		patch := client.MergeFrom(hv.DeepCopy())
+		hv.Spec.ForcedDown = true
+		if err := c.Patch(ctx, hv, patch); err != nil {
+			return fmt.Errorf("force %s down: %w", node, err)
+		}
+		_, _ = fmt.Fprintf(out, "hypervisor.compute.kubenova.io/%s forced down\n", node)
+	}
+	var list v1.InstanceList
+	if err := c.List(ctx, &list, client.MatchingFields{"status.nodeName": node}); err != nil {
+		return err
+	}
+	var migs []*v1.Migration
+	for i := range list.Items {
+		inst := &list.Items[i]
+		if !inst.DeletionTimestamp.IsZero() {
+			continue
+		}
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, GenerateName: inst.Name + "-evacuate-"},
+			Spec: v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationEvacuate, TargetNode: target}}
+		if err := c.Create(ctx, mig); err != nil {
+			return fmt.Errorf("evacuate %s/%s: %w", inst.Namespace, inst.Name, err)
+		}
+		_, _ = fmt.Fprintf(out, "migration.compute.kubenova.io/%s created (%s/%s)\n", mig.Name, inst.Namespace, inst.Name)
+		migs = append(migs, mig)
+	}
+	if len(migs) == 0 {
+		_, _ = fmt.Fprintf(out, "no instances on %s\n", node)
+		return nil
+	}
+	if !wf.wait {
+		return nil
+	}
+	var failed []string
+	for _, mig := range migs {
+		err := waitForMigration(ctx, out, mig, func(ctx context.Context) error {
+			return c.Get(ctx, client.ObjectKeyFromObject(mig), mig)
+		}, o.pollInterval, wf.timeout)
+		if err != nil {
+			failed = append(failed, err.Error())
+			continue
+		}
+		_, _ = fmt.Fprintf(out, "%s/%s runs on %s\n", mig.Namespace, mig.Spec.InstanceName, mig.Status.TargetNode)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d evacuations failed:\n  %s", len(failed), len(migs), strings.Join(failed, "\n  "))
+	}
+	return nil
+}

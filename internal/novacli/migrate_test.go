@@ -8,6 +8,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -100,5 +101,45 @@ func TestMigrationListShowsNewestFirst(t *testing.T) {
 		if !strings.Contains(lines[2], want) {
 			t.Errorf("row %q lacks %q", lines[2], want)
 		}
+	}
+}
+
+func TestEvacuateFencesTheNodeAndCreatesOneMigrationPerInstance(t *testing.T) {
+	hv := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "host-1"}}
+	elsewhere := sampleInstance("db")
+	elsewhere.Status.NodeName = "host-2"
+	other := sampleInstance("cache")
+	other.Namespace = "team-b"
+	h := newHarness(t, hv, sampleInstance("web"), other, elsewhere)
+	if err := h.run("evacuate", "host-1", "--force-down", "--target", "host-3"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := h.opts.newClient()
+	if err := c.Get(context.Background(), client.ObjectKey{Name: "host-1"}, hv); err != nil {
+		t.Fatal(err)
+	}
+	if !hv.Spec.ForcedDown {
+		t.Error("--force-down left the hypervisor up")
+	}
+	var list v1.MigrationList
+	if err := c.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]v1.MigrationSpec{}
+	for _, m := range list.Items {
+		got[m.Namespace+"/"+m.Spec.InstanceName] = m.Spec
+	}
+	want := map[string]v1.MigrationSpec{
+		"default/web":  {InstanceName: "web", Type: v1.MigrationEvacuate, TargetNode: "host-3"},
+		"team-b/cache": {InstanceName: "cache", Type: v1.MigrationEvacuate, TargetNode: "host-3"},
+	}
+	if len(got) != len(want) || got["default/web"] != want["default/web"] || got["team-b/cache"] != want["team-b/cache"] {
+		t.Errorf("created %v, want %v", got, want)
+	}
+	if !strings.Contains(h.out.String(), "hypervisor.compute.kubenova.io/host-1 forced down") {
+		t.Errorf("printed %q", h.out)
+	}
+	if err := h.run("evacuate", "host-9"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("evacuating a node that does not exist: %v", err)
 	}
 }

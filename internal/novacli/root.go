@@ -95,7 +95,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.AddCommand(newRebootCommand(o), newLockCommand(o), newUnlockCommand(o))
 	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o),
 		newRescueCommand(o), newUnrescueCommand(o))
-	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o))
+	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o), newEvacuateCommand(o))
 	return root
 }
 

@@ -10,6 +10,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -144,7 +145,96 @@ var _ = Describe("Live migration", Ordered, func() {
 		Expect(strings.Count(out, "Succeeded")).To(Equal(3), out)
 		Expect(out).To(ContainSubstring("Failed"))
 	}, NodeTimeout(2*time.Minute))
+
+	// slowSource restarts a node's agent with its migrations capped at 4 MiB/s, so that a move
+	// of the test guest lasts long enough to cut into; the agent runs uncapped again after the
+	// spec.
+	slowSource := func(node string) {
+		h := host(node)
+		Expect(cluster.StopAgent(h)).To(Succeed())
+		Expect(cluster.StartAgent(h, slowMigrations)).To(Succeed())
+		DeferCleanup(func() {
+			if cluster.Process("manager") == nil {
+				Expect(cluster.StartManager()).To(Succeed())
+			}
+			_ = cluster.StopAgent(h)
+			Expect(cluster.StartAgent(h)).To(Succeed())
+		})
+	}
+
+	// startMove creates a live migration to target and waits until its data is on the way.
+	startMove := func(ctx context.Context, target string) *v1.Migration {
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", GenerateName: name + "-"},
+			Spec: v1.MigrationSpec{InstanceName: name, Type: v1.MigrationLive, TargetNode: target}}
+		Expect(cluster.Client.Create(ctx, mig)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), mig)).To(Succeed())
+			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationMigrating))
+			g.Expect(mig.Status.DataTotalBytes).To(BeNumerically(">", 0))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
+		GinkgoWriter.Printf("migration %s under way: %d%% of %d bytes\n", mig.Name, mig.Status.ProgressPercent, mig.Status.DataTotalBytes)
+		return mig
+	}
+
+	// runsOnlyOn checks that the instance's guest runs on node and nowhere else, one QEMU in all.
+	runsOnlyOn := func(ctx context.Context, inst *v1.Instance, node string) {
+		for _, h := range cluster.Hosts {
+			out, err := h.Virsh(ctx, "list", "--all", "--uuid")
+			Expect(err).NotTo(HaveOccurred(), out)
+			if h.Name == node {
+				Expect(out).To(ContainSubstring(string(inst.UID)), h.Name)
+			} else {
+				Expect(out).NotTo(ContainSubstring(string(inst.UID)), h.Name)
+			}
+		}
+		Expect(qemuCount(inst)).To(Equal(1))
+	}
+
+	It("aborts a move whose Migration is deleted in flight: the guest runs on at the source", func(ctx SpecContext) {
+		slowSource("host-1")
+		before := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(before.Status.NodeName).To(Equal("host-1"))
+		seq, boots := readConsole(before).Last(aliveSeq), readConsole(before).Boots()
+		mig := startMove(ctx, "host-2")
+		Expect(cluster.Client.Delete(ctx, mig)).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), &v1.Migration{}))
+		}).WithContext(ctx).WithTimeout(60*time.Second).Should(BeTrue(), "the Migration goes once its move is aborted")
+		after := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal("host-1"))
+		Expect(after.Status.MigrationRequest.Result).To(Equal(v1.RequestFailed))
+		Expect(after.Status.MigrationRequest.Message).To(ContainSubstring("aborted"))
+		Expect(after.Status.Fault).To(BeNil(), "an aborted move is no fault of the instance")
+		Expect(events(ctx, name, "Aborting")).NotTo(BeEmpty())
+		runsOnlyOn(ctx, after, "host-1")
+		expectConsole(ctx, after, func(c console) bool { return c.Last(aliveSeq) > seq }, "counting on at the source")
+		Expect(readConsole(after).Boots()).To(Equal(boots), "never rebooted")
+	}, NodeTimeout(4*time.Minute))
+
+	It("finishes a move whose manager and source agent were killed in the middle, the guest running exactly once", func(ctx SpecContext) {
+		slowSource("host-1")
+		before := expectInstance(ctx, name, settled(v1.VMStateActive))
+		seq, boots := readConsole(before).Last(aliveSeq), readConsole(before).Boots()
+		mig := startMove(ctx, "host-2")
+		Expect(cluster.KillManager()).To(Succeed())
+		Expect(cluster.KillAgent(host("host-1"))).To(Succeed())
+		Expect(cluster.StartManager()).To(Succeed())
+		Expect(cluster.StartAgent(host("host-1"), slowMigrations)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), mig)).To(Succeed())
+			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationSucceeded))
+		}).WithContext(ctx).WithTimeout(3 * time.Minute).Should(Succeed())
+		after := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal("host-2"))
+		runsOnlyOn(ctx, after, "host-2")
+		expectConsole(ctx, after, func(c console) bool { return c.Last(aliveSeq) > seq }, "counting on at the target")
+		Expect(readConsole(after).Boots()).To(Equal(boots), "never rebooted")
+		Consistently(func() int { return qemuCount(after) }).WithContext(ctx).WithTimeout(3 * time.Second).Should(Equal(1))
+	}, NodeTimeout(5*time.Minute))
 })
+
+// slowMigrations caps an agent's outgoing live migrations so that they can be cut into.
+const slowMigrations = "--live-migration-bandwidth=4"
 
 // countOn counts the instances placed on a node, from the instances themselves.
 func countOn(ctx context.Context, node string) int32 {

@@ -42,7 +42,11 @@ var _ = Describe("Shelve", Ordered, func() {
 			Expect(cluster.KillAgent(host(node))).To(Succeed())
 			Expect(cluster.StartAgent(host(node))).To(Succeed())
 		}
-		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) { g.Expect(i.Status.VMState).To(Equal(v1.VMStateShelved)) })
+		// With an offload time of 0 the instance may rest in Shelved only for moments: an agent
+		// that died after its upload finds it done, and the offload follows at once.
+		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) {
+			g.Expect(i.Status.VMState).To(BeElementOf(v1.VMStateShelved, v1.VMStateShelvedOffloaded))
+		})
 		shelved := time.Since(start)
 		off := expectInstance(ctx, name, settled(v1.VMStateShelvedOffloaded))
 		GinkgoWriter.Printf("FIGURE shelve (apply to Shelved): %s; to ShelvedOffloaded: %s\n",

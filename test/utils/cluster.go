@@ -146,6 +146,16 @@ func (c *Cluster) Process(binary string) *os.Process {
 	return nil
 }
 
+// AgentProcess is the running process of one host's agent; nil if none runs.
+func (c *Cluster) AgentProcess(node string) *os.Process {
+	for _, cmd := range c.procs {
+		if filepath.Base(cmd.Path) == "agent" && containsArg(cmd.Args, "--node-name="+node) {
+			return cmd.Process
+		}
+	}
+	return nil
+}
+
 // StopManager ends the manager, as a crash or an upgrade would.
 func (c *Cluster) StopManager() error {
 	return c.stop(func(cmd *exec.Cmd) bool { return filepath.Base(cmd.Path) == "manager" }, "manager")
@@ -244,6 +254,26 @@ func (c *Cluster) RestartLibvirtd(ctx context.Context, h Host) error {
 	out, err := exec.CommandContext(ctx, script, "restart-daemon", filepath.Join(c.WorkDir, "hosts"), h.Name).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("restart libvirtd of %s: %w: %s", h.Name, err, out)
+	}
+	return nil
+}
+
+// KillHost ends one host's libvirtd and QEMUs with SIGKILL, as a power failure of the node
+// would: its guests die, its disks stay. Its agent is the caller's to kill.
+func (c *Cluster) KillHost(ctx context.Context, h Host) error {
+	return c.hostScript(ctx, "kill-host", h)
+}
+
+// StartHost starts one host's libvirtd again after KillHost; its agent is the caller's to start.
+func (c *Cluster) StartHost(ctx context.Context, h Host) error {
+	return c.hostScript(ctx, "start-host", h)
+}
+
+func (c *Cluster) hostScript(ctx context.Context, command string, h Host) error {
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	out, err := exec.CommandContext(ctx, script, command, filepath.Join(c.WorkDir, "hosts"), h.Name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", command, h.Name, err, out)
 	}
 	return nil
 }

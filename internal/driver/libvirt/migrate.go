@@ -33,6 +33,9 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 			return fmt.Errorf("domain %s: %w", uuid, err)
 		}
 		params := &golibvirt.DomainMigrateParameters{}
+		if to.BandwidthMiBs > 0 {
+			params.BandwidthSet, params.Bandwidth = true, to.BandwidthMiBs
+		}
 		if to.SourceRoot != to.TargetRoot {
 			if to.SourceRoot == "" || to.TargetRoot == "" {
 				return errors.New("a migration between storage roots needs both roots")

@@ -65,14 +65,16 @@ func StartOneHost(ctx context.Context, workDir string) (*utils.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := prepare(ctx, cluster, workDir); err != nil {
+	if err := Prepare(ctx, cluster, workDir); err != nil {
 		cluster.Stop()
 		return nil, err
 	}
 	return cluster, nil
 }
 
-func prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error {
+// Prepare applies the sample flavors and test-guest image to a cluster and waits until every
+// host's Hypervisor is up.
+func Prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error {
 	for _, name := range []string{"flavors.yaml", "image.yaml"} {
 		b, err := utils.RenderSample(name)
 		if err != nil {
@@ -87,9 +89,13 @@ func prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error 
 		}
 	}
 	if err := Poll(90*time.Second, func() (bool, error) {
-		hv := &v1.Hypervisor{}
-		err := cluster.Client.Get(ctx, types.NamespacedName{Name: cluster.Hosts[0].Name}, hv)
-		return err == nil && hv.Status.State == v1.HypervisorUp, nil
+		for _, h := range cluster.Hosts {
+			hv := &v1.Hypervisor{}
+			if err := cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv); err != nil || hv.Status.State != v1.HypervisorUp {
+				return false, nil
+			}
+		}
+		return true, nil
 	}); err != nil {
 		return fmt.Errorf("hypervisor up: %w", err)
 	}

@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+// Evacuation after a node failure: the node's agent, libvirtd and QEMUs are killed at once, as
+// a power failure would. host-1 and host-2 share their storage; host-3 has its own.
+var _ = Describe("Evacuation", Ordered, func() {
+	// What the specs leave for the container's end: the specs build on one another.
+	var instances, failed []string
+	AfterAll(func(ctx SpecContext) {
+		for _, node := range failed {
+			restoreNode(ctx, node)
+		}
+		for _, name := range instances {
+			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}
+	}, NodeTimeout(4*time.Minute))
+
+	// launchOn creates an instance on node and waits for its first boot.
+	launchOn := func(ctx context.Context, name, node string) *v1.Instance {
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
+		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: "+node+"\n", 1)
+		path := filepath.Join(cluster.WorkDir, name+".yaml")
+		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
+		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		inst := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(inst.Status.NodeName).To(Equal(node))
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 && c.Last(aliveSeq) >= 1 }, "first boot")
+		// The selector pinned the launch; an evacuation goes where it is told.
+		patchSpec(ctx, name, `{"spec":{"nodeSelector":null}}`)
+		instances = append(instances, name)
+		return inst
+	}
+
+	// failNode kills a node's agent, libvirtd and QEMUs, and waits until its Hypervisor is Down.
+	// The node comes back (unfenced) when the container ends, whatever happened.
+	failNode := func(ctx context.Context, node string) {
+		h := host(node)
+		failed = append(failed, node)
+		Expect(cluster.KillAgent(h)).To(Succeed())
+		Expect(cluster.KillHost(ctx, h)).To(Succeed())
+		Eventually(func(g Gomega) {
+			hv := &v1.Hypervisor{}
+			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: node}, hv)).To(Succeed())
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorDown))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+	}
+
+	evacuation := func(ctx context.Context, inst, target string) *v1.Migration {
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", GenerateName: inst + "-"},
+			Spec: v1.MigrationSpec{InstanceName: inst, Type: v1.MigrationEvacuate, TargetNode: target}}
+		Expect(cluster.Client.Create(ctx, mig)).To(Succeed())
+		return mig
+	}
+
+	expectMigrationPhase := func(ctx context.Context, mig *v1.Migration, phase v1.MigrationPhase) *v1.Migration {
+		Eventually(func(g Gomega) {
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), mig)).To(Succeed())
+			g.Expect(mig.Status.Phase).To(Equal(phase), mig.Status.Message)
+		}).WithContext(ctx).WithTimeout(2 * time.Minute).Should(Succeed())
+		return mig
+	}
+
+	It("refuses to evacuate a node that is not fenced, up or down", func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		inst := launchOn(ctx, "refugee", "host-1")
+		mig := expectMigrationPhase(ctx, evacuation(ctx, "refugee", "host-2"), v1.MigrationFailed)
+		Expect(mig.Status.Reason).To(Equal("NotFenced"))
+
+		failNode(ctx, "host-1")
+		mig = expectMigrationPhase(ctx, evacuation(ctx, "refugee", "host-2"), v1.MigrationFailed)
+		Expect(mig.Status.Reason).To(Equal("NotFenced"))
+		Expect(mig.Status.Message).To(ContainSubstring("not fenced"))
+		cur := expectInstance(ctx, "refugee", func(Gomega, *v1.Instance) {})
+		Expect(cur.Status.NodeName).To(Equal("host-1"), "nothing moves while the node may still run the guest")
+		Expect(cur.UID).To(Equal(inst.UID))
+	}, NodeTimeout(4*time.Minute))
+
+	It("rebuilds the instance from its own disk on a node of the same storage once the node is fenced: its data intact", func(ctx SpecContext) {
+		before := expectInstance(ctx, "refugee", func(Gomega, *v1.Instance) {})
+		start := time.Now()
+		out, err := kubectlNova(ctx, "evacuate", "host-1", "--force-down", "--target", "host-2", "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring("hypervisor.compute.kubenova.io/host-1 forced down"))
+		Expect(out).To(ContainSubstring("default/refugee runs on host-2"))
+		after := expectInstance(ctx, "refugee", settled(v1.VMStateActive))
+		GinkgoWriter.Printf("FIGURE evacuation from fencing to Active (shared storage): %s\n", time.Since(start).Round(10*time.Millisecond))
+		Expect(after.Status.NodeName).To(Equal("host-2"))
+		Expect(after.UID).To(Equal(before.UID))
+		Expect(after.Status.MigrationRequest.RebuiltFromImage).To(BeFalse())
+		// The guest booted again on host-2 from the same disk: its boot counter, kept on that
+		// disk, went on from 1.
+		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == 2 }, "second boot, from the same disk")
+		Expect(qemuCount(after)).To(Equal(1))
+	}, NodeTimeout(4*time.Minute))
+
+	It("destroys, never restarts, the old domain when the failed node comes back, and leaves the shared disk alone", func(ctx SpecContext) {
+		inst := expectInstance(ctx, "refugee", settled(v1.VMStateActive))
+		h := host("host-1")
+		Expect(cluster.StartHost(ctx, h)).To(Succeed())
+		out, err := h.Virsh(ctx, "list", "--all", "--uuid")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring(string(inst.UID)), "the old definition is still there before the agent starts")
+		boots := readConsole(inst).Boots()
+		// The second guard beside the fencing: QEMU's disk locking. Whoever starts the old
+		// definition by hand cannot open the disk the guest on host-2 writes.
+		out, err = h.Virsh(ctx, "start", string(inst.UID))
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring(`Failed to get "write" lock`))
+		Expect(cluster.StartAgent(h)).To(Succeed())
+		Eventually(func() (string, error) { return h.Virsh(ctx, "list", "--all", "--uuid") }).
+			WithContext(ctx).WithTimeout(60*time.Second).ShouldNot(ContainSubstring(string(inst.UID)), "the returning agent removes it")
+		Consistently(func() int { return qemuCount(inst) }).WithContext(ctx).WithTimeout(3 * time.Second).Should(Equal(1))
+		Expect(readConsole(inst).Boots()).To(Equal(boots), "the guest on host-2 did not reboot")
+		Expect(filepath.Join(h.StorageRoot, "instances", string(inst.UID), "disk")).To(BeAnExistingFile(), "the shared disk stays")
+		cur := expectInstance(ctx, "refugee", settled(v1.VMStateActive))
+		Expect(cur.Status.NodeName).To(Equal("host-2"))
+	}, NodeTimeout(3*time.Minute))
+
+	It("rebuilds from the image, saying the disk's data was lost, when the failed node's storage is its own", func(ctx SpecContext) {
+		restoreNode(ctx, "host-1")
+		expectHypervisorsUp(ctx)
+		inst := launchOn(ctx, "castaway", "host-3")
+		failNode(ctx, "host-3")
+		out, err := kubectlNova(ctx, "evacuate", "host-3", "--force-down", "--target", "host-1", "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		after := expectInstance(ctx, "castaway", settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal("host-1"))
+		Expect(after.UID).To(Equal(inst.UID))
+		Expect(after.Status.MigrationRequest.RebuiltFromImage).To(BeTrue())
+		var list v1.MigrationList
+		Expect(cluster.Client.List(ctx, &list, client.InNamespace("default"))).To(Succeed())
+		found := false
+		for _, m := range list.Items {
+			if m.Spec.InstanceName == "castaway" && m.Spec.Type == v1.MigrationEvacuate && m.Status.Phase == v1.MigrationSucceeded {
+				found = true
+				Expect(m.Status.RebuiltFromImage).To(BeTrue())
+				Expect(m.Status.Message).To(ContainSubstring("lost"))
+			}
+		}
+		Expect(found).To(BeTrue())
+		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == 1 }, "a fresh disk from the image: the first boot again")
+	}, NodeTimeout(5*time.Minute))
+})
+
+// restoreNode brings a node killed by an evacuation spec back: its libvirtd and agent run and
+// it is no longer forced down.
+func restoreNode(ctx context.Context, node string) {
+	h := host(node)
+	out, _ := h.Virsh(ctx, "hostname")
+	if strings.TrimSpace(out) != node {
+		Expect(cluster.StartHost(ctx, h)).To(Succeed())
+	}
+	if !agentRuns(node) {
+		Expect(cluster.StartAgent(h)).To(Succeed())
+	}
+	hv := &v1.Hypervisor{}
+	Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: node}, hv)).To(Succeed())
+	if hv.Spec.ForcedDown {
+		patch := client.MergeFrom(hv.DeepCopy())
+		hv.Spec.ForcedDown = false
+		Expect(cluster.Client.Patch(ctx, hv, patch)).To(Succeed())
+	}
+	Eventually(func(g Gomega) {
+		g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: node}, hv)).To(Succeed())
+		g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp), fmt.Sprintf("%s comes back", node))
+	}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
+}
+
+// agentRuns says whether the agent of node runs.
+func agentRuns(node string) bool {
+	return cluster.AgentProcess(node) != nil
+}
