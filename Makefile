@@ -67,7 +67,7 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end: three agents on real libvirt guests (two sharing storage); then the manager against a simulated fleet.
-	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=20m -v -ginkgo.v
+	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=35m -v -ginkgo.v
 	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
 .PHONY: bench

@@ -520,8 +520,8 @@ func (r *InstanceReconciler) syncPowerState(_ context.Context, inst *v1.Instance
 }
 
 // checkPlacement says so when the node an instance runs on no longer matches its spec's node
-// selector or zone: nothing moves a placed instance yet, and a silent ignore would leave the
-// user believing the change took effect.
+// selector or zone: kubenova, like Nova, does not move a placed instance by itself (a move is
+// a Migration), and a silent ignore would leave the user believing the change took effect.
 func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
 	if inst.Status.NodeName == "" || inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
@@ -536,14 +536,17 @@ func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instan
 	request := scheduler.Request{NodeSelector: inst.Spec.NodeSelector, AvailabilityZone: inst.Spec.AvailabilityZone}
 	for _, f := range scheduler.PlacementFilters {
 		if !f.Passes(host, request) {
-			st.refusal = &lifecycle.Refusal{Action: v1.ActionMigrate, Reason: v1.ReasonNotSupported,
-				Message: fmt.Sprintf("node %s no longer matches the spec (%s): moving a placed instance is not supported by this version yet",
-					node.Name, f.Name)}
+			st.refusal = &lifecycle.Refusal{Action: v1.ActionLiveMigrate, Reason: ReasonPlacementMismatch,
+				Message: fmt.Sprintf("node %s no longer matches the spec (%s): kubenova does not move a placed instance by itself; "+
+					"migrate it (kubectl nova migrate %s --live) to a node that does", node.Name, f.Name, inst.Name)}
 			return nil, nil
 		}
 	}
 	return nil, nil
 }
+
+// ReasonPlacementMismatch says an instance's node no longer matches its spec's placement.
+const ReasonPlacementMismatch = "PlacementMismatch"
 
 // supportedActions are the actions the node agent of this version carries out; the rest are
 // refused with NotSupported rather than left waiting.

@@ -69,11 +69,10 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 	}
 	run := r.migrationRunOf(inst.UID, task.ID)
 	if st.Power == v1.PowerStateNoState {
-		if run == nil || run.done {
-			r.dropMigrationRun(inst.UID)
-			return true, nil
-		}
-		return false, nil // the driver call returns in a moment
+		// Gone: libvirt undefines the source only once the guest runs on the target (the
+		// domain event says so before the driver call returns, which no longer matters).
+		r.dropMigrationRun(inst.UID)
+		return true, nil
 	}
 	if m.Abort {
 		if err := r.Driver.AbortMigration(ctx, uid); err != nil {
