@@ -145,26 +145,11 @@ func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instan
 	case !down:
 		return refuse(ReasonNotFenced, "node %s is fenced but its agent still renews its lease: it may still run the guest", inst.Status.NodeName)
 	}
-	request := scheduler.Request{
-		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
-		NodeSelector:     inst.Spec.NodeSelector,
-		AvailabilityZone: inst.Spec.AvailabilityZone,
-		Exclude:          []string{inst.Status.NodeName},
-		Host:             mig.Spec.TargetNode,
+	target, refusal, err := r.chooseTarget(ctx, inst, mig, v1.ActionEvacuate)
+	if err != nil || refusal != nil {
+		return nil, nil, refusal, err
 	}
-	node, err := r.place(ctx, inst, request)
-	if err != nil {
-		var nvh *scheduler.NoValidHost
-		if errors.As(err, &nvh) {
-			return refuse(v1.ReasonNoValidHost, "%s", nvh.Error())
-		}
-		return nil, nil, nil, err
-	}
-	target := &v1.Hypervisor{}
-	if err := r.Get(ctx, types.NamespacedName{Name: node}, target); err != nil {
-		r.Placement.Release(inst.UID)
-		return nil, nil, nil, err
-	}
+	node := target.Name
 	s, t := source.Status, target.Status
 	move := &v1.MigrationTask{Name: mig.Name, UID: string(mig.UID), SourceNode: inst.Status.NodeName, TargetNode: node,
 		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot}
@@ -248,6 +233,21 @@ func (r *InstanceReconciler) planLiveMigration(ctx context.Context, inst *v1.Ins
 	if source.Status.State != v1.HypervisorUp {
 		return refuse(v1.ReasonNodeDown, "node %s is down: a live migration needs its agent and hypervisor (evacuate instead once it is fenced)", source.Name)
 	}
+	target, refusal, err := r.chooseTarget(ctx, inst, mig, v1.ActionLiveMigrate)
+	if err != nil || refusal != nil {
+		return nil, refusal, err
+	}
+	move, refusal := liveMigrationPlan(inst, mig, source, target)
+	if refusal != nil {
+		r.Placement.Release(inst.UID)
+	}
+	return move, refusal, nil
+}
+
+// chooseTarget picks a move's target (the scheduler's filters, with the source excluded, or
+// the requested node as the only candidate, as Nova's moves to a host are checked) and claims
+// room there; the caller releases the claim if it does not start the move after all.
+func (r *InstanceReconciler) chooseTarget(ctx context.Context, inst *v1.Instance, mig *v1.Migration, action v1.Action) (*v1.Hypervisor, *lifecycle.Refusal, error) {
 	request := scheduler.Request{
 		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
 		NodeSelector:     inst.Spec.NodeSelector,
@@ -259,7 +259,7 @@ func (r *InstanceReconciler) planLiveMigration(ctx context.Context, inst *v1.Ins
 	if err != nil {
 		var nvh *scheduler.NoValidHost
 		if errors.As(err, &nvh) {
-			return refuse(v1.ReasonNoValidHost, "%s", nvh.Error())
+			return nil, &lifecycle.Refusal{Action: action, Reason: v1.ReasonNoValidHost, Message: nvh.Error()}, nil
 		}
 		return nil, nil, err
 	}
@@ -268,11 +268,7 @@ func (r *InstanceReconciler) planLiveMigration(ctx context.Context, inst *v1.Ins
 		r.Placement.Release(inst.UID)
 		return nil, nil, err
 	}
-	move, refusal := liveMigrationPlan(inst, mig, source, target)
-	if refusal != nil {
-		r.Placement.Release(inst.UID)
-	}
-	return move, refusal, nil
+	return target, nil, nil
 }
 
 // liveMigrationPlan decides how the instance moves from source to target, or why it cannot.

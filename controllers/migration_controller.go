@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -219,27 +218,14 @@ func (r *MigrationReconciler) failed(mig *v1.Migration, reason, message string) 
 // setConditions: Ready when Succeeded, Stalled when Failed, Reconciling in between; reason and
 // message also in status for kubectl's columns.
 func (r *MigrationReconciler) setConditions(mig *v1.Migration, out migrationOutcome) {
-	gen := mig.Generation
-	mig.Status.ObservedGeneration = gen
+	mig.Status.ObservedGeneration = mig.Generation
 	mig.Status.Reason, mig.Status.Message = out.reason, out.message
-	ready := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: out.reason, Message: out.message, ObservedGeneration: gen}
-	reconciling := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
-	stalled := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
-	switch mig.Status.Phase {
-	case v1.MigrationSucceeded:
-		ready.Status = metav1.ConditionTrue
-	case v1.MigrationFailed:
-		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, out.reason, out.message
-	default:
-		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, out.reason, out.message
-	}
 	if migrationFinal(mig) && mig.Status.CompletionTime == nil {
 		now := metav1.NewTime(r.now())
 		mig.Status.CompletionTime = &now
 	}
-	for _, c := range []metav1.Condition{ready, reconciling, stalled} {
-		meta.SetStatusCondition(&mig.Status.Conditions, c)
-	}
+	setOutcomeConditions(&mig.Status.Conditions, mig.Generation, mig.Status.Phase == v1.MigrationSucceeded,
+		mig.Status.Phase == v1.MigrationFailed, out.reason, out.message)
 }
 
 // reconcileDelete lets a Migration go once no move of its runs: the instance controller sees

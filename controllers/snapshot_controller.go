@@ -245,25 +245,32 @@ func (r *SnapshotReconciler) reader() client.Reader {
 
 // setConditions: Ready when Succeeded, Stalled when Failed, Reconciling in between.
 func (r *SnapshotReconciler) setConditions(snap *v1.Snapshot, out snapshotOutcome) {
-	gen := snap.Generation
-	snap.Status.ObservedGeneration = gen
-	ready := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: out.reason, Message: out.message, ObservedGeneration: gen}
-	reconciling := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
-	stalled := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
-	switch snap.Status.Phase {
-	case v1.SnapshotSucceeded:
-		ready.Status = metav1.ConditionTrue
-	case v1.SnapshotFailed:
-		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, out.reason, out.message
-	default:
-		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, out.reason, out.message
-	}
+	snap.Status.ObservedGeneration = snap.Generation
 	if snapshotFinal(snap) {
 		now := metav1.NewTime(r.now())
 		snap.Status.CompletionTime = &now
 	}
+	setOutcomeConditions(&snap.Status.Conditions, snap.Generation, snap.Status.Phase == v1.SnapshotSucceeded,
+		snap.Status.Phase == v1.SnapshotFailed, out.reason, out.message)
+}
+
+// setOutcomeConditions sets Ready, Reconciling and Stalled, as kstatus reads them, of an object
+// that records one piece of work (a Snapshot, a Migration): Ready once it succeeded, Stalled
+// once it failed, Reconciling in between, each with the reason and message of where it is.
+func setOutcomeConditions(conds *[]metav1.Condition, gen int64, succeeded, failed bool, reason, message string) {
+	ready := metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: reason, Message: message, ObservedGeneration: gen}
+	reconciling := metav1.Condition{Type: v1.ConditionReconciling, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
+	stalled := metav1.Condition{Type: v1.ConditionStalled, Status: metav1.ConditionFalse, Reason: "Idle", ObservedGeneration: gen}
+	switch {
+	case succeeded:
+		ready.Status = metav1.ConditionTrue
+	case failed:
+		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, reason, message
+	default:
+		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, reason, message
+	}
 	for _, c := range []metav1.Condition{ready, reconciling, stalled} {
-		meta.SetStatusCondition(&snap.Status.Conditions, c)
+		meta.SetStatusCondition(conds, c)
 	}
 }
 

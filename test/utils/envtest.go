@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -103,7 +105,40 @@ func StartEnv(opts ...EnvOption) (*Env, error) {
 		_ = env.Stop()
 		return nil, err
 	}
+	if err := admissionKnowsEveryKind(c); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
 	return &Env{Environment: env, Client: c}, nil
+}
+
+// admissionKnowsEveryKind waits until the admission policies' dispatcher maps kubenova's kinds:
+// it learns them from discovery on its own schedule, and until then it answers a write of a
+// kind a policy matches with 503 ("Resource kind ... not found. There can be a delay ...").
+// A dry-run create of each kind the policies match shows when that is over.
+func admissionKnowsEveryKind(c client.Client) error {
+	objects := []client.Object{
+		&v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "admission-probe"},
+			Spec: v1.InstanceSpec{Flavor: "probe", Image: v1.ImageReference{Name: "probe"}}},
+		&v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "admission-probe"},
+			Spec: v1.SnapshotSpec{InstanceName: "probe"}},
+		&v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "admission-probe"},
+			Spec: v1.MigrationSpec{InstanceName: "probe", Type: v1.MigrationLive}},
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, obj := range objects {
+		for {
+			err := c.Create(context.Background(), obj.DeepCopyObject().(client.Object), client.DryRunAll)
+			if !apierrors.IsServiceUnavailable(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the admission policies do not know %T yet: %w", obj, err)
+			}
+			time.Sleep(100 * time.Millisecond) // polling the API server; nothing to wait on instead
+		}
+	}
+	return nil
 }
 
 // servesEveryKind waits until the API server serves each of kubenova's kinds: a CRD that is
