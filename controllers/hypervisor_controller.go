@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,6 +36,11 @@ type HypervisorReconciler struct {
 	Grace time.Duration
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
+	// AutoEvacuateAfter evacuates the instances of a node that has been down this long and is
+	// fenced; 0 leaves evacuation to people (Nova has no automatic evacuation either; tools
+	// such as Masakari add it).
+	AutoEvacuateAfter time.Duration
+	Recorder          events.EventRecorder
 
 	renewalsMu sync.Mutex
 	renewals   map[string]renewal
@@ -66,6 +72,7 @@ func (r *HypervisorReconciler) observeRenewal(node string, renewTime time.Time) 
 
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=migrations,verbs=create
 
 // Reconcile computes state, heartbeat, allocations and the Ready condition of one hypervisor.
 func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -79,14 +86,104 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.nodeReadiness(ctx, hv); err != nil {
-		return ctrl.Result{}, err
-	}
 	if err := r.allocations(ctx, hv); err != nil {
 		return ctrl.Result{}, err
 	}
 	hv.Status.ObservedGeneration = hv.Generation
-	return kube.RetryIfStale(ctrl.Result{RequeueAfter: recheck}, kube.PatchStatus(ctx, r.Client, orig, hv))
+	if err := kube.PatchStatus(ctx, r.Client, orig, hv); err != nil {
+		return kube.RetryIfStale(ctrl.Result{}, err)
+	}
+	wait, err := r.autoEvacuate(ctx, hv)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if wait > 0 && (recheck == 0 || wait < recheck) {
+		recheck = wait
+	}
+	return ctrl.Result{RequeueAfter: recheck}, nil
+}
+
+// LabelAutoEvacuation names, on a Migration the manager made, the failed node it evacuates.
+const LabelAutoEvacuation = "compute.kubenova.io/auto-evacuation"
+
+// ReasonAutoEvacuating says the manager evacuates a failed node by itself.
+const ReasonAutoEvacuating = "AutoEvacuating"
+
+// autoEvacuate creates an Evacuate Migration for each instance of a node that has been down
+// for AutoEvacuateAfter and is fenced, once: an instance that has had an evacuation since the
+// node went down gets no other (a failed one waits for people). It returns when to look again
+// while the node is down but not down long enough.
+func (r *HypervisorReconciler) autoEvacuate(ctx context.Context, hv *v1.Hypervisor) (time.Duration, error) {
+	if r.AutoEvacuateAfter <= 0 || hv.Status.State != v1.HypervisorDown {
+		return 0, nil
+	}
+	ready := meta.FindStatusCondition(hv.Status.Conditions, v1.ConditionReady)
+	if ready == nil || ready.Reason != v1.ReasonHeartbeatLapsed {
+		return 0, nil // up, or only not Ready: its agent may still run its guests
+	}
+	downSince := ready.LastTransitionTime.Time
+	if wait := downSince.Add(r.AutoEvacuateAfter).Sub(r.now()); wait > 0 {
+		return wait, nil
+	}
+	fenced := hv.Spec.ForcedDown
+	node := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: hv.Name}, node); err == nil {
+		fenced = fenced || slices.ContainsFunc(node.Spec.Taints, func(t corev1.Taint) bool { return t.Key == corev1.TaintNodeOutOfService })
+	} else if !apierrors.IsNotFound(err) {
+		return 0, err
+	}
+	if !fenced {
+		return 0, nil // the fencing's change brings us back
+	}
+	var list v1.InstanceList
+	if err := r.List(ctx, &list, client.MatchingFields{indexNode: hv.Name}); err != nil {
+		return 0, err
+	}
+	for i := range list.Items {
+		inst := &list.Items[i]
+		if inst.Status.NodeName != hv.Name || !inst.DeletionTimestamp.IsZero() {
+			continue
+		}
+		evacuated, err := r.evacuatedSince(ctx, inst, downSince)
+		if err != nil || evacuated {
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		// Named after the failure, so that a cache that does not show it yet cannot have a
+		// second one made.
+		name := fmt.Sprintf("%s-evacuate-%d", inst.Name[:min(len(inst.Name), 200)], downSince.Unix())
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: name,
+			Labels: map[string]string{LabelAutoEvacuation: hv.Name}},
+			Spec: v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationEvacuate}}
+		if err := r.Create(ctx, mig); apierrors.IsAlreadyExists(err) {
+			continue
+		} else if err != nil {
+			return 0, err
+		}
+		if r.Recorder != nil {
+			r.Recorder.Eventf(hv, nil, corev1.EventTypeWarning, ReasonAutoEvacuating, "Evacuate",
+				"node %s has been down since %s and is fenced: evacuating instance %s/%s (migration %s)",
+				hv.Name, downSince.UTC().Format(time.RFC3339), inst.Namespace, inst.Name, mig.Name)
+		}
+	}
+	return 0, nil
+}
+
+// evacuatedSince says whether the instance has an Evacuate Migration made after t, or one not
+// over yet.
+func (r *HypervisorReconciler) evacuatedSince(ctx context.Context, inst *v1.Instance, t time.Time) (bool, error) {
+	var migs v1.MigrationList
+	if err := r.List(ctx, &migs, client.InNamespace(inst.Namespace), client.MatchingFields{indexMigrationInstance: inst.Name}); err != nil {
+		return false, err
+	}
+	for _, m := range migs.Items {
+		if m.Spec.Type == v1.MigrationEvacuate && (!m.CreationTimestamp.Time.Before(t) || !migrationFinal(&m)) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // heartbeat sets state Up while the agent's lease is current, Down once it lapsed, and returns
@@ -121,31 +218,37 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 			cond.Message = fmt.Sprintf("the agent of %s has never renewed a lease", hv.Name)
 		}
 	}
+	if hv.Status.State == v1.HypervisorUp {
+		if notReady, err := r.nodeNotReady(ctx, hv.Name); err != nil {
+			return 0, err
+		} else if notReady != "" {
+			hv.Status.State = v1.HypervisorDown
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, ReasonNodeNotReady, notReady
+		}
+	}
 	meta.SetStatusCondition(&hv.Status.Conditions, cond)
 	return recheck, nil
 }
 
-// nodeReadiness marks the hypervisor Down, whatever its lease says, while its Node's kubelet
-// reports it not Ready (or has stopped reporting: Unknown): the node lifecycle controller's
-// verdict counts as much as the agent's heartbeat. A Node without a Ready condition (no kubelet
-// reports on it) leaves the lease to decide.
-func (r *HypervisorReconciler) nodeReadiness(ctx context.Context, hv *v1.Hypervisor) error {
+// nodeNotReady says why the node's kubelet reports it not Ready (or has stopped reporting:
+// Unknown), "" when it does not. A hypervisor whose agent renews its lease is Down all the
+// same then, so that nothing new is placed there: the node lifecycle controller's verdict
+// counts as much as the agent's heartbeat. (Evacuation asks for more: a lapsed lease, see
+// fencedAndDown.) A Node without a Ready condition (no kubelet reports on it) leaves the lease
+// to decide.
+func (r *HypervisorReconciler) nodeNotReady(ctx context.Context, name string) (string, error) {
 	node := &corev1.Node{}
-	if err := r.Get(ctx, types.NamespacedName{Name: hv.Name}, node); apierrors.IsNotFound(err) {
-		return nil
+	if err := r.Get(ctx, types.NamespacedName{Name: name}, node); apierrors.IsNotFound(err) {
+		return "", nil
 	} else if err != nil {
-		return err
+		return "", err
 	}
 	for _, c := range node.Status.Conditions {
-		if c.Type != corev1.NodeReady || c.Status == corev1.ConditionTrue {
-			continue
+		if c.Type == corev1.NodeReady && c.Status != corev1.ConditionTrue {
+			return fmt.Sprintf("the agent renews its lease, but node %s is not Ready (%s: %s)", name, c.Reason, c.Message), nil
 		}
-		hv.Status.State = v1.HypervisorDown
-		meta.SetStatusCondition(&hv.Status.Conditions, metav1.Condition{Type: v1.ConditionReady, Status: metav1.ConditionFalse,
-			Reason: ReasonNodeNotReady, ObservedGeneration: hv.Generation,
-			Message: fmt.Sprintf("node %s is not Ready (%s: %s)", hv.Name, c.Reason, c.Message)})
 	}
-	return nil
+	return "", nil
 }
 
 // ReasonNodeNotReady says a hypervisor is down because its Node is not Ready.

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -156,6 +157,12 @@ func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instan
 	if s.StorageID != "" && s.StorageID == t.StorageID {
 		return move, nil, nil, nil
 	}
+	if (s.StorageID == "" || t.StorageID == "") && t.StorageShared {
+		// A rebuild from the image on storage that may hold the instance's own disk could
+		// destroy the only copy of its data.
+		r.Placement.Release(inst.UID)
+		return refuse(ReasonStorageMismatch, "cannot tell whether %s shares its storage with %s (no storage ID reported)", node, move.SourceNode)
+	}
 	move.FromImage = true
 	var image *v1.AppliedImage
 	if applied := inst.Status.Image; applied != nil {
@@ -176,7 +183,8 @@ func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instan
 }
 
 // fencedAndDown says whether a node is fenced (forced down, or tainted out-of-service) and
-// whether it is down (its Hypervisor says so, or it has none).
+// whether it is down: its agent stopped renewing its lease (a Node that is only not Ready may
+// still run its guests), or it has no Hypervisor.
 func (r *InstanceReconciler) fencedAndDown(ctx context.Context, node string) (fenced, down bool, err error) {
 	hv := &v1.Hypervisor{}
 	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
@@ -184,7 +192,9 @@ func (r *InstanceReconciler) fencedAndDown(ctx context.Context, node string) (fe
 	} else if err != nil {
 		return false, false, err
 	} else {
-		fenced, down = hv.Spec.ForcedDown, hv.Status.State == v1.HypervisorDown
+		ready := meta.FindStatusCondition(hv.Status.Conditions, v1.ConditionReady)
+		fenced = hv.Spec.ForcedDown
+		down = hv.Status.State == v1.HypervisorDown && ready != nil && ready.Reason == v1.ReasonHeartbeatLapsed
 	}
 	n := &corev1.Node{}
 	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); err == nil {
@@ -204,7 +214,9 @@ func (r *InstanceReconciler) fencedAndDown(ctx context.Context, node string) (fe
 // did.
 func (r *InstanceReconciler) failTaskOnFencedNode(ctx context.Context, inst *v1.Instance, st *reconcileState) (bool, error) {
 	task := inst.Status.Task
-	if task == nil || inst.Status.NodeName == "" || inst.Status.TaskState == v1.TaskStateScheduling || task.Action == v1.ActionTerminate {
+	// (A live migration has its own watch over both its nodes: collectMigration.)
+	if task == nil || inst.Status.NodeName == "" || inst.Status.TaskState == v1.TaskStateScheduling ||
+		task.Action == v1.ActionTerminate || task.Action == v1.ActionLiveMigrate {
 		return false, nil
 	}
 	fenced, down, err := r.fencedAndDown(ctx, inst.Status.NodeName)
@@ -325,16 +337,63 @@ func (r *InstanceReconciler) collectMigration(ctx context.Context, inst *v1.Inst
 				r.event(st, inst, corev1.EventTypeWarning, ReasonAborting, string(task.Action), "migration %s was deleted: aborting the move to %s", m.Name, m.TargetNode)
 			}
 		}
-		if tr := inst.Status.TargetReport; tr != nil && tr.NodeName == m.TargetNode && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
+		tr := inst.Status.TargetReport
+		if tr != nil && (tr.NodeName != m.TargetNode || (tr.TaskID != task.ID && tr.StepTaskID != task.ID)) {
+			tr = nil // another node's, or another task's
+		}
+		if tr != nil && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
 			r.finishTask(inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
 			return true, nil
 		}
-		if rep := inst.Status.AgentReport; rep != nil && rep.NodeName == m.SourceNode && rep.TaskID == task.ID && rep.TaskResult == v1.TaskSucceeded {
-			inst.Status.NodeName = m.TargetNode
-			inst.Status.TargetReport = nil
-			r.event(st, inst, corev1.EventTypeNormal, ReasonMigrating, string(task.Action), "the domain left %s and runs on %s", m.SourceNode, m.TargetNode)
+		rep := inst.Status.AgentReport
+		if rep != nil && (rep.NodeName != m.SourceNode || (rep.TaskID != task.ID && rep.StepTaskID != task.ID)) {
+			rep = nil
+		}
+		if rep != nil && rep.TaskID == task.ID && rep.TaskResult == v1.TaskSucceeded {
+			r.moveToTarget(inst, st, "the domain left %s and runs on %s", m.SourceNode, m.TargetNode)
 			return true, nil
 		}
+		return r.watchMoveEnds(ctx, inst, st, tr, rep)
+	}
+	return false, nil
+}
+
+// moveToTarget makes the migration's target the instance's node: its agent finishes the task.
+func (r *InstanceReconciler) moveToTarget(inst *v1.Instance, st *reconcileState, format string, args ...any) {
+	task := inst.Status.Task
+	inst.Status.NodeName = task.Migration.TargetNode
+	inst.Status.TargetReport = nil
+	r.event(st, inst, corev1.EventTypeNormal, ReasonMigrating, string(task.Action), format, args...)
+}
+
+// watchMoveEnds ends a live migration that one of its two nodes can no longer finish. A source
+// that is fenced and down cannot report: if the target says the guest runs there, the move
+// happened, else it failed (libvirt ends an incoming move whose source went away). A target
+// that went down before the move began fails it too; once the move runs, libvirt fails it on
+// the source, which reports so. It says whether it ended the task's step.
+func (r *InstanceReconciler) watchMoveEnds(ctx context.Context, inst *v1.Instance, st *reconcileState, tr, rep *v1.AgentReport) (bool, error) {
+	m := inst.Status.Task.Migration
+	fenced, down, err := r.fencedAndDown(ctx, m.SourceNode)
+	if err != nil {
+		return false, err
+	}
+	if fenced && down {
+		if tr != nil && tr.Step == v1.StepMigrated {
+			r.moveToTarget(inst, st, "node %s went down, but the domain had arrived on %s and runs there", m.SourceNode, m.TargetNode)
+			return true, nil
+		}
+		r.finishTask(inst, st, false, m.SourceNode, fmt.Sprintf("node %s is fenced and down, and the guest never arrived on %s", m.SourceNode, m.TargetNode))
+		return true, nil
+	}
+	if rep != nil && rep.Step == v1.StepMigrating {
+		return false, nil
+	}
+	target := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: m.TargetNode}, target); apierrors.IsNotFound(err) || (err == nil && target.Status.State == v1.HypervisorDown) {
+		r.finishTask(inst, st, false, m.TargetNode, fmt.Sprintf("node %s went down before the move began", m.TargetNode))
+		return true, nil
+	} else if err != nil {
+		return false, err
 	}
 	return false, nil
 }

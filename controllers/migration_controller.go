@@ -139,8 +139,14 @@ func (r *MigrationReconciler) advance(ctx context.Context, mig *v1.Migration) (m
 	}
 }
 
-// beforeServed refuses what can never be served and otherwise waits for the instance.
+// beforeServed refuses what can never be served and otherwise waits for the instance. A
+// Migration found sound once (Pending) is not judged again: the instance controller may be
+// serving it already, which a cache can hide for a moment.
 func (r *MigrationReconciler) beforeServed(ctx context.Context, mig *v1.Migration, inst *v1.Instance) (migrationOutcome, error) {
+	if mig.Status.Phase == v1.MigrationPending {
+		return migrationOutcome{reason: ReasonWaitingForInstance,
+			message: fmt.Sprintf("waiting for instance %s (%s) to start the move", inst.Name, orDefaultState(inst))}, nil
+	}
 	if t := mig.Spec.TargetNode; t != "" && t == inst.Status.NodeName {
 		return r.failed(mig, ReasonInvalidTarget, fmt.Sprintf("instance %s is on node %s already", inst.Name, t)), nil
 	}

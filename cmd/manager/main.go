@@ -40,6 +40,7 @@ func run() error {
 		leaderElect    = flag.Bool("leader-elect", true, "elect a leader so that only one manager schedules and acts; the scheduler's claims are in memory, so never run two managers without it")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases and of the leader Lease")
 		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
+		autoEvacuate   = flag.Duration("auto-evacuate-after", 0, "evacuate the instances of a node once it has been down this long and is fenced (forced down or tainted out-of-service); 0 never does, leaving evacuation to people")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 		probeAddr      = flag.String("health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 		workers        = flag.Int("workers", controllers.DefaultInstanceWorkers, "how many instances the manager reconciles at once; most of a reconcile is waiting for the API server")
@@ -93,6 +94,7 @@ func run() error {
 	}
 	if err := (&controllers.HypervisorReconciler{
 		Client: mgr.GetClient(), LeaseNamespace: *leaseNamespace, Grace: *nodeDownGrace,
+		AutoEvacuateAfter: *autoEvacuate, Recorder: mgr.GetEventRecorder("kubenova-hypervisors"),
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("hypervisor controller: %w", err)
 	}

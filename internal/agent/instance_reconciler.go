@@ -96,6 +96,9 @@ type InstanceReconciler struct {
 	Incoming cache.Cache
 	// MigrationTLS encrypts the data of the live migrations this node sends.
 	MigrationTLS bool
+	// SharedStorage: the node declares its storage root shared with other nodes; files there
+	// are never removed on the strength of storage IDs alone.
+	SharedStorage bool
 	// MigrationBandwidthMiBs caps the data rate of the live migrations this node sends, in
 	// MiB/s (Nova's live_migration_bandwidth); 0 is no cap.
 	MigrationBandwidthMiBs uint64

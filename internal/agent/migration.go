@@ -32,8 +32,7 @@ import (
 // migrationRun is a live migration this agent's process started: the driver call blocks until
 // the move is over, so it runs beside the reconciles, which look at it.
 type migrationRun struct {
-	taskID  int64
-	started time.Time
+	taskID int64
 	// deadline is when the move is aborted if it has not ended (timedOut then).
 	deadline time.Time
 	timedOut bool
@@ -72,6 +71,13 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		// Gone: libvirt undefines the source only once the guest runs on the target (the
 		// domain event says so before the driver call returns, which no longer matters).
 		r.dropMigrationRun(inst.UID)
+		if m.BlockMigration {
+			// The disk this node just handed over: the target runs its own copy, and no other
+			// node ran this one. Deleting again after a restart finds nothing.
+			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
+				return false, err
+			}
+		}
 		return true, nil
 	}
 	if m.Abort {
@@ -81,14 +87,23 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		if run != nil && !run.done {
 			return false, nil // libvirt ends the job; the call returns
 		}
+		// A job an earlier run of this agent started may still be ending, or the move may have
+		// finished before the abort: only a domain still here, with no job, failed to move.
+		if _, inFlight, err := r.Driver.MigrationProgress(ctx, uid); err != nil || inFlight {
+			return false, err
+		}
+		if now, err := r.Driver.State(ctx, uid); err != nil || now.Power == v1.PowerStateNoState {
+			return false, err // gone after all: the next look says so
+		}
 		r.dropMigrationRun(inst.UID)
 		return false, finalError{errors.New("aborted: the Migration was deleted; the guest runs on here")}
 	}
+	deadline := r.migrationDeadline(inst, task)
 	if run != nil {
 		if !run.done {
-			if time.Now().After(run.deadline) && !run.timedOut {
+			if time.Now().After(deadline) && !run.timedOut {
 				r.markTimedOut(inst.UID)
-				log.FromContext(ctx).Info("the live migration takes too long; aborting", "since", run.started, "deadline", run.deadline)
+				log.FromContext(ctx).Info("the live migration takes too long; aborting", "deadline", deadline)
 				if err := r.Driver.AbortMigration(ctx, uid); err != nil {
 					return false, err
 				}
@@ -96,18 +111,24 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 			return false, r.followMigration(ctx, inst, task)
 		}
 		r.dropMigrationRun(inst.UID)
-		if run.timedOut {
-			return false, finalError{fmt.Errorf("aborted after %s, the completion timeout: the guest runs on here", run.deadline.Sub(run.started).Round(time.Second))}
+		switch {
+		case run.err == nil:
+			return false, nil // moved: the domain is about to be gone here; look again
+		case run.timedOut:
+			return false, finalError{fmt.Errorf("aborted at %s, the completion timeout: the guest runs on here", deadline.UTC().Format(time.RFC3339))}
 		}
-		if run.err != nil {
-			return false, run.err
-		}
-		return false, nil // the domain is still listed here; look again
+		return false, run.err
 	}
-	// A migration that an earlier run of this agent started: libvirtd carries it on.
+	// A migration that an earlier run of this agent started: libvirtd carries it on, and the
+	// deadline counts from the task's start.
 	if _, inFlight, err := r.Driver.MigrationProgress(ctx, uid); err != nil || inFlight {
 		if err != nil {
 			return false, err
+		}
+		if time.Now().After(deadline) {
+			if err := r.Driver.AbortMigration(ctx, uid); err != nil {
+				return false, err
+			}
 		}
 		return false, r.followMigration(ctx, inst, task)
 	}
@@ -130,9 +151,24 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 	if tr := inst.Status.TargetReport; tr == nil || tr.NodeName != m.TargetNode || tr.StepTaskID != task.ID || tr.Step != v1.StepPrepared {
 		return false, nil // the target prepares; its report brings us back
 	}
-	r.startMigration(ctx, inst, task)
+	if time.Now().After(deadline) {
+		return false, finalError{fmt.Errorf("the completion timeout passed at %s before the move could begin", deadline.UTC().Format(time.RFC3339))}
+	}
+	r.startMigration(ctx, inst, task, deadline)
 	report.Step, report.StepTaskID = v1.StepMigrating, task.ID
 	return false, nil
+}
+
+// migrationDeadline is when a live migration is aborted if it has not ended: the completion
+// timeout per GiB it copies (memory, and the disk in a block migration), counted from the
+// task's start, as Nova's live_migration_completion_timeout scales.
+func (r *InstanceReconciler) migrationDeadline(inst *v1.Instance, task *v1.Task) time.Time {
+	copied := int64(inst.Status.Flavor.MemoryMiB) << 20
+	if task.Migration.BlockMigration && inst.Status.AgentReport != nil {
+		copied += inst.Status.AgentReport.RootDiskBytes
+	}
+	gib := max(1, float64(copied)/(1<<30))
+	return task.StartedAt.Add(time.Duration(gib * float64(r.migrationTimeoutPerGiB())))
 }
 
 // followMigration copies the migration's progress into the report.
@@ -149,18 +185,11 @@ func (r *InstanceReconciler) followMigration(ctx context.Context, inst *v1.Insta
 }
 
 // startMigration has the driver migrate the domain, beside the reconciles.
-func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instance, task *v1.Task) {
+func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instance, task *v1.Task, deadline time.Time) {
 	m := task.Migration
 	target := driver.MigrationTarget{URI: m.TargetURI, SourceRoot: r.Storage.Root, TargetRoot: m.TargetStorageRoot,
 		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS, BandwidthMiBs: r.MigrationBandwidthMiBs}
-	// The timeout scales with what is copied, as Nova's does.
-	copied := int64(inst.Status.Flavor.MemoryMiB) << 20
-	if m.BlockMigration {
-		copied += inst.Status.AgentReport.RootDiskBytes
-	}
-	gib := max(1, float64(copied)/(1<<30))
-	now := time.Now()
-	run := &migrationRun{taskID: task.ID, started: now, deadline: now.Add(time.Duration(gib * float64(r.migrationTimeoutPerGiB())))}
+	run := &migrationRun{taskID: task.ID, deadline: deadline}
 	r.mu.Lock()
 	if r.migrations == nil {
 		r.migrations = map[types.UID]*migrationRun{}
@@ -168,7 +197,7 @@ func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instan
 	r.migrations[inst.UID] = run
 	r.mu.Unlock()
 	logger := log.FromContext(ctx)
-	logger.Info("live-migrating", "target", m.TargetNode, "uri", m.TargetURI, "block", m.BlockMigration)
+	logger.Info("live-migrating", "target", m.TargetNode, "uri", m.TargetURI, "block", m.BlockMigration, "deadline", deadline)
 	uid := inst.UID
 	go func() {
 		began := time.Now()
@@ -232,7 +261,33 @@ func (r *InstanceReconciler) arrive(ctx context.Context, inst *v1.Instance) (boo
 		inst.Status.AgentReport.Migration = &v1.MigrationProgress{ProgressPercent: 100, DataTotalBytes: stats.DataTotal,
 			DowntimeMillis: stats.Downtime.Milliseconds(), TotalMillis: stats.Elapsed.Milliseconds()}
 	}
+	// The files are the running instance's now, not an incoming move's.
+	if mark, ok, err := r.Storage.ReadTaskMark(uid); err != nil {
+		return false, err
+	} else if ok && mark.Step == incomingStep(r.NodeName) {
+		if err := r.Storage.WriteTaskMark(uid, storage.TaskMark{TaskID: mark.TaskID, RunID: -1, Step: stepArrived}); err != nil {
+			return false, err
+		}
+	}
 	return true, nil
+}
+
+// stepArrived is the target's task mark once an incoming move arrived.
+const stepArrived = "arrived"
+
+// incomingStep is the task mark of files that node made for an incoming move: named, since
+// other nodes may see them on shared storage.
+func incomingStep(node string) string { return "incoming to " + node }
+
+// preparedHere says whether this node made the instance's files for an incoming move that has
+// not arrived (its task mark says so).
+func (r *InstanceReconciler) preparedHere(uid string) bool {
+	return preparedFor(r.Storage, r.NodeName, uid)
+}
+
+func preparedFor(own *storage.Node, node, uid string) bool {
+	mark, ok, err := own.ReadTaskMark(uid)
+	return err == nil && ok && mark.Step == incomingStep(node)
 }
 
 // reconcileIncoming is the target's first part of a LiveMigrate task, while the instance still
@@ -248,8 +303,11 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 		inst.Status.TargetReport = &v1.AgentReport{NodeName: r.NodeName}
 	}
 	tr := inst.Status.TargetReport
-	if tr.TaskID == task.ID || (tr.StepTaskID == task.ID && tr.Step == v1.StepPrepared) {
-		return ctrl.Result{}, nil // answered; the source and the manager go on
+	if tr.TaskID == task.ID || (tr.StepTaskID == task.ID && tr.Step == v1.StepMigrated) {
+		return ctrl.Result{}, nil // answered
+	}
+	if tr.StepTaskID == task.ID && tr.Step == v1.StepPrepared {
+		return r.reportArrival(ctx, orig, inst)
 	}
 	next := time.Duration(0)
 	ready, err := r.prepareIncoming(ctx, inst, task)
@@ -276,6 +334,29 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 	return ctrl.Result{RequeueAfter: next}, nil
 }
 
+// reportArrival says in status.targetReport when the guest runs on this node while its source
+// has not said it left: should the source's node fail right then, the manager still knows
+// where the guest is. It looks every few seconds while the move runs.
+func (r *InstanceReconciler) reportArrival(ctx context.Context, orig, inst *v1.Instance) (ctrl.Result, error) {
+	st, err := r.Driver.State(ctx, string(inst.UID))
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	// An incoming domain is paused until the switch-over; it runs once it arrived.
+	if st.Power != v1.PowerStateRunning {
+		return ctrl.Result{RequeueAfter: arrivalPoll}, nil
+	}
+	inst.Status.TargetReport.Step = v1.StepMigrated
+	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+		return kube.RetryIfStale(ctrl.Result{}, err)
+	}
+	r.wrote(client.ObjectKeyFromObject(inst), orig.ResourceVersion)
+	return ctrl.Result{}, nil
+}
+
+// arrivalPoll is how often a target looks for the guest it prepared for.
+const arrivalPoll = 5 * time.Second
+
 // prepareIncoming makes the instance's files on the target: nothing but the owner record on
 // storage shared with the source (the disk is there already), an empty disk of the source
 // disk's size for a block migration to copy into, and the config drive, which libvirt does not
@@ -289,22 +370,27 @@ func (r *InstanceReconciler) prepareIncoming(ctx context.Context, inst *v1.Insta
 	if err != nil {
 		return false, err
 	}
-	shared, err := r.sharesStorageWith(ctx, m.SourceNode)
+	rel, err := r.storageRelationTo(ctx, m.SourceNode)
 	if err != nil {
 		return false, err
 	}
-	if m.BlockMigration && shared {
-		// A blank disk here would be written over the disk the guest runs from.
-		return false, finalError{fmt.Errorf("nodes %s and %s share their storage: a block migration would overwrite the disk it copies", m.SourceNode, r.NodeName)}
-	}
 	if !m.BlockMigration {
-		if !shared {
-			return false, finalError{fmt.Errorf("node %s does not share its storage with %s: the guest's disk is not here, so only a block migration can move it", r.NodeName, m.SourceNode)}
+		if rel != storageShared {
+			return false, finalError{fmt.Errorf("node %s is not known to share its storage with %s: the guest's disk is not here, so only a block migration can move it", r.NodeName, m.SourceNode)}
 		}
 		if _, err := os.Stat(disk); err != nil {
 			return false, fmt.Errorf("the shared root disk is not visible here: %w", err)
 		}
 		return true, nil
+	}
+	if rel != storageSeparate {
+		// A blank disk here could be written over the disk the guest runs from.
+		return false, finalError{fmt.Errorf("nodes %s and %s may share their storage: a block migration could overwrite the disk it copies", m.SourceNode, r.NodeName)}
+	}
+	if _, err := os.Stat(disk); err == nil && r.SharedStorage && !r.preparedHere(uid) {
+		// On shared storage a disk at this path may be some node's live disk, whatever the
+		// storage IDs say; unless this node made it for an earlier move that did not happen.
+		return false, finalError{fmt.Errorf("a disk exists at %s on this node's shared storage: it may be in use, so the block migration does not replace it", disk)}
 	}
 	src := inst.Status.AgentReport
 	if src == nil || src.NodeName != m.SourceNode || src.StepTaskID != task.ID || src.RootDiskBytes == 0 {
@@ -316,6 +402,10 @@ func (r *InstanceReconciler) prepareIncoming(ctx context.Context, inst *v1.Insta
 	if err := r.Storage.CreateBlankDisk(ctx, disk, src.RootDiskBytes); err != nil {
 		return false, err
 	}
+	// Recorded so that this node knows these files for its own should the move not happen.
+	if err := r.Storage.WriteTaskMark(uid, storage.TaskMark{TaskID: task.ID, RunID: -1, Step: incomingStep(r.NodeName)}); err != nil {
+		return false, err
+	}
 	if drive, err := r.Storage.ConfigDrive(uid); err == nil {
 		_ = os.Remove(drive) // made again from the spec, like the first boot's
 	}
@@ -325,48 +415,75 @@ func (r *InstanceReconciler) prepareIncoming(ctx context.Context, inst *v1.Insta
 	return true, nil
 }
 
-// sharesStorageWith says whether this node's storage root is the same storage as another
-// node's.
-func (r *InstanceReconciler) sharesStorageWith(ctx context.Context, node string) (bool, error) {
-	return sharesStorage(ctx, r.Reader, r.Storage, r.NodeName, node)
+// storageRelation is what an agent can tell of another node's storage beside its own.
+type storageRelation int
+
+const (
+	// storageUnknown: no Hypervisor, or no storage ID on one side: it may be the same storage.
+	storageUnknown storageRelation = iota
+	// storageShared: both report the same storage ID (the node itself, too).
+	storageShared
+	// storageSeparate: both report storage IDs, and they differ.
+	storageSeparate
+)
+
+// storageRelationTo compares this node's storage with node's, from the storage IDs both
+// report (storage.Node.StorageID, written into the storage itself). An instance placed nowhere
+// ("") holds no node's storage.
+func (r *InstanceReconciler) storageRelationTo(ctx context.Context, node string) (storageRelation, error) {
+	return compareStorage(ctx, r.Reader, r.Storage, r.NodeName, node)
 }
 
-// storageInUse says whether this node's storage holds disks the instance needs: it is the
-// storage of the instance's node, or of the target its migration prepares.
-func storageInUse(ctx context.Context, reader client.Reader, own *storage.Node, me string, inst *v1.Instance) (bool, error) {
-	for _, node := range []string{inst.Status.NodeName, scheduler.MigrationTarget(inst)} {
-		shared, err := sharesStorage(ctx, reader, own, me, node)
-		if err != nil || shared {
-			return shared, err
-		}
-	}
-	return false, nil
-}
-
-// sharesStorage says whether the storage of node me is node's too: both Hypervisors report the
-// same storage ID, which lives in the storage itself (storage.Node.StorageID).
-func sharesStorage(ctx context.Context, reader client.Reader, own *storage.Node, me, node string) (bool, error) {
-	if node == "" || node == me {
-		return node == me, nil
+func compareStorage(ctx context.Context, reader client.Reader, own *storage.Node, me, node string) (storageRelation, error) {
+	switch node {
+	case "":
+		return storageSeparate, nil
+	case me:
+		return storageShared, nil
 	}
 	mine, err := own.StorageID()
 	if err != nil {
-		return false, err
+		return storageUnknown, err
 	}
 	hv := &v1.Hypervisor{}
 	if err := reader.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
-		return false, nil
+		return storageUnknown, nil
 	} else if err != nil {
-		return false, err
+		return storageUnknown, err
 	}
-	return hv.Status.StorageID != "" && hv.Status.StorageID == mine, nil
+	switch {
+	case mine == "" || hv.Status.StorageID == "":
+		return storageUnknown, nil
+	case hv.Status.StorageID == mine:
+		return storageShared, nil
+	}
+	return storageSeparate, nil
+}
+
+// mayRemoveMovedFiles says whether this node may remove the files an instance that lives
+// elsewhere left in its storage: only from storage it declares its own (not --shared-storage),
+// which no node the instance involves (its node, its migration's target) is known to share.
+// Files left on shared storage stay: there, a storage ID read while an export was not mounted
+// could make a live disk look like a leftover, and a leftover costs only space.
+func mayRemoveMovedFiles(ctx context.Context, reader client.Reader, own *storage.Node, me string, sharedStorage bool, inst *v1.Instance) (bool, error) {
+	if sharedStorage {
+		return false, nil
+	}
+	for _, node := range []string{inst.Status.NodeName, scheduler.MigrationTarget(inst)} {
+		rel, err := compareStorage(ctx, reader, own, me, node)
+		if err != nil || rel != storageSeparate {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // cleanUpLeftBehind removes what an instance that no longer concerns this node left in its
 // storage: the disk of a source after a block migration, or the disk a target made for a
 // migration that failed. Only with a live read saying the instance lives on another node (and
-// is no migration's target here), only when no domain of it is here, and never on storage
-// shared with the node it lives on, where these files are its disks.
+// is no migration's target here), only when no domain of it is here, and only from storage
+// this node does not share (mayRemoveMovedFiles) or that it made itself for a move that did
+// not arrive (preparedHere).
 func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.NamespacedName, uid types.UID) error {
 	dir, err := r.Storage.InstanceDir(string(uid))
 	if err != nil {
@@ -383,8 +500,8 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 	if inst.UID != uid || !r.livesElsewhere(inst) {
 		return nil
 	}
-	inUse, err := storageInUse(ctx, r.Reader, r.Storage, r.NodeName, inst)
-	if err != nil || inUse {
+	may, err := mayRemoveMovedFiles(ctx, r.Reader, r.Storage, r.NodeName, r.SharedStorage, inst)
+	if err != nil || (!may && !r.preparedHere(string(uid))) {
 		return err
 	}
 	st, err := r.Driver.State(ctx, string(uid))
@@ -420,7 +537,7 @@ func (r *InstanceReconciler) evacuate(ctx context.Context, inst *v1.Instance, ta
 	if mark.Step != rebuildBooted {
 		if m.FromImage {
 			if fresh {
-				if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
+				if err := r.setAsideOldFiles(ctx, uid, m.SourceNode, task.ID); err != nil {
 					return false, err
 				}
 				if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
@@ -448,4 +565,29 @@ func (r *InstanceReconciler) evacuate(ctx context.Context, inst *v1.Instance, ta
 		return true, nil
 	}
 	return r.stop(ctx, inst, task)
+}
+
+// setAsideOldFiles clears the way for an evacuation's fresh disk: whatever this node kept of
+// the instance is older than the image. It is deleted only from storage this node does not
+// share and does not share with the fenced node; elsewhere it is renamed aside
+// (instances/<uid>.replaced-<task>), for people to look at: it may be the disk the old node ran.
+func (r *InstanceReconciler) setAsideOldFiles(ctx context.Context, uid, source string, taskID int64) error {
+	dir, err := r.Storage.InstanceDir(uid)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	rel, err := r.storageRelationTo(ctx, source)
+	if err != nil {
+		return err
+	}
+	if rel == storageShared {
+		return finalError{fmt.Errorf("this node shares its storage with %s: the evacuation was to boot the instance's own disk", source)}
+	}
+	if rel == storageSeparate && !r.SharedStorage {
+		return r.Storage.DeleteInstanceFiles(uid)
+	}
+	return os.Rename(dir, fmt.Sprintf("%s.replaced-%d", dir, taskID))
 }

@@ -93,7 +93,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		return nil, err
 	}
 	reconciler := &InstanceReconciler{
-		Incoming: incoming, MigrationTLS: n.MigrationTLS, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
+		Incoming: incoming, MigrationTLS: n.MigrationTLS, SharedStorage: n.SharedStorage, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,

@@ -247,9 +247,9 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			continue
 		}
 		if inst != nil && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName {
-			// Left by a move: removed unless this storage is the one of the instance's node
-			// or of its migration's target.
-			if inUse, err := storageInUse(ctx, r.Reader, r.Storage, r.NodeName, inst); err != nil || inUse {
+			// Left by a move: removed only from storage this node does not share, or made
+			// here for a move that did not arrive.
+			if may, err := mayRemoveMovedFiles(ctx, r.Reader, r.Storage, r.NodeName, r.SharedStorage, inst); err != nil || (!may && !preparedFor(r.Storage, r.NodeName, uid)) {
 				if err != nil {
 					return err
 				}

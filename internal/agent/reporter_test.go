@@ -98,3 +98,56 @@ func testCleanupOrphans(t *testing.T, owners bool) {
 		}
 	}
 }
+
+// TestMovedFilesAreRemovedOnlyWhenSafe: the files an instance that lives elsewhere left here go
+// only from storage this node does not share, when the instance's node is known to have other
+// storage, or when this node made them for a move that never arrived.
+func TestMovedFilesAreRemovedOnlyWhenSafe(t *testing.T) {
+	const (
+		uidSeparate = "00000000-0000-4000-8000-000000000001" // on node-2: its own storage
+		uidUnknown  = "00000000-0000-4000-8000-000000000002" // on node-3: no Hypervisor
+		uidSameID   = "00000000-0000-4000-8000-000000000003" // on node-4: reports this storage's ID
+		uidIncoming = "00000000-0000-4000-8000-000000000004" // on node-2, migrating to this node
+		uidPrepared = "00000000-0000-4000-8000-000000000005" // on node-5 (shared), a move here never arrived
+	)
+	ctx := context.Background()
+	for _, shared := range []bool{false, true} {
+		store := &storage.Node{Root: t.TempDir()}
+		mine, err := store.StorageID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := []client.Object{
+			&v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Status: v1.HypervisorStatus{StorageID: "elsewhere"}},
+			&v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "node-4"}, Status: v1.HypervisorStatus{StorageID: mine, StorageShared: true}},
+			&v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "node-5"}, Status: v1.HypervisorStatus{StorageID: "nfs", StorageShared: true}},
+		}
+		nodes := map[string]string{uidSeparate: "node-2", uidUnknown: "node-3", uidSameID: "node-4", uidIncoming: "node-2", uidPrepared: "node-5"}
+		for uid, node := range nodes {
+			inst := instance(uid, node)
+			if uid == uidIncoming {
+				inst.Status.Task = &v1.Task{ID: 7, Action: v1.ActionLiveMigrate,
+					Migration: &v1.MigrationTask{SourceNode: "node-2", TargetNode: thisNodeName}}
+			}
+			objs = append(objs, inst)
+			if err := store.WriteOwner(uid, storage.Owner{Namespace: "ns", Name: inst.Name}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := store.WriteTaskMark(uidPrepared, storage.TaskMark{TaskID: 3, RunID: -1, Step: incomingStep(thisNodeName)}); err != nil {
+			t.Fatal(err)
+		}
+		c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).Build()
+		r := &Reporter{Client: c, Reader: c, Driver: fake.New(), Storage: store, NodeName: thisNodeName, SharedStorage: shared}
+		if err := r.CleanupOrphans(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]bool{uidSeparate: shared, uidUnknown: true, uidSameID: true, uidIncoming: true, uidPrepared: false}
+		for uid, kept := range want {
+			dir, _ := store.InstanceDir(uid)
+			if _, err := os.Stat(dir); (err == nil) != kept {
+				t.Errorf("shared storage %v: files of %s kept: %v, want %v", shared, uid, err == nil, kept)
+			}
+		}
+	}
+}

@@ -160,6 +160,53 @@ var _ = Describe("Evacuation", Ordered, func() {
 		Expect(found).To(BeTrue())
 		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == 1 }, "a fresh disk from the image: the first boot again")
 	}, NodeTimeout(5*time.Minute))
+
+	It("evacuates by itself, with --auto-evacuate-after, a node that stays down once it is fenced", func(ctx SpecContext) {
+		restoreNode(ctx, "host-3")
+		Expect(cluster.StopManager()).To(Succeed())
+		Expect(cluster.StartManager("--auto-evacuate-after=5s")).To(Succeed())
+		DeferCleanup(func() {
+			_ = cluster.StopManager()
+			Expect(cluster.StartManager()).To(Succeed())
+		})
+		expectHypervisorsUp(ctx)
+		inst := launchOn(ctx, "driftwood", "host-2")
+		failNode(ctx, "host-2")
+		Consistently(func(g Gomega) {
+			cur, err := instance(ctx, "driftwood")()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(cur.Status.NodeName).To(Equal("host-2"))
+		}).WithContext(ctx).WithTimeout(8*time.Second).Should(Succeed(), "down longer than 5 s, but not fenced: nothing moves")
+
+		hv := &v1.Hypervisor{}
+		Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: "host-2"}, hv)).To(Succeed())
+		patch := client.MergeFrom(hv.DeepCopy())
+		hv.Spec.ForcedDown = true
+		Expect(cluster.Client.Patch(ctx, hv, patch)).To(Succeed())
+		start := time.Now()
+		after := expectInstance(ctx, "driftwood", func(g Gomega, i *v1.Instance) {
+			settled(v1.VMStateActive)(g, i)
+			g.Expect(i.Status.NodeName).NotTo(Equal("host-2"))
+		})
+		GinkgoWriter.Printf("FIGURE automatic evacuation from fencing to Active (onto %s): %s\n", after.Status.NodeName, time.Since(start).Round(10*time.Millisecond))
+		Expect(after.UID).To(Equal(inst.UID))
+		// host-1 shares host-2's storage, host-3 does not: the scheduler's choice decides.
+		Expect(after.Status.MigrationRequest.RebuiltFromImage).To(Equal(after.Status.NodeName == "host-3"))
+		// refugee, evacuated onto host-2 before, went too: one evacuation per instance, once.
+		Eventually(func(g Gomega) {
+			var list v1.MigrationList
+			g.Expect(cluster.Client.List(ctx, &list, client.InNamespace("default"),
+				client.MatchingLabels{"compute.kubenova.io/auto-evacuation": "host-2"})).To(Succeed())
+			per := map[string]int{}
+			for _, m := range list.Items {
+				per[m.Spec.InstanceName]++
+				g.Expect(m.Status.Phase).To(Equal(v1.MigrationSucceeded), m.Name)
+			}
+			g.Expect(per).To(Equal(map[string]int{"driftwood": 1, "refugee": 1}))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		refugee := expectInstance(ctx, "refugee", settled(v1.VMStateActive))
+		Expect(refugee.Status.NodeName).NotTo(Equal("host-2"))
+	}, NodeTimeout(5*time.Minute))
 })
 
 // restoreNode brings a node killed by an evacuation spec back: its libvirtd and agent run and
