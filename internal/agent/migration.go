@@ -25,9 +25,9 @@ import (
 // agent then has its libvirtd migrate the domain straight to the target's
 // (_live_migration_operation) and reports when the domain has left; the manager moves
 // status.nodeName to the target, whose agent checks that the guest runs and reports the
-// migration's figures (post_live_migration_at_destination). Files the move leaves behind on a
-// node that does not share the instance's storage are removed once the instance has gone
-// (cleanUpLeftBehind).
+// migration's figures (post_live_migration_at_destination). The source of a block migration
+// deletes its copy once the domain has left; other files a move leaves behind go only where
+// that cannot hit a live disk (cleanUpLeftBehind).
 
 // migrationRun is a live migration this agent's process started: the driver call blocks until
 // the move is over, so it runs beside the reconciles, which look at it.
