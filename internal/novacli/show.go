@@ -125,6 +125,9 @@ func showProperties(inst *v1.Instance) []property {
 		}
 		props = append(props, property{"lastSnapshot", value})
 	}
+	if a := st.MigrationRequest; a != nil {
+		props = append(props, property{"lastMigration", migrationValue(a, st.Task)})
+	}
 	if img := st.RescueImage; img != nil {
 		props = append(props, property{"rescueImage", imageName(img.ImageReference)})
 	}
@@ -238,4 +241,30 @@ func formatMicro(t metav1.MicroTime) string {
 		return "-"
 	}
 	return t.UTC().Format(metav1.RFC3339Micro)
+}
+
+// migrationValue says where the last Migration the instance served took it, or is taking it:
+// "migration web-x7k2p: Succeeded, host-1 -> host-2 (block migration)", with the progress of
+// a move in flight and the reason of a refusal or failure.
+func migrationValue(a *v1.ObjectRequestStatus, task *v1.Task) string {
+	value := fmt.Sprintf("migration %s: %s", a.Name, a.Result)
+	if a.TargetNode != "" {
+		value += fmt.Sprintf(", %s -> %s", orDash(a.SourceNode), a.TargetNode)
+		switch {
+		case a.RebuiltFromImage:
+			value += " (rebuilt from its image)"
+		case a.BlockMigration:
+			value += " (block migration)"
+		}
+	}
+	if a.Result == v1.RequestAccepted && task != nil && task.ID == a.TaskID {
+		value += ", " + string(task.Action) + " in flight"
+	}
+	if a.Reason != "" {
+		value += ": " + a.Reason
+	}
+	if a.Message != "" {
+		value += " (" + a.Message + ")"
+	}
+	return value
 }

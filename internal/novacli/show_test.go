@@ -179,3 +179,34 @@ func TestShowNamesTheImagesOfRescueShelveAndTheLastSnapshot(t *testing.T) {
 		}
 	}
 }
+
+func TestShowSaysWhereTheLastMigrationTookTheInstance(t *testing.T) {
+	cases := []struct {
+		ack  v1.ObjectRequestStatus
+		task *v1.Task
+		want string
+	}{
+		{v1.ObjectRequestStatus{Name: "web-a", Result: v1.RequestSucceeded, SourceNode: "host-1", TargetNode: "host-3", BlockMigration: true},
+			nil, "migration web-a: Succeeded, host-1 -> host-3 (block migration)"},
+		{v1.ObjectRequestStatus{Name: "web-b", Result: v1.RequestAccepted, TaskID: 9, SourceNode: "host-1", TargetNode: "host-2"},
+			&v1.Task{ID: 9, Action: v1.ActionLiveMigrate}, "migration web-b: Accepted, host-1 -> host-2, LiveMigrate in flight"},
+		{v1.ObjectRequestStatus{Name: "web-c", Result: v1.RequestRefused, SourceNode: "host-1", Reason: "NotFenced", Message: "node host-1 is not fenced"},
+			nil, "migration web-c: Refused: NotFenced (node host-1 is not fenced)"},
+		{v1.ObjectRequestStatus{Name: "web-d", Result: v1.RequestSucceeded, SourceNode: "host-3", TargetNode: "host-1", RebuiltFromImage: true},
+			nil, "migration web-d: Succeeded, host-3 -> host-1 (rebuilt from its image)"},
+	}
+	for _, tc := range cases {
+		inst := sampleInstance("web")
+		ack := tc.ack
+		inst.Status.MigrationRequest, inst.Status.Task = &ack, tc.task
+		got := ""
+		for _, p := range showProperties(inst) {
+			if p.name == "lastMigration" {
+				got = p.value
+			}
+		}
+		if got != tc.want {
+			t.Errorf("lastMigration = %q, want %q", got, tc.want)
+		}
+	}
+}

@@ -144,6 +144,9 @@ var _ = Describe("Live migration", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(strings.Count(out, "Succeeded")).To(Equal(3), out)
 		Expect(out).To(ContainSubstring("Failed"))
+		out, err = kubectlNova(ctx, "show", name)
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(MatchRegexp(`lastMigration\s+migration ` + mig.Name + `: Refused: StorageMismatch`))
 	}, NodeTimeout(2*time.Minute))
 
 	// slowSource restarts a node's agent with its migrations capped at 4 MiB/s, so that a move
