@@ -52,17 +52,9 @@ func newImageListCommand(o *options) *cobra.Command {
 }
 
 func (o *options) runImageList(ctx context.Context, printFlags *genericclioptions.PrintFlags, allNamespaces bool, wf waitFlags) error {
-	c, err := o.newClient()
+	c, opts, err := o.listScope(allNamespaces)
 	if err != nil {
 		return err
-	}
-	var opts []client.ListOption
-	if !allNamespaces {
-		ns, err := o.namespace()
-		if err != nil {
-			return err
-		}
-		opts = append(opts, client.InNamespace(ns))
 	}
 	items, err := listImages(ctx, c, opts)
 	if wf.wait {

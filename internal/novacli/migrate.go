@@ -159,17 +159,9 @@ func newMigrationListCommand(o *options) *cobra.Command {
 }
 
 func (o *options) runMigrationList(ctx context.Context, allNamespaces bool, instance string) error {
-	c, err := o.newClient()
+	c, opts, err := o.listScope(allNamespaces)
 	if err != nil {
 		return err
-	}
-	var opts []client.ListOption
-	if !allNamespaces {
-		ns, err := o.namespace()
-		if err != nil {
-			return err
-		}
-		opts = append(opts, client.InNamespace(ns))
 	}
 	var list v1.MigrationList
 	if err := c.List(ctx, &list, opts...); err != nil {

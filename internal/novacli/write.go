@@ -42,6 +42,20 @@ type request struct {
 	precheck func(*v1.Instance) error
 }
 
+// listScope returns a client and the options that list the chosen namespace, or every
+// namespace (-A).
+func (o *options) listScope(allNamespaces bool) (client.Client, []client.ListOption, error) {
+	c, err := o.newClient()
+	if err != nil || allNamespaces {
+		return c, nil, err
+	}
+	ns, err := o.namespace()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, []client.ListOption{client.InNamespace(ns)}, nil
+}
+
 // instanceKey returns a client and the key of the instance name in the chosen namespace.
 func (o *options) instanceKey(name string) (client.Client, client.ObjectKey, error) {
 	c, err := o.newClient()
