@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/lifecycle"
 	"github.com/kubenova/kubenova/internal/scheduler"
@@ -65,6 +66,15 @@ type InstanceReconciler struct {
 	// Decisions run at once too; only their claims are taken one at a time, under the
 	// Placement lock.
 	Workers int
+	// AllowResizeToSameHost lets a resize stay on its node when both flavors fit there (Nova's
+	// allow_resize_to_same_host); otherwise it always moves, as a cold migration does.
+	AllowResizeToSameHost bool
+	// ResizeConfirmWindow confirms a resize that waited this long in Resized (Nova's
+	// resize_confirm_window); 0 waits for a person.
+	ResizeConfirmWindow time.Duration
+	// Images is the image store, where a resize between nodes that do not share storage leaves
+	// its copy of the disk until the resize ends; nil leaves such copies alone.
+	Images imagestore.Store
 
 	attempts attempts
 }
@@ -419,6 +429,9 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 	if done, err := r.collectMigration(ctx, inst, st); err != nil || done {
 		return nil, err
 	}
+	if done, err := r.collectResize(ctx, inst, st); err != nil || done {
+		return nil, err
+	}
 	if failed, err := r.failTaskOnFencedNode(ctx, inst, st); err != nil || failed {
 		return nil, err
 	}
@@ -426,21 +439,27 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 		followStep(inst)
 		return nil, nil // the agent is still at it; its report brings us back
 	}
-	r.finishTask(inst, st, report.TaskResult == v1.TaskSucceeded, report.NodeName, report.Message)
+	r.finishTask(ctx, inst, st, report.TaskResult == v1.TaskSucceeded, report.NodeName, report.Message)
 	return nil, nil
 }
 
 // finishTask ends the task in flight with the outcome a node's agent reported: the vm state
 // moves to the table's outcome, the requests the task served learn theirs, and status records
 // what the task changed (or the fault).
-func (r *InstanceReconciler) finishTask(inst *v1.Instance, st *reconcileState, succeeded bool, node, message string) {
+func (r *InstanceReconciler) finishTask(ctx context.Context, inst *v1.Instance, st *reconcileState, succeeded bool, node, message string) {
 	task := inst.Status.Task
 	tr, _ := lifecycle.Lookup(task.Action)
 	from := inst.Status.VMState
-	inst.Status.VMState = tr.Outcome(from, succeeded, from == v1.VMStateStopped)
+	wasStopped := from == v1.VMStateStopped
+	if rs := inst.Status.Resize; rs != nil {
+		wasStopped = rs.PreviousVMState == v1.VMStateStopped
+	}
+	inst.Status.VMState = tr.Outcome(from, succeeded, wasStopped)
 	inst.Status.TaskState = v1.TaskStateNone
 	inst.Status.Task = nil
+	inst.Status.PeerReport = nil
 	finishRequest(inst.Status.RebootRequest, task.ID, succeeded, message)
+	finishRequest(inst.Status.ResizeRequest, task.ID, succeeded, message)
 	finishRequest(inst.Status.RebuildRequest, task.ID, succeeded, message)
 	finishObjectRequest(inst.Status.SnapshotRequest, task.ID, succeeded, message)
 	finishObjectRequest(inst.Status.MigrationRequest, task.ID, succeeded, message)
@@ -457,7 +476,7 @@ func (r *InstanceReconciler) finishTask(inst *v1.Instance, st *reconcileState, s
 		if task.Action == v1.ActionLiveMigrate {
 			// The guest runs on where it ran, as Nova's rollback leaves it: no fault, and the
 			// Migration tells the story.
-			inst.Status.TargetReport = nil
+			inst.Status.PeerReport = nil
 			r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s; the instance stays on %s",
 				task.Action, node, message, inst.Status.NodeName)
 			return
@@ -465,8 +484,10 @@ func (r *InstanceReconciler) finishTask(inst *v1.Instance, st *reconcileState, s
 		inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: fmt.Sprintf("%s failed: %s", task.Action, message),
 			Time: metav1.NewTime(r.now()), Action: task.Action, ObservedGeneration: task.ObservedGeneration}
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s", task.Action, node, message)
+		r.finishResizeTask(ctx, inst, st, task, false)
 		return
 	}
+	r.finishResizeTask(ctx, inst, st, task, true)
 	switch task.Action {
 	case v1.ActionRebuild:
 		if task.Image != nil {
@@ -489,7 +510,7 @@ func (r *InstanceReconciler) finishTask(inst *v1.Instance, st *reconcileState, s
 		t := metav1.NewTime(r.now())
 		inst.Status.LaunchedAt = &t
 	}
-	if inst.Status.VMState != v1.VMStateError {
+	if f := inst.Status.Fault; inst.Status.VMState != v1.VMStateError && !rolledBack(task, f) {
 		inst.Status.Fault = nil
 	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, node, inst.Status.VMState)
@@ -557,6 +578,7 @@ var supportedActions = map[v1.Action]bool{
 	v1.ActionSnapshot: true, v1.ActionRebuild: true, v1.ActionRescue: true, v1.ActionUnrescue: true,
 	v1.ActionShelve: true, v1.ActionShelveOffload: true, v1.ActionUnshelve: true,
 	v1.ActionLiveMigrate: true, v1.ActionEvacuate: true,
+	v1.ActionResize: true, v1.ActionMigrate: true, v1.ActionConfirmResize: true, v1.ActionRevertResize: true,
 }
 
 // serveRequests starts what the spec asks for: first a one-shot reboot request (which may
@@ -575,6 +597,12 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 	}
 	if started, err := r.serveMigration(ctx, inst, st); err != nil || started {
 		return nil, err
+	}
+	if res, started := r.serveResize(inst, st); started || res != nil {
+		return res, nil
+	}
+	if inst.Status.RevertedFlavor != "" && inst.Spec.Flavor != inst.Status.RevertedFlavor {
+		inst.Status.RevertedFlavor = "" // the spec moved on
 	}
 	if inst.Status.Task != nil || inst.Status.VMState == v1.VMStateBuilding {
 		return nil, nil
@@ -607,6 +635,16 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 				return r.startShelve(ctx, inst, st)
 			case v1.ActionUnshelve:
 				err = r.startUnshelve(ctx, inst, st)
+			case v1.ActionResize:
+				var started bool
+				if started, err = r.startSpecResize(ctx, inst, st); err == nil && !started && st.refusal != nil {
+					// Refused for good (a disk too small, say): a power change may still go on.
+					if first == nil {
+						first = st.refusal
+					}
+					st.refusal = nil
+					continue
+				}
 			default:
 				r.startTask(inst, action)
 				return nil, nil
@@ -622,6 +660,11 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		}
 	}
 	if first == nil {
+		if rs := inst.Status.Resize; rs != nil && inst.Status.VMState == v1.VMStateResized {
+			st.waiting = &lifecycle.Refusal{Action: rs.Action, Reason: ReasonResized,
+				Message: fmt.Sprintf("resized to flavor %s on %s: confirm (kubectl nova resize %s --confirm) or revert (--revert) with spec.resizeRequest",
+					rs.Flavor.Name, rs.TargetNode, inst.Name)}
+		}
 		return nil, nil
 	}
 	st.refusal = first
@@ -644,6 +687,11 @@ func (r *InstanceReconciler) refusalOf(inst *v1.Instance, action v1.Action) *lif
 		// The same task for the same spec would fail the same way; wait for someone to act.
 		refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonTaskFailed,
 			Message: f.Message + "; change the spec to try again"}
+	}
+	if refusal == nil && action == v1.ActionResize && inst.Spec.Flavor == inst.Status.RevertedFlavor {
+		refusal = &lifecycle.Refusal{Action: action, Reason: ReasonResizeReverted,
+			Message: fmt.Sprintf("the resize to flavor %s was reverted; the instance keeps flavor %s: set spec.flavor to %s, or to another flavor and back, to resize again",
+				inst.Spec.Flavor, inst.Status.Flavor.Name, inst.Status.Flavor.Name)}
 	}
 	if refusal != nil && refusal.Action == "" {
 		refusal.Action = action
@@ -1079,6 +1127,14 @@ func finishRequest(ack *v1.RequestStatus, taskID int64, succeeded bool, message 
 	}
 }
 
+// rolledBack says whether task is the revert that rolled back the failed resize or cold
+// migration that fault records: that fault stays, so that the same move is not tried again for
+// the same spec.
+func rolledBack(task *v1.Task, fault *v1.InstanceFault) bool {
+	return task.Action == v1.ActionRevertResize && fault != nil &&
+		(fault.Action == v1.ActionResize || fault.Action == v1.ActionMigrate)
+}
+
 // powerHold refuses a power action while a guest that went down outside kubenova (powered
 // off, crashed, paused, suspended) rests there and neither spec.powerState nor a start request
 // asked again since: Nova's policy, a guest that powered itself off stays off. A guest started
@@ -1269,7 +1325,8 @@ func (r *InstanceReconciler) patchStatus(ctx context.Context, orig, inst *v1.Ins
 	lost := errors.Is(err, kube.ErrStale) || apierrors.IsNotFound(err)
 	placed := orig.Status.NodeName == "" && inst.Status.NodeName != ""
 	targeted := scheduler.MigrationTarget(orig) == "" && scheduler.MigrationTarget(inst) != ""
-	if lost && (placed || targeted) {
+	resized := orig.Status.Resize == nil && inst.Status.Resize != nil
+	if lost && (placed || targeted || resized) {
 		r.Placement.Release(inst.UID)
 	}
 	if errors.Is(err, kube.ErrStale) {
@@ -1403,9 +1460,13 @@ func IndexInstances(ctx context.Context, mgr ctrl.Manager) error {
 		if n := inst.Status.NodeName; n != "" {
 			nodes = append(nodes, n)
 		}
-		// A migration's target counts the instance too, while it moves.
+		// A migration's target counts the instance too, while it moves, and so does the
+		// other node of a resize until it is confirmed or reverted.
 		if t := scheduler.MigrationTarget(inst); t != "" && t != inst.Status.NodeName {
 			nodes = append(nodes, t)
+		}
+		if other, ok := scheduler.ResizeOther(inst); ok && other.Node != inst.Status.NodeName {
+			nodes = append(nodes, other.Node)
 		}
 		return nodes
 	}); err != nil {

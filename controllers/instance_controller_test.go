@@ -261,15 +261,17 @@ var _ = Describe("Instance controller", Ordered, func() {
 		inst := createOnNodeA(ctx, "refuse")
 		waitForVMState(ctx, inst, v1.VMStateActive)
 
-		By("changing its flavor, a resize this version cannot do yet: refused, not ignored")
+		By("changing its flavor to one no node has room for: it waits, and nothing changes")
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "huge" })
 		Eventually(func(g Gomega) {
 			cur, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
 			ready := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready.Reason).To(Equal(v1.ReasonNotSupported))
-			g.Expect(ready.Message).To(ContainSubstring("Resize"))
+			g.Expect(ready.Reason).To(Equal(v1.ReasonNoValidHost))
 			g.Expect(cur.Status.Flavor.Name).To(Equal("small"), "the instance keeps the flavor it runs with")
+			g.Expect(cur.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(cur.Status.Task).To(BeNil())
+			g.Expect(cur.Status.Resize).To(BeNil())
 		}).WithContext(ctx).Should(Succeed())
 
 		By("locking it, then asking (as an administrator) for a hard reboot: carried out, the lock was checked by the API server")

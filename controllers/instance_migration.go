@@ -72,11 +72,14 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 	}
 	var move *v1.MigrationTask
 	var image *v1.AppliedImage
+	var cold *v1.ResizeStatus
 	if refusal == nil {
 		var err error
 		switch action {
 		case v1.ActionEvacuate:
 			move, image, refusal, err = r.planEvacuation(ctx, inst, next)
+		case v1.ActionMigrate:
+			cold, refusal, err = r.planResize(ctx, inst, action, *inst.Status.Flavor.DeepCopy(), next.Spec.TargetNode)
 		default:
 			move, refusal, err = r.planLiveMigration(ctx, inst, next)
 		}
@@ -89,6 +92,13 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 		inst.Status.MigrationRequest = ack
 		r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "migration %s: %s", next.Name, refusal.Message)
 		return false, nil
+	}
+	if cold != nil {
+		cold.MigrationName, cold.MigrationUID = next.Name, string(next.UID)
+		r.beginResize(inst, st, action, cold)
+		ack.Result, ack.TaskID, ack.TargetNode = v1.RequestAccepted, inst.Status.Task.ID, cold.TargetNode
+		inst.Status.MigrationRequest = ack
+		return true, nil
 	}
 	r.startTask(inst, action)
 	inst.Status.Task.Migration = move
@@ -107,6 +117,8 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 			next.Name, move.SourceNode, move.TargetNode, how)
 		return true, nil
 	}
+	// The target prepares before the move: its agent watches the instance as the task's peer.
+	inst.Status.Task.PeerNode = move.TargetNode
 	how := "shared storage: memory only"
 	if move.BlockMigration {
 		how = "block migration: memory and disks"
@@ -223,7 +235,7 @@ func (r *InstanceReconciler) failTaskOnFencedNode(ctx context.Context, inst *v1.
 	if err != nil || !fenced || !down {
 		return false, err
 	}
-	r.finishTask(inst, st, false, inst.Status.NodeName,
+	r.finishTask(ctx, inst, st, false, inst.Status.NodeName,
 		fmt.Sprintf("node %s is fenced and down: the task can never finish there", inst.Status.NodeName))
 	return true, nil
 }
@@ -337,12 +349,12 @@ func (r *InstanceReconciler) collectMigration(ctx context.Context, inst *v1.Inst
 				r.event(st, inst, corev1.EventTypeWarning, ReasonAborting, string(task.Action), "migration %s was deleted: aborting the move to %s", m.Name, m.TargetNode)
 			}
 		}
-		tr := inst.Status.TargetReport
+		tr := inst.Status.PeerReport
 		if tr != nil && (tr.NodeName != m.TargetNode || (tr.TaskID != task.ID && tr.StepTaskID != task.ID)) {
 			tr = nil // another node's, or another task's
 		}
 		if tr != nil && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
-			r.finishTask(inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
+			r.finishTask(ctx, inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
 			return true, nil
 		}
 		rep := inst.Status.AgentReport
@@ -362,7 +374,8 @@ func (r *InstanceReconciler) collectMigration(ctx context.Context, inst *v1.Inst
 func (r *InstanceReconciler) moveToTarget(inst *v1.Instance, st *reconcileState, format string, args ...any) {
 	task := inst.Status.Task
 	inst.Status.NodeName = task.Migration.TargetNode
-	inst.Status.TargetReport = nil
+	inst.Status.PeerReport = nil
+	task.PeerNode = ""
 	r.event(st, inst, corev1.EventTypeNormal, ReasonMigrating, string(task.Action), format, args...)
 }
 
@@ -382,7 +395,7 @@ func (r *InstanceReconciler) watchMoveEnds(ctx context.Context, inst *v1.Instanc
 			r.moveToTarget(inst, st, "node %s went down, but the domain had arrived on %s and runs there", m.SourceNode, m.TargetNode)
 			return true, nil
 		}
-		r.finishTask(inst, st, false, m.SourceNode, fmt.Sprintf("node %s is fenced and down, and the guest never arrived on %s", m.SourceNode, m.TargetNode))
+		r.finishTask(ctx, inst, st, false, m.SourceNode, fmt.Sprintf("node %s is fenced and down, and the guest never arrived on %s", m.SourceNode, m.TargetNode))
 		return true, nil
 	}
 	if rep != nil && rep.Step == v1.StepMigrating {
@@ -390,7 +403,7 @@ func (r *InstanceReconciler) watchMoveEnds(ctx context.Context, inst *v1.Instanc
 	}
 	target := &v1.Hypervisor{}
 	if err := r.Get(ctx, types.NamespacedName{Name: m.TargetNode}, target); apierrors.IsNotFound(err) || (err == nil && target.Status.State == v1.HypervisorDown) {
-		r.finishTask(inst, st, false, m.TargetNode, fmt.Sprintf("node %s went down before the move began", m.TargetNode))
+		r.finishTask(ctx, inst, st, false, m.TargetNode, fmt.Sprintf("node %s went down before the move began", m.TargetNode))
 		return true, nil
 	} else if err != nil {
 		return false, err

@@ -121,6 +121,9 @@ func (r *MigrationReconciler) advance(ctx context.Context, mig *v1.Migration) (m
 	case v1.RequestAccepted:
 		return r.inFlight(mig, inst), nil
 	case v1.RequestSucceeded:
+		if mig.Spec.Type == v1.MigrationCold {
+			return r.coldOutcome(mig, inst, ack), nil
+		}
 		if rep := inst.Status.AgentReport; rep != nil && rep.TaskID == ack.TaskID && rep.NodeName == ack.TargetNode && rep.Migration != nil {
 			copyFigures(mig, rep.Migration)
 		}
@@ -171,8 +174,35 @@ func (r *MigrationReconciler) beforeServed(ctx context.Context, mig *v1.Migratio
 		message: fmt.Sprintf("waiting for instance %s (%s) to start the move", inst.Name, orDefaultState(inst))}, nil
 }
 
+// coldOutcome follows a cold migration that reached its target: like Nova's, it waits in
+// Resized for a confirmation (Succeeded) or a revert (Failed, reason Reverted: the instance is
+// back on its source).
+func (r *MigrationReconciler) coldOutcome(mig *v1.Migration, inst *v1.Instance, ack *v1.ObjectRequestStatus) migrationOutcome {
+	switch ack.Reason {
+	case ReasonConfirmed:
+		mig.Status.Phase, mig.Status.ProgressPercent = v1.MigrationSucceeded, 100
+		return migrationOutcome{reason: ReasonMigrationSucceeded, message: ack.Message}
+	case ReasonReverted:
+		return r.failed(mig, ReasonReverted, ack.Message)
+	}
+	mig.Status.Phase = v1.MigrationFinalizing
+	if rs := inst.Status.Resize; rs != nil && rs.MigrationUID == string(mig.UID) && rs.ResizedAt != nil {
+		mig.Status.TotalMillis = rs.ResizedAt.Sub(rs.StartedAt.Time).Milliseconds()
+	}
+	return migrationOutcome{reason: ReasonResized, message: fmt.Sprintf("instance %s runs on %s: confirm (kubectl nova resize %s --confirm) or revert (--revert)",
+		inst.Name, ack.TargetNode, inst.Name)}
+}
+
 // inFlight follows the instance's task.
 func (r *MigrationReconciler) inFlight(mig *v1.Migration, inst *v1.Instance) migrationOutcome {
+	if rs := inst.Status.Resize; rs != nil && rs.MigrationUID == string(mig.UID) {
+		if inst.Status.NodeName == rs.SourceNode {
+			mig.Status.Phase = v1.MigrationMigrating
+			return migrationOutcome{reason: ReasonMigrating, message: fmt.Sprintf("node %s powers the guest off and hands its disk over (%s)", rs.SourceNode, rs.DiskTransfer)}
+		}
+		mig.Status.Phase = v1.MigrationFinalizing
+		return migrationOutcome{reason: ReasonMigrating, message: fmt.Sprintf("node %s boots the instance on its copy of the disk", rs.TargetNode)}
+	}
 	task := inst.Status.Task
 	if task == nil || task.Migration == nil || task.Migration.UID != string(mig.UID) {
 		// Between the task's end and the acknowledgement of its outcome: the next write says.

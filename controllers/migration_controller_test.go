@@ -101,10 +101,11 @@ var _ = Describe("Migration controller", Ordered, func() {
 		patchInstance(ctx, inst, `{"spec":{"locked":false}}`)
 	})
 
-	It("refuses the kinds of migration this version does not carry out yet", func(ctx SpecContext) {
+	It("refuses a cold migration that no other node has room for, the instance left where it runs", func(ctx SpecContext) {
 		mig := migration("cold", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationCold})
 		Expect(k8s.Create(ctx, mig)).To(Succeed())
-		expectFailed(ctx, mig, v1.ReasonNotSupported)
+		got := expectFailed(ctx, mig, v1.ReasonNoValidHost)
+		Expect(got.Status.Message).To(ContainSubstring("ExcludedHostFilter rejected 1"), "never the node it is on")
 		expectUnmoved(ctx)
 	})
 

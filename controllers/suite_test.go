@@ -72,7 +72,8 @@ var _ = BeforeSuite(func() {
 	Expect(IndexSnapshots(ctx, mgr)).To(Succeed())
 	Expect(IndexMigrations(ctx, mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"), APIReader: mgr.GetAPIReader(),
-		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second}).SetupWithManager(mgr)).To(Succeed())
+		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
+		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&SnapshotReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots")}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&MigrationReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations")}).SetupWithManager(mgr)).To(Succeed())

@@ -104,6 +104,11 @@ const (
 	StepMigrating = "Migrating"
 	// StepMigrated: the domain left the source node for the target.
 	StepMigrated = "Migrated"
+	// StepDiskSent: a resize's source has powered the guest off and set its disk aside (and
+	// uploaded a copy, when the target does not share its storage).
+	StepDiskSent = "DiskSent"
+	// StepRemoved: a revert's target has removed the resized copy; the source takes over.
+	StepRemoved = "Removed"
 	// FinalizerMigration keeps a Migration in flight until its move is aborted or done.
 	FinalizerMigration = "compute.kubenova.io/migration"
 	// FinalizerImage keeps an Image or ClusterImage until its bytes are gone from the image store.

@@ -187,6 +187,28 @@ type RebuildRequest struct {
 	RequestedAt metav1.MicroTime `json:"requestedAt"`
 }
 
+// ResizeDecision is what becomes of a resize (or cold migration) that waits in Resized.
+// +kubebuilder:validation:Enum=Confirm;Revert
+type ResizeDecision string
+
+// The decisions of `nova resize-confirm` and `nova resize-revert`.
+const (
+	// ResizeConfirm keeps the new flavor and node, and deletes the source's copy of the disk.
+	ResizeConfirm ResizeDecision = "Confirm"
+	// ResizeRevert goes back to the old flavor and node, on the disk as it was before the resize.
+	ResizeRevert ResizeDecision = "Revert"
+)
+
+// ResizeRequest confirms or reverts the resize that waits in Resized. status.resizeRequest
+// acknowledges each request, so each is served at most once.
+type ResizeRequest struct {
+	// Decision is Confirm or Revert.
+	Decision ResizeDecision `json:"decision"`
+	// RequestedAt identifies the request; `kubectl nova resize --confirm|--revert` stamps the
+	// current time.
+	RequestedAt metav1.MicroTime `json:"requestedAt"`
+}
+
 // RequestResult is what became of a one-shot request.
 // +kubebuilder:validation:Enum=Accepted;Succeeded;Failed;Refused;Ignored
 type RequestResult string
@@ -276,6 +298,11 @@ type InstanceSpec struct {
 	// RebuildRequest asks for a rebuild onto spec.image; see RebuildRequest.
 	// +optional
 	RebuildRequest *RebuildRequest `json:"rebuildRequest,omitempty"`
+
+	// ResizeRequest confirms or reverts a resize (or cold migration) that waits in Resized; see
+	// ResizeRequest.
+	// +optional
+	ResizeRequest *ResizeRequest `json:"resizeRequest,omitempty"`
 
 	// Locked refuses every change to the instance but unlocking, except from administrators.
 	// +optional
@@ -376,13 +403,19 @@ type Task struct {
 	// Unshelve task of an offloaded instance boots from.
 	// +optional
 	Image *AppliedImage `json:"image,omitempty"`
+	// PeerNode is the second node the task involves, besides status.nodeName: the target of a
+	// live migration before the instance switches to it, the source whose copy of the disk a
+	// resize's confirmation deletes. That node's agent watches the instance through it (a
+	// selectable field) and answers in status.peerReport.
+	// +optional
+	PeerNode string `json:"peerNode,omitempty"`
 	// Migration is where a LiveMigrate or Evacuate task moves the instance, and how.
 	// +optional
 	Migration *MigrationTask `json:"migration,omitempty"`
 }
 
 // MigrationTask tells the two agents of a move what to do: the target's prepares the disks
-// and reports in status.targetReport, the source's then migrates the domain straight to the
+// and reports in status.peerReport, the source's then migrates the domain straight to the
 // target's libvirt.
 type MigrationTask struct {
 	// Name of the Migration served.
@@ -437,6 +470,57 @@ type SnapshotTask struct {
 	Name string `json:"name"`
 	// ImageUID is the UID of the Image the copy becomes, its key in the image store.
 	ImageUID string `json:"imageUID"`
+}
+
+// DiskTransfer is how a resize's root disk reaches its target.
+// +kubebuilder:validation:Enum=SameNode;SharedStorage;ImageStore
+type DiskTransfer string
+
+// The ways a resize moves the root disk.
+const (
+	// TransferSameNode: the instance stays on its node; the disk is copied beside itself.
+	TransferSameNode DiskTransfer = "SameNode"
+	// TransferSharedStorage: both nodes see the disk; the target copies it beside itself.
+	TransferSharedStorage DiskTransfer = "SharedStorage"
+	// TransferImageStore: the source uploads a standalone copy to the image store, the target
+	// downloads it.
+	TransferImageStore DiskTransfer = "ImageStore"
+)
+
+// ResizeStatus is the context of a resize or cold migration, from its start until it is
+// confirmed or reverted (Nova keeps it in the migration record and instance.old_flavor): where
+// the instance came from and how to go back. The source keeps the original disk, set aside,
+// until then.
+type ResizeStatus struct {
+	// Action is Resize (a new flavor) or Migrate (a cold migration).
+	Action Action `json:"action"`
+	// MigrationName and MigrationUID name the Migration a cold migration serves.
+	// +optional
+	MigrationName string `json:"migrationName,omitempty"`
+	// +optional
+	MigrationUID string `json:"migrationUID,omitempty"`
+	// SourceNode the instance came from; it keeps the original disk until confirmation.
+	SourceNode string `json:"sourceNode"`
+	// TargetNode the instance goes to (the source itself for a resize on the same node).
+	TargetNode string `json:"targetNode"`
+	// OldFlavor is the flavor before the resize: a revert goes back to it.
+	OldFlavor AppliedFlavor `json:"oldFlavor"`
+	// Flavor is the flavor after the resize.
+	Flavor AppliedFlavor `json:"flavor"`
+	// PreviousVMState is the vm state before the resize: a stopped instance stays stopped
+	// through the resize, its confirmation and its revert.
+	PreviousVMState VMState `json:"previousVMState"`
+	// DiskTransfer is how the root disk reaches the target.
+	DiskTransfer DiskTransfer `json:"diskTransfer"`
+	// Transfer is the copy of the root disk the source uploaded to the image store (key UID,
+	// digest SHA256), for an ImageStore transfer.
+	// +optional
+	Transfer *AppliedImage `json:"transfer,omitempty"`
+	// StartedAt is when the resize began.
+	StartedAt metav1.Time `json:"startedAt"`
+	// ResizedAt is when the instance reached Resized; --resize-confirm-window counts from it.
+	// +optional
+	ResizedAt *metav1.Time `json:"resizedAt,omitempty"`
 }
 
 // ObjectRequestStatus acknowledges the last request object (a Snapshot, a Migration) the
@@ -519,6 +603,10 @@ type AgentReport struct {
 	// migration (task StepTaskID) so that the target makes a disk of the same size.
 	// +optional
 	RootDiskBytes int64 `json:"rootDiskBytes,omitempty"`
+	// Transfer is the copy of the root disk a resize's source uploaded to the image store
+	// (task StepTaskID), for the target to download.
+	// +optional
+	Transfer *AppliedImage `json:"transfer,omitempty"`
 	// LastSyncTime is when the agent last compared this report with the hypervisor.
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
@@ -564,8 +652,8 @@ type PowerChange struct {
 }
 
 // InstanceStatus is the observed state of a virtual machine. The manager writes every field but
-// powerState and agentReport, which only the agent of status.nodeName writes, and targetReport,
-// which only the agent of a migration's target node writes.
+// powerState and agentReport, which only the agent of status.nodeName writes, and peerReport,
+// which only the agent of status.task.peerNode writes.
 type InstanceStatus struct {
 	// ObservedGeneration is the spec generation this status describes.
 	// +optional
@@ -614,6 +702,16 @@ type InstanceStatus struct {
 	// RebuildRequest acknowledges spec.rebuildRequest.
 	// +optional
 	RebuildRequest *RequestStatus `json:"rebuildRequest,omitempty"`
+	// ResizeRequest acknowledges spec.resizeRequest.
+	// +optional
+	ResizeRequest *RequestStatus `json:"resizeRequest,omitempty"`
+	// Resize is the context of a resize or cold migration until it is confirmed or reverted.
+	// +optional
+	Resize *ResizeStatus `json:"resize,omitempty"`
+	// RevertedFlavor is the flavor of a resize that was reverted: spec.flavor still names it,
+	// and the instance is not resized to it again until spec.flavor changes.
+	// +optional
+	RevertedFlavor string `json:"revertedFlavor,omitempty"`
 	// SnapshotRequest acknowledges the last Snapshot of the instance that was served.
 	// +optional
 	SnapshotRequest *ObjectRequestStatus `json:"snapshotRequest,omitempty"`
@@ -627,10 +725,11 @@ type InstanceStatus struct {
 	// AgentReport is the node agent's account of the instance.
 	// +optional
 	AgentReport *AgentReport `json:"agentReport,omitempty"`
-	// TargetReport is the account of the agent of a migration's target node, while the
-	// instance still lives on its source.
+	// PeerReport is the account of the agent of status.task.peerNode: a live migration's
+	// target while the instance still lives on its source, a resize's source while its
+	// confirmation deletes the source's copy.
 	// +optional
-	TargetReport *AgentReport `json:"targetReport,omitempty"`
+	PeerReport *AgentReport `json:"peerReport,omitempty"`
 	// LaunchedAt is when the instance first became Active.
 	// +optional
 	LaunchedAt *metav1.Time `json:"launchedAt,omitempty"`
@@ -650,7 +749,7 @@ type InstanceStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=inst,categories=nova
 // +kubebuilder:selectablefield:JSONPath=`.status.nodeName`
-// +kubebuilder:selectablefield:JSONPath=`.status.task.migration.targetNode`
+// +kubebuilder:selectablefield:JSONPath=`.status.task.peerNode`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.vmState`
 // +kubebuilder:printcolumn:name="Task",type=string,JSONPath=`.status.taskState`
 // +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`

@@ -48,6 +48,8 @@ func run() error {
 		sourceDirs     = flag.String("image-source-dirs", "", "comma-separated directories that an Image's file source may name; empty allows no file sources")
 		maxImageBytes  = flag.Int64("max-image-bytes", imagestore.DefaultMaxImageBytes, "largest image the image service imports")
 		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
+		sameHost       = flag.Bool("allow-resize-to-same-host", true, "let a resize stay on its node when both flavors fit there (Nova's allow_resize_to_same_host); false always moves it to another node")
+		confirmWindow  = flag.Duration("resize-confirm-window", 0, "confirm a resize or cold migration by itself once it has waited this long in Resized (Nova's resize_confirm_window); 0 waits for a person")
 		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
@@ -80,6 +82,7 @@ func run() error {
 	if err := controllers.IndexMigrations(context.Background(), mgr); err != nil {
 		return err
 	}
+	store := &imagestore.Dir{Root: *imageStore}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
@@ -89,6 +92,10 @@ func run() error {
 		APIReader:          mgr.GetAPIReader(),
 		DefaultRescueImage: *rescueImage,
 		ShelvedOffloadTime: *offloadTime,
+
+		AllowResizeToSameHost: *sameHost,
+		ResizeConfirmWindow:   *confirmWindow,
+		Images:                store,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("instance controller: %w", err)
 	}
@@ -98,7 +105,6 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("hypervisor controller: %w", err)
 	}
-	store := &imagestore.Dir{Root: *imageStore}
 	// What an import cut short by a crash left in the store; an hour spares the uploads that
 	// other processes have in flight.
 	if err := store.RemoveStalePuts(time.Hour); err != nil {

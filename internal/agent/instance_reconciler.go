@@ -91,8 +91,8 @@ type InstanceReconciler struct {
 	RebootTimeout time.Duration
 	// Workers is how many instances are reconciled at once (DefaultWorkers when zero).
 	Workers int
-	// Incoming holds the instances whose migration targets this node (a field selector on
-	// status.task.migration.targetNode) while they still live on their source; nil for none.
+	// Incoming holds the instances whose task names this node its peer (a field selector on
+	// status.task.peerNode) while they live on another node; nil for none.
 	Incoming cache.Cache
 	// MigrationTLS encrypts the data of the live migrations this node sends.
 	MigrationTLS bool
@@ -280,6 +280,18 @@ func (r *InstanceReconciler) carryOut(ctx context.Context, inst *v1.Instance, ta
 		return true, r.unrescue(ctx, inst, task)
 	case v1.ActionEvacuate:
 		return r.evacuate(ctx, inst, task)
+	case v1.ActionResize, v1.ActionMigrate:
+		if inst.Status.TaskState == v1.TaskStateResizeFinish {
+			return r.finishResize(ctx, inst, task)
+		}
+		return r.handOverDisk(ctx, inst, task)
+	case v1.ActionConfirmResize:
+		return r.confirmResize(ctx, inst)
+	case v1.ActionRevertResize:
+		if rs := inst.Status.Resize; rs != nil && rs.SourceNode != r.NodeName {
+			return r.removeResized(ctx, inst, task)
+		}
+		return r.revertResize(ctx, inst)
 	case v1.ActionLiveMigrate:
 		if task.Migration == nil {
 			return false, errors.New("the live migration task names no target")
@@ -303,43 +315,62 @@ func (r *InstanceReconciler) spawn(ctx context.Context, inst *v1.Instance) error
 
 // spawnWith is spawn with the domain booting rescueDisk, the root disk second, when it is set.
 func (r *InstanceReconciler) spawnWith(ctx context.Context, inst *v1.Instance, rescueDisk string) error {
-	if inst.Status.Flavor == nil || inst.Status.Image == nil {
-		return errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
-	}
-	uid := string(inst.UID)
 	began := time.Now()
-	disk, err := r.Storage.RootDisk(uid)
-	if err != nil {
-		return err
-	}
-	// The owner record goes first: whatever this spawn leaves on the node, the orphan cleanup
-	// can ask about its instance by name.
-	if err := r.Storage.WriteOwner(uid, storage.Owner{Namespace: inst.Namespace, Name: inst.Name}); err != nil {
-		return err
-	}
-	if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
-		if disk, err = r.createRootDisk(ctx, inst); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return err
-	}
-	consoleLog, err := r.Storage.ConsoleLog(uid)
-	if err != nil {
-		return err
-	}
-	configDrive, err := r.configDrive(ctx, inst)
+	m, err := r.machine(ctx, inst, rescueDisk)
 	if err != nil {
 		return err
 	}
 	diskReady := time.Now()
-	err = r.Driver.Spawn(ctx, driver.Machine{
+	err = r.Driver.Spawn(ctx, m)
+	log.FromContext(ctx).V(1).Info("spawned", "disk", diskReady.Sub(began).String(), "domain", time.Since(diskReady).String(), "error", err)
+	return err
+}
+
+// define is spawn without the boot: the domain is defined, its disks made, and it stays off.
+func (r *InstanceReconciler) define(ctx context.Context, inst *v1.Instance) error {
+	m, err := r.machine(ctx, inst, "")
+	if err != nil {
+		return err
+	}
+	return r.Driver.Define(ctx, m)
+}
+
+// machine makes what the instance's domain needs on this node (the owner record, the root disk
+// if it does not exist, the config drive) and describes the domain.
+func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, rescueDisk string) (driver.Machine, error) {
+	if inst.Status.Flavor == nil || inst.Status.Image == nil {
+		return driver.Machine{}, errors.New("the instance has no flavor or image in status; the manager sets both when it schedules")
+	}
+	uid := string(inst.UID)
+	disk, err := r.Storage.RootDisk(uid)
+	if err != nil {
+		return driver.Machine{}, err
+	}
+	// The owner record goes first: whatever this spawn leaves on the node, the orphan cleanup
+	// can ask about its instance by name.
+	if err := r.Storage.WriteOwner(uid, storage.Owner{Namespace: inst.Namespace, Name: inst.Name}); err != nil {
+		return driver.Machine{}, err
+	}
+	if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
+		if disk, err = r.createRootDisk(ctx, inst); err != nil {
+			return driver.Machine{}, err
+		}
+	} else if err != nil {
+		return driver.Machine{}, err
+	}
+	consoleLog, err := r.Storage.ConsoleLog(uid)
+	if err != nil {
+		return driver.Machine{}, err
+	}
+	configDrive, err := r.configDrive(ctx, inst)
+	if err != nil {
+		return driver.Machine{}, err
+	}
+	return driver.Machine{
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
 		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: r.VirtType,
-	})
-	log.FromContext(ctx).V(1).Info("spawned", "disk", diskReady.Sub(began).String(), "domain", time.Since(diskReady).String(), "error", err)
-	return err
+	}, nil
 }
 
 // configDrive makes the instance's cloud-init NoCloud drive, if its spec gives user data or
@@ -575,7 +606,7 @@ func (r *InstanceReconciler) removeTaskLeftovers(ctx context.Context, inst *v1.I
 		leftovers = append(leftovers, snap)
 	}
 	if disk, err := r.Storage.RootDisk(uid); err == nil {
-		leftovers = append(leftovers, disk+".rebuild")
+		leftovers = append(leftovers, disk+".rebuild", disk+resizeCopySuffix, disk+transferSuffix)
 	}
 	for _, f := range leftovers {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {

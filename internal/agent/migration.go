@@ -21,7 +21,7 @@ import (
 )
 
 // A live migration runs in three places, as Nova's does: the target's agent prepares what the
-// domain needs there (pre_live_migration) and says so in status.targetReport; the source's
+// domain needs there (pre_live_migration) and says so in status.peerReport; the source's
 // agent then has its libvirtd migrate the domain straight to the target's
 // (_live_migration_operation) and reports when the domain has left; the manager moves
 // status.nodeName to the target, whose agent checks that the guest runs and reports the
@@ -148,7 +148,7 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		report.RootDiskBytes, report.StepTaskID, report.Step = size, task.ID, ""
 		return false, nil
 	}
-	if tr := inst.Status.TargetReport; tr == nil || tr.NodeName != m.TargetNode || tr.StepTaskID != task.ID || tr.Step != v1.StepPrepared {
+	if tr := inst.Status.PeerReport; tr == nil || tr.NodeName != m.TargetNode || tr.StepTaskID != task.ID || tr.Step != v1.StepPrepared {
 		return false, nil // the target prepares; its report brings us back
 	}
 	if time.Now().After(deadline) {
@@ -290,19 +290,24 @@ func preparedFor(own *storage.Node, node, uid string) bool {
 	return err == nil && ok && mark.Step == incomingStep(node)
 }
 
-// reconcileIncoming is the target's first part of a LiveMigrate task, while the instance still
-// lives on its source: make what the domain needs here, and say so in status.targetReport.
+// reconcileIncoming serves the instances whose task names this node its peer: a confirmation
+// that deletes this source's copy of a resized disk, and the target's first part of a
+// LiveMigrate task while the instance still lives on its source: make what the domain needs
+// here, and say so in status.peerReport.
 func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Instance) (ctrl.Result, error) {
 	task := inst.Status.Task
+	if task != nil && task.Action == v1.ActionConfirmResize && task.PeerNode == r.NodeName && inst.Status.NodeName != r.NodeName {
+		return r.reconcilePeerConfirm(ctx, inst)
+	}
 	if task == nil || task.Migration == nil || task.Action != v1.ActionLiveMigrate ||
 		task.Migration.TargetNode != r.NodeName || inst.Status.NodeName == r.NodeName {
 		return ctrl.Result{}, nil
 	}
 	orig := inst.DeepCopy()
-	if tr := inst.Status.TargetReport; tr == nil || tr.NodeName != r.NodeName {
-		inst.Status.TargetReport = &v1.AgentReport{NodeName: r.NodeName}
+	if tr := inst.Status.PeerReport; tr == nil || tr.NodeName != r.NodeName {
+		inst.Status.PeerReport = &v1.AgentReport{NodeName: r.NodeName}
 	}
-	tr := inst.Status.TargetReport
+	tr := inst.Status.PeerReport
 	if tr.TaskID == task.ID || (tr.StepTaskID == task.ID && tr.Step == v1.StepMigrated) {
 		return ctrl.Result{}, nil // answered
 	}
@@ -334,7 +339,7 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 	return ctrl.Result{RequeueAfter: next}, nil
 }
 
-// reportArrival says in status.targetReport when the guest runs on this node while its source
+// reportArrival says in status.peerReport when the guest runs on this node while its source
 // has not said it left: should the source's node fail right then, the manager still knows
 // where the guest is. It looks every few seconds while the move runs.
 func (r *InstanceReconciler) reportArrival(ctx context.Context, orig, inst *v1.Instance) (ctrl.Result, error) {
@@ -346,7 +351,7 @@ func (r *InstanceReconciler) reportArrival(ctx context.Context, orig, inst *v1.I
 	if st.Power != v1.PowerStateRunning {
 		return ctrl.Result{RequeueAfter: arrivalPoll}, nil
 	}
-	inst.Status.TargetReport.Step = v1.StepMigrated
+	inst.Status.PeerReport.Step = v1.StepMigrated
 	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
@@ -469,7 +474,7 @@ func mayRemoveMovedFiles(ctx context.Context, reader client.Reader, own *storage
 	if sharedStorage {
 		return false, nil
 	}
-	for _, node := range []string{inst.Status.NodeName, scheduler.MigrationTarget(inst)} {
+	for _, node := range nodesOf(inst) {
 		rel, err := compareStorage(ctx, reader, own, me, node)
 		if err != nil || rel != storageSeparate {
 			return false, err
@@ -515,7 +520,7 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 // livesElsewhere says whether an instance has nothing to do with this node now: placed on
 // another node (or none) and no migration's target here.
 func (r *InstanceReconciler) livesElsewhere(inst *v1.Instance) bool {
-	return inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName
+	return inst.Status.NodeName != r.NodeName && !scheduler.Involves(inst, r.NodeName)
 }
 
 // evacuate rebuilds the instance on this node after its own node was fenced (Nova's rebuild on
@@ -590,4 +595,17 @@ func (r *InstanceReconciler) setAsideOldFiles(ctx context.Context, uid, source s
 		return r.Storage.DeleteInstanceFiles(uid)
 	}
 	return os.Rename(dir, fmt.Sprintf("%s.replaced-%d", dir, taskID))
+}
+
+// nodesOf lists every node an instance involves: its own, a move's target, its task's peer, a
+// resize's source and target.
+func nodesOf(inst *v1.Instance) []string {
+	nodes := []string{inst.Status.NodeName, scheduler.MigrationTarget(inst)}
+	if t := inst.Status.Task; t != nil && t.PeerNode != "" {
+		nodes = append(nodes, t.PeerNode)
+	}
+	if rs := inst.Status.Resize; rs != nil {
+		nodes = append(nodes, rs.SourceNode, rs.TargetNode)
+	}
+	return nodes
 }

@@ -80,11 +80,11 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create manager for node %s: %w", n.Name, err)
 	}
-	// A second cache holds the instances whose live migration targets this node, while they
-	// still live on their source: the target prepares for them.
+	// A second cache holds the instances whose task names this node its peer while they live
+	// elsewhere: a live migration's target prepares for them, a resize's source confirms.
 	incoming, err := cache.New(cfg, cache.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(),
 		ByObject: map[client.Object]cache.ByObject{
-			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.task.migration.targetNode", n.Name)},
+			&v1.Instance{}: {Field: fields.OneTermEqualSelector("status.task.peerNode", n.Name)},
 		}})
 	if err != nil {
 		return nil, fmt.Errorf("create the incoming-migrations cache of node %s: %w", n.Name, err)

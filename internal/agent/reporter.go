@@ -246,7 +246,7 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			}
 			continue
 		}
-		if inst != nil && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName {
+		if inst != nil && inst.Status.NodeName != r.NodeName && !scheduler.Involves(inst, r.NodeName) {
 			// Left by a move: removed only from storage this node does not share, or made
 			// here for a move that did not arrive.
 			if may, err := mayRemoveMovedFiles(ctx, r.Reader, r.Storage, r.NodeName, r.SharedStorage, inst); err != nil || (!may && !preparedFor(r.Storage, r.NodeName, uid)) {

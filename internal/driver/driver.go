@@ -128,6 +128,9 @@ type Driver interface {
 	// running) and starts it if it is not running. A domain with saved state (see Suspend)
 	// keeps its definition and resumes from that state.
 	Spawn(ctx context.Context, m Machine) error
+	// Define defines the domain as m describes (updating the definition of a domain that is
+	// not running) without starting it: an instance that stays stopped through a resize.
+	Define(ctx context.Context, m Machine) error
 	// Destroy stops the domain at once and undefines it; disks are left alone. A missing
 	// domain is not an error.
 	Destroy(ctx context.Context, uuid string) error

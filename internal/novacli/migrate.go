@@ -29,9 +29,14 @@ func newMigrateCommand(o *options) *cobra.Command {
 		Short: "Move an instance to another node (nova migrate, nova live-migration)",
 		Long: "migrate creates a Migration of the instance. With --live the guest keeps running while\n" +
 			"it moves: only its memory when the two nodes share storage, its memory and disks with\n" +
-			"--block-migrate (the default chooses from the nodes' storage). Without --node the\n" +
-			"scheduler chooses the target among the other nodes.",
-		Example: `  # Live-migrate web to a node the scheduler chooses, and follow it
+			"--block-migrate (the default chooses from the nodes' storage). Without --live it is a\n" +
+			"cold migration: the guest is powered off, its disk moved, and it boots on the target,\n" +
+			"where it waits in Resized until kubectl nova resize NAME --confirm (or --revert). Without\n" +
+			"--node the scheduler chooses the target among the other nodes.",
+		Example: `  # Cold-migrate web, and confirm once it runs on its new node
+  kubectl nova migrate web --wait && kubectl nova resize web --confirm
+
+  # Live-migrate web to a node the scheduler chooses, and follow it
   kubectl nova migrate web --live --wait
 
   # Live-migrate web to node-3, copying its disk
@@ -40,7 +45,11 @@ func newMigrateCommand(o *options) *cobra.Command {
 		ValidArgsFunction: o.completeInstanceNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !live {
-				return fmt.Errorf("only live migration (--live) is supported by this version of kubenova yet")
+				if cmd.Flags().Changed("block-migrate") {
+					return fmt.Errorf("--block-migrate applies to live migrations (--live) only")
+				}
+				spec := v1.MigrationSpec{InstanceName: args[0], Type: v1.MigrationCold, TargetNode: node}
+				return o.runMigrate(cmd.Context(), spec, wf)
 			}
 			mode := v1.BlockMigrationAuto
 			if cmd.Flags().Changed("block-migrate") {
@@ -84,6 +93,11 @@ func (o *options) runMigrate(ctx context.Context, spec v1.MigrationSpec, wf wait
 		return err
 	}
 	s := mig.Status
+	if spec.Type == v1.MigrationCold {
+		_, _ = fmt.Fprintf(out, "%s runs on %s (from %s); confirm with kubectl nova resize %s --confirm, or --revert\n",
+			spec.InstanceName, s.TargetNode, s.SourceNode, spec.InstanceName)
+		return nil
+	}
 	how := "shared storage"
 	if s.BlockMigration {
 		how = "block migration"
@@ -115,6 +129,10 @@ func waitForMigration(ctx context.Context, out io.Writer, mig *v1.Migration, get
 			switch mig.Status.Phase {
 			case v1.MigrationSucceeded:
 				return nil
+			case v1.MigrationFinalizing:
+				if mig.Spec.Type == v1.MigrationCold && mig.Status.Reason == coldMigrationResized {
+					return nil // the instance waits in Resized for its confirmation
+				}
 			case v1.MigrationFailed:
 				return fmt.Errorf("migration %s failed: %s: %s", mig.Name, mig.Status.Reason, mig.Status.Message)
 			}
@@ -295,3 +313,7 @@ func (o *options) runEvacuate(ctx context.Context, node, target string, forceDow
 	}
 	return nil
 }
+
+// coldMigrationResized is the reason of a cold migration whose instance waits in Resized
+// (the manager's controllers.ReasonResized).
+const coldMigrationResized = "Resized"

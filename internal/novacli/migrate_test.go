@@ -13,7 +13,7 @@ import (
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
 
-func TestMigrateCreatesALiveMigration(t *testing.T) {
+func TestMigrateCreatesAMigration(t *testing.T) {
 	cases := []struct {
 		args []string
 		want v1.MigrationSpec
@@ -23,6 +23,8 @@ func TestMigrateCreatesALiveMigration(t *testing.T) {
 			v1.MigrationSpec{InstanceName: "web", Type: v1.MigrationLive, BlockMigration: v1.BlockMigrationEnabled, TargetNode: "node-3"}},
 		{[]string{"migrate", "web", "--live", "--block-migrate=false"},
 			v1.MigrationSpec{InstanceName: "web", Type: v1.MigrationLive, BlockMigration: v1.BlockMigrationDisabled}},
+		{[]string{"migrate", "web"}, v1.MigrationSpec{InstanceName: "web", Type: v1.MigrationCold}},
+		{[]string{"migrate", "web", "--node", "node-2"}, v1.MigrationSpec{InstanceName: "web", Type: v1.MigrationCold, TargetNode: "node-2"}},
 	}
 	for _, tc := range cases {
 		h := newHarness(t, sampleInstance("web"))
@@ -46,8 +48,8 @@ func TestMigrateCreatesALiveMigration(t *testing.T) {
 	if err := h.run("migrate", "nothing", "--live"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("a migration of a missing instance: %v", err)
 	}
-	if err := h.run("migrate", "web"); err == nil || !strings.Contains(err.Error(), "--live") {
-		t.Errorf("a cold migration, not built yet: %v", err)
+	if err := h.run("migrate", "web", "--block-migrate"); err == nil || !strings.Contains(err.Error(), "--live") {
+		t.Errorf("a cold migration that asks for a block migration: %v", err)
 	}
 }
 

@@ -93,7 +93,7 @@ func newRootCommand(o *options) *cobra.Command {
 		root.AddCommand(newPowerCommand(o, v))
 	}
 	root.AddCommand(newRebootCommand(o), newLockCommand(o), newUnlockCommand(o))
-	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o),
+	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o), newResizeCommand(o),
 		newRescueCommand(o), newUnrescueCommand(o))
 	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o), newEvacuateCommand(o))
 	return root

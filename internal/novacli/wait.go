@@ -21,6 +21,8 @@ type waitTarget struct {
 	// request is the one-shot request written, if any: a reboot or a rebuild onto the same
 	// image changes no state, so only its acknowledgement tells that it happened.
 	request *stampedRequest
+	// untilResized: a resize is done once the instance waits in Resized for its confirmation.
+	untilResized bool
 }
 
 // stampedRequest is a one-shot request of the spec and where status acknowledges it.
@@ -35,6 +37,14 @@ type stampedRequest struct {
 func rebootStamped(at metav1.MicroTime) *stampedRequest {
 	return &stampedRequest{verb: "reboot", stamp: at, ack: func(st *v1.InstanceStatus) *v1.RequestStatus { return st.RebootRequest }}
 }
+
+// resizeStamped is the resize confirmation or revert stamped at.
+func resizeStamped(at metav1.MicroTime) *stampedRequest {
+	return &stampedRequest{verb: "resize", stamp: at, ack: func(st *v1.InstanceStatus) *v1.RequestStatus { return st.ResizeRequest }}
+}
+
+// ReasonResizedWaiting is --wait's reason for a resize that reached Resized.
+const ReasonResizedWaiting = "Resized"
 
 // rebuildStamped is the rebuild request stamped at.
 func rebuildStamped(at metav1.MicroTime) *stampedRequest {
@@ -90,6 +100,9 @@ func judge(inst *v1.Instance, t waitTarget) outcome {
 			return outcome{failed, f.Reason, f.Message}
 		}
 		return outcome{failed, v1.ReasonInstanceError, "the instance is in Error"}
+	}
+	if t.untilResized && st.VMState == v1.VMStateResized && st.TaskState == v1.TaskStateNone {
+		return outcome{verdict: done, reason: ReasonResizedWaiting, message: "resized: confirm or revert"}
 	}
 	ready := conditionFor(st.Conditions, v1.ConditionReady, t.generation)
 	if st.TaskState != v1.TaskStateNone || ready == nil || ready.Status != metav1.ConditionTrue {

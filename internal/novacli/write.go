@@ -40,6 +40,11 @@ type request struct {
 	// precheck refuses the write after reading the instance; nil writes without reading, and
 	// leaves the judgement to the manager's state machine.
 	precheck func(*v1.Instance) error
+	// bodyFor, when set, makes the body from the instance as it is (a revert names the old
+	// flavor).
+	bodyFor func(*v1.Instance) ([]byte, error)
+	// untilResized: --wait is done once the instance waits in Resized.
+	untilResized bool
 }
 
 // listScope returns a client and the options that list the chosen namespace, or every
@@ -75,13 +80,20 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 	if err != nil {
 		return err
 	}
-	if req.precheck != nil {
+	if req.precheck != nil || req.bodyFor != nil {
 		current := &v1.Instance{}
 		if err := c.Get(ctx, key, current); err != nil {
 			return err
 		}
-		if err := req.precheck(current); err != nil {
-			return err
+		if req.precheck != nil {
+			if err := req.precheck(current); err != nil {
+				return err
+			}
+		}
+		if req.bodyFor != nil {
+			if req.body, err = req.bodyFor(current); err != nil {
+				return err
+			}
 		}
 	}
 	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
@@ -97,7 +109,7 @@ func (o *options) write(ctx context.Context, req request, wf waitFlags) error {
 		got := &v1.Instance{}
 		return got, c.Get(ctx, key, got)
 	}
-	target := waitTarget{generation: inst.Generation, request: req.stamped}
+	target := waitTarget{generation: inst.Generation, request: req.stamped, untilResized: req.untilResized}
 	final, err := waitFor(ctx, out, req.name, get, target, o.pollInterval, wf.timeout)
 	if err != nil {
 		return err

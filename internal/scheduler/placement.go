@@ -42,7 +42,8 @@ type Claim struct {
 
 // Claims lists what an instance holds, node by node: its flavor on its node (Holds), and on the
 // target of a migration in flight too, as Nova's placement holds a migration's allocation on
-// both hosts until the move is over.
+// both hosts until the move is over. A resize holds the new flavor on its target and the old
+// one on its source until it is confirmed or reverted (both on one node resized in place).
 func Claims(inst *v1.Instance) []Claim {
 	if !Holds(inst) {
 		return nil
@@ -52,7 +53,33 @@ func Claims(inst *v1.Instance) []Claim {
 	if target := MigrationTarget(inst); target != "" && target != inst.Status.NodeName {
 		claims = append(claims, Claim{Node: target, Resources: res})
 	}
+	if other, ok := ResizeOther(inst); ok {
+		claims = append(claims, other)
+	}
 	return claims
+}
+
+// ResizeOther is what a resize holds besides the instance's node and flavor: the new flavor on
+// the target while the instance is still on its source, the old flavor on the source once it
+// runs on the target. On one node, it is the flavor the instance does not have now.
+func ResizeOther(inst *v1.Instance) (Claim, bool) {
+	rs := inst.Status.Resize
+	if rs == nil || inst.Status.Flavor == nil {
+		return Claim{}, false
+	}
+	oldRes, newRes := FlavorResources(rs.OldFlavor.FlavorSpec), FlavorResources(rs.Flavor.FlavorSpec)
+	switch node := inst.Status.NodeName; {
+	case rs.SourceNode == rs.TargetNode:
+		if inst.Status.Flavor.Name == rs.Flavor.Name && FlavorResources(inst.Status.Flavor.FlavorSpec) == newRes {
+			return Claim{Node: node, Resources: oldRes}, true
+		}
+		return Claim{Node: node, Resources: newRes}, true
+	case node == rs.SourceNode:
+		return Claim{Node: rs.TargetNode, Resources: newRes}, true
+	case node == rs.TargetNode:
+		return Claim{Node: rs.SourceNode, Resources: oldRes}, true
+	}
+	return Claim{}, false
 }
 
 // MigrationTarget is the node a migration in flight moves the instance to; "" when none.
@@ -61,6 +88,23 @@ func MigrationTarget(inst *v1.Instance) string {
 		return t.Migration.TargetNode
 	}
 	return ""
+}
+
+// Involves says whether an instance concerns a node other than its own: the target of a move
+// in flight, the peer of its task, or the source that keeps its disk until a resize is
+// confirmed or reverted. That node must neither destroy its files nor forget its claim.
+func Involves(inst *v1.Instance, node string) bool {
+	if node == "" {
+		return false
+	}
+	if MigrationTarget(inst) == node {
+		return true
+	}
+	if t := inst.Status.Task; t != nil && t.PeerNode == node {
+		return true
+	}
+	rs := inst.Status.Resize
+	return rs != nil && (rs.SourceNode == node || rs.TargetNode == node)
 }
 
 type claim struct {
@@ -112,7 +156,7 @@ func (p *Placement) Observe(inst *v1.Instance) {
 		p.observed[inst.UID] = held
 	}
 	if c, ok := p.pending[inst.UID]; ok && inst.Status.Flavor != nil &&
-		(inst.Status.NodeName == c.node || MigrationTarget(inst) == c.node) {
+		(inst.Status.NodeName == c.node || Involves(inst, c.node)) {
 		delete(p.pending, inst.UID)
 	}
 }

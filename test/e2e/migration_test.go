@@ -81,7 +81,7 @@ var _ = Describe("Live migration", Ordered, func() {
 		after := expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(after.Status.NodeName).To(Equal(target))
 		Expect(after.UID).To(Equal(before.UID))
-		Expect(after.Status.TargetReport).To(BeNil())
+		Expect(after.Status.PeerReport).To(BeNil())
 		Expect(after.Status.MigrationRequest.Result).To(Equal(v1.RequestSucceeded))
 		// The guest runs on the target, and only there.
 		out, err = host(target).Virsh(ctx, "domstate", string(after.UID))

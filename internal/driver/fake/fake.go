@@ -149,6 +149,28 @@ func (d *Driver) Machine(uuid string) (driver.Machine, bool) {
 	return dom.machine, true
 }
 
+// Define implements driver.Driver.
+func (d *Driver) Define(_ context.Context, m driver.Machine) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.called("Define")
+	if m.UUID == "" || m.RootDisk == "" {
+		return fmt.Errorf("define %s: machine lacks uuid or root disk", m.Name)
+	}
+	dom, ok := d.domains[m.UUID]
+	if !ok {
+		dom = &domain{machine: m, runID: -1}
+		d.domains[m.UUID] = dom
+		d.set(m.UUID, dom, v1.PowerStateShutdown, "Defined")
+		return nil
+	}
+	if dom.runID >= 0 {
+		return fmt.Errorf("define %s: the domain runs", m.Name)
+	}
+	dom.machine = m
+	return nil
+}
+
 // Destroy implements driver.Driver.
 func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	d.mu.Lock()

@@ -337,6 +337,33 @@ func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	})
 }
 
+// Define implements driver.Driver.
+func (d *Driver) Define(_ context.Context, m driver.Machine) error {
+	x, err := domainxml.Build(m)
+	if err != nil {
+		return err
+	}
+	return d.withOperation(func(c *golibvirt.Connect) error {
+		if dom, err := lookup(c, m.UUID); err == nil {
+			active, err := dom.IsActive()
+			_ = dom.Free()
+			if err != nil {
+				return fmt.Errorf("state of domain %s: %w", m.Name, err)
+			}
+			if active {
+				return fmt.Errorf("domain %s runs: its definition is not replaced under it", m.Name)
+			}
+		} else if !errors.Is(err, driver.ErrNotFound) {
+			return err
+		}
+		dom, err := c.DomainDefineXML(x)
+		if err != nil {
+			return fmt.Errorf("define domain %s: %w", m.Name, err)
+		}
+		return dom.Free()
+	})
+}
+
 // Destroy implements driver.Driver.
 func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	err := d.withOperationOn(uuid, func(dom *golibvirt.Domain) error {

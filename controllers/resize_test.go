@@ -1,0 +1,124 @@
+package controllers
+
+import (
+	"os"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// Resizes in place on node-a, its agent's fake hypervisor on real disks: the disk is copied and
+// grown, the old one set aside until a confirmation deletes it or a revert puts it back.
+var _ = Describe("Resize", Ordered, func() {
+	BeforeAll(func(ctx SpecContext) {
+		ensureNodeA(ctx)
+		makeFlavor(ctx, "wide", 2, 512, 2)
+	})
+
+	resized := func(ctx SpecContext, inst *v1.Instance) *v1.Instance {
+		var got *v1.Instance
+		Eventually(func(g Gomega) {
+			var err error
+			got, err = get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateResized), "%+v", got.Status.Conditions)
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+		}).WithContext(ctx).Should(Succeed())
+		return got
+	}
+	settledIn := func(ctx SpecContext, inst *v1.Instance, vm v1.VMState, readyReason string) *v1.Instance {
+		var got *v1.Instance
+		Eventually(func(g Gomega) {
+			var err error
+			got, err = get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.VMState).To(Equal(vm))
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.ObservedGeneration).To(Equal(got.Generation))
+			g.Expect(ready.Reason).To(Equal(readyReason), ready.Message)
+		}).WithContext(ctx).Should(Succeed())
+		return got
+	}
+
+	It("resizes in place, reverts to the old flavor and disk, holds the reverted flavor, and confirms a resize asked again", func(ctx SpecContext) {
+		inst := createOnNodeA(ctx, "resize")
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		before, _ := get(ctx, inst)()
+		disk, err := agentStore.RootDisk(string(before.UID))
+		Expect(err).NotTo(HaveOccurred())
+		oldDisk, err := os.Stat(disk)
+		Expect(err).NotTo(HaveOccurred())
+
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "wide" })
+		got := resized(ctx, inst)
+		rs := got.Status.Resize
+		Expect(rs).NotTo(BeNil())
+		Expect(rs.SourceNode).To(Equal("node-a"))
+		Expect(rs.TargetNode).To(Equal("node-a"))
+		Expect(rs.DiskTransfer).To(Equal(v1.TransferSameNode))
+		Expect(rs.OldFlavor.Name).To(Equal("small"))
+		Expect(rs.ResizedAt).NotTo(BeNil())
+		Expect(got.Status.Flavor.Name).To(Equal("wide"))
+		m, ok := fakeDriver.Machine(string(got.UID))
+		Expect(ok).To(BeTrue())
+		Expect(m.VCPUs).To(Equal(int32(2)))
+		Expect(m.MemoryMiB).To(Equal(int32(512)))
+		size, err := storage.DiskVirtualSize(disk)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(size).To(Equal(int64(2<<30)), "grown to the new flavor's disk")
+		aside, err := os.Stat(disk + ".resize")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.SameFile(aside, oldDisk)).To(BeTrue(), "the old disk is set aside, untouched")
+		ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+		Expect(ready.Reason).To(Equal(ReasonResized))
+
+		By("reverting: the old flavor and the very disk it had")
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.ResizeRequest = &v1.ResizeRequest{Decision: v1.ResizeRevert, RequestedAt: microNow()}
+		})
+		got = settledIn(ctx, inst, v1.VMStateActive, ReasonResizeReverted)
+		Expect(got.Status.Flavor.Name).To(Equal("small"))
+		Expect(got.Status.Resize).To(BeNil())
+		Expect(got.Status.RevertedFlavor).To(Equal("wide"))
+		Expect(got.Status.ResizeRequest.Result).To(Equal(v1.RequestSucceeded))
+		m, _ = fakeDriver.Machine(string(got.UID))
+		Expect(m.VCPUs).To(Equal(int32(1)))
+		restored, err := os.Stat(disk)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.SameFile(restored, oldDisk)).To(BeTrue(), "the disk set aside is the root disk again")
+		Expect(disk + ".resize").NotTo(BeAnExistingFile())
+
+		By("asking again by way of the current flavor, then the new one: resized, then confirmed")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "small" })
+		settledIn(ctx, inst, v1.VMStateActive, v1.ReasonDesiredStateReached)
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "wide" })
+		resized(ctx, inst)
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.ResizeRequest = &v1.ResizeRequest{Decision: v1.ResizeConfirm, RequestedAt: microNow()}
+		})
+		got = settledIn(ctx, inst, v1.VMStateActive, v1.ReasonDesiredStateReached)
+		Expect(got.Status.Flavor.Name).To(Equal("wide"))
+		Expect(got.Status.Resize).To(BeNil())
+		Expect(disk+".resize").NotTo(BeAnExistingFile(), "confirmed: the old disk is deleted")
+		Expect(disk).To(BeAnExistingFile())
+
+		By("a confirmation with nothing to confirm is refused, and changes nothing")
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.ResizeRequest = &v1.ResizeRequest{Decision: v1.ResizeConfirm, RequestedAt: microNow()}
+		})
+		Eventually(func() v1.RequestResult {
+			cur, _ := get(ctx, inst)()
+			if cur.Status.ResizeRequest == nil || !cur.Status.ResizeRequest.RequestedAt.Equal(&cur.Spec.ResizeRequest.RequestedAt) {
+				return ""
+			}
+			return cur.Status.ResizeRequest.Result
+		}).WithContext(ctx).Should(Equal(v1.RequestRefused))
+		settledIn(ctx, inst, v1.VMStateActive, v1.ReasonDesiredStateReached)
+	})
+})
