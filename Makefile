@@ -85,6 +85,7 @@ bench-guests: libvirt control-plane test-guest build ## Launch, power and image 
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/storm --guests 20 --spacing 100ms --runs 3 --work-dir $(WORK_DIR)/bench-storm
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/images --runs 3 --work-dir $(WORK_DIR)/bench-images
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/migration --runs 5 --work-dir $(WORK_DIR)/bench-migration
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/resize --runs 5 --work-dir $(WORK_DIR)/bench-resize
 
 .PHONY: test
 test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.

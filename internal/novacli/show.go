@@ -118,6 +118,16 @@ func showProperties(inst *v1.Instance) []property {
 		props = append(props, property{"rebuildRequest", fmt.Sprintf("at %s: %s",
 			formatMicro(r.RequestedAt), requestValue(st.RebuildRequest, r.RequestedAt.Time))})
 	}
+	if r := inst.Spec.ResizeRequest; r != nil {
+		props = append(props, property{"resizeRequest", fmt.Sprintf("%s at %s: %s",
+			r.Decision, formatMicro(r.RequestedAt), requestValue(st.ResizeRequest, r.RequestedAt.Time))})
+	}
+	if rs := st.Resize; rs != nil {
+		props = append(props, property{"resize", resizeValue(rs)})
+	}
+	if st.RevertedFlavor != "" {
+		props = append(props, property{"revertedFlavor", st.RevertedFlavor + " (not resized to again until spec.flavor changes)"})
+	}
 	if a := st.SnapshotRequest; a != nil {
 		value := fmt.Sprintf("snapshot %s: %s", a.Name, a.Result)
 		if a.Message != "" {
@@ -265,6 +275,20 @@ func migrationValue(a *v1.ObjectRequestStatus, task *v1.Task) string {
 	}
 	if a.Message != "" {
 		value += " (" + a.Message + ")"
+	}
+	return value
+}
+
+// resizeValue says what a resize or cold migration in progress does: "Resize m1.tiny ->
+// m1.small, host-1 -> host-3 (ImageStore), was Active, resized at ...: confirm or revert".
+func resizeValue(rs *v1.ResizeStatus) string {
+	value := fmt.Sprintf("%s %s -> %s, %s -> %s (%s), was %s", rs.Action, rs.OldFlavor.Name, rs.Flavor.Name,
+		rs.SourceNode, rs.TargetNode, rs.DiskTransfer, rs.PreviousVMState)
+	if rs.MigrationName != "" {
+		value += ", migration " + rs.MigrationName
+	}
+	if rs.ResizedAt != nil {
+		value += ", resized at " + formatTime(rs.ResizedAt.Time) + ": confirm or revert (kubectl nova resize NAME --confirm|--revert)"
 	}
 	return value
 }

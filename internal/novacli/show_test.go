@@ -210,3 +210,23 @@ func TestShowSaysWhereTheLastMigrationTookTheInstance(t *testing.T) {
 		}
 	}
 }
+
+func TestShowSaysWhatAResizeWaitsFor(t *testing.T) {
+	inst := resizedInstance()
+	at := metav1.NewTime(testNow)
+	inst.Status.Resize.DiskTransfer, inst.Status.Resize.ResizedAt = v1.TransferImageStore, &at
+	inst.Spec.ResizeRequest = &v1.ResizeRequest{Decision: v1.ResizeRevert, RequestedAt: stamp(testNow)}
+	inst.Status.ResizeRequest = &v1.RequestStatus{RequestedAt: stamp(testNow), Result: v1.RequestAccepted, TaskID: 7}
+	props := map[string]string{}
+	for _, p := range showProperties(inst) {
+		props[p.name] = p.value
+	}
+	want := "Resize m1.tiny -> m1.small, host-1 -> host-2 (ImageStore), was Active, resized at " + formatTime(testNow) +
+		": confirm or revert (kubectl nova resize NAME --confirm|--revert)"
+	if props["resize"] != want {
+		t.Errorf("resize = %q, want %q", props["resize"], want)
+	}
+	if got := props["resizeRequest"]; !strings.HasPrefix(got, "Revert at ") || !strings.Contains(got, "Accepted") {
+		t.Errorf("resizeRequest = %q", got)
+	}
+}
