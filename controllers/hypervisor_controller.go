@@ -263,11 +263,15 @@ func (r *HypervisorReconciler) allocations(ctx context.Context, hv *v1.Hyperviso
 	var used v1.Resources
 	var count int32
 	for i := range list.Items {
+		holds := false
 		for _, c := range scheduler.Claims(&list.Items[i]) {
 			if c.Node == hv.Name {
-				used = scheduler.Add(used, c.Resources)
-				count++
+				// (A resize on its own node holds both flavors there: one instance.)
+				used, holds = scheduler.Add(used, c.Resources), true
 			}
+		}
+		if holds {
+			count++
 		}
 	}
 	hv.Status.Allocated, hv.Status.Instances = used, count

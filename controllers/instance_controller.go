@@ -372,7 +372,7 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 			return "", err
 		}
 		i := slices.IndexFunc(hosts, func(h scheduler.Host) bool { return h.Name() == node })
-		if r.Placement.Reserve(inst.UID, hosts[i], request) {
+		if r.Placement.Reserve(inst.UID, inst.ResourceVersion, hosts[i], request) {
 			return node, nil
 		}
 		if attempt == maxPlacementAttempts {
@@ -450,9 +450,9 @@ func (r *InstanceReconciler) finishTask(ctx context.Context, inst *v1.Instance, 
 	task := inst.Status.Task
 	tr, _ := lifecycle.Lookup(task.Action)
 	from := inst.Status.VMState
-	wasStopped := from == v1.VMStateStopped
+	wasStopped, rollback := from == v1.VMStateStopped, false
 	if rs := inst.Status.Resize; rs != nil {
-		wasStopped = rs.PreviousVMState == v1.VMStateStopped
+		wasStopped, rollback = rs.PreviousVMState == v1.VMStateStopped, rs.RollingBack
 	}
 	inst.Status.VMState = tr.Outcome(from, succeeded, wasStopped)
 	inst.Status.TaskState = v1.TaskStateNone
@@ -510,7 +510,9 @@ func (r *InstanceReconciler) finishTask(ctx context.Context, inst *v1.Instance, 
 		t := metav1.NewTime(r.now())
 		inst.Status.LaunchedAt = &t
 	}
-	if f := inst.Status.Fault; inst.Status.VMState != v1.VMStateError && !rolledBack(task, f) {
+	if inst.Status.VMState != v1.VMStateError && !rollback {
+		// (A rollback keeps the fault of the move it undid: the same move is not tried again
+		// for the same spec.)
 		inst.Status.Fault = nil
 	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskSucceeded, string(task.Action), "%s done on %s: %s", task.Action, node, inst.Status.VMState)
@@ -598,8 +600,9 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 	if started, err := r.serveMigration(ctx, inst, st); err != nil || started {
 		return nil, err
 	}
-	if res, started := r.serveResize(inst, st); started || res != nil {
-		return res, nil
+	confirmLater, started, err := r.serveResize(ctx, inst, st)
+	if err != nil || started {
+		return nil, err
 	}
 	if inst.Status.RevertedFlavor != "" && inst.Spec.Flavor != inst.Status.RevertedFlavor {
 		inst.Status.RevertedFlavor = "" // the spec moved on
@@ -660,12 +663,8 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 		}
 	}
 	if first == nil {
-		if rs := inst.Status.Resize; rs != nil && inst.Status.VMState == v1.VMStateResized {
-			st.waiting = &lifecycle.Refusal{Action: rs.Action, Reason: ReasonResized,
-				Message: fmt.Sprintf("resized to flavor %s on %s: confirm (kubectl nova resize %s --confirm) or revert (--revert) with spec.resizeRequest",
-					rs.Flavor.Name, rs.TargetNode, inst.Name)}
-		}
-		return nil, nil
+		st.waiting = resizedWaiting(inst)
+		return confirmLater, nil
 	}
 	st.refusal = first
 	// One Event per refusal, not one per reconcile: the Ready condition already says it.
@@ -1127,14 +1126,6 @@ func finishRequest(ack *v1.RequestStatus, taskID int64, succeeded bool, message 
 	}
 }
 
-// rolledBack says whether task is the revert that rolled back the failed resize or cold
-// migration that fault records: that fault stays, so that the same move is not tried again for
-// the same spec.
-func rolledBack(task *v1.Task, fault *v1.InstanceFault) bool {
-	return task.Action == v1.ActionRevertResize && fault != nil &&
-		(fault.Action == v1.ActionResize || fault.Action == v1.ActionMigrate)
-}
-
 // powerHold refuses a power action while a guest that went down outside kubenova (powered
 // off, crashed, paused, suspended) rests there and neither spec.powerState nor a start request
 // asked again since: Nova's policy, a guest that powered itself off stays off. A guest started
@@ -1156,6 +1147,9 @@ func powerHold(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
 // locked instance's spec but an administrator's, so whatever the spec asks was allowed, and an
 // administrator's override is carried out as Nova's is.
 func (r *InstanceReconciler) check(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
+	if hold := resizeHold(inst, action); hold != nil {
+		return hold
+	}
 	return lifecycle.Check(action, lifecycle.Situation{VMState: inst.Status.VMState, TaskState: inst.Status.TaskState})
 }
 
@@ -1299,13 +1293,14 @@ func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, s
 }
 
 // release drops the instance's claim, its shelved image (the garbage collector would too, as
-// its owner goes) and its finalizer.
+// its owner goes), the copy of its disk a resize left in the image store, and its finalizer.
 func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) error {
 	if inst.Status.ShelvedImage != nil {
 		if err := r.deleteShelvedImage(ctx, inst); err != nil {
 			return err
 		}
 	}
+	r.deleteTransfer(ctx, inst)
 	r.Placement.Release(inst.UID)
 	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {

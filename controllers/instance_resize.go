@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -96,6 +97,9 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 	refuse := func(reason, format string, args ...any) (*v1.ResizeStatus, *lifecycle.Refusal, error) {
 		return nil, &lifecycle.Refusal{Action: action, Reason: reason, Message: fmt.Sprintf(format, args...)}, nil
 	}
+	if inst.Status.Resize != nil {
+		return refuse(v1.ReasonInvalidState, "a %s of the instance is not over yet (status.resize)", inst.Status.Resize.Action)
+	}
 	sourceNode := inst.Status.NodeName
 	source := &v1.Hypervisor{}
 	if err := r.Get(ctx, types.NamespacedName{Name: sourceNode}, source); apierrors.IsNotFound(err) {
@@ -141,17 +145,13 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 		return nil, nil, err
 	}
 	s, t := source.Status, hv.Status
-	switch {
-	case s.StorageID != "" && s.StorageID == t.StorageID && s.StorageShared && t.StorageShared:
+	plan.DiskTransfer = v1.TransferImageStore
+	if s.StorageID != "" && s.StorageID == t.StorageID && s.StorageShared && t.StorageShared {
 		plan.DiskTransfer = v1.TransferSharedStorage
-	case s.StorageID != "" && s.StorageID == t.StorageID:
-		r.Placement.Release(inst.UID)
-		return refuse(ReasonStorageMismatch, "nodes %s and %s see the same storage but do not both declare it shared (the agents' --shared-storage)", sourceNode, target)
-	default:
-		// The copy goes through the image store; the target makes its own disk from it, so
-		// this is safe even when the two nodes might share storage without saying so.
-		plan.DiskTransfer = v1.TransferImageStore
 	}
+	// Anything else goes through the image store: the target makes a disk of its own from
+	// the copy, which is safe even between nodes that share storage without saying so (the
+	// source's disk is set aside under its own name first).
 	return plan, nil, nil
 }
 
@@ -160,6 +160,7 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 func (r *InstanceReconciler) beginResize(inst *v1.Instance, st *reconcileState, action v1.Action, plan *v1.ResizeStatus) {
 	r.startTask(inst, action)
 	inst.Status.TaskState = v1.TaskStateResizeMigrating
+	plan.TaskID = inst.Status.Task.ID
 	inst.Status.Resize = plan
 	where := "on the same node"
 	if plan.TargetNode != plan.SourceNode {
@@ -189,11 +190,14 @@ func (r *InstanceReconciler) collectResize(ctx context.Context, inst *v1.Instanc
 			return false, nil
 		}
 		if rs.DiskTransfer == v1.TransferImageStore {
-			if rep.Transfer == nil {
-				r.finishTask(ctx, inst, st, false, rs.SourceNode, "the source reported no copy of the disk to transfer")
+			// The key is the manager's to say: an agent must not point the target (or the
+			// cleanup) at another object of the image store.
+			if key := v1.ResizeTransferKey(inst.UID, rs.TaskID); rep.Transfer == nil || rep.Transfer.UID != key || rep.Transfer.SHA256 == "" {
+				r.finishTask(ctx, inst, st, false, rs.SourceNode, "the source reported no copy of the disk under "+key)
 				return true, nil
 			}
-			rs.Transfer = rep.Transfer.DeepCopy()
+			rs.Transfer = &v1.AppliedImage{ImageReference: v1.ImageReference{Name: rep.Transfer.UID}, UID: rep.Transfer.UID,
+				SHA256: rep.Transfer.SHA256, DiskFormat: v1.DiskFormatQCOW2}
 		}
 		inst.Status.NodeName, inst.Status.Flavor = rs.TargetNode, rs.Flavor.DeepCopy()
 		inst.Status.TaskState = v1.TaskStateResizeFinish
@@ -248,6 +252,7 @@ func (r *InstanceReconciler) finishResizeTask(ctx context.Context, inst *v1.Inst
 		rs.ResizedAt = &now
 		inst.Status.Flavor = rs.Flavor.DeepCopy()
 	case task.Action == v1.ActionResize || task.Action == v1.ActionMigrate:
+		rs.RollingBack = true
 		r.startRevert(inst)
 		inst.Status.TaskState = v1.TaskStateResizeReverting
 		r.event(st, inst, corev1.EventTypeWarning, ReasonRollingBack, string(task.Action), "%s failed: rolling back to node %s with flavor %s",
@@ -256,7 +261,7 @@ func (r *InstanceReconciler) finishResizeTask(ctx context.Context, inst *v1.Inst
 		r.endResize(ctx, inst, ReasonConfirmed, fmt.Sprintf("confirmed: the instance stays on %s with flavor %s", rs.TargetNode, rs.Flavor.Name))
 	case task.Action == v1.ActionRevertResize && succeeded:
 		inst.Status.Flavor = rs.OldFlavor.DeepCopy()
-		if rs.Action == v1.ActionResize && inst.Status.Fault == nil {
+		if rs.Action == v1.ActionResize && !rs.RollingBack {
 			inst.Status.RevertedFlavor = rs.Flavor.Name
 		}
 		r.endResize(ctx, inst, ReasonReverted, fmt.Sprintf("reverted: the instance is back on %s with flavor %s", rs.SourceNode, rs.OldFlavor.Name))
@@ -270,13 +275,22 @@ func (r *InstanceReconciler) endResize(ctx context.Context, inst *v1.Instance, r
 	if ack := inst.Status.MigrationRequest; ack != nil && rs.MigrationUID != "" && ack.UID == rs.MigrationUID && ack.Result == v1.RequestSucceeded {
 		ack.Reason, ack.Message = reason, message
 	}
-	if rs.Transfer != nil && r.Images != nil {
-		if err := r.Images.Delete(ctx, rs.Transfer.UID); err != nil {
-			// A leftover costs space only; the image store's owner may remove it.
-			log.FromContext(ctx).Error(err, "delete a resize's copy of the disk from the image store", "key", rs.Transfer.UID)
-		}
-	}
+	r.deleteTransfer(ctx, inst)
 	inst.Status.Resize = nil
+}
+
+// deleteTransfer deletes the copy of the disk a resize through the image store uploaded (or
+// may have uploaded: the key is known before the upload).
+func (r *InstanceReconciler) deleteTransfer(ctx context.Context, inst *v1.Instance) {
+	rs := inst.Status.Resize
+	if rs == nil || rs.DiskTransfer != v1.TransferImageStore || r.Images == nil {
+		return
+	}
+	key := v1.ResizeTransferKey(inst.UID, rs.TaskID)
+	if err := r.Images.Delete(ctx, key); err != nil {
+		// A leftover costs space only.
+		log.FromContext(ctx).Error(err, "delete a resize's copy of the disk from the image store", "key", key)
+	}
 }
 
 // startConfirm gives a Resized instance its ConfirmResize task: the source deletes its copy of
@@ -304,7 +318,7 @@ func (r *InstanceReconciler) startRevert(inst *v1.Instance) {
 // instance, else refused or ignored), and confirms by itself a resize that waited
 // --resize-confirm-window (Nova's resize_confirm_window). It says whether it started a task,
 // and when to look again for the automatic confirmation.
-func (r *InstanceReconciler) serveResize(inst *v1.Instance, st *reconcileState) (*ctrl.Result, bool) {
+func (r *InstanceReconciler) serveResize(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, bool, error) {
 	if req := inst.Spec.ResizeRequest; req != nil && !acknowledged(inst.Status.ResizeRequest, req.RequestedAt) {
 		action := v1.ActionConfirmResize
 		if req.Decision == v1.ResizeRevert {
@@ -317,7 +331,7 @@ func (r *InstanceReconciler) serveResize(inst *v1.Instance, st *reconcileState) 
 			ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
 			ack.Message = "the request was stamped before the instance was created, so it is not for this instance"
 		case refusal != nil && refusal.Reason == v1.ReasonTaskInProgress:
-			return nil, false // served when the task in flight ends
+			return nil, false, nil // served when the task in flight ends
 		case refusal == nil && inst.Status.Resize == nil:
 			refusal = &lifecycle.Refusal{Action: action, Reason: v1.ReasonInvalidState, Message: "the instance is Resized but has no resize context to go by"}
 			fallthrough
@@ -332,19 +346,50 @@ func (r *InstanceReconciler) serveResize(inst *v1.Instance, st *reconcileState) 
 			}
 			ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
 			inst.Status.ResizeRequest = ack
-			return nil, true
+			return nil, true, nil
 		}
 		inst.Status.ResizeRequest = ack
 	}
 	rs := inst.Status.Resize
 	if r.ResizeConfirmWindow <= 0 || inst.Status.VMState != v1.VMStateResized || inst.Status.Task != nil || rs == nil || rs.ResizedAt == nil {
-		return nil, false
+		return nil, false, nil
+	}
+	if f := inst.Status.Fault; f != nil && f.Action == v1.ActionConfirmResize {
+		return nil, false, nil // a confirmation failed: people decide
 	}
 	if wait := rs.ResizedAt.Add(r.ResizeConfirmWindow).Sub(r.now()); wait > 0 {
-		return &ctrl.Result{RequeueAfter: wait}, false
+		return &ctrl.Result{RequeueAfter: wait}, false, nil
+	}
+	// The source's copy may be the only one left to revert to when the target is down.
+	target := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: rs.TargetNode}, target); err != nil || target.Status.State != v1.HypervisorUp {
+		return &ctrl.Result{RequeueAfter: time.Minute}, false, client.IgnoreNotFound(err)
 	}
 	r.startConfirm(inst)
 	r.event(st, inst, corev1.EventTypeNormal, ReasonConfirmed, string(v1.ActionConfirmResize), "confirming the resize by itself: it waited %s (--resize-confirm-window)",
 		r.ResizeConfirmWindow.Round(time.Second))
-	return nil, true
+	return nil, true, nil
+}
+
+// resizedWaiting says what a Resized instance waits for.
+func resizedWaiting(inst *v1.Instance) *lifecycle.Refusal {
+	rs := inst.Status.Resize
+	if rs == nil || inst.Status.VMState != v1.VMStateResized {
+		return nil
+	}
+	return &lifecycle.Refusal{Action: rs.Action, Reason: ReasonResized,
+		Message: fmt.Sprintf("resized to flavor %s on %s: confirm (kubectl nova resize %s --confirm) or revert (--revert) with spec.resizeRequest",
+			rs.Flavor.Name, rs.TargetNode, inst.Name)}
+}
+
+// resizeHold refuses every action but a revert and a terminate while an instance in Error
+// still holds a resize's context: its disk may be set aside on the source, and only a revert
+// knows where.
+func resizeHold(inst *v1.Instance, action v1.Action) *lifecycle.Refusal {
+	rs := inst.Status.Resize
+	if rs == nil || inst.Status.VMState != v1.VMStateError || action == v1.ActionRevertResize || action == v1.ActionTerminate {
+		return nil
+	}
+	return &lifecycle.Refusal{Action: action, Reason: v1.ReasonInvalidState,
+		Message: fmt.Sprintf("the %s from %s to %s failed halfway: revert it (kubectl nova resize %s --revert) before anything else", rs.Action, rs.SourceNode, rs.TargetNode, inst.Name)}
 }

@@ -1,7 +1,13 @@
 package controllers
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -72,7 +78,8 @@ var _ = Describe("Resize", Ordered, func() {
 		size, err := storage.DiskVirtualSize(disk)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(size).To(Equal(int64(2<<30)), "grown to the new flavor's disk")
-		aside, err := os.Stat(disk + ".resize")
+		asidePath := fmt.Sprintf("%s.resize-%d", disk, rs.TaskID)
+		aside, err := os.Stat(asidePath)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(os.SameFile(aside, oldDisk)).To(BeTrue(), "the old disk is set aside, untouched")
 		ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
@@ -92,7 +99,7 @@ var _ = Describe("Resize", Ordered, func() {
 		restored, err := os.Stat(disk)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(os.SameFile(restored, oldDisk)).To(BeTrue(), "the disk set aside is the root disk again")
-		Expect(disk + ".resize").NotTo(BeAnExistingFile())
+		Expect(asidePath).NotTo(BeAnExistingFile())
 
 		By("asking again by way of the current flavor, then the new one: resized, then confirmed")
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "small" })
@@ -105,7 +112,9 @@ var _ = Describe("Resize", Ordered, func() {
 		got = settledIn(ctx, inst, v1.VMStateActive, v1.ReasonDesiredStateReached)
 		Expect(got.Status.Flavor.Name).To(Equal("wide"))
 		Expect(got.Status.Resize).To(BeNil())
-		Expect(disk+".resize").NotTo(BeAnExistingFile(), "confirmed: the old disk is deleted")
+		asides, err := filepath.Glob(disk + ".resize-*")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(asides).To(BeEmpty(), "confirmed: the old disk is deleted")
 		Expect(disk).To(BeAnExistingFile())
 
 		By("a confirmation with nothing to confirm is refused, and changes nothing")
@@ -121,4 +130,59 @@ var _ = Describe("Resize", Ordered, func() {
 		}).WithContext(ctx).Should(Equal(v1.RequestRefused))
 		settledIn(ctx, inst, v1.VMStateActive, v1.ReasonDesiredStateReached)
 	})
+
+	It("rolls a resize that fails on its target back to the old flavor and disk, and keeps the fault", func(ctx SpecContext) {
+		inst := createOnNodeA(ctx, "resize-fails")
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		before, _ := get(ctx, inst)()
+		disk, err := agentStore.RootDisk(string(before.UID))
+		Expect(err).NotTo(HaveOccurred())
+		oldDisk, err := os.Stat(disk)
+		Expect(err).NotTo(HaveOccurred())
+
+		fakeDriver.SetFailSpawn(errors.New("no room for another QEMU"))
+		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "wide" })
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.Task).NotTo(BeNil())
+			g.Expect(got.Status.Task.Action).To(Equal(v1.ActionRevertResize), "the failed finish rolls back")
+			g.Expect(got.Status.Resize.RollingBack).To(BeTrue())
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		fakeDriver.SetFailSpawn(nil)
+
+		got := settledIn(ctx, inst, v1.VMStateActive, v1.ReasonTaskFailed)
+		Expect(got.Status.Flavor.Name).To(Equal("small"))
+		Expect(got.Status.Resize).To(BeNil())
+		Expect(got.Status.RevertedFlavor).To(BeEmpty(), "a rollback is not a person's revert")
+		Expect(got.Status.Fault).NotTo(BeNil())
+		Expect(got.Status.Fault.Action).To(Equal(v1.ActionResize))
+		Expect(got.Status.Fault.Message).To(ContainSubstring("no room for another QEMU"))
+		restored, err := os.Stat(disk)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(os.SameFile(restored, oldDisk)).To(BeTrue(), "the disk it had before")
+		m, _ := fakeDriver.Machine(string(got.UID))
+		Expect(m.VCPUs).To(Equal(int32(1)))
+	})
 })
+
+func TestAnInstanceInErrorWithAResizeAllowsOnlyARevert(t *testing.T) {
+	r := &InstanceReconciler{}
+	inst := &v1.Instance{Status: v1.InstanceStatus{VMState: v1.VMStateError,
+		Resize: &v1.ResizeStatus{Action: v1.ActionMigrate, SourceNode: "a", TargetNode: "b"}}}
+	for _, action := range []v1.Action{v1.ActionHardReboot, v1.ActionRebuild, v1.ActionEvacuate, v1.ActionStop, v1.ActionRescue} {
+		if refusal := r.check(inst, action); refusal == nil || !strings.Contains(refusal.Message, "revert it") {
+			t.Errorf("%s: %v", action, refusal)
+		}
+	}
+	for _, action := range []v1.Action{v1.ActionRevertResize, v1.ActionTerminate} {
+		if refusal := r.check(inst, action); refusal != nil {
+			t.Errorf("%s refused: %s", action, refusal.Message)
+		}
+	}
+	inst.Status.Resize = nil
+	if refusal := r.check(inst, v1.ActionHardReboot); refusal != nil {
+		t.Errorf("a hard reboot of an instance in Error without a resize: %s", refusal.Message)
+	}
+}

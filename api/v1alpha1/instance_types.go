@@ -1,7 +1,10 @@
 package v1alpha1
 
 import (
+	"fmt"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // VMState is Nova's vm_state: the stable state an instance rests in between tasks.
@@ -487,6 +490,12 @@ const (
 	TransferImageStore DiskTransfer = "ImageStore"
 )
 
+// ResizeTransferKey is the image store key of the copy of the root disk that a resize's task
+// hands over through the image store: the manager computes it, never takes it from an agent.
+func ResizeTransferKey(uid types.UID, taskID int64) string {
+	return fmt.Sprintf("resize-%s-%d", uid, taskID)
+}
+
 // ResizeStatus is the context of a resize or cold migration, from its start until it is
 // confirmed or reverted (Nova keeps it in the migration record and instance.old_flavor): where
 // the instance came from and how to go back. The source keeps the original disk, set aside,
@@ -494,6 +503,13 @@ const (
 type ResizeStatus struct {
 	// Action is Resize (a new flavor) or Migrate (a cold migration).
 	Action Action `json:"action"`
+	// TaskID is the Resize or Migrate task that began the move: the source's disk is set aside
+	// under a name with it (disk.resize-<taskID>), so that no other move's leftover is taken
+	// for it.
+	TaskID int64 `json:"taskID"`
+	// RollingBack says that the move failed and its revert is a rollback: the fault stays.
+	// +optional
+	RollingBack bool `json:"rollingBack,omitempty"`
 	// MigrationName and MigrationUID name the Migration a cold migration serves.
 	// +optional
 	MigrationName string `json:"migrationName,omitempty"`

@@ -352,6 +352,9 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 		return driver.Machine{}, err
 	}
 	if _, err := os.Stat(disk); errors.Is(err, os.ErrNotExist) {
+		if aside, err := setAsideByResize(disk); err != nil || aside {
+			return driver.Machine{}, errors.Join(err, finalError{errors.New("the root disk is set aside by a resize that was neither confirmed nor reverted: revert it")})
+		}
 		if disk, err = r.createRootDisk(ctx, inst); err != nil {
 			return driver.Machine{}, err
 		}

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -20,16 +20,14 @@ import (
 )
 
 // A resize or cold migration on the node's side (see the manager's instance_resize.go): the
-// source powers the guest off and sets its disk aside as disk.resize, beside where the disk
-// was, uploading a standalone copy when the target does not share its storage; the target
+// source powers the guest off and sets its disk aside as disk.resize-<task>, beside where the
+// disk was (named by the resize's task, so that no other move's leftover is ever taken for it), uploading a standalone copy when the target does not share its storage; the target
 // builds its disk from that copy, sized for the new flavor, and boots it. The source's copy
 // stays until a confirmation deletes it or a revert puts it back. File names say how far each
 // step got, so that an agent that dies anywhere finishes the step when it starts again.
 
 // The files of a resize, beside the root disk.
 const (
-	// resizeAsideSuffix names the source's disk, set aside until confirmation or revert.
-	resizeAsideSuffix = ".resize"
 	// resizeCopySuffix names the target's copy while it is being made.
 	resizeCopySuffix = ".resizing"
 	// transferSuffix names the standalone copy the source uploads.
@@ -39,15 +37,21 @@ const (
 // stepResized is the target's task mark once the resized instance was defined or booted.
 const stepResized = "resized"
 
-// resizeDisks are the paths of the root disk and of the source's disk set aside.
-func (r *InstanceReconciler) resizeDisks(uid string) (disk, aside string, err error) {
+// resizeDisks are the paths of the root disk and of the source's disk set aside by the resize
+// that rs describes.
+func (r *InstanceReconciler) resizeDisks(uid string, rs *v1.ResizeStatus) (disk, aside string, err error) {
 	disk, err = r.Storage.RootDisk(uid)
-	return disk, disk + resizeAsideSuffix, err
+	return disk, asidePath(disk, rs.TaskID), err
 }
 
-// transferKey is the image store key of a resize's copy of the disk.
-func transferKey(uid types.UID, taskID int64) string {
-	return fmt.Sprintf("resize-%s-%d", uid, taskID)
+// asidePath is where the resize of task taskID sets the root disk aside.
+func asidePath(disk string, taskID int64) string { return fmt.Sprintf("%s.resize-%d", disk, taskID) }
+
+// setAsideByResize says whether a resize has set the instance's disk aside here: a root disk
+// made afresh beside it would boot an empty guest while the data waits for a revert.
+func setAsideByResize(disk string) (bool, error) {
+	asides, err := filepath.Glob(disk + ".resize-*")
+	return len(asides) > 0, err
 }
 
 // handOverDisk is the source's part of a resize: power the guest off cleanly (Nova's
@@ -70,7 +74,7 @@ func (r *InstanceReconciler) handOverDisk(ctx context.Context, inst *v1.Instance
 	if err := r.Driver.Destroy(ctx, uid); err != nil {
 		return false, err
 	}
-	disk, aside, err := r.resizeDisks(uid)
+	disk, aside, err := r.resizeDisks(uid, rs)
 	if err != nil {
 		return false, err
 	}
@@ -88,7 +92,7 @@ func (r *InstanceReconciler) handOverDisk(ctx context.Context, inst *v1.Instance
 		if err := r.Storage.ConvertStandalone(ctx, aside, copyPath); err != nil {
 			return false, fmt.Errorf("copy the disk for the transfer: %w", err)
 		}
-		key := transferKey(inst.UID, task.ID)
+		key := v1.ResizeTransferKey(inst.UID, rs.TaskID)
 		obj, sum, err := r.Storage.Upload(ctx, key, copyPath)
 		if err != nil {
 			return false, fmt.Errorf("upload the disk to the image store: %w", err)
@@ -118,7 +122,7 @@ func (r *InstanceReconciler) finishResize(ctx context.Context, inst *v1.Instance
 	if mark.Step == stepResized {
 		return true, nil
 	}
-	disk, aside, err := r.resizeDisks(uid)
+	disk, aside, err := r.resizeDisks(uid, rs)
 	if err != nil {
 		return false, err
 	}
@@ -227,7 +231,7 @@ func (r *InstanceReconciler) confirmResize(ctx context.Context, inst *v1.Instanc
 			return true, r.Storage.DeleteInstanceFiles(uid)
 		}
 	}
-	_, aside, err := r.resizeDisks(uid)
+	_, aside, err := r.resizeDisks(uid, rs)
 	if err != nil {
 		return false, err
 	}
@@ -260,7 +264,7 @@ func (r *InstanceReconciler) removeResized(ctx context.Context, inst *v1.Instanc
 		}
 	} else {
 		// The source set its disk aside before this one was made: the disk here is the copy.
-		disk, _, err := r.resizeDisks(uid)
+		disk, _, err := r.resizeDisks(uid, rs)
 		if err != nil {
 			return false, err
 		}
@@ -277,8 +281,12 @@ func (r *InstanceReconciler) removeResized(ctx context.Context, inst *v1.Instanc
 // in place) and boot it with the old flavor, or only define it for an instance that was
 // stopped. An instance whose disk was never set aside boots the disk it has.
 func (r *InstanceReconciler) revertResize(ctx context.Context, inst *v1.Instance) (bool, error) {
+	rs := inst.Status.Resize
+	if rs == nil {
+		return false, finalError{errors.New("the revert has no resize context in status")}
+	}
 	uid := string(inst.UID)
-	disk, aside, err := r.resizeDisks(uid)
+	disk, aside, err := r.resizeDisks(uid, rs)
 	if err != nil {
 		return false, err
 	}
@@ -295,7 +303,7 @@ func (r *InstanceReconciler) revertResize(ctx context.Context, inst *v1.Instance
 	} else if _, err := os.Stat(disk); err != nil {
 		return false, finalError{fmt.Errorf("neither the disk nor its copy set aside is on this node: %w", err)}
 	}
-	if rs := inst.Status.Resize; rs != nil && rs.PreviousVMState == v1.VMStateStopped {
+	if rs.PreviousVMState == v1.VMStateStopped {
 		return true, r.define(ctx, inst)
 	}
 	return true, r.spawn(ctx, inst)

@@ -27,7 +27,9 @@ var novaAllowed = map[v1.Action]struct{ from, to string }{
 	v1.ActionSnapshot:      {"ASPU", "="},
 	v1.ActionResize:        {"AS", "Z"},
 	v1.ActionConfirmResize: {"Z", "A"},
-	v1.ActionRevertResize:  {"Z", "A"},
+	// Nova allows a revert from Resized only; kubenova also from Error, where a failed revert
+	// leaves the instance with its disk set aside, so that a second revert can finish it.
+	v1.ActionRevertResize:  {"ZE", "A"},
 	v1.ActionMigrate:       {"AS", "Z"},
 	v1.ActionLiveMigrate:   {"AP", "="},
 	v1.ActionEvacuate:      {"ASE", "A"},

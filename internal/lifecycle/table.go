@@ -75,8 +75,10 @@ var table = []Transition{
 		To:    v1.VMStateResized, RunsOnNode: true},
 	{Action: v1.ActionConfirmResize, From: []v1.VMState{v1.VMStateResized},
 		Tasks: []v1.TaskState{v1.TaskStateResizeConfirming}, To: v1.VMStateActive, KeepsStopped: true, RunsOnNode: true},
-	// A revert that fails leaves the instance between its two nodes: Error, as in Nova.
-	{Action: v1.ActionRevertResize, From: []v1.VMState{v1.VMStateResized},
+	// A revert that fails leaves the instance between its two nodes: Error, as in Nova, from
+	// which only another revert (or a terminate) goes on (the controller refuses the rest while
+	// status.resize holds the context).
+	{Action: v1.ActionRevertResize, From: []v1.VMState{v1.VMStateResized, v1.VMStateError},
 		Tasks: []v1.TaskState{v1.TaskStateResizeReverting}, To: v1.VMStateActive, KeepsStopped: true,
 		OnFailure: v1.VMStateError, RunsOnNode: true},
 	// A cold migration is a resize to the same flavor, and like it waits for confirmation.

@@ -110,6 +110,8 @@ func Involves(inst *v1.Instance, node string) bool {
 type claim struct {
 	node      string
 	resources v1.Resources
+	// decidedOn is the resourceVersion of the instance the decision was made from.
+	decidedOn string
 }
 
 // claims are what one instance holds: one claim per node.
@@ -155,7 +157,11 @@ func (p *Placement) Observe(inst *v1.Instance) {
 	if len(held) > 0 {
 		p.observed[inst.UID] = held
 	}
-	if c, ok := p.pending[inst.UID]; ok && inst.Status.Flavor != nil &&
+	// A version other than the one the decision was made from shows the decision's write: any
+	// other write to the instance in between makes that one fail (it is made over the version
+	// it read), and its claim is released then. (Without this, an instance resized on its own
+	// node would retire its claim with the first event of its old version.)
+	if c, ok := p.pending[inst.UID]; ok && inst.Status.Flavor != nil && inst.ResourceVersion != c.decidedOn &&
 		(inst.Status.NodeName == c.node || Involves(inst, c.node)) {
 		delete(p.pending, inst.UID)
 	}
@@ -247,8 +253,8 @@ func (p *Placement) Usage(self types.UID) map[string]v1.Resources {
 
 // Reserve claims h for uid if h still passes every filter for r, given every allocation and
 // claim known now; false means another decision took the room and the caller should decide
-// again.
-func (p *Placement) Reserve(uid types.UID, h Host, r Request) bool {
+// again. decidedOn is the resourceVersion of the instance the decision was made from.
+func (p *Placement) Reserve(uid types.UID, decidedOn string, h Host, r Request) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h.Used = p.used[h.Name()]
@@ -260,7 +266,7 @@ func (p *Placement) Reserve(uid types.UID, h Host, r Request) bool {
 	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
 		return false
 	}
-	p.pending[uid] = claim{node: h.Name(), resources: r.Resources}
+	p.pending[uid] = claim{node: h.Name(), resources: r.Resources, decidedOn: decidedOn}
 	return true
 }
 

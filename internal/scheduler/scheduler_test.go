@@ -135,7 +135,7 @@ func TestConcurrentDecisionsNeverOvercommit(t *testing.T) {
 				if err != nil {
 					return // no room: NoValidHost
 				}
-				if p.Reserve(uid, h, small()) {
+				if p.Reserve(uid, "", h, small()) {
 					placed.Add(1)
 					return
 				}
@@ -174,10 +174,10 @@ func TestUsageFollowsTheInformer(t *testing.T) {
 	p.Forget("back")
 
 	// Claims count until the informer shows them; self's never counts against itself.
-	if !p.Reserve("y", host("b", 8, 8192, 100), Request{Resources: res}) {
+	if !p.Reserve("y", "7", host("b", 8, 8192, 100), Request{Resources: res}) {
 		t.Fatal("y fits on b")
 	}
-	if !p.Reserve("self", host("b", 8, 8192, 100), Request{Resources: res}) {
+	if !p.Reserve("self", "7", host("b", 8, 8192, 100), Request{Resources: res}) {
 		t.Fatal("self fits on b")
 	}
 	if got := p.Usage("self")["b"]; got != res {
@@ -187,6 +187,18 @@ func TestUsageFollowsTheInformer(t *testing.T) {
 		t.Errorf("b: %+v; both claims count for another decision", got)
 	}
 
+	// The version the decision was made from does not show it, even on the node (an instance
+	// resized on its own node): the claim stays.
+	old := placed("y", "b", v1.VMStateActive)
+	old.ResourceVersion = "7"
+	p.Observe(old)
+	if _, pending := p.pending["y"]; !pending {
+		t.Error("the decision's own version retired its claim")
+	}
+	p.Forget("y")
+	if !p.Reserve("y", "7", host("b", 8, 8192, 100), Request{Resources: res}) {
+		t.Fatal("y fits on b")
+	}
 	// The informer shows y placed: its claim retires and y counts once.
 	p.Observe(placed("y", "b", v1.VMStateBuilding))
 	if _, pending := p.pending["y"]; pending {
@@ -216,10 +228,10 @@ func TestReserveSeesClaimsMadeAfterTheSnapshot(t *testing.T) {
 	node := host("only", 2, 2*512, 100)
 	h := node
 	h.Used = p.Usage("a")["only"] // empty: b has not decided yet
-	if !p.Reserve("b", node, small()) || !p.Reserve("c", node, small()) {
+	if !p.Reserve("b", "", node, small()) || !p.Reserve("c", "", node, small()) {
 		t.Fatal("b and c fit")
 	}
-	if p.Reserve("a", h, small()) {
+	if p.Reserve("a", "", h, small()) {
 		t.Fatal("a third instance must not fit on a node for two, whatever its snapshot said")
 	}
 }
@@ -265,7 +277,7 @@ func benchmarkDecision(b *testing.B, hosts, instances int) {
 			b.Fatal(err)
 		}
 		h := candidates[slices.IndexFunc(candidates, func(h Host) bool { return h.Name() == node })]
-		if !p.Reserve(uid, h, r) {
+		if !p.Reserve(uid, "", h, r) {
 			b.Fatal("lost a race with nobody")
 		}
 		// The informer shows it placed, as it soon would.
