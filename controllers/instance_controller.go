@@ -476,7 +476,6 @@ func (r *InstanceReconciler) finishTask(ctx context.Context, inst *v1.Instance, 
 		if task.Action == v1.ActionLiveMigrate {
 			// The guest runs on where it ran, as Nova's rollback leaves it: no fault, and the
 			// Migration tells the story.
-			inst.Status.PeerReport = nil
 			r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, string(task.Action), "%s failed on %s: %s; the instance stays on %s",
 				task.Action, node, message, inst.Status.NodeName)
 			return

@@ -52,14 +52,22 @@ var _ = Describe("Resize", Ordered, func() {
 		return got
 	}
 
-	It("resizes in place, reverts to the old flavor and disk, holds the reverted flavor, and confirms a resize asked again", func(ctx SpecContext) {
-		inst := createOnNodeA(ctx, "resize")
+	// activeWithDisk creates an Active instance on node-a, and returns its root disk's path and
+	// the file there now.
+	activeWithDisk := func(ctx SpecContext, prefix string) (*v1.Instance, string, os.FileInfo) {
+		inst := createOnNodeA(ctx, prefix)
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		before, _ := get(ctx, inst)()
-		disk, err := agentStore.RootDisk(string(before.UID))
+		got, err := get(ctx, inst)()
 		Expect(err).NotTo(HaveOccurred())
-		oldDisk, err := os.Stat(disk)
+		disk, err := agentStore.RootDisk(string(got.UID))
 		Expect(err).NotTo(HaveOccurred())
+		file, err := os.Stat(disk)
+		Expect(err).NotTo(HaveOccurred())
+		return inst, disk, file
+	}
+
+	It("resizes in place, reverts to the old flavor and disk, holds the reverted flavor, and confirms a resize asked again", func(ctx SpecContext) {
+		inst, disk, oldDisk := activeWithDisk(ctx, "resize")
 
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "wide" })
 		got := resized(ctx, inst)
@@ -132,13 +140,7 @@ var _ = Describe("Resize", Ordered, func() {
 	})
 
 	It("rolls a resize that fails on its target back to the old flavor and disk, and keeps the fault", func(ctx SpecContext) {
-		inst := createOnNodeA(ctx, "resize-fails")
-		waitForVMState(ctx, inst, v1.VMStateActive)
-		before, _ := get(ctx, inst)()
-		disk, err := agentStore.RootDisk(string(before.UID))
-		Expect(err).NotTo(HaveOccurred())
-		oldDisk, err := os.Stat(disk)
-		Expect(err).NotTo(HaveOccurred())
+		inst, disk, oldDisk := activeWithDisk(ctx, "resize-fails")
 
 		fakeDriver.SetFailSpawn(errors.New("no room for another QEMU"))
 		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })

@@ -518,7 +518,7 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 }
 
 // livesElsewhere says whether an instance has nothing to do with this node now: placed on
-// another node (or none) and no migration's target here.
+// another node (or none), and no move in flight or awaiting confirmation involves this node.
 func (r *InstanceReconciler) livesElsewhere(inst *v1.Instance) bool {
 	return inst.Status.NodeName != r.NodeName && !scheduler.Involves(inst, r.NodeName)
 }

@@ -18,6 +18,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/test/utils"
@@ -179,4 +180,25 @@ func RestsIn(i *v1.Instance, want v1.VMState) bool {
 		}
 	}
 	return false
+}
+
+// LaunchOn launches an instance of the test guest with flavor on host, waits until it is
+// Active, then drops the node selector that pinned it there, so that moves may name any
+// target. It returns the instance as last read.
+func LaunchOn(ctx context.Context, c client.Client, name, flavor, host string) (*v1.Instance, error) {
+	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.InstanceSpec{Flavor: flavor, Image: v1.ImageReference{Name: "test-guest"},
+			NodeSelector: map[string]string{"kubernetes.io/hostname": host}}}
+	if err := c.Create(ctx, inst); err != nil {
+		return nil, err
+	}
+	if err := Poll(180*time.Second, func() (bool, error) {
+		err := c.Get(ctx, client.ObjectKeyFromObject(inst), inst)
+		return err == nil && RestsIn(inst, v1.VMStateActive), err
+	}); err != nil {
+		return nil, err
+	}
+	patch := client.MergeFrom(inst.DeepCopy())
+	inst.Spec.NodeSelector = nil
+	return inst, c.Patch(ctx, inst, patch)
 }

@@ -118,22 +118,8 @@ func run(runs int, workDir string) error {
 // setUp launches the pair's instance and defines and starts its baseline domain, both on the
 // pair's first host.
 func (b *bench) setUp(ctx context.Context, p *pair, name string) error {
-	p.inst = &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-		Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"},
-			NodeSelector: map[string]string{"kubernetes.io/hostname": p.hosts[0].Name}}}
-	if err := b.c.Create(ctx, p.inst); err != nil {
-		return err
-	}
-	if err := benchutil.Poll(180*time.Second, func() (bool, error) {
-		err := b.c.Get(ctx, client.ObjectKeyFromObject(p.inst), p.inst)
-		return err == nil && benchutil.RestsIn(p.inst, v1.VMStateActive), err
-	}); err != nil {
-		return err
-	}
-	// The selector pinned the launch; the moves name their targets.
-	patch := client.MergeFrom(p.inst.DeepCopy())
-	p.inst.Spec.NodeSelector = nil
-	if err := b.c.Patch(ctx, p.inst, patch); err != nil {
+	var err error
+	if p.inst, err = benchutil.LaunchOn(ctx, b.c, name, "m1.tiny", p.hosts[0].Name); err != nil {
 		return err
 	}
 	p.id = uuid.NewString()

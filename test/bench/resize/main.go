@@ -128,21 +128,8 @@ func run(runs int, workDir string) error {
 // setUp launches the kind's instance and defines and starts its baseline domain, both on the
 // kind's first host.
 func (b *bench) setUp(ctx context.Context, k *kind, name string) error {
-	k.inst = &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-		Spec: v1.InstanceSpec{Flavor: "bench.0", Image: v1.ImageReference{Name: "test-guest"},
-			NodeSelector: map[string]string{"kubernetes.io/hostname": k.hosts[0].Name}}}
-	if err := b.c.Create(ctx, k.inst); err != nil {
-		return err
-	}
-	if err := benchutil.Poll(180*time.Second, func() (bool, error) {
-		err := b.c.Get(ctx, client.ObjectKeyFromObject(k.inst), k.inst)
-		return err == nil && benchutil.RestsIn(k.inst, v1.VMStateActive), err
-	}); err != nil {
-		return err
-	}
-	patch := client.MergeFrom(k.inst.DeepCopy())
-	k.inst.Spec.NodeSelector = nil
-	if err := b.c.Patch(ctx, k.inst, patch); err != nil {
+	var err error
+	if k.inst, err = benchutil.LaunchOn(ctx, b.c, name, "bench.0", k.hosts[0].Name); err != nil {
 		return err
 	}
 	k.id = uuid.NewString()
