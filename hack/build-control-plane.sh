@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and (when the machine lacks one) kubectl from Go modules into bin/.
+# Builds kube-apiserver, kube-controller-manager, etcd and kubectl from Go modules into bin/.
 #
 # setup-envtest cannot download its binaries here, so the control plane for envtest, the e2e
 # harness and `make dev` is compiled from the published modules. Each binary is built in a
@@ -37,6 +37,7 @@ kube_module() {
       done
     go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" >/dev/null
     go get -tool "k8s.io/kubernetes/cmd/kubectl@${KUBE_VERSION}" >/dev/null
+    go get -tool "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}" >/dev/null
   )
 }
 
@@ -49,15 +50,19 @@ kube_ldflags() {
   echo "$flags"
 }
 
-# build_kube builds kube-apiserver and kubectl of one version. kubectl is built rather than
-# taken from the machine so that its version matches the API server's on every machine.
+# build_kube builds kube-apiserver, kube-controller-manager and kubectl of one version. kubectl
+# is built rather than taken from the machine so that its version matches the API server's on
+# every machine. The e2e suite runs kube-controller-manager with only the controllers that its
+# identities need (ClusterRole aggregation: the built-in view, edit and admin roles take in
+# kubenova's rules through it).
 build_kube() {
   local work name
-  up_to_date kube-apiserver "$KUBE_VERSION" && up_to_date kubectl "$KUBE_VERSION" && return 0
-  echo "building kube-apiserver and kubectl $KUBE_VERSION (cold: several minutes)" >&2
+  up_to_date kube-apiserver "$KUBE_VERSION" && up_to_date kubectl "$KUBE_VERSION" &&
+    up_to_date kube-controller-manager "$KUBE_VERSION" && return 0
+  echo "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION (cold: several minutes)" >&2
   work=$(mktemp -d)
   kube_module "$work"
-  for name in kube-apiserver kubectl; do
+  for name in kube-apiserver kube-controller-manager kubectl; do
     (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "$(kube_ldflags)" -o "$bin/$name" "k8s.io/kubernetes/cmd/$name")
     echo "$KUBE_VERSION" >"$bin/.$name.version"
   done
