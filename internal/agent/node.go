@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -11,6 +12,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -62,6 +64,20 @@ type Node struct {
 	ProbeAddr       string
 }
 
+// What an agent may do, and no more: read the instances (the API server cannot authorize
+// a watch by field selector, so it may read every instance) and write only the status of those
+// of its node, its Hypervisor and its Lease. The admission policy kubenova-agent-node-restriction
+// (config/admission) narrows each write to the agent's own node, the way NodeRestriction
+// narrows a kubelet's. Secrets: get only, by name, for the user data of its instances.
+//
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;create
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update,namespace=kubenova-system
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
 // NewManager builds the controller-runtime manager of one node's agent: the instance
 // reconciler and the reporter, with a cache that holds only the instances placed on the node.
 func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
@@ -102,6 +118,14 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
+	// Ready means libvirtd answers: an agent that cannot reach it can neither run nor report
+	// guests. Alive means the process serves; restarting it would not bring libvirtd back.
+	if err := mgr.AddReadyzCheck("libvirt", libvirtCheck(n.Driver)); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
 	reporter := &Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
@@ -112,4 +136,23 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		return nil, err
 	}
 	return mgr, nil
+}
+
+// libvirtProbeTimeout bounds one readiness check: a libvirtd that hangs is not ready either.
+const libvirtProbeTimeout = 5 * time.Second
+
+// libvirtCheck reports whether the node's libvirtd answers within libvirtProbeTimeout.
+func libvirtCheck(d driver.Driver) healthz.Checker {
+	return func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), libvirtProbeTimeout)
+		defer cancel()
+		answer := make(chan error, 1)
+		go func() { answer <- d.Ping(ctx) }()
+		select {
+		case err := <-answer:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("libvirtd did not answer within %s", libvirtProbeTimeout)
+		}
+	}
 }

@@ -172,6 +172,9 @@ type Driver interface {
 	List(ctx context.Context) ([]Domain, error)
 	// HostInfo describes the node.
 	HostInfo(ctx context.Context) (HostInfo, error)
+	// Ping makes one round trip to the hypervisor, reconnecting if the connection died: the
+	// agent's readiness.
+	Ping(ctx context.Context) error
 	// Events delivers an Event whenever a domain's lifecycle changes; nothing is sent on it
 	// after Close.
 	Events() <-chan Event

@@ -338,6 +338,9 @@ func (d *Driver) HostInfo(context.Context) (driver.HostInfo, error) {
 	return d.host, nil
 }
 
+// Ping implements driver.Driver: a simulated hypervisor always answers.
+func (d *Driver) Ping(context.Context) error { return nil }
+
 // Events implements driver.Driver.
 func (d *Driver) Events() <-chan driver.Event { return d.events }
 

@@ -722,6 +722,16 @@ func (d *Driver) HostInfo(_ context.Context) (driver.HostInfo, error) {
 	return info, err
 }
 
+// Ping implements driver.Driver with the cheapest call that reaches libvirtd.
+func (d *Driver) Ping(_ context.Context) error {
+	return d.with(func(c *golibvirt.Connect) error {
+		if _, err := c.GetLibVersion(); err != nil {
+			return fmt.Errorf("libvirt at %s: %w", d.uri, err)
+		}
+		return nil
+	})
+}
+
 // version renders libvirt's major*1e6+minor*1e3+micro encoding.
 func version(v uint32) string {
 	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)

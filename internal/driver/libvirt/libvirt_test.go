@@ -235,3 +235,37 @@ func TestLongCallsSurviveALibvirtdRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestPingTellsWhetherLibvirtdAnswers: the agent's readiness. Ping answers while libvirtd
+// runs, fails while it is down, and answers again, on a new connection, once it is back.
+func TestPingTellsWhetherLibvirtdAnswers(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(hostURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Close() }()
+	if err := d.Ping(ctx); err != nil {
+		t.Fatalf("ping while libvirtd runs: %v", err)
+	}
+	script := filepath.Join(utils.RepoRoot(), "hack", "libvirt-hosts.sh")
+	if out, err := exec.Command(script, "kill-host", hostDir, "host-1").CombinedOutput(); err != nil {
+		t.Fatalf("kill libvirtd: %v: %s", err, out)
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			_ = exec.Command(script, "start-host", hostDir, "host-1").Run()
+		}
+	}()
+	if err := d.Ping(ctx); err == nil {
+		t.Fatal("ping while libvirtd is down answered")
+	}
+	if out, err := exec.Command(script, "start-host", hostDir, "host-1").CombinedOutput(); err != nil {
+		t.Fatalf("start libvirtd again: %v: %s", err, out)
+	}
+	restarted = true
+	waitFor(t, "ping answers once libvirtd is back", 30*time.Second, func() (bool, error) {
+		return d.Ping(ctx) == nil, nil
+	})
+}
