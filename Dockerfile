@@ -1,6 +1,6 @@
 # Two images from one build: the manager (static, no libvirt) and the node agent (cgo, with the
-# libvirt client library and qemu-img). Build with --target manager or --target agent. The build
-# commands are the Makefile's.
+# libvirt client library and qemu-img). Build with --target manager or --target agent
+# (`make docker-build`). The build commands are `make build`'s, with the same version stamp.
 FROM golang:1.26-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -29,4 +29,7 @@ ENTRYPOINT ["/manager"]
 FROM debian:12-slim AS agent
 RUN apt-get update && apt-get install -y --no-install-recommends libvirt0 qemu-utils dosfstools mtools ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/agent /agent
+# Root, for libvirtd's socket and the disks in the storage root; the DaemonSet drops every
+# capability but DAC_OVERRIDE and FOWNER (config/agent/agent.yaml says why).
+USER 0:0
 ENTRYPOINT ["/agent"]

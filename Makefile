@@ -13,6 +13,14 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
 
+# The version stamped into the binaries (the Dockerfile takes it as the build argument VERSION).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/kubenova/kubenova/internal/version.Version=$(VERSION)
+
+# The images `make deploy` runs and `make docker-build` builds.
+MANAGER_IMG ?= kubenova/manager:$(VERSION)
+AGENT_IMG ?= kubenova/agent:$(VERSION)
+
 # Where the e2e suite and `make dev` keep their libvirt hosts, disks and logs.
 WORK_DIR ?= /var/lib/kubenova-dev
 
@@ -23,8 +31,10 @@ help: ## List the targets.
 ##@ Development
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API markers.
-	$(CONTROLLER_GEN) rbac:roleName=kubenova-manager crd paths="./..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+manifests: $(CONTROLLER_GEN) ## Generate the CRDs, and the manager's and the agent's roles from their RBAC markers.
+	$(CONTROLLER_GEN) crd paths="./api/..." output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=kubenova-manager paths="./controllers/...;./cmd/manager/..." output:rbac:artifacts:config=config/rbac/manager
+	$(CONTROLLER_GEN) rbac:roleName=kubenova-agent paths="./internal/agent/..." output:rbac:artifacts:config=config/rbac/agent
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
@@ -63,7 +73,7 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 
 .PHONY: test-unit
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
-	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... -count=1 -timeout=10m
+	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end: three agents on real libvirt guests (two sharing storage); then the manager against a simulated fleet.
@@ -94,9 +104,30 @@ test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e
 
 .PHONY: build
 build: ## Build the manager, the agent and kubectl-nova into bin/.
-	CGO_ENABLED=0 go build -o $(BIN)/manager ./cmd/manager
-	CGO_ENABLED=1 go build -o $(BIN)/agent ./cmd/agent
-	CGO_ENABLED=0 go build -o $(BIN)/kubectl-nova ./cmd/kubectl-nova
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(BIN)/manager ./cmd/manager
+	CGO_ENABLED=1 go build -ldflags "$(LDFLAGS)" -o $(BIN)/agent ./cmd/agent
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-nova ./cmd/kubectl-nova
+
+.PHONY: docker-build
+docker-build: ## Build the manager's and the agent's images (needs a container engine; none runs on the CI machines).
+	docker build --build-arg VERSION=$(VERSION) --target manager -t $(MANAGER_IMG) .
+	docker build --build-arg VERSION=$(VERSION) --target agent -t $(AGENT_IMG) .
+
+##@ Deploy
+
+# deploy renders config/default through an overlay (bin/deploy) that sets the images, so that
+# no tracked file changes.
+.PHONY: deploy
+deploy: ## Install kubenova on the current kubeconfig's cluster, with MANAGER_IMG and AGENT_IMG (name:tag).
+	mkdir -p $(BIN)/deploy
+	@m='$(MANAGER_IMG)'; a='$(AGENT_IMG)'; \
+	printf 'resources:\n- ../../config/default\nimages:\n- name: kubenova/manager\n  newName: %s\n  newTag: %s\n- name: kubenova/agent\n  newName: %s\n  newTag: %s\n' \
+		"$${m%:*}" "$${m##*:}" "$${a%:*}" "$${a##*:}" > $(BIN)/deploy/kustomization.yaml
+	kubectl apply --server-side --field-manager=kubenova-deploy -k $(BIN)/deploy
+
+.PHONY: undeploy
+undeploy: ## Remove kubenova from the cluster; delete every Instance first (their finalizers need the manager and agents).
+	kubectl delete --ignore-not-found -k config/default
 
 .PHONY: dev
 dev: libvirt control-plane test-guest build ## Run a local control plane, the manager and two agents on real libvirt, with sample VMs.

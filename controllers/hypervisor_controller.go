@@ -71,7 +71,7 @@ func (r *HypervisorReconciler) observeRenewal(node string, renewTime time.Time) 
 }
 
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch,namespace=kubenova-system
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=migrations,verbs=create
 
 // Reconcile computes state, heartbeat, allocations and the Ready condition of one hypervisor.

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -42,6 +43,7 @@ func run() error {
 		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
 		autoEvacuate   = flag.Duration("auto-evacuate-after", 0, "evacuate the instances of a node once it has been down this long and is fenced (forced down or tainted out-of-service); 0 never does, leaving evacuation to people")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
+		metricsSecure  = flag.Bool("metrics-secure", true, "serve the metrics over HTTPS to callers whose token may get the non-resource URL /metrics (the ClusterRole kubenova-metrics-reader); false serves plain HTTP to anyone")
 		probeAddr      = flag.String("health-probe-bind-address", ":8081", "address of the health probes; 0 disables them")
 		workers        = flag.Int("workers", controllers.DefaultInstanceWorkers, "how many instances the manager reconciles at once; most of a reconcile is waiting for the API server")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the nodes (Glance's filesystem store)")
@@ -59,7 +61,7 @@ func run() error {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  kubescheme.New(),
-		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		Metrics:                 metricsOptions(*metricsAddr, *metricsSecure),
 		HealthProbeBindAddress:  *probeAddr,
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        "kubenova-manager",
@@ -162,6 +164,26 @@ func run() error {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// What the manager may do beyond what its controllers' markers grant: hold the leader Lease and
+// say so in Events, and check the tokens of those who scrape its metrics.
+//
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=create;update;patch,namespace=kubenova-system
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch,namespace=kubenova-system
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
+// metricsOptions serves the metrics the way kubebuilder's projects do: over HTTPS (a
+// self-signed certificate unless one is mounted), each scrape authenticated with a TokenReview
+// and authorized with a SubjectAccessReview, so that the endpoint tells nothing to callers
+// without the metrics-reader role.
+func metricsOptions(addr string, secure bool) metricsserver.Options {
+	opts := metricsserver.Options{BindAddress: addr, SecureServing: secure}
+	if secure {
+		opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return opts
 }
 
 // splitList splits a comma-separated flag, dropping empty items.
