@@ -1,57 +1,28 @@
 package utils
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// InstallAdmissionPolicies creates the ValidatingAdmissionPolicies and bindings of
-// config/admission. The API server enforces them within moments; tests that depend on one
-// wait for its first refusal. (Type-checking status comes from kube-controller-manager, which
-// the test control plane does not run; the policy's own tests catch a broken expression.)
-func InstallAdmissionPolicies(ctx context.Context, c client.Client, scheme *runtime.Scheme) error {
-	files, err := filepath.Glob(filepath.Join(RepoRoot(), "config", "admission", "*.yaml"))
+// InstallAdmissionPolicies creates the admission policies and bindings of config/admission,
+// rendered by its kustomization. The API server enforces them within moments; tests that
+// depend on one wait for its first refusal. (Type-checking status comes from
+// kube-controller-manager's admission policy controller, which the test control plane does not
+// run; the policies' own tests catch a broken expression.)
+func InstallAdmissionPolicies(ctx context.Context, c client.Client) error {
+	objects, err := Render("admission")
 	if err != nil {
 		return err
 	}
-	decoder := serializer.NewCodecFactory(scheme).UniversalDeserializer()
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-		for {
-			doc, err := docs.Read()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("%s: %w", f, err)
-			}
-			if len(bytes.TrimSpace(doc)) == 0 {
-				continue
-			}
-			obj, _, err := decoder.Decode(doc, nil, nil)
-			if err != nil {
-				return fmt.Errorf("%s: %w", f, err)
-			}
-			if err := c.Create(ctx, obj.(client.Object)); err != nil {
-				return fmt.Errorf("%s: create: %w", f, err)
-			}
+	for _, obj := range objects {
+		if err := c.Create(ctx, obj); err != nil {
+			return fmt.Errorf("create %s %s: %w", obj.GetKind(), obj.GetName(), err)
 		}
 	}
 	return nil

@@ -101,7 +101,7 @@ func StartEnv(opts ...EnvOption) (*Env, error) {
 		_ = env.Stop()
 		return nil, err
 	}
-	if err := InstallAdmissionPolicies(context.Background(), c, env.Scheme); err != nil {
+	if err := InstallAdmissionPolicies(context.Background(), c); err != nil {
 		_ = env.Stop()
 		return nil, err
 	}

@@ -1,0 +1,50 @@
+package v1alpha1_test
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+// The status fields agents report; every other one is the manager's, and the agent policy
+// must keep agents from writing it.
+var (
+	agentInstanceFields   = map[string]bool{"powerState": true, "agentReport": true, "peerReport": true}
+	agentHypervisorFields = map[string]bool{"capacity": true, "reserved": true, "virtType": true, "libvirtVersion": true,
+		"qemuVersion": true, "hostUUID": true, "migrationURI": true, "storageRoot": true, "storageShared": true,
+		"storageID": true, "agentVersion": true}
+)
+
+// TestAgentPolicyNamesEveryManagerStatusField fails when a field is added to InstanceStatus
+// or HypervisorStatus without the agent confinement policy keeping agents from it (or without
+// being declared an agent's field here).
+func TestAgentPolicyNamesEveryManagerStatusField(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(utils.RepoRoot(), "config", "admission", "agent-node-restriction.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := string(b)
+	for _, c := range []struct {
+		status reflect.Type
+		agents map[string]bool
+	}{
+		{reflect.TypeOf(v1.InstanceStatus{}), agentInstanceFields},
+		{reflect.TypeOf(v1.HypervisorStatus{}), agentHypervisorFields},
+	} {
+		for i := range c.status.NumField() {
+			name := strings.Split(c.status.Field(i).Tag.Get("json"), ",")[0]
+			compared := strings.Contains(policy, "object.status."+name+" == oldObject.status."+name)
+			switch {
+			case c.agents[name] && compared && c.status.Name() == "HypervisorStatus":
+				t.Errorf("%s.%s is the agent's, yet the policy keeps agents from changing it", c.status.Name(), name)
+			case !c.agents[name] && !compared:
+				t.Errorf("%s.%s is the manager's, yet the agent policy does not keep agents from changing it", c.status.Name(), name)
+			}
+		}
+	}
+}
