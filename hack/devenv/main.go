@@ -53,7 +53,7 @@ func run(workDir string, hosts, shared int) error {
 	if err := os.WriteFile(rendered, manifests, 0o644); err != nil {
 		return err
 	}
-	out, err := cluster.Kubectl(ctx, "apply", "-f", rendered)
+	out, err := cluster.KubectlAsCloudAdmin(ctx, "apply", "-f", rendered)
 	fmt.Print(out)
 	if err != nil {
 		return fmt.Errorf("apply samples: %w", err)
@@ -61,7 +61,8 @@ func run(workDir string, hosts, shared int) error {
 
 	kubectl := filepath.Join(utils.BinDir(), "kubectl")
 	fmt.Printf(`
-kubenova is up. In another shell:
+kubenova is up, every process under its own identity. In another shell, as the cloud's
+administrator (group kubenova:admins; %s is an ordinary user with edit in default):
 
   export KUBECONFIG=%s
   %s get instances,hypervisors
@@ -69,10 +70,10 @@ kubenova is up. In another shell:
   tail -f %s/hosts/*/storage/instances/*/console.log
 
 Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
-`, cluster.Kubeconfig, kubectl, kubectl, workDir, workDir)
+`, cluster.Kubeconfig, cluster.CloudAdminKubeconfig, kubectl, kubectl, workDir, workDir)
 
 	watch := exec.CommandContext(ctx, kubectl, "get", "instances", "--watch")
-	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.Kubeconfig)
+	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.CloudAdminKubeconfig)
 	watch.Stdout, watch.Stderr = os.Stdout, os.Stderr
 	_ = watch.Run()
 	<-ctx.Done()

@@ -98,7 +98,7 @@ var _ = Describe("Evacuation", Ordered, func() {
 	It("rebuilds the instance from its own disk on a node of the same storage once the node is fenced: its data intact", func(ctx SpecContext) {
 		before := expectInstance(ctx, "refugee", func(Gomega, *v1.Instance) {})
 		start := time.Now()
-		out, err := kubectlNova(ctx, "evacuate", "host-1", "--force-down", "--target", "host-2", "--wait", "--timeout=3m")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "evacuate", "host-1", "--force-down", "--target", "host-2", "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(ContainSubstring("hypervisor.compute.kubenova.io/host-1 forced down"))
 		Expect(out).To(ContainSubstring("default/refugee runs on host-2"))
@@ -141,7 +141,7 @@ var _ = Describe("Evacuation", Ordered, func() {
 		expectHypervisorsUp(ctx)
 		inst := launchOn(ctx, "castaway", "host-3")
 		failNode(ctx, "host-3")
-		out, err := kubectlNova(ctx, "evacuate", "host-3", "--force-down", "--target", "host-1", "--wait", "--timeout=3m")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "evacuate", "host-3", "--force-down", "--target", "host-1", "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		after := expectInstance(ctx, "castaway", settled(v1.VMStateActive))
 		Expect(after.Status.NodeName).To(Equal("host-1"))

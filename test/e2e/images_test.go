@@ -33,6 +33,7 @@ var _ = Describe("Images", Ordered, func() {
 		nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "images-"}}
 		Expect(cluster.Client.Create(ctx, nsObj)).To(Succeed())
 		ns = nsObj.Name
+		Expect(cluster.GrantTenant(ctx, ns)).To(Succeed())
 	})
 
 	It("imports the test guest, verified, and reports its sizes", func(ctx SpecContext) {

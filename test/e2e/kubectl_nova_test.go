@@ -17,10 +17,21 @@ import (
 	"github.com/kubenova/kubenova/test/utils"
 )
 
-// kubectlNova runs the plugin binary against the cluster and returns its combined output.
+// kubectlNova runs the plugin binary against the cluster as the ordinary user (edit in the
+// namespace) and returns its combined output.
 func kubectlNova(ctx context.Context, args ...string) (string, error) {
+	return runKubectlNova(ctx, cluster.Kubeconfig, args...)
+}
+
+// kubectlNovaAsCloudAdmin runs it as the cloud's administrator: evacuations and moves to a
+// chosen node are theirs.
+func kubectlNovaAsCloudAdmin(ctx context.Context, args ...string) (string, error) {
+	return runKubectlNova(ctx, cluster.CloudAdminKubeconfig, args...)
+}
+
+func runKubectlNova(ctx context.Context, kubeconfig string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(utils.BinDir(), "kubectl-nova"), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+cluster.Kubeconfig)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	out, err := cmd.CombinedOutput()
 	GinkgoWriter.Printf("$ kubectl nova %s\n%s", strings.Join(args, " "), out)
 	return string(out), err

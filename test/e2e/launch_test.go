@@ -36,12 +36,18 @@ func host(name string) utils.Host {
 	return utils.Host{}
 }
 
+// applySample applies one of config/samples: the flavors and public images as the cloud's
+// administrator (they are the cloud's), the rest as the ordinary user.
 func applySample(ctx context.Context, name string) {
 	manifest, err := utils.RenderSample(name)
 	Expect(err).NotTo(HaveOccurred())
 	path := filepath.Join(cluster.WorkDir, "rendered-"+name)
 	Expect(os.WriteFile(path, manifest, 0o644)).To(Succeed())
-	out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+	apply := cluster.Kubectl
+	if name == "flavors.yaml" || name == "clusterimage.yaml" {
+		apply = cluster.KubectlAsCloudAdmin
+	}
+	out, err := apply(ctx, "apply", "-f", path)
 	Expect(err).NotTo(HaveOccurred(), out)
 }
 

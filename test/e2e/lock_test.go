@@ -7,24 +7,23 @@ import (
 	. "github.com/onsi/gomega"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
-	"github.com/kubenova/kubenova/test/utils"
 )
 
 var _ = Describe("Lock", Ordered, func() {
 	const name = "vault"
 
 	BeforeAll(func(ctx SpecContext) {
-		for _, user := range []string{"alice", "ops"} {
-			Expect(utils.GrantInstanceEditor(ctx, cluster.Client, "default", user)).To(Succeed())
-		}
 		instanceForSpecs(ctx, name, "test-guest")
 	}, NodeTimeout(3*time.Minute))
 
-	// kubectl as an ordinary user, and as a member of the administrators' group.
-	asAlice := []string{"--as=alice", "--as-group=tenants"}
-	asOps := []string{"--as=ops", "--as-group=kubenova:admins"}
-	kubectl := func(ctx SpecContext, who []string, args ...string) (string, error) {
-		return cluster.Kubectl(ctx, append(append([]string{}, who...), args...)...)
+	// kubectl as an ordinary user (edit in the namespace), and as the cloud's administrator
+	// (a member of kubenova:admins).
+	asAlice, asOps := false, true
+	kubectl := func(ctx SpecContext, admin bool, args ...string) (string, error) {
+		if admin {
+			return cluster.KubectlAsCloudAdmin(ctx, args...)
+		}
+		return cluster.Kubectl(ctx, args...)
 	}
 
 	It("refuses an ordinary user's changes and delete, naming the lock and its reason", func(ctx SpecContext) {

@@ -54,7 +54,7 @@ var _ = Describe("Live migration", Ordered, func() {
 		source := before.Status.NodeName
 		seqBefore := readConsole(before).Last(aliveSeq)
 		start := time.Now()
-		out, err := kubectlNova(ctx, "migrate", name, "--live", "--node", target, "--wait", "--timeout=3m")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "migrate", name, "--live", "--node", target, "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		took := time.Since(start)
 		Expect(out).To(ContainSubstring("runs on " + target))

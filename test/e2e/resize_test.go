@@ -141,7 +141,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		before := expectInstance(ctx, name, settled(v1.VMStateActive))
 		boots := bootsNow(before)
 		start := time.Now()
-		out, err := kubectlNova(ctx, "migrate", name, "--node", "host-3", "--wait", "--timeout=3m")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "migrate", name, "--node", "host-3", "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		took := time.Since(start)
 		Expect(out).To(ContainSubstring("runs on host-3"))
@@ -219,7 +219,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		before := expectInstance(ctx, name, settled(v1.VMStateActive))
 		boots := bootsNow(before)
 		start := time.Now()
-		out, err := kubectlNova(ctx, "migrate", name, "--node", "host-2", "--wait", "--timeout=3m")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "migrate", name, "--node", "host-2", "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		took := time.Since(start)
 		migName := regexp.MustCompile(`migration\.compute\.kubenova\.io/(\S+) created`).FindStringSubmatch(out)[1]

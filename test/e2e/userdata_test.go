@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -43,5 +47,25 @@ var _ = Describe("User data", Ordered, func() {
 			Expect(got).To(ContainSubstring(want))
 		}
 		Expect(strings.Count(got, "cidata ssh-key=")).To(Equal(1))
+
+		// The user data stays in its Secret: no log, Event or status carries it.
+		secret := "echo hello from user data"
+		logs, err := filepath.Glob(filepath.Join(cluster.WorkDir, "logs", "*.log"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(logs).NotTo(BeEmpty())
+		for _, l := range logs {
+			b, err := os.ReadFile(l)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(string(b)).NotTo(ContainSubstring(secret), l)
+		}
+		var evs eventsv1.EventList
+		Expect(cluster.Client.List(ctx, &evs, client.InNamespace("default"))).To(Succeed())
+		evJSON, err := json.Marshal(evs)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(evJSON)).To(ContainSubstring("cloudy"), "the instance's Events are there to be read")
+		Expect(string(evJSON)).NotTo(ContainSubstring(secret))
+		statusJSON, err := json.Marshal(inst.Status)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(statusJSON)).NotTo(ContainSubstring(secret))
 	}, NodeTimeout(3*time.Minute))
 })

@@ -22,10 +22,18 @@ import (
 // with a Node object. `make dev` and the e2e suite both start one.
 type Cluster struct {
 	*Env
-	// WorkDir holds the kubeconfig, the hosts' state and disks, and the processes' logs.
-	WorkDir    string
+	// WorkDir holds the kubeconfigs, the hosts' state and disks, and the processes' logs.
+	WorkDir string
+	// Kubeconfig is an ordinary user's (TenantUser, with the edit role in the namespaces
+	// the tests use): Kubectl and kubectl-nova run with it.
 	Kubeconfig string
-	Hosts      []Host
+	// CloudAdminKubeconfig is the cloud administrator's (CloudAdmin, in kubenova:admins):
+	// flavors, hypervisors, migrations to a chosen node, evacuation.
+	CloudAdminKubeconfig string
+	// AdminKubeconfig is system:masters', for kube-controller-manager and the simulated
+	// fleet (one process playing many nodes has no single node's identity).
+	AdminKubeconfig string
+	Hosts           []Host
 	// ImageStore is the image store's directory, shared by the manager and every agent as
 	// shared storage would be.
 	ImageStore string
@@ -33,7 +41,8 @@ type Cluster struct {
 	// test guest's (BinDir()/guest); tests put their own images there.
 	ImageSources string
 
-	procs []*exec.Cmd
+	procs         []*exec.Cmd
+	managerConfig string
 }
 
 // Host is one libvirt host playing a compute node.
@@ -59,8 +68,14 @@ func WithSharedStorage(n int) ClusterOption {
 	return func(l *clusterLayout) { l.sharedHosts = n }
 }
 
-// startControlPlane starts kube-apiserver and etcd, writes the kubeconfig the processes use
-// and creates kubenova's namespace. On error the cluster is stopped.
+// StartControlPlane starts kube-apiserver, etcd and kube-controller-manager, with kubenova's
+// CRDs, admission policies and RBAC and the people's kubeconfigs, but no manager and no hosts.
+func StartControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (*Cluster, error) {
+	return startControlPlane(ctx, workDir, opts...)
+}
+
+// startControlPlane starts kube-apiserver and etcd, writes the kubeconfigs and creates
+// kubenova's namespace and identities. On error the cluster is stopped.
 func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (*Cluster, error) {
 	if err := os.MkdirAll(filepath.Join(workDir, "logs"), 0o755); err != nil {
 		return nil, err
@@ -86,10 +101,18 @@ func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (
 		c.Stop()
 		return nil, err
 	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubenova-system"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace}}
 	if err := c.Client.Create(ctx, ns); err != nil {
 		c.Stop()
-		return nil, fmt.Errorf("create namespace kubenova-system: %w", err)
+		return nil, fmt.Errorf("create namespace %s: %w", SystemNamespace, err)
+	}
+	if err := c.startControllerManager(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	if err := c.setUpIdentities(ctx); err != nil {
+		c.Stop()
+		return nil, err
 	}
 	return c, nil
 }
@@ -128,9 +151,16 @@ func StartCluster(ctx context.Context, workDir string, n int, opts ...ClusterOpt
 	return c, nil
 }
 
-// StartManager starts the manager.
+// StartManager starts the manager, as its service account.
 func (c *Cluster) StartManager(args ...string) error {
-	return c.start("manager", filepath.Join(BinDir(), "manager"),
+	if c.managerConfig == "" {
+		kc, err := c.managerKubeconfig(context.Background())
+		if err != nil {
+			return err
+		}
+		c.managerConfig = kc
+	}
+	return c.start("manager", c.managerConfig, filepath.Join(BinDir(), "manager"),
 		append([]string{"--health-probe-bind-address=0", "--node-down-grace=5s", "--image-store=" + c.ImageStore,
 			"--image-source-dirs=" + filepath.Join(BinDir(), "guest") + "," + c.ImageSources}, args...)...)
 }
@@ -161,7 +191,7 @@ func (c *Cluster) StopManager() error {
 	return c.stop(func(cmd *exec.Cmd) bool { return filepath.Base(cmd.Path) == "manager" }, "manager")
 }
 
-// writeKubeconfig gives the processes and kubectl an administrator's kubeconfig.
+// writeKubeconfig writes system:masters' kubeconfig.
 func (c *Cluster) writeKubeconfig() error {
 	user, err := c.ControlPlane.AddUser(envtest.User{Name: "kubenova-admin", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
@@ -171,8 +201,8 @@ func (c *Cluster) writeKubeconfig() error {
 	if err != nil {
 		return err
 	}
-	c.Kubeconfig = filepath.Join(c.WorkDir, "kubeconfig")
-	return os.WriteFile(c.Kubeconfig, kc, 0o600)
+	c.AdminKubeconfig = filepath.Join(c.WorkDir, "identities", "admin.kubeconfig")
+	return writeFile(c.AdminKubeconfig, kc)
 }
 
 func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) error {
@@ -207,27 +237,32 @@ const (
 	AgentRebootTimeout   = 20 * time.Second
 )
 
-// StartAgent starts the agent of one host; args are added to its flags.
+// StartAgent starts the agent of one host, with a token bound to its Node; args are added to
+// its flags.
 func (c *Cluster) StartAgent(h Host, args ...string) error {
 	if h.SharedStorage {
 		args = append([]string{"--shared-storage"}, args...)
 	}
-	return c.start("agent-"+h.Name, filepath.Join(BinDir(), "agent"), append([]string{
+	kubeconfig, err := c.agentKubeconfig(context.Background(), h.Name)
+	if err != nil {
+		return err
+	}
+	return c.start("agent-"+h.Name, kubeconfig, filepath.Join(BinDir(), "agent"), append([]string{
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
 		"--image-store=" + c.ImageStore}, args...)...)
 }
 
-// start runs a binary in the background with the cluster's kubeconfig, logging to logs/<name>.log.
-func (c *Cluster) start(name, binary string, args ...string) error {
+// start runs a binary in the background with a kubeconfig, logging to logs/<name>.log.
+func (c *Cluster) start(name, kubeconfig, binary string, args ...string) error {
 	// Append, so that a restarted process keeps its predecessor's log.
 	logFile, err := os.OpenFile(filepath.Join(c.WorkDir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -238,10 +273,19 @@ func (c *Cluster) start(name, binary string, args ...string) error {
 	return nil
 }
 
-// Kubectl runs bin/kubectl against the cluster.
+// Kubectl runs bin/kubectl against the cluster as TenantUser.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	return c.kubectl(ctx, c.Kubeconfig, args...)
+}
+
+// KubectlAsCloudAdmin runs bin/kubectl as CloudAdmin.
+func (c *Cluster) KubectlAsCloudAdmin(ctx context.Context, args ...string) (string, error) {
+	return c.kubectl(ctx, c.CloudAdminKubeconfig, args...)
+}
+
+func (c *Cluster) kubectl(ctx context.Context, kubeconfig string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(BinDir(), "kubectl"), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

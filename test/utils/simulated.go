@@ -36,7 +36,7 @@ func StartSimulatedCluster(ctx context.Context, workDir string, nodes int, opts 
 	if err := os.RemoveAll(simRoot); err != nil {
 		return c, err
 	}
-	if err := c.start("agent-simulated", filepath.Join(BinDir(), "agent"),
+	if err := c.start("agent-simulated", c.AdminKubeconfig, filepath.Join(BinDir(), "agent"),
 		"--driver=fake", fmt.Sprintf("--simulate-nodes=%d", nodes), "--node-name="+SimulatedNodePrefix,
 		"--storage-root="+simRoot, "--lease-duration=40s"); err != nil {
 		return c, err

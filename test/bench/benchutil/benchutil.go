@@ -85,7 +85,7 @@ func Prepare(ctx context.Context, cluster *utils.Cluster, workDir string) error 
 		if err := os.WriteFile(path, b, 0o644); err != nil {
 			return err
 		}
-		if out, err := cluster.Kubectl(ctx, "apply", "-f", path); err != nil {
+		if out, err := cluster.KubectlAsCloudAdmin(ctx, "apply", "-f", path); err != nil {
 			return fmt.Errorf("%w: %s", err, out)
 		}
 	}
