@@ -145,6 +145,7 @@ var _ = Describe("Images", Ordered, func() {
 		dead.Close()
 		thieves := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "thieves-"}}
 		Expect(cluster.Client.Create(ctx, thieves)).To(Succeed())
+		Expect(cluster.GrantTenant(ctx, thieves.Name)).To(Succeed())
 		Expect(cluster.Client.Create(ctx, &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: thieves.Name, Name: "borrowed"},
 			Spec: v1.ImageSpec{Source: v1.ImageSource{URL: dead.URL + "/private.qcow2"}, SHA256: sum}})).To(Succeed())
 		for _, node := range []string{"host-1", "host-2"} {

@@ -86,7 +86,11 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "FLAVOR", "IMAGE", "LOCKED", "AGE"}))
 		Expect(out).To(MatchRegexp(`(?m)^cli\s+Active\s+-\s+Running\s+host-\d\s+m1\.tiny\s+test-guest\s+false\s+\S+$`))
 
+		// Every namespace is the cloud administrator's to list, not a member's.
 		out, err = kubectlNova(ctx, "list", "-A")
+		Expect(err).To(HaveOccurred())
+		Expect(out).To(ContainSubstring("forbidden"))
+		out, err = kubectlNovaAsCloudAdmin(ctx, "list", "-A")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(strings.Fields(strings.SplitN(out, "\n", 2)[0])[0]).To(Equal("NAMESPACE"))
 		Expect(out).To(MatchRegexp(`(?m)^default\s+cli\s+Active\s`))
