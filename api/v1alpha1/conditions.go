@@ -31,6 +31,10 @@ const (
 	ReasonScheduled = "Scheduled"
 	// ReasonFlavorNotFound: spec.flavor names no Flavor.
 	ReasonFlavorNotFound = "FlavorNotFound"
+	// ReasonNetworkNotFound: a NIC names a network that no node reports.
+	ReasonNetworkNotFound = "NetworkNotFound"
+	// ReasonMACInUse: a NIC's explicit MAC address is another instance's.
+	ReasonMACInUse = "MACInUse"
 	// ReasonImageNotFound: spec.image names no Image.
 	ReasonImageNotFound = "ImageNotFound"
 	// ReasonFlavorTooSmall: the flavor has less disk or memory than the image needs.

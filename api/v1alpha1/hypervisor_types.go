@@ -116,6 +116,10 @@ type HypervisorStatus struct {
 	// AgentVersion is the agent's build (agent).
 	// +optional
 	AgentVersion string `json:"agentVersion,omitempty"`
+	// Networks are the networks this node has, which instances' NICs may be plugged into
+	// (agent).
+	// +optional
+	Networks []HypervisorNetwork `json:"networks,omitempty"`
 
 	// ObservedGeneration is the spec generation the manager last judged (manager).
 	// +optional

@@ -276,6 +276,7 @@ type UserDataSource struct {
 
 // InstanceSpec is the desired state of a virtual machine.
 // +kubebuilder:validation:XValidation:rule="!has(self.lockedReason) || (has(self.locked) && self.locked)",message="lockedReason may only be set when locked is true"
+// +kubebuilder:validation:XValidation:rule="has(self.networks) == has(oldSelf.networks)",message="networks cannot change once the instance exists (interface attach and detach are not built)"
 type InstanceSpec struct {
 	// Flavor names the cluster-scoped Flavor that sizes the instance. Changing it resizes.
 	// +kubebuilder:validation:MinLength=1
@@ -342,6 +343,16 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:items:Pattern=`^(ssh-|ecdsa-|sk-)[^\n]*$`
 	// +optional
 	SSHAuthorizedKeys []string `json:"sshAuthorizedKeys,omitempty"`
+
+	// Networks are the instance's NICs, in order (the guest's first NIC first), each on a
+	// network of the compute nodes. They are fixed when the instance is created: attaching and
+	// detaching interfaces is not built yet.
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:XValidation:rule="self.all(n, !has(n.macAddress) || self.filter(m, has(m.macAddress) && m.macAddress.lowerAscii() == n.macAddress.lowerAscii()).size() == 1)",message="two NICs have the same macAddress"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="networks cannot change once the instance exists (interface attach and detach are not built)"
+	// +listType=atomic
+	// +optional
+	Networks []NetworkInterface `json:"networks,omitempty"`
 }
 
 // AppliedFlavor is the copy of a flavor an instance was sized with, kept in status as Nova keeps
@@ -434,6 +445,10 @@ type MigrationTask struct {
 	// TargetStorageRoot is the target's storage root: the disk paths of the domain are moved
 	// under it.
 	TargetStorageRoot string `json:"targetStorageRoot"`
+	// TargetNetworks are the target's networks (its Hypervisor's status.networks): a live
+	// migration plugs each NIC into the target's bridge or libvirt network of the same name.
+	// +optional
+	TargetNetworks []HypervisorNetwork `json:"targetNetworks,omitempty"`
 	// BlockMigration copies the disks to the target; otherwise source and target share them.
 	// +optional
 	BlockMigration bool `json:"blockMigration,omitempty"`
@@ -623,6 +638,9 @@ type AgentReport struct {
 	// (task StepTaskID), for the target to download.
 	// +optional
 	Transfer *AppliedImage `json:"transfer,omitempty"`
+	// Interfaces are the guest's NICs with the addresses the node sees on them.
+	// +optional
+	Interfaces []ObservedInterface `json:"interfaces,omitempty"`
 	// LastSyncTime is when the agent last compared this report with the hypervisor.
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
@@ -749,6 +767,14 @@ type InstanceStatus struct {
 	// LaunchedAt is when the instance first became Active.
 	// +optional
 	LaunchedAt *metav1.Time `json:"launchedAt,omitempty"`
+	// Networks are the instance's NICs as built, in the order of spec.networks: the MAC each
+	// keeps for the instance's life, and the addresses last seen on it.
+	// +optional
+	Networks []NICStatus `json:"networks,omitempty"`
+	// Addresses sums up the addresses per network, as `nova list` shows them, without spaces
+	// so that it stays one column ("provider=10.254.0.12;storage=192.168.4.7,fd00::7").
+	// +optional
+	Addresses string `json:"addresses,omitempty"`
 	// Fault says why the instance is in Error.
 	// +optional
 	Fault *InstanceFault `json:"fault,omitempty"`
@@ -770,6 +796,7 @@ type InstanceStatus struct {
 // +kubebuilder:printcolumn:name="Task",type=string,JSONPath=`.status.taskState`
 // +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="Networks",type=string,JSONPath=`.status.addresses`
 // +kubebuilder:printcolumn:name="Flavor",type=string,JSONPath=`.spec.flavor`
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image.name`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -137,6 +137,32 @@ apiVersion: compute.kubenova.io/v1alpha1
 kind: Hypervisor
 metadata: {name: node-x}
 spec: {cpuAllocationRatio: "0"}`, "cpuAllocationRatio must be greater than 0"},
+		{"two NICs with one MAC", `
+apiVersion: compute.kubenova.io/v1alpha1
+kind: Instance
+metadata: {name: bad-macs, namespace: default}
+spec:
+  flavor: m1.tiny
+  image: {name: cirros}
+  networks:
+  - {network: provider, macAddress: "fa:16:3e:00:00:01"}
+  - {network: storage, macAddress: "FA:16:3E:00:00:01"}`, "two NICs have the same macAddress"},
+		{"a multicast MAC", `
+apiVersion: compute.kubenova.io/v1alpha1
+kind: Instance
+metadata: {name: bad-mac, namespace: default}
+spec:
+  flavor: m1.tiny
+  image: {name: cirros}
+  networks: [{network: provider, macAddress: "01:00:5e:00:00:01"}]`, "spec.networks[0].macAddress"},
+		{"a network name that is not a label", `
+apiVersion: compute.kubenova.io/v1alpha1
+kind: Instance
+metadata: {name: bad-net, namespace: default}
+spec:
+  flavor: m1.tiny
+  image: {name: cirros}
+  networks: [{network: "Provider Net"}]`, "spec.networks[0].network"},
 		{"allocation ratio that is not a number", `
 apiVersion: compute.kubenova.io/v1alpha1
 kind: Hypervisor
@@ -182,6 +208,18 @@ apiVersion: compute.kubenova.io/v1alpha1
 kind: Snapshot
 metadata: {name: fixed, namespace: default}
 spec: {instanceName: web}`, "spec.instanceName", `"db"`, "a snapshot's spec is immutable"},
+		{"an instance's NICs", `
+apiVersion: compute.kubenova.io/v1alpha1
+kind: Instance
+metadata: {name: nics-fixed, namespace: default}
+spec: {flavor: m1.tiny, image: {name: cirros}, networks: [{network: provider}]}`, "spec.networks", `[{"network": "storage"}]`,
+			"networks cannot change once the instance exists"},
+		{"NICs added to an instance without", `
+apiVersion: compute.kubenova.io/v1alpha1
+kind: Instance
+metadata: {name: nics-none, namespace: default}
+spec: {flavor: m1.tiny, image: {name: cirros}}`, "spec.networks", `[{"network": "storage"}]`,
+			"networks cannot change once the instance exists"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
