@@ -64,6 +64,7 @@ func run() error {
 		migrationWait  = flag.Duration("live-migration-completion-timeout", agent.DefaultMigrationTimeoutPerGiB, "how long a live migration may take per GiB it copies (memory, and disk in a block migration) before it is aborted, the guest running on at the source (Nova's live_migration_completion_timeout)")
 		migrationRate  = flag.Uint64("live-migration-bandwidth", 0, "the most MiB/s an outgoing live migration may use; 0: no cap (Nova's live_migration_bandwidth)")
 		migrationTLS   = flag.Bool("migration-tls", false, "encrypt the data of outgoing live migrations with libvirt's TLS certificates (VIR_MIGRATE_TLS); use with a qemu+tls:// --migration-uri")
+		networks       = flag.String("networks", "", "the networks this node has, which instances' NICs are plugged into: comma-separated NAME=bridge:BRIDGE (a Linux bridge) or NAME=network:NAME (a libvirt network), as Neutron's bridge_mappings")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
@@ -97,6 +98,10 @@ func run() error {
 	if *migrationURI == "" {
 		*migrationURI = *libvirtURI
 	}
+	nodeNetworks, err := agent.ParseNetworks(*networks)
+	if err != nil {
+		return err
+	}
 	cfg := ctrl.GetConfigOrDie()
 	base := agent.Node{
 		Name: *nodeName, MigrationURI: *migrationURI, AgentVersion: version.Version,
@@ -104,7 +109,7 @@ func run() error {
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
 		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
-		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate,
+		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 	}
 	ctx := ctrl.SetupSignalHandler()
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,11 @@ type InstanceReconciler struct {
 	Disks    Disks
 	NodeName string
 	VirtType v1.VirtType
+	// Networks are the networks this node has, by the names instances use.
+	Networks []v1.HypervisorNetwork
+	// ARPTablePath is the node's neighbour table, /proc/net/arp when empty: the agent must see
+	// the node's network namespace (hostNetwork in its DaemonSet).
+	ARPTablePath string
 	// ShutdownTimeout is how long a guest has to power off after the ACPI power button before
 	// the agent powers it off (DefaultShutdownTimeout when zero).
 	ShutdownTimeout time.Duration
@@ -113,6 +119,8 @@ type InstanceReconciler struct {
 	// can be looked for in the node's storage.
 	uids     map[types.NamespacedName]types.UID
 	progress map[types.UID]*taskProgress
+	// addressWatch is when the agent first looked for each running guest's addresses.
+	addressWatch map[types.UID]time.Time
 	// overwritten is, per instance, the resourceVersion the agent's last status write replaced.
 	// Until the cache shows a newer one, it is older than what the agent knows: a reconcile
 	// then (a domain event right after a spawn brings one) would only lose a race with its own
@@ -149,6 +157,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if apierrors.IsNotFound(err) {
 		r.wrote(req.NamespacedName, "")
 		if uid, ok := r.forgetUID(req.NamespacedName); ok {
+			r.forgetAddressWatch(uid)
 			return ctrl.Result{}, r.cleanUpLeftBehind(ctx, req.NamespacedName, uid)
 		}
 		return ctrl.Result{}, nil
@@ -212,6 +221,14 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if stateErr == nil {
 		inst.Status.PowerState = state.Power
 		report.PowerReason = state.Reason
+		// The addresses stay in the report while the guest is off, as its lease stays.
+		if state.Power == v1.PowerStateRunning {
+			if again := r.observeInterfaces(ctx, inst, report); again > 0 && (next == 0 || again < next) {
+				next = again
+			}
+		} else {
+			r.forgetAddressWatch(inst.UID)
+		}
 	}
 	stateLookedAt := time.Now()
 	writing := kube.Changed(orig, inst)
@@ -365,6 +382,10 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 	if err != nil {
 		return driver.Machine{}, err
 	}
+	nics, err := r.nics(inst)
+	if err != nil {
+		return driver.Machine{}, err
+	}
 	configDrive, err := r.configDrive(ctx, inst)
 	if err != nil {
 		return driver.Machine{}, err
@@ -373,7 +394,26 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
 		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: r.VirtType,
+		NICs: nics,
 	}, nil
+}
+
+// nics are the instance's NICs on this node: the MACs the manager fixed in status.networks,
+// each plugged into this node's bridge or libvirt network of that name.
+func (r *InstanceReconciler) nics(inst *v1.Instance) ([]driver.NIC, error) {
+	if len(inst.Status.Networks) != len(inst.Spec.Networks) {
+		return nil, fmt.Errorf("the instance has %d NICs in spec and %d in status; the manager fixes their MACs before it schedules",
+			len(inst.Spec.Networks), len(inst.Status.Networks))
+	}
+	var out []driver.NIC
+	for _, nic := range inst.Status.Networks {
+		i := slices.IndexFunc(r.Networks, func(n v1.HypervisorNetwork) bool { return n.Name == nic.Network })
+		if i < 0 {
+			return nil, finalError{fmt.Errorf("network %s is not on node %s (its agent's --networks)", nic.Network, r.NodeName)}
+		}
+		out = append(out, driver.NIC{MACAddress: nic.MACAddress, Type: r.Networks[i].Type, Source: r.Networks[i].Source})
+	}
+	return out, nil
 }
 
 // configDrive makes the instance's cloud-init NoCloud drive, if its spec gives user data or
@@ -381,7 +421,7 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 // the node, as Nova's config drive is; later boots (a reboot, a start) reuse it, so they never
 // depend on the Secret still being there.
 func (r *InstanceReconciler) configDrive(ctx context.Context, inst *v1.Instance) (string, error) {
-	if inst.Spec.UserData == nil && len(inst.Spec.SSHAuthorizedKeys) == 0 {
+	if inst.Spec.UserData == nil && len(inst.Spec.SSHAuthorizedKeys) == 0 && len(inst.Status.Networks) == 0 {
 		return "", nil
 	}
 	uid := string(inst.UID)
@@ -402,6 +442,9 @@ func (r *InstanceReconciler) configDrive(ctx context.Context, inst *v1.Instance)
 		}
 	}
 	files := map[string][]byte{"meta-data": []byte(meta.String())}
+	if len(inst.Status.Networks) > 0 {
+		files["network-config"] = networkConfig(inst.Status.Networks)
+	}
 	if ud := inst.Spec.UserData; ud != nil {
 		data, err := r.userData(ctx, inst.Namespace, ud)
 		if err != nil {
@@ -410,6 +453,18 @@ func (r *InstanceReconciler) configDrive(ctx context.Context, inst *v1.Instance)
 		files["user-data"] = data
 	}
 	return r.Storage.WriteConfigDrive(ctx, uid, files)
+}
+
+// networkConfig is cloud-init's network configuration (version 2) for the NICs: each one, found
+// by its MAC and named ethN in the order of spec.networks, asks for its address by DHCP.
+func networkConfig(nics []v1.NICStatus) []byte {
+	var b strings.Builder
+	b.WriteString("version: 2\nethernets:\n")
+	for i, nic := range nics {
+		fmt.Fprintf(&b, "  eth%d:\n    match:\n      macaddress: %s\n    set-name: eth%d\n    dhcp4: true\n",
+			i, strconv.Quote(nic.MACAddress), i)
+	}
+	return []byte(b.String())
 }
 
 // userData reads the instance's user data from its Secret.

@@ -188,7 +188,8 @@ func (r *InstanceReconciler) followMigration(ctx context.Context, inst *v1.Insta
 func (r *InstanceReconciler) startMigration(ctx context.Context, inst *v1.Instance, task *v1.Task, deadline time.Time) {
 	m := task.Migration
 	target := driver.MigrationTarget{URI: m.TargetURI, SourceRoot: r.Storage.Root, TargetRoot: m.TargetStorageRoot,
-		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS, BandwidthMiBs: r.MigrationBandwidthMiBs}
+		Block: m.BlockMigration, SharedStorage: !m.BlockMigration, TLS: r.MigrationTLS, BandwidthMiBs: r.MigrationBandwidthMiBs,
+		NICs: targetNICs(inst, m.TargetNetworks)}
 	run := &migrationRun{taskID: task.ID, deadline: deadline}
 	r.mu.Lock()
 	if r.migrations == nil {

@@ -45,6 +45,8 @@ type Node struct {
 	MigrationURI string
 	// SharedStorage declares that the storage root is on storage other nodes mount too.
 	SharedStorage bool
+	// Networks are the networks the node has (--networks).
+	Networks []v1.HypervisorNetwork
 	// MigrationTLS encrypts outgoing live migrations' data.
 	MigrationTLS bool
 	// MigrationBandwidthMiBs caps outgoing live migrations' data rate (MiB/s; 0: no cap).
@@ -112,7 +114,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		Incoming: incoming, MigrationTLS: n.MigrationTLS, SharedStorage: n.SharedStorage, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
-		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType,
+		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType, Networks: n.Networks,
 		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
@@ -129,7 +131,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	reporter := &Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
-		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration,
+		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
 	}
 	if err := mgr.Add(reporter); err != nil {

@@ -45,6 +45,8 @@ type Reporter struct {
 	// LeaseDuration is how long a renewal vouches for the node; the agent renews at a quarter
 	// of it, as kubelets do.
 	LeaseDuration time.Duration
+	// Networks are the networks the node has, reported in its Hypervisor for the scheduler.
+	Networks []v1.HypervisorNetwork
 	// ReportPeriod is how often capacity and versions are re-read.
 	ReportPeriod time.Duration
 	// CleanupPeriod is how often orphaned domains and unused cached images are looked for.
@@ -141,6 +143,7 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
 	s.StorageShared, s.StorageID = r.SharedStorage, storageID
+	s.Networks = r.Networks
 	if !kube.Changed(orig, hv) {
 		return nil
 	}

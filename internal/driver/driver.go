@@ -38,6 +38,17 @@ type Machine struct {
 	ConsoleLog string
 	// VirtType is kvm or qemu (TCG).
 	VirtType v1.VirtType
+	// NICs are the guest's network interfaces, in order.
+	NICs []NIC
+}
+
+// NIC is one network interface of a machine.
+type NIC struct {
+	// MACAddress the guest sees.
+	MACAddress string
+	// Type says what Source names: a Linux bridge or a libvirt network of the node.
+	Type   v1.NetworkType
+	Source string
 }
 
 // Domain is what the hypervisor reports of one domain.
@@ -93,6 +104,9 @@ type MigrationTarget struct {
 	TLS bool
 	// BandwidthMiBs caps the migration's data rate in MiB/s; 0 leaves it to the hypervisor.
 	BandwidthMiBs uint64
+	// NICs are the domain's NICs as the target plugs them (by MAC): its bridges or libvirt
+	// networks may be named otherwise than the source's.
+	NICs []NIC
 }
 
 // MigrationStats is a migration's progress or outcome, as the hypervisor counts it.
@@ -172,6 +186,9 @@ type Driver interface {
 	List(ctx context.Context) ([]Domain, error)
 	// HostInfo describes the node.
 	HostInfo(ctx context.Context) (HostInfo, error)
+	// InterfaceAddresses reports the addresses the hypervisor knows on the domain's NICs: the
+	// DHCP leases of its own networks.
+	InterfaceAddresses(ctx context.Context, uuid string) ([]v1.ObservedInterface, error)
 	// Ping makes one round trip to the hypervisor, reconnecting if the connection died: the
 	// agent's readiness.
 	Ping(ctx context.Context) error

@@ -32,6 +32,11 @@ func Build(m driver.Machine) (string, error) {
 	if m.VCPUs < 1 || m.MemoryMiB < 1 {
 		return "", fmt.Errorf("machine %q has %d vcpus and %d MiB", m.Name, m.VCPUs, m.MemoryMiB)
 	}
+	for i, nic := range m.NICs {
+		if nic.MACAddress == "" || nic.Source == "" {
+			return "", fmt.Errorf("machine %q: NIC %d lacks a MAC address or a source", m.Name, i)
+		}
+	}
 	meta, err := xml.Marshal(InstanceMetadata{Namespace: m.Namespace, Name: m.InstanceName})
 	if err != nil {
 		return "", fmt.Errorf("metadata of %s: %w", m.Name, err)
@@ -64,7 +69,8 @@ func Build(m driver.Machine) (string, error) {
 		OnReboot:   "restart",
 		OnCrash:    "destroy",
 		Devices: &libvirtxml.DomainDeviceList{
-			Disks: disks(m),
+			Disks:      disks(m),
+			Interfaces: interfaces(m),
 			// The serial console is a pty (for `virsh console`) whose output QEMU also appends
 			// to a file, the instance's console log.
 			Serials: []libvirtxml.DomainSerial{{
@@ -114,6 +120,68 @@ func disks(m driver.Machine) []libvirtxml.DomainDisk {
 		disks = append(disks, d)
 	}
 	return disks
+}
+
+// interfaces are the machine's NICs: virtio, with the MAC the instance keeps for its life, and
+// without an option ROM (the guest boots from its disk, never from the network, and QEMU then
+// needs no iPXE firmware on the node).
+func interfaces(m driver.Machine) []libvirtxml.DomainInterface {
+	var out []libvirtxml.DomainInterface
+	for _, nic := range m.NICs {
+		iface := libvirtxml.DomainInterface{
+			MAC:   &libvirtxml.DomainInterfaceMAC{Address: nic.MACAddress},
+			Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+			ROM:   &libvirtxml.DomainROM{Enabled: "no"},
+		}
+		if nic.Type == v1.NetworkLibvirt {
+			iface.Source = &libvirtxml.DomainInterfaceSource{Network: &libvirtxml.DomainInterfaceSourceNetwork{Network: nic.Source}}
+		} else {
+			iface.Source = &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Source}}
+		}
+		out = append(out, iface)
+	}
+	return out
+}
+
+// ReplugInterfaces returns a domain's XML with each NIC plugged as nics says (found by MAC), and
+// whether anything changed: a live migration's target may name its bridges otherwise. Only
+// the interfaces' sources change; the rest of the XML is left as it is when nothing does.
+func ReplugInterfaces(domainXML string, nics []driver.NIC) (string, bool, error) {
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(domainXML); err != nil {
+		return "", false, fmt.Errorf("parse domain: %w", err)
+	}
+	if dom.Devices == nil {
+		return domainXML, false, nil
+	}
+	changed := false
+	for i := range dom.Devices.Interfaces {
+		iface := &dom.Devices.Interfaces[i]
+		if iface.MAC == nil {
+			continue
+		}
+		for _, nic := range nics {
+			if !strings.EqualFold(nic.MACAddress, iface.MAC.Address) {
+				continue
+			}
+			switch {
+			case nic.Type == v1.NetworkLibvirt && (iface.Source == nil || iface.Source.Network == nil || iface.Source.Network.Network != nic.Source):
+				iface.Source = &libvirtxml.DomainInterfaceSource{Network: &libvirtxml.DomainInterfaceSourceNetwork{Network: nic.Source}}
+				changed = true
+			case nic.Type != v1.NetworkLibvirt && (iface.Source == nil || iface.Source.Bridge == nil || iface.Source.Bridge.Bridge != nic.Source):
+				iface.Source = &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: nic.Source}}
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return domainXML, false, nil
+	}
+	out, err := dom.Marshal()
+	if err != nil {
+		return "", false, fmt.Errorf("marshal domain: %w", err)
+	}
+	return out, true, nil
 }
 
 // ParseMetadata reads kubenova's element from a domain's XML; ok is false for domains that

@@ -34,6 +34,15 @@ func withConfigDrive(m driver.Machine) driver.Machine {
 	return m
 }
 
+// withNICs is m with a NIC on a bridge and one on a libvirt network.
+func withNICs(m driver.Machine) driver.Machine {
+	m.NICs = []driver.NIC{
+		{MACAddress: "fa:16:3e:12:34:56", Type: v1.NetworkBridge, Source: "br-provider"},
+		{MACAddress: "52:54:00:ab:cd:ef", Type: v1.NetworkLibvirt, Source: "default"},
+	}
+	return m
+}
+
 func TestGolden(t *testing.T) {
 	for _, c := range []struct {
 		golden string
@@ -43,6 +52,7 @@ func TestGolden(t *testing.T) {
 		{"kvm.xml", machine(v1.VirtTypeKVM)},
 		{"rescue.xml", rescued(machine(v1.VirtTypeQEMU))},
 		{"config-drive.xml", withConfigDrive(rescued(machine(v1.VirtTypeQEMU)))},
+		{"nics.xml", withNICs(withConfigDrive(machine(v1.VirtTypeQEMU)))},
 	} {
 		got, err := Build(c.m)
 		if err != nil {
@@ -89,6 +99,11 @@ func TestRefusesIncompleteMachines(t *testing.T) {
 	if _, err := Build(m); err == nil {
 		t.Error("built a domain without memory")
 	}
+	m = withNICs(machine(v1.VirtTypeQEMU))
+	m.NICs[1].MACAddress = ""
+	if _, err := Build(m); err == nil {
+		t.Error("built a domain with a NIC that has no MAC")
+	}
 }
 
 func TestBackupCopiesTheRootDiskToAStandaloneQCOW2(t *testing.T) {
@@ -109,5 +124,37 @@ func TestBackupCopiesTheRootDiskToAStandaloneQCOW2(t *testing.T) {
 	}
 	if _, err := Backup(""); err == nil {
 		t.Error("a backup without a target was accepted")
+	}
+}
+
+// TestReplugInterfacesMovesOnlyTheNICs: a live migration's target plugs each NIC into its own
+// bridge or libvirt network; nothing else of the domain changes, and a domain whose NICs are
+// plugged as the target wants is left byte for byte.
+func TestReplugInterfacesMovesOnlyTheNICs(t *testing.T) {
+	m := withNICs(withConfigDrive(machine(v1.VirtTypeQEMU)))
+	x, err := Build(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, changed, err := ReplugInterfaces(x, m.NICs)
+	if err != nil || changed || same != x {
+		t.Fatalf("plugged as wanted: changed %v, err %v", changed, err)
+	}
+	target := []driver.NIC{
+		{MACAddress: "FA:16:3E:12:34:56", Type: v1.NetworkBridge, Source: "br-other"},
+		{MACAddress: "52:54:00:ab:cd:ef", Type: v1.NetworkBridge, Source: "br-nat"},
+	}
+	got, changed, err := ReplugInterfaces(x, target)
+	if err != nil || !changed {
+		t.Fatalf("replug: changed %v, err %v", changed, err)
+	}
+	want := m
+	want.NICs = []driver.NIC{{MACAddress: "fa:16:3e:12:34:56", Type: v1.NetworkBridge, Source: "br-other"}, target[1]}
+	wantXML, err := Build(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != wantXML {
+		t.Errorf("replugged XML differs from the domain built with the target's NICs:\n--- got\n%s\n--- want\n%s", got, wantXML)
 	}
 }

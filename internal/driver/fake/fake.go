@@ -28,6 +28,8 @@ type Driver struct {
 	lastRun     int64
 	events      chan driver.Event
 	host        driver.HostInfo
+	// leases are the addresses a simulated DHCP server gave, by MAC.
+	leases map[string][]string
 }
 
 type domain struct {
@@ -308,6 +310,34 @@ func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 		return driver.State{Power: dom.power, Reason: dom.reason, RunID: dom.runID}, nil
 	}
 	return driver.State{Power: v1.PowerStateNoState, RunID: -1}, nil
+}
+
+// Lease gives a MAC an address, as a network's DHCP server would: running domains with a NIC
+// of that MAC report it.
+func (d *Driver) Lease(mac, ip string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.leases == nil {
+		d.leases = map[string][]string{}
+	}
+	d.leases[mac] = append(d.leases[mac], ip)
+}
+
+// InterfaceAddresses implements driver.Driver: a running domain's NICs, with the addresses
+// Lease gave their MACs.
+func (d *Driver) InterfaceAddresses(_ context.Context, uuid string) ([]v1.ObservedInterface, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.called("InterfaceAddresses")
+	dom, ok := d.domains[uuid]
+	if !ok {
+		return nil, fmt.Errorf("domain %s: %w", uuid, driver.ErrNotFound)
+	}
+	var out []v1.ObservedInterface
+	for _, nic := range dom.machine.NICs {
+		out = append(out, v1.ObservedInterface{MACAddress: nic.MACAddress, IPAddresses: append([]string(nil), d.leases[nic.MACAddress]...)})
+	}
+	return out, nil
 }
 
 // SetPowerState changes a domain's power state behind the agent's back, as virsh or the guest

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -720,6 +722,38 @@ func (d *Driver) HostInfo(_ context.Context) (driver.HostInfo, error) {
 		return nil
 	})
 	return info, err
+}
+
+// InterfaceAddresses implements driver.Driver with the leases of libvirt's own networks' DHCP
+// servers. A bridge's addresses are in the node's ARP table, which the agent reads itself:
+// libvirt's ARP source fails on libvirt 9.0 ("wrong nlmsg len").
+func (d *Driver) InterfaceAddresses(_ context.Context, uuid string) ([]v1.ObservedInterface, error) {
+	var out []v1.ObservedInterface
+	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
+		byMAC := map[string]int{}
+		for _, source := range []golibvirt.DomainInterfaceAddressesSource{golibvirt.DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE} {
+			ifaces, err := dom.ListAllInterfaceAddresses(source)
+			if err != nil {
+				return fmt.Errorf("interface addresses: %w", err)
+			}
+			for _, iface := range ifaces {
+				mac := strings.ToLower(iface.Hwaddr)
+				i, ok := byMAC[mac]
+				if !ok {
+					i = len(out)
+					byMAC[mac] = i
+					out = append(out, v1.ObservedInterface{MACAddress: mac})
+				}
+				for _, a := range iface.Addrs {
+					if !slices.Contains(out[i].IPAddresses, a.Addr) {
+						out[i].IPAddresses = append(out[i].IPAddresses, a.Addr)
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // Ping implements driver.Driver with the cheapest call that reaches libvirtd.

@@ -10,6 +10,7 @@ import (
 	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/driver/domainxml"
 )
 
 // MigrateLive implements driver.Driver with a peer-to-peer live migration: this node's libvirtd
@@ -43,6 +44,13 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 			// The target keeps instance files under its own root: the same files, other paths.
 			x = strings.ReplaceAll(x, "'"+strings.TrimSuffix(to.SourceRoot, "/")+"/", "'"+strings.TrimSuffix(to.TargetRoot, "/")+"/")
 			x = strings.ReplaceAll(x, "\""+strings.TrimSuffix(to.SourceRoot, "/")+"/", "\""+strings.TrimSuffix(to.TargetRoot, "/")+"/")
+			params.DestXMLSet, params.DestXML = true, x
+			params.PersistXMLSet, params.PersistXML = true, x
+		}
+		if replugged, changed, err := domainxml.ReplugInterfaces(x, to.NICs); err != nil {
+			return fmt.Errorf("domain %s: %w", uuid, err)
+		} else if changed {
+			x = replugged
 			params.DestXMLSet, params.DestXML = true, x
 			params.PersistXMLSet, params.PersistXML = true, x
 		}
