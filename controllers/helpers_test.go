@@ -45,11 +45,20 @@ func makeNode(ctx context.Context, name string, capacity v1.Resources, labels ma
 func ensureNodeA(ctx context.Context) {
 	nodeAOnce.Do(func() {
 		makeNode(ctx, "node-a", v1.Resources{VCPUs: 8, MemoryMiB: 16384, DiskGiB: 100}, onNodeA, time.Hour)
+		// What node-a's agent would report of its networks (the in-process agent has no reporter).
+		Eventually(func() error {
+			cur := hypervisor(ctx, "node-a")
+			cur.Status.Networks = nodeANetworks
+			return k8s.Status().Update(ctx, cur)
+		}).WithContext(ctx).Should(Succeed())
 		makeFlavor(ctx, "small", 1, 256, 1)
 	})
 }
 
 var nodeAOnce sync.Once
+
+// nodeANetworks are the networks of node-a: its agent plugs NICs into them.
+var nodeANetworks = []v1.HypervisorNetwork{{Name: "provider", Type: v1.NetworkBridge, Source: "br-provider"}}
 
 func renewLease(ctx context.Context, node string, d time.Duration) {
 	setLease(ctx, node, d, time.Now())

@@ -122,9 +122,11 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	st := &reconcileState{}
 	result, err := r.runSteps(ctx, inst, st,
 		r.initialize,
+		r.assignNetworks,
 		r.schedule,
 		r.scheduleUnshelve,
 		r.collectReport,
+		r.syncAddresses,
 		r.cleanUpShelvedImage,
 		r.syncPowerState,
 		r.checkPlacement,
@@ -194,6 +196,10 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		st.waiting = missing
 		return &ctrl.Result{RequeueAfter: userDataRetry}, err
 	}
+	if missing, err := r.networksMissing(ctx, inst); err != nil || missing != nil {
+		st.waiting = missing
+		return &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, err
+	}
 	if msg := flavorTooSmall(flavor, image); msg != "" {
 		// Nova refuses these at the API (FlavorDiskSmallerThanMinDisk, FlavorMemoryTooSmall);
 		// only a change of spec.flavor or of the image helps, so the instance is Stalled.
@@ -241,6 +247,7 @@ func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance,
 		Resources:        scheduler.FlavorResources(flavor),
 		NodeSelector:     inst.Spec.NodeSelector,
 		AvailabilityZone: inst.Spec.AvailabilityZone,
+		Networks:         scheduler.NetworksOf(inst),
 	}
 	node, err := r.place(ctx, inst, request)
 	if err != nil {
@@ -554,8 +561,16 @@ func (r *InstanceReconciler) checkPlacement(ctx context.Context, inst *v1.Instan
 	} else if err != nil {
 		return nil, err
 	}
-	host := scheduler.Host{Node: node, Hypervisor: &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}}
-	request := scheduler.Request{NodeSelector: inst.Spec.NodeSelector, AvailabilityZone: inst.Spec.AvailabilityZone}
+	request := scheduler.Request{NodeSelector: inst.Spec.NodeSelector, AvailabilityZone: inst.Spec.AvailabilityZone,
+		Networks: scheduler.NetworksOf(inst)}
+	hv := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node.Name}, hv); apierrors.IsNotFound(err) {
+		// No report of the node's networks to judge by.
+		hv, request.Networks = &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}, nil
+	} else if err != nil {
+		return nil, err
+	}
+	host := scheduler.Host{Node: node, Hypervisor: hv}
 	for _, f := range scheduler.PlacementFilters {
 		if !f.Passes(host, request) {
 			st.refusal = &lifecycle.Refusal{Action: v1.ActionLiveMigrate, Reason: ReasonPlacementMismatch,

@@ -165,7 +165,7 @@ func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instan
 	node := target.Name
 	s, t := source.Status, target.Status
 	move := &v1.MigrationTask{Name: mig.Name, UID: string(mig.UID), SourceNode: inst.Status.NodeName, TargetNode: node,
-		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot}
+		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot, TargetNetworks: t.Networks}
 	if s.StorageID != "" && s.StorageID == t.StorageID {
 		return move, nil, nil, nil
 	}
@@ -276,6 +276,7 @@ func (r *InstanceReconciler) chooseTarget(ctx context.Context, inst *v1.Instance
 		Resources:        scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec),
 		NodeSelector:     inst.Spec.NodeSelector,
 		AvailabilityZone: inst.Spec.AvailabilityZone,
+		Networks:         scheduler.NetworksOf(inst),
 		Exclude:          []string{inst.Status.NodeName},
 		Host:             mig.Spec.TargetNode,
 	}
@@ -322,7 +323,7 @@ func liveMigrationPlan(inst *v1.Instance, mig *v1.Migration, source, target *v1.
 		}
 	}
 	return &v1.MigrationTask{Name: mig.Name, UID: string(mig.UID), SourceNode: source.Name, TargetNode: target.Name,
-		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot, BlockMigration: block}, nil
+		TargetURI: t.MigrationURI, TargetStorageRoot: t.StorageRoot, TargetNetworks: t.Networks, BlockMigration: block}, nil
 }
 
 // ReasonStorageMismatch says the migration's disk handling does not fit the nodes' storage.

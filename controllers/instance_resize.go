@@ -114,6 +114,7 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 		Resources:        scheduler.FlavorResources(flavor.FlavorSpec),
 		NodeSelector:     inst.Spec.NodeSelector,
 		AvailabilityZone: inst.Spec.AvailabilityZone,
+		Networks:         scheduler.NetworksOf(inst),
 	}
 	target := ""
 	var placeErr error

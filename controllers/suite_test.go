@@ -95,7 +95,8 @@ var _ = BeforeSuite(func() {
 	fakeDriver = fake.New()
 	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: imageStore}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
-		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU}).SetupWithManager(agentMgr)).To(Succeed())
+		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU,
+		Networks: nodeANetworks}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.
 	imageFile = filepath.Join(imageDir, "image.qcow2")

@@ -123,7 +123,7 @@ func sortInstances(items []v1.Instance) {
 // renderTable writes the nova list table; now fixes the AGE column.
 func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now time.Time) error {
 	w := printers.GetNewTabWriter(out)
-	header := []string{"NAME", "STATUS", "TASK", "POWER", "NODE", "FLAVOR", "IMAGE", "LOCKED", "AGE"}
+	header := []string{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "LOCKED", "AGE"}
 	if allNamespaces {
 		header = append([]string{"NAMESPACE"}, header...)
 	}
@@ -136,6 +136,7 @@ func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now tim
 			orDash(string(inst.Status.TaskState)),
 			orDash(string(inst.Status.PowerState)),
 			orDash(inst.Status.NodeName),
+			orDash(inst.Status.Addresses),
 			orDash(inst.Spec.Flavor),
 			orDash(inst.Spec.Image.Name),
 			strconv.FormatBool(inst.Spec.Locked),

@@ -15,6 +15,7 @@ import (
 // listSample is three instances in two namespaces, given out of order.
 func listSample() []v1.Instance {
 	web := sampleInstance("web")
+	web.Status.Addresses = "provider=10.0.0.7;storage=192.168.4.7,fd00::7"
 	db := sampleInstance("db")
 	db.Spec.PowerState, db.Spec.Locked, db.Spec.LockedReason = v1.DesiredStopped, true, "audit"
 	db.Status.VMState, db.Status.PowerState = v1.VMStateStopped, v1.PowerStateShutdown
@@ -48,11 +49,11 @@ func TestRenderTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := [][]string{
-		{"NAME", "STATUS", "TASK", "POWER", "NODE", "FLAVOR", "IMAGE", "LOCKED", "AGE"},
-		{"db", "Stopped", "-", "Shutdown", "host-1", "m1.tiny", "test-guest", "true", "3d"},
-		{"web", "Active", "-", "Running", "host-1", "m1.tiny", "test-guest", "false", "90m"},
-		{"app", "Active", "Pausing", "Running", "host-2", "m1.small", "test-guest", "false", "90m"},
-		{"fresh", "-", "-", "-", "-", "m1.tiny", "test-guest", "false", "5s"},
+		{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "LOCKED", "AGE"},
+		{"db", "Stopped", "-", "Shutdown", "host-1", "-", "m1.tiny", "test-guest", "true", "3d"},
+		{"web", "Active", "-", "Running", "host-1", "provider=10.0.0.7;storage=192.168.4.7,fd00::7", "m1.tiny", "test-guest", "false", "90m"},
+		{"app", "Active", "Pausing", "Running", "host-2", "-", "m1.small", "test-guest", "false", "90m"},
+		{"fresh", "-", "-", "-", "-", "-", "m1.tiny", "test-guest", "false", "5s"},
 	}
 	assertRows(t, out.String(), want)
 }
@@ -65,7 +66,7 @@ func TestRenderTableAllNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := tableRows(out.String())
-	if got := strings.Join(rows[0], " "); got != "NAMESPACE NAME STATUS TASK POWER NODE FLAVOR IMAGE LOCKED AGE" {
+	if got := strings.Join(rows[0], " "); got != "NAMESPACE NAME STATUS TASK POWER NODE NETWORKS FLAVOR IMAGE LOCKED AGE" {
 		t.Errorf("header %q", got)
 	}
 	var order []string

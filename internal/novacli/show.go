@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -84,6 +85,14 @@ func showProperties(inst *v1.Instance) []property {
 		{"image", imageValue(inst)},
 		{"locked", lockedValue(&inst.Spec)},
 		{"spec powerState", string(lifecycle.Desired(&inst.Spec))},
+	}
+	// One line per NIC, as the guest names them (eth0 first): network, MAC and addresses.
+	for i, nic := range st.Networks {
+		addrs := "no address seen yet"
+		if len(nic.IPAddresses) > 0 {
+			addrs = strings.Join(nic.IPAddresses, ", ")
+		}
+		props = append(props, property{fmt.Sprintf("eth%d", i), fmt.Sprintf("network %s, mac %s, %s", nic.Network, nic.MACAddress, addrs)})
 	}
 	for _, c := range st.Conditions {
 		value := fmt.Sprintf("%s (%s)", c.Status, c.Reason)

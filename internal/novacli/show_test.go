@@ -48,6 +48,8 @@ func TestRenderShow(t *testing.T) {
 		Reason: "Shutdown", Time: metav1.NewTime(testNow.Add(-10 * time.Minute)), SpecPowerState: v1.DesiredRunning}
 	inst.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonTaskFailed, Message: "Stop failed: timeout",
 		Time: metav1.NewTime(testNow.Add(-20 * time.Minute)), Action: v1.ActionStop}
+	inst.Status.Networks = []v1.NICStatus{{Network: "provider", MACAddress: "fa:16:3e:00:00:01", IPAddresses: []string{"10.0.0.7", "fd00::7"}},
+		{Network: "storage", MACAddress: "02:00:00:00:00:02"}}
 
 	var out bytes.Buffer
 	if err := renderShow(&out, inst); err != nil {
@@ -76,6 +78,8 @@ func TestRenderShow(t *testing.T) {
 		"startRequest":      "at 2026-03-14T13:09:26.535897Z: not acknowledged yet",
 		"launchedAt":        "2026-03-14T13:40:26Z",
 		"consoleLog":        "/var/lib/kubenova/instances/4f2c/console.log on host-1",
+		"eth0":              "network provider, mac fa:16:3e:00:00:01, 10.0.0.7, fd00::7",
+		"eth1":              "network storage, mac 02:00:00:00:00:02, no address seen yet",
 	}
 	for name, value := range want {
 		if props[name] != value {

@@ -5,6 +5,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -37,6 +38,8 @@ type Request struct {
 	Exclude []string
 	// Host, when set, is the only host that may be chosen (a migration's requested target).
 	Host string
+	// Networks the instance's NICs are plugged into: the host must have every one.
+	Networks []string
 }
 
 // Filter rejects hosts that cannot take a request.
@@ -69,6 +72,7 @@ var DefaultFilters = []Filter{
 	}},
 	PlacementFilters[0],
 	PlacementFilters[1],
+	PlacementFilters[2],
 	{Name: "VCPUFilter", Passes: func(h Host, r Request) bool {
 		return r.Resources.VCPUs <= Free(h).VCPUs
 	}},
@@ -94,6 +98,35 @@ var PlacementFilters = []Filter{
 		}
 		return true
 	}},
+	{Name: "NetworkFilter", Passes: func(h Host, r Request) bool {
+		for _, want := range r.Networks {
+			if !HasNetwork(h.Hypervisor, want) {
+				return false
+			}
+		}
+		return true
+	}},
+}
+
+// HasNetwork says whether a node reports the network of that name.
+func HasNetwork(hv *v1.Hypervisor, name string) bool {
+	for _, n := range hv.Status.Networks {
+		if n.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// NetworksOf are the networks an instance's NICs are plugged into, each once.
+func NetworksOf(inst *v1.Instance) []string {
+	var out []string
+	for _, nic := range inst.Spec.Networks {
+		if !slices.Contains(out, nic.Network) {
+			out = append(out, nic.Network)
+		}
+	}
+	return out
 }
 
 func outOfService(n *corev1.Node) bool {

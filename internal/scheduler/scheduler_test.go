@@ -31,6 +31,15 @@ func host(name string, vcpus, memMiB, diskGiB int64, mods ...func(*Host)) Host {
 	return h
 }
 
+// withNetworks gives the host networks of these names.
+func withNetworks(names ...string) func(*Host) {
+	return func(h *Host) {
+		for _, n := range names {
+			h.Hypervisor.Status.Networks = append(h.Hypervisor.Status.Networks, v1.HypervisorNetwork{Name: n, Type: v1.NetworkBridge, Source: "br-" + n})
+		}
+	}
+}
+
 func small() Request { return Request{Resources: v1.Resources{VCPUs: 1, MemoryMiB: 512, DiskGiB: 1}} }
 
 func TestFilters(t *testing.T) {
@@ -62,6 +71,10 @@ func TestFilters(t *testing.T) {
 		{"used up", host("a", 4, 1024, 10, func(h *Host) { h.Used = v1.Resources{MemoryMiB: 768} }), small(), "RAMFilter"},
 		{"ratio makes room", host("a", 1, 4096, 10, func(h *Host) { h.Hypervisor.Spec.CPUAllocationRatio = "4.0"; h.Used.VCPUs = 3 }), small(), ""},
 		{"reserved counts", host("a", 4, 1024, 10, func(h *Host) { h.Hypervisor.Status.Reserved.MemoryMiB = 768 }), small(), "RAMFilter"},
+		{"lacks a network", host("a", 4, 4096, 10, withNetworks("provider")),
+			Request{Resources: small().Resources, Networks: []string{"provider", "storage"}}, "NetworkFilter"},
+		{"has every network", host("a", 4, 4096, 10, withNetworks("storage", "provider")),
+			Request{Resources: small().Resources, Networks: []string{"provider", "storage"}}, ""},
 	}
 	for _, c := range cases {
 		got, err := Select([]Host{c.host}, c.req, DefaultFilters)

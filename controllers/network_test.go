@@ -1,0 +1,116 @@
+package controllers
+
+import (
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+var _ = Describe("Networks", func() {
+	BeforeEach(func(ctx SpecContext) { ensureNodeA(ctx) })
+
+	It("fixes each NIC's MAC before placing the instance, boots with them, keeps them through a stop and start, and shows the addresses", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "nics")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		inst.Spec.Networks = []v1.NetworkInterface{{Network: "provider"}, {Network: "provider", MACAddress: "02:00:00:AB:CD:EF"}}
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		got, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(got.Status.Networks).To(HaveLen(2))
+		assigned := got.Status.Networks[0].MACAddress
+		Expect(assigned).To(MatchRegexp(`^fa:16:3e(:[0-9a-f]{2}){3}$`), "Neutron's prefix")
+		Expect(got.Status.Networks[1].MACAddress).To(Equal("02:00:00:ab:cd:ef"), "the explicit MAC, in lower case")
+		Expect(got.Spec.Networks[0].MACAddress).To(BeEmpty(), "the controller does not default spec")
+		nics := func() []string {
+			var macs []string
+			m, ok := fakeDriver.Machine(string(got.UID))
+			Expect(ok).To(BeTrue(), "the domain is defined")
+			for _, nic := range m.NICs {
+				Expect(nic.Source).To(Equal("br-provider"))
+				macs = append(macs, nic.MACAddress)
+			}
+			return macs
+		}
+		Expect(nics()).To(Equal([]string{assigned, "02:00:00:ab:cd:ef"}))
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(meta.IsStatusConditionTrue(cur.Status.Conditions, v1.ConditionReady)).To(BeTrue(),
+				"the node has the network: the placement holds (%+v)", cur.Status.Conditions)
+		}).WithContext(ctx).Should(Succeed())
+
+		// The network's DHCP server gives the first NIC an address: status shows it.
+		fakeDriver.Lease(assigned, "192.0.2.10")
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(cur.Status.Networks[0].IPAddresses).To(Equal([]string{"192.0.2.10"}))
+			g.Expect(cur.Status.Networks[1].IPAddresses).To(BeEmpty())
+			g.Expect(cur.Status.Addresses).To(Equal("provider=192.0.2.10"))
+		}).WithContext(ctx).Should(Succeed())
+
+		patchInstance(ctx, got, `{"spec":{"powerState":"Stopped"}}`)
+		waitForVMState(ctx, inst, v1.VMStateStopped)
+		patchInstance(ctx, got, `{"spec":{"powerState":"Running"}}`)
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		Expect(nics()).To(Equal([]string{assigned, "02:00:00:ab:cd:ef"}), "the same MACs after a stop and start")
+		cur, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(cur.Status.Addresses).To(Equal("provider=192.0.2.10"), "the address stays through the stop")
+	})
+
+	It("waits with NetworkNotFound while no node has the network", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "nowhere")
+		makeImage(ctx, ns, "img")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		inst.Spec.Networks = []v1.NetworkInterface{{Network: "provider"}, {Network: "nowhere"}}
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonNetworkNotFound))
+			g.Expect(ready.Message).To(ContainSubstring("no node has network nowhere"))
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateBuilding))
+			g.Expect(got.Status.NodeName).To(BeEmpty())
+		}).WithContext(ctx).Should(Succeed())
+	})
+
+	It("refuses an explicit MAC that another instance has", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "mac-clash")
+		makeImage(ctx, ns, "img")
+		first := newInstance(ns, "first", "small", "img")
+		first.Spec.NodeSelector = onNodeA
+		first.Spec.Networks = []v1.NetworkInterface{{Network: "provider"}}
+		Expect(k8s.Create(ctx, first)).To(Succeed())
+		var mac string
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, first)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.Networks).To(HaveLen(1))
+			mac = got.Status.Networks[0].MACAddress
+		}).WithContext(ctx).Should(Succeed())
+		second := newInstance(ns, "second", "small", "img")
+		second.Spec.NodeSelector = onNodeA
+		second.Spec.Networks = []v1.NetworkInterface{{Network: "provider", MACAddress: strings.ToUpper(mac)}}
+		Expect(k8s.Create(ctx, second)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, second)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonMACInUse))
+			g.Expect(ready.Message).To(ContainSubstring(ns + "/first"))
+			g.Expect(got.Status.NodeName).To(BeEmpty())
+		}).WithContext(ctx).Should(Succeed())
+	})
+})
