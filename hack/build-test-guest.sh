@@ -37,8 +37,9 @@ disk_mib=${TEST_GUEST_DISK_MIB:-48}
 # Kernel modules the guest needs; dependencies come from modules.dep, built-ins are skipped.
 # virtio_pci/virtio_blk: the disks; vfat and NLS (codepage 437 and the default iocharset
 # ascii): the boot disk's filesystem; button and evdev:
-# the ACPI power button as an input device /dev/input/eventN.
-modules=(virtio_pci virtio_blk vfat nls_cp437 nls_ascii nls_iso8859-1 button evdev)
+# the ACPI power button as an input device /dev/input/eventN; virtio_net and af_packet: the
+# NICs, and the raw sockets busybox's DHCP client needs.
+modules=(virtio_pci virtio_blk vfat nls_cp437 nls_ascii nls_iso8859-1 button evdev virtio_net af_packet)
 cmdline="console=ttyS0 no_timer_check quiet mitigations=off"
 
 log() { echo "build-test-guest.sh: $*" >&2; }
@@ -202,6 +203,9 @@ for d in /dev/vd?; do
     if [ -f /mnt/cidata/user-data ]; then
       while read -r line; do say "cidata user-data: $line"; done </mnt/cidata/user-data
     fi
+    if [ -f /mnt/cidata/network-config ]; then
+      while read -r line; do say "cidata network-config: $line"; done </mnt/cidata/network-config
+    fi
   fi
   umount /mnt/cidata
 done
@@ -234,6 +238,35 @@ done
 [ -n "$found" ] || say "no ACPI power button found"
 
 say "booted count=$count"
+
+# Every NIC asks for its address by DHCP, in the background so that a guest without a DHCP
+# server boots all the same. The script prints each lease and then pings the router once, so
+# that the node, which reads addresses from its ARP table, sees the guest. The guest answers
+# pings (the kernel does) for as long as it runs.
+cat >/tmp/udhcpc.script <<'UDHCPC'
+#!/bin/sh
+case $1 in
+  deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound | renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    gw=${router%% *}
+    if [ -n "$gw" ]; then ip route replace default via "$gw" dev "$interface"; fi
+    echo "kubenova-test-guest: nic $interface mac=$(cat "/sys/class/net/$interface/address") ip=$ip" >/dev/console
+    if [ -n "$gw" ]; then ping -c 1 -W 2 "$gw" >/dev/null 2>&1; fi
+    ;;
+esac
+UDHCPC
+chmod 0755 /tmp/udhcpc.script
+for nic in /sys/class/net/eth*; do
+  [ -e "$nic" ] || continue
+  nic=${nic##*/}
+  ip link set "$nic" up
+  udhcpc -f -i "$nic" -s /tmp/udhcpc.script -t 30 -T 2 -A 5 >/dev/null 2>&1 &
+done
 
 seq=0
 while :; do

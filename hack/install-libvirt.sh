@@ -17,8 +17,10 @@ packages=(
   libvirt-dev pkg-config
   # build-test-guest.sh
   busybox-static cpio gzip mtools syslinux syslinux-common dosfstools kmod zstd xz-utils
-  # libvirt-hosts.sh (unshare, nsenter, mount)
-  util-linux mount procps
+  # libvirt-hosts.sh (unshare, nsenter, mount; the provider network's bridge and DHCP server)
+  util-linux mount procps iproute2 dnsmasq-base
+  # the e2e suite pings guests
+  iputils-ping
 )
 
 missing=()

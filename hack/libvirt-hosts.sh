@@ -27,6 +27,13 @@
 # paths to the host's libvirtd, and host-1's libvirtd can reach host-2's socket for a
 # peer-to-peer migration.
 #
+# The hosts share one network namespace (this machine's), so they share one provider network
+# too, as compute nodes plugged into one switch do: start makes a Linux bridge for DIR with one
+# DHCP server on it (dnsmasq), and stop removes both. Nothing leaves the machine: the bridge has
+# no uplink and the server answers only there. start writes DIR/network/bridge (its name),
+# DIR/network/cidr (the subnet), DIR/network/gateway (the bridge's own address) and keeps the
+# leases in DIR/network/leases.
+#
 # start writes DIR/<host>/uri (qemu+unix:///system?socket=DIR/<host>/run/libvirt-sock),
 # DIR/<host>/host-uuid, DIR/<host>/mntns and DIR/hosts (every host name started in DIR, one per
 # line), and prints "<host> <uri>" per host once every daemon answers. Nothing uses the machine's /run/libvirt,
@@ -276,6 +283,49 @@ restart_daemon() { # DIR NAME
   wait_answers "$hd"
 }
 
+# network_names DIR: sets bridge (a name of at most 15 characters) and subnet (the first three
+# octets of a /24) for DIR, both derived from its path so that two directories' networks differ.
+network_names() {
+  local h
+  h=$(printf '%s' "$1" | sha1sum | cut -c1-8)
+  bridge="knbr$h"
+  subnet="10.254.$((0x${h:0:2} % 250 + 1))"
+}
+
+start_network() { # DIR
+  local dir=$1 nd=$1/network pid
+  network_names "$dir"
+  mkdir -p "$nd"
+  ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
+  ip addr replace "$subnet.1/24" dev "$bridge"
+  ip link set "$bridge" up
+  echo "$bridge" >"$nd/bridge"
+  echo "$subnet.0/24" >"$nd/cidr"
+  echo "$subnet.1" >"$nd/gateway"
+  pid=$(cat "$nd/dnsmasq.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1 | grep -q dnsmasq; then
+    return 0
+  fi
+  # DHCP only (--port=0: no DNS), on this bridge only; leases are an hour, so a guest that
+  # boots again, wherever its node, asks for and gets the address its MAC had.
+  dnsmasq --conf-file=/dev/null --port=0 --interface="$bridge" --bind-interfaces --except-interface=lo \
+    --dhcp-range="$subnet.10,$subnet.250,255.255.255.0,1h" --dhcp-authoritative \
+    --dhcp-leasefile="$nd/leases" --pid-file="$nd/dnsmasq.pid" \
+    --log-facility="$nd/dnsmasq.log" --log-dhcp --user=root --group=root
+}
+
+stop_network() { # DIR
+  local dir=$1 nd=$1/network pid
+  [ -d "$nd" ] || return 0
+  network_names "$dir"
+  pid=$(cat "$nd/dnsmasq.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1 | grep -q dnsmasq; then
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  rm -f "$nd/dnsmasq.pid"
+  if ip link show "$bridge" >/dev/null 2>&1; then ip link del "$bridge"; fi
+}
+
 cmd=${1:-}
 [ $# -ge 2 ] || usage
 if [ "$(id -u)" -ne 0 ]; then
@@ -304,6 +354,7 @@ case $cmd in
     for name in "${names[@]}"; do
       grep -qxF "$name" "$dir/hosts" || echo "$name" >>"$dir/hosts"
     done
+    start_network "$dir"
     for name in "${names[@]}"; do start_host "$dir" "$name" "${names[@]}"; done
     # The daemons start in parallel; wait for each in turn (bounded by LIBVIRT_HOST_TIMEOUT).
     for name in "${names[@]}"; do wait_answers "$dir/$name"; done
@@ -315,6 +366,7 @@ case $cmd in
     dir=$(cd "$2" && pwd)
     rc=0
     while read -r hd; do stop_host "$hd" || rc=1; done < <(host_dirs "$dir")
+    stop_network "$dir" || rc=1
     exit "$rc"
     ;;
   status)

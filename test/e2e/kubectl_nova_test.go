@@ -83,8 +83,8 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		out, err := kubectlNova(ctx, "list")
 		Expect(err).NotTo(HaveOccurred(), out)
 		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
-		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "FLAVOR", "IMAGE", "LOCKED", "AGE"}))
-		Expect(out).To(MatchRegexp(`(?m)^cli\s+Active\s+-\s+Running\s+host-\d\s+m1\.tiny\s+test-guest\s+false\s+\S+$`))
+		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "LOCKED", "AGE"}))
+		Expect(out).To(MatchRegexp(`(?m)^cli\s+Active\s+-\s+Running\s+host-\d\s+-\s+m1\.tiny\s+test-guest\s+false\s+\S+$`))
 
 		// Every namespace is the cloud administrator's to list, not a member's.
 		out, err = kubectlNova(ctx, "list", "-A")

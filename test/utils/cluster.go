@@ -34,6 +34,8 @@ type Cluster struct {
 	// fleet (one process playing many nodes has no single node's identity).
 	AdminKubeconfig string
 	Hosts           []Host
+	// Network is the provider network every host has (hack/libvirt-hosts.sh).
+	Network ProviderNetwork
 	// ImageStore is the image store's directory, shared by the manager and every agent as
 	// shared storage would be.
 	ImageStore string
@@ -44,6 +46,18 @@ type Cluster struct {
 	procs         []*exec.Cmd
 	managerConfig string
 }
+
+// ProviderNetwork is the one network of the test cluster: a Linux bridge with a DHCP server
+// that every host plugs guests into, as compute nodes share a provider network.
+type ProviderNetwork struct {
+	// Name is what instances put in spec.networks.
+	Name string
+	// Bridge is the Linux bridge's name; Gateway its address, in CIDR.
+	Bridge, Gateway, CIDR string
+}
+
+// ProviderNetworkName is the name of the test cluster's network.
+const ProviderNetworkName = "provider"
 
 // Host is one libvirt host playing a compute node.
 type Host struct {
@@ -214,6 +228,14 @@ func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) e
 	if err != nil {
 		return fmt.Errorf("start libvirt hosts: %w: %s", err, out)
 	}
+	c.Network = ProviderNetwork{Name: ProviderNetworkName}
+	for file, field := range map[string]*string{"bridge": &c.Network.Bridge, "gateway": &c.Network.Gateway, "cidr": &c.Network.CIDR} {
+		b, err := os.ReadFile(filepath.Join(dir, "network", file))
+		if err != nil {
+			return fmt.Errorf("the hosts' network: %w", err)
+		}
+		*field = strings.TrimSpace(string(b))
+	}
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("host-%d", i)
 		uri, err := os.ReadFile(filepath.Join(dir, name, "uri"))
@@ -251,7 +273,7 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
-		"--image-store=" + c.ImageStore}, args...)...)
+		"--image-store=" + c.ImageStore, "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge}, args...)...)
 }
 
 // start runs a binary in the background with a kubeconfig, logging to logs/<name>.log.
