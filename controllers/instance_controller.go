@@ -3,6 +3,7 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,8 +55,11 @@ type InstanceReconciler struct {
 	// (default 30 s).
 	TerminateRetry time.Duration
 	// APIReader reads from the API server directly: the Secrets that hold user data (nil skips
-	// the check), and what the cache may show late.
+	// them), and what the cache may show late.
 	APIReader client.Reader
+	// SystemNamespace is kubenova's own namespace, where the user data copies are kept
+	// (default kubenova-system).
+	SystemNamespace string
 	// ShelvedOffloadTime is how long a shelved instance keeps its domain and disks on its node
 	// before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never.
 	ShelvedOffloadTime time.Duration
@@ -87,6 +91,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots;migrations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;delete,namespace=kubenova-system
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -192,7 +197,7 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		}
 		return &ctrl.Result{}, nil
 	}
-	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+	if missing, err := r.copyUserData(ctx, inst); err != nil || missing != nil {
 		st.waiting = missing
 		return &ctrl.Result{RequeueAfter: userDataRetry}, err
 	}
@@ -284,10 +289,12 @@ func flavorTooSmall(flavor *v1.Flavor, image *resolvedImage) string {
 // manager does not watch Secrets (it reads the one it needs, uncached).
 const userDataRetry = 10 * time.Second
 
-// userDataMissing says why the Secret that spec.userData names cannot give the user data yet,
-// or nil when it can (or the instance has none). The agent reads the Secret when it makes the
-// guest's config drive; a launch must not be placed only to fail there.
-func (r *InstanceReconciler) userDataMissing(ctx context.Context, inst *v1.Instance) (*lifecycle.Refusal, error) {
+// copyUserData copies the user data that spec.userData names into the instance's own Secret in
+// kubenova's namespace (v1.UserDataCopyName), which the agent reads when it makes the guest's
+// config drive: agents read no Secret of the users' namespaces. It runs where a config drive is
+// made from the spec as it is now (launch, rebuild, unshelve); moves keep the copy, as Nova
+// keeps an instance's user_data. It says why the user data cannot be had yet, or nil.
+func (r *InstanceReconciler) copyUserData(ctx context.Context, inst *v1.Instance) (*lifecycle.Refusal, error) {
 	ud := inst.Spec.UserData
 	if ud == nil || r.APIReader == nil {
 		return nil, nil
@@ -303,11 +310,44 @@ func (r *InstanceReconciler) userDataMissing(ctx context.Context, inst *v1.Insta
 	} else if err != nil {
 		return nil, err
 	}
-	if _, ok := secret.Data[key]; !ok {
+	data, ok := secret.Data[key]
+	if !ok {
 		return &lifecycle.Refusal{Reason: v1.ReasonUserDataNotFound,
 			Message: fmt.Sprintf("user data: secret %s has no key %q", ud.SecretName, key)}, nil
 	}
-	return nil, nil
+	copied := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: r.systemNamespace(), Name: v1.UserDataCopyName(inst.UID),
+		Labels:      map[string]string{v1.LabelInstanceUID: string(inst.UID)},
+		Annotations: map[string]string{v1.AnnotationInstance: inst.Namespace + "/" + inst.Name}},
+		Type: corev1.SecretTypeOpaque, Data: map[string][]byte{v1.UserDataCopyKey: data}}
+	err := r.Create(ctx, copied)
+	if !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	existing := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(copied), existing); err != nil {
+		return nil, err
+	}
+	if bytes.Equal(existing.Data[v1.UserDataCopyKey], data) {
+		return nil, nil
+	}
+	existing.Data = copied.Data
+	return nil, r.Update(ctx, existing)
+}
+
+// deleteUserDataCopy deletes the instance's copy of its user data, once its domain is gone.
+func (r *InstanceReconciler) deleteUserDataCopy(ctx context.Context, inst *v1.Instance) error {
+	if inst.Spec.UserData == nil || r.APIReader == nil {
+		return nil
+	}
+	copied := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: r.systemNamespace(), Name: v1.UserDataCopyName(inst.UID)}}
+	return client.IgnoreNotFound(r.Delete(ctx, copied))
+}
+
+func (r *InstanceReconciler) systemNamespace() string {
+	if r.SystemNamespace == "" {
+		return v1.DefaultSystemNamespace
+	}
+	return r.SystemNamespace
 }
 
 // resolvedImage is an Available image: what the instance records of it, and its spec.
@@ -815,7 +855,7 @@ func (r *InstanceReconciler) startRebuild(ctx context.Context, inst *v1.Instance
 		}
 	}
 	// A rebuild makes the guest's config drive anew, from the spec as it is now.
-	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+	if missing, err := r.copyUserData(ctx, inst); err != nil || missing != nil {
 		st.waiting = missing
 		return false, err
 	}
@@ -978,7 +1018,7 @@ func (r *InstanceReconciler) startUnshelve(ctx context.Context, inst *v1.Instanc
 		return nil
 	}
 	// The new node makes the guest's config drive anew.
-	if missing, err := r.userDataMissing(ctx, inst); err != nil || missing != nil {
+	if missing, err := r.copyUserData(ctx, inst); err != nil || missing != nil {
 		st.waiting = missing
 		return err
 	}
@@ -1315,6 +1355,9 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 		}
 	}
 	r.deleteTransfer(ctx, inst)
+	if err := r.deleteUserDataCopy(ctx, inst); err != nil {
+		return err
+	}
 	r.Placement.Release(inst.UID)
 	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {

@@ -72,7 +72,8 @@ var _ = BeforeSuite(func() {
 	Expect(IndexSnapshots(ctx, mgr)).To(Succeed())
 	Expect(IndexMigrations(ctx, mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"), APIReader: mgr.GetAPIReader(),
-		Placement: scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
+		SystemNamespace: leaseNamespace,
+		Placement:       scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&SnapshotReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots")}).SetupWithManager(mgr)).To(Succeed())
@@ -96,7 +97,7 @@ var _ = BeforeSuite(func() {
 	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: imageStore}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
 		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU,
-		Networks: nodeANetworks}).SetupWithManager(agentMgr)).To(Succeed())
+		Networks: nodeANetworks, UserDataNamespace: leaseNamespace}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.
 	imageFile = filepath.Join(imageDir, "image.qcow2")

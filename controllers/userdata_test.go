@@ -7,8 +7,11 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -34,6 +37,14 @@ var _ = Describe("User data", Ordered, func() {
 		Expect(m.ConfigDrive).To(HaveSuffix("/config-drive.img"))
 		_, err := os.Stat(m.ConfigDrive)
 		Expect(err).NotTo(HaveOccurred())
+		// The agent read the manager's copy in kubenova's namespace, not the user's Secret.
+		copied := &corev1.Secret{}
+		Expect(k8s.Get(ctx, types.NamespacedName{Namespace: leaseNamespace, Name: v1.UserDataCopyName(got.UID)}, copied)).To(Succeed())
+		Expect(copied.Data).To(Equal(map[string][]byte{v1.UserDataCopyKey: []byte("#!/bin/sh\necho hi\n")}))
+		Expect(k8s.Delete(ctx, got)).To(Succeed())
+		Eventually(func() bool {
+			return apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(copied), &corev1.Secret{}))
+		}).WithContext(ctx).Should(BeTrue(), "the copy goes with its instance")
 
 		orphan := newInstance(ns, "orphan", "small", "img")
 		orphan.Spec.NodeSelector = onNodeA

@@ -35,11 +35,25 @@ func TestAgentPolicyNamesEveryManagerStatusField(t *testing.T) {
 		if start < 0 {
 			t.Fatalf("the policy has no variable %s", name)
 		}
-		end := strings.Index(policy[start+1:], "- name: ")
+		// It ends where the next variable, or the validations, begin.
+		rest := policy[start+1:]
+		end := strings.Index(rest, "- name: ")
+		if v := strings.Index(rest, "validations:"); v >= 0 && (end < 0 || v < end) {
+			end = v
+		}
 		if end < 0 {
-			t.Fatalf("the policy's variable %s is its last", name)
+			t.Fatalf("cannot tell where the policy's variable %s ends", name)
 		}
 		return policy[start : start+1+end]
+	}
+	// An agent creates its Hypervisor with none of the administrator's settings.
+	specUnset := variable("hypervisorSpecUnset")
+	spec := reflect.TypeOf(v1.HypervisorSpec{})
+	for i := range spec.NumField() {
+		name := strings.Split(spec.Field(i).Tag.Get("json"), ",")[0]
+		if !strings.Contains(specUnset, "object.spec."+name) {
+			t.Errorf("HypervisorSpec.%s is an administrator's setting, yet the agent policy lets an agent set it when it creates its Hypervisor", name)
+		}
 	}
 	for _, c := range []struct {
 		status reflect.Type

@@ -1,5 +1,7 @@
 package v1alpha1
 
+import "k8s.io/apimachinery/pkg/types"
+
 // Condition types shared by the kinds of this package. Ready follows the convention that kstatus,
 // Flux and Argo CD read; Reconciling and Stalled are kstatus's abnormal-true conditions.
 const (
@@ -87,12 +89,28 @@ const (
 // AgentLeaseName is the name of the Lease a node's agent renews as its heartbeat.
 func AgentLeaseName(node string) string { return "kubenova-agent-" + node }
 
+// UserDataCopyName names the Secret in kubenova's own namespace that holds an instance's user
+// data, copied there by the manager from the Secret that spec.userData names: agents read only
+// kubenova's namespace, never the users'.
+func UserDataCopyName(uid types.UID) string { return "kubenova-userdata-" + string(uid) }
+
+// UserDataCopyKey is the key of the user data in its copy.
+const UserDataCopyKey = "userdata"
+
+// DefaultSystemNamespace is kubenova's own namespace: the service accounts, the Leases and the
+// user data copies.
+const DefaultSystemNamespace = "kubenova-system"
+
 // Labels and annotations kubenova sets.
 const (
 	// FinalizerInstance keeps an Instance until its domain and disks are gone from its node.
 	FinalizerInstance = "compute.kubenova.io/instance"
 	// FinalizerSnapshot keeps a Snapshot whose image goes with it until the image is deleted.
 	FinalizerSnapshot = "compute.kubenova.io/snapshot"
+	// LabelInstanceUID is, on a user data copy, the UID of its instance.
+	LabelInstanceUID = "compute.kubenova.io/instance-uid"
+	// AnnotationInstance is, on a user data copy, the namespace/name of its instance.
+	AnnotationInstance = "compute.kubenova.io/instance"
 	// LabelShelvedInstance names, on an Image, the instance whose shelve made it.
 	LabelShelvedInstance = "compute.kubenova.io/shelved-instance"
 	// LabelSnapshot names, on an Image, the Snapshot that made it.

@@ -39,7 +39,7 @@ func main() {
 func run() error {
 	var (
 		leaderElect    = flag.Bool("leader-elect", true, "elect a leader so that only one manager schedules and acts; the scheduler's claims are in memory, so never run two managers without it")
-		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases and of the leader Lease")
+		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "kubenova's own namespace: the agents' heartbeat Leases, the leader Lease and the copies of the instances' user data")
 		nodeDownGrace  = flag.Duration("node-down-grace", 10*time.Second, "time past a heartbeat lease's expiry before its node counts as down")
 		autoEvacuate   = flag.Duration("auto-evacuate-after", 0, "evacuate the instances of a node once it has been down this long and is fenced (forced down or tainted out-of-service); 0 never does, leaving evacuation to people")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
@@ -92,6 +92,7 @@ func run() error {
 		Workers:   *workers,
 
 		APIReader:          mgr.GetAPIReader(),
+		SystemNamespace:    *leaseNamespace,
 		DefaultRescueImage: *rescueImage,
 		ShelvedOffloadTime: *offloadTime,
 

@@ -86,6 +86,9 @@ type InstanceReconciler struct {
 	VirtType v1.VirtType
 	// Networks are the networks this node has, by the names instances use.
 	Networks []v1.HypervisorNetwork
+	// UserDataNamespace is where the manager keeps the copies of the instances' user data
+	// (default kubenova-system).
+	UserDataNamespace string
 	// ARPTablePath is the node's neighbour table, /proc/net/arp when empty: the agent must see
 	// the node's network namespace (hostNetwork in its DaemonSet).
 	ARPTablePath string
@@ -445,8 +448,8 @@ func (r *InstanceReconciler) configDrive(ctx context.Context, inst *v1.Instance)
 	if len(inst.Status.Networks) > 0 {
 		files["network-config"] = networkConfig(inst.Status.Networks)
 	}
-	if ud := inst.Spec.UserData; ud != nil {
-		data, err := r.userData(ctx, inst.Namespace, ud)
+	if inst.Spec.UserData != nil {
+		data, err := r.userData(ctx, inst)
 		if err != nil {
 			return "", err
 		}
@@ -467,25 +470,27 @@ func networkConfig(nics []v1.NICStatus) []byte {
 	return []byte(b.String())
 }
 
-// userData reads the instance's user data from its Secret.
-func (r *InstanceReconciler) userData(ctx context.Context, namespace string, ud *v1.UserDataSource) ([]byte, error) {
+// userData reads the instance's user data from the copy the manager keeps in kubenova's
+// namespace (v1.UserDataCopyName).
+func (r *InstanceReconciler) userData(ctx context.Context, inst *v1.Instance) ([]byte, error) {
 	if r.Reader == nil {
 		return nil, errors.New("this agent cannot read Secrets for user data")
 	}
-	key := ud.Key
-	if key == "" {
-		key = "userdata"
+	namespace := r.UserDataNamespace
+	if namespace == "" {
+		namespace = v1.DefaultSystemNamespace
 	}
+	name := v1.UserDataCopyName(inst.UID)
 	secret := &corev1.Secret{}
-	if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ud.SecretName}, secret); err != nil {
+	if err := r.Reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("user data: secret %s does not exist in namespace %s", ud.SecretName, namespace)
+			return nil, fmt.Errorf("user data: the manager's copy %s/%s does not exist (it is made at launch, rebuild and unshelve)", namespace, name)
 		}
-		return nil, fmt.Errorf("user data: read secret %s: %w", ud.SecretName, err)
+		return nil, fmt.Errorf("user data: read %s/%s: %w", namespace, name, err)
 	}
-	data, ok := secret.Data[key]
+	data, ok := secret.Data[v1.UserDataCopyKey]
 	if !ok {
-		return nil, fmt.Errorf("user data: secret %s has no key %q", ud.SecretName, key)
+		return nil, fmt.Errorf("user data: %s/%s has no key %q", namespace, name, v1.UserDataCopyKey)
 	}
 	return data, nil
 }

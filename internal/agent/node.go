@@ -70,14 +70,15 @@ type Node struct {
 // a watch by field selector, so it may read every instance) and write only the status of those
 // of its node, its Hypervisor and its Lease. The admission policy kubenova-agent-node-restriction
 // (config/admission) narrows each write to the agent's own node, the way NodeRestriction
-// narrows a kubelet's. Secrets: get only, by name, for the user data of its instances.
+// narrows a kubelet's. Secrets: get only, by name, in kubenova's own namespace, where the
+// manager keeps a copy of each instance's user data: an agent reads no user's Secret.
 //
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;create
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update,namespace=kubenova-system
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get,namespace=kubenova-system
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // NewManager builds the controller-runtime manager of one node's agent: the instance
@@ -115,7 +116,8 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType, Networks: n.Networks,
-		ShutdownTimeout: n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
+		UserDataNamespace: n.LeaseNamespace,
+		ShutdownTimeout:   n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		return nil, err

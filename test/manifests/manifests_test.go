@@ -284,6 +284,8 @@ func TestAgentsAreConfinedToTheirNode(t *testing.T) {
 		statusPatch(agentA, toA, `{"status":{"powerState":"Shutdown"}}`), "may write only status.powerState")
 	expectForbidden(t, "node-b's agent writes node-a's instance", statusPatch(agentB, onA, `{"status":{"powerState":"Crashed"}}`),
 		"neither on that node nor its task peer")
+	expectForbidden(t, "node-a's agent reports as node-b",
+		statusPatch(agentA, onA, `{"status":{"agentReport":{"nodeName":"node-b","taskID":2}}}`), "may report only as node node-a")
 
 	// A token that names no node, and a person: neither passes for an agent.
 	unbound := tokenClient(t, "kubenova-agent", nil)
@@ -303,8 +305,13 @@ func TestAgentsAreConfinedToTheirNode(t *testing.T) {
 	expectForbidden(t, "node-a's agent reports as the manager", agentA.Create(ctx, event("a-as-manager", "kubenova-manager")),
 		"may report Events only as kubenova-agent-node-a")
 
-	// Secrets: read by name for user data, never listed.
-	expectForbidden(t, "node-a's agent lists Secrets", agentA.List(ctx, &corev1.SecretList{}, client.InNamespace("default")),
+	// Secrets: only the manager's copies of user data, in kubenova's namespace, by name.
+	expectForbidden(t, "node-a's agent reads a user's Secret",
+		agentA.Get(ctx, client.ObjectKey{Namespace: "default", Name: "web-userdata"}, &corev1.Secret{}), "cannot get resource")
+	if err := agentA.Get(ctx, client.ObjectKey{Namespace: utils.SystemNamespace, Name: v1.UserDataCopyName("some-uid")}, &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Errorf("node-a's agent reads a user data copy: %v, want NotFound (allowed, and there is none)", err)
+	}
+	expectForbidden(t, "node-a's agent lists the copies", agentA.List(ctx, &corev1.SecretList{}, client.InNamespace(utils.SystemNamespace)),
 		"cannot list resource")
 }
 
@@ -325,6 +332,12 @@ func TestTheManagerDoesItsWorkAndNoMore(t *testing.T) {
 		mgr.Create(ctx, &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "rogue"},
 			Spec: v1.InstanceSpec{Flavor: "f", Image: v1.ImageReference{Name: "i"}}}), "cannot create resource")
 	expectForbidden(t, "the manager lists Secrets", mgr.List(ctx, &corev1.SecretList{}), "cannot list resource")
+	copied := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: utils.SystemNamespace, Name: v1.UserDataCopyName("managed-uid")},
+		Data: map[string][]byte{v1.UserDataCopyKey: []byte("#cloud-config\n")}}
+	expectAllowed(t, "the manager copies user data into kubenova's namespace", mgr.Create(ctx, copied))
+	expectAllowed(t, "the manager deletes the copy", mgr.Delete(ctx, copied))
+	expectForbidden(t, "the manager writes a user's Secret",
+		mgr.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "planted"}}), "cannot create resource")
 	expectForbidden(t, "the manager changes a flavor",
 		mgr.Create(ctx, &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "rogue"}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 64, DiskGiB: 1}}),
 		"cannot create resource")
