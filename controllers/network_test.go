@@ -66,6 +66,53 @@ var _ = Describe("Networks", func() {
 		Expect(cur.Status.Addresses).To(Equal("provider=192.0.2.10"), "the address stays through the stop")
 	})
 
+	It("keeps the MACs through a rebuild, a rescue and an unrescue, and a resize", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "nics-kept")
+		makeImage(ctx, ns, "img")
+		makeImage(ctx, ns, "other")
+		inst := newInstance(ns, "web", "small", "img")
+		inst.Spec.NodeSelector = onNodeA
+		inst.Spec.Networks = []v1.NetworkInterface{{Network: "provider"}}
+		Expect(k8s.Create(ctx, inst)).To(Succeed())
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		got, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		mac := got.Status.Networks[0].MACAddress
+		expectNIC := func(what string) {
+			m, ok := fakeDriver.Machine(string(got.UID))
+			Expect(ok).To(BeTrue())
+			Expect(m.NICs).To(HaveLen(1), what)
+			Expect(m.NICs[0].MACAddress).To(Equal(mac), what)
+			cur, err := get(ctx, inst)()
+			Expect(err).NotTo(HaveOccurred())
+			Expect(cur.Status.Networks).To(Equal([]v1.NICStatus{{Network: "provider", MACAddress: mac}}), what)
+		}
+
+		run := runID(got)
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Image.Name = "other" })
+		Eventually(func(g Gomega) {
+			cur, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(cur.Status.Image.Name).To(Equal("other"))
+			g.Expect(cur.Status.VMState).To(Equal(v1.VMStateActive))
+			g.Expect(runID(cur)).NotTo(Equal(run))
+		}).WithContext(ctx).Should(Succeed())
+		expectNIC("after the rebuild")
+
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Rescue = &v1.RescueSpec{} })
+		waitForVMState(ctx, inst, v1.VMStateRescued)
+		expectNIC("under the rescue")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Rescue = nil })
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		expectNIC("after the unrescue")
+
+		bigger := unique("bigger")
+		makeFlavor(ctx, bigger, 2, 512, 2)
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = bigger })
+		waitForVMState(ctx, inst, v1.VMStateResized)
+		expectNIC("resized")
+	})
+
 	It("waits with NetworkNotFound while no node has the network", func(ctx SpecContext) {
 		ns := makeNamespace(ctx, "nowhere")
 		makeImage(ctx, ns, "img")
