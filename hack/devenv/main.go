@@ -42,7 +42,7 @@ func run(workDir string, hosts, shared int) error {
 	}()
 
 	var manifests []byte
-	for _, name := range []string{"flavors.yaml", "image.yaml", "instance.yaml"} {
+	for _, name := range []string{"flavors.yaml", "image.yaml", "instance.yaml", "instance-network.yaml"} {
 		b, err := utils.RenderSample(name)
 		if err != nil {
 			return err

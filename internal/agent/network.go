@@ -40,7 +40,7 @@ func ParseNetworks(flag string) ([]v1.HypervisorNetwork, error) {
 		case "network":
 			n.Type = v1.NetworkLibvirt
 		default:
-			return nil, fmt.Errorf("--networks: %q: the source must be bridge:NAME or network:NAME, not %s:", item, kind)
+			return nil, fmt.Errorf("--networks: %q: the source must be bridge:NAME or network:NAME, not %s", item, kind+":")
 		}
 		if slices.ContainsFunc(out, func(o v1.HypervisorNetwork) bool { return o.Name == name }) {
 			return nil, fmt.Errorf("--networks: network %s is named twice", name)

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
 )
 
 // Evacuation after a node failure: the node's agent, libvirtd and QEMUs are killed at once, as
@@ -38,6 +39,8 @@ var _ = Describe("Evacuation", Ordered, func() {
 		applySample(ctx, "image.yaml")
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
 		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: "+node+"\n", 1)
+		// A NIC, whose MAC the evacuation must keep.
+		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  networks:\n  - network: "+utils.ProviderNetworkName+"\n", 1)
 		path := filepath.Join(cluster.WorkDir, name+".yaml")
 		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
 		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
@@ -106,6 +109,11 @@ var _ = Describe("Evacuation", Ordered, func() {
 		GinkgoWriter.Printf("FIGURE evacuation from fencing to Active (shared storage): %s\n", time.Since(start).Round(10*time.Millisecond))
 		Expect(after.Status.NodeName).To(Equal("host-2"))
 		Expect(after.UID).To(Equal(before.UID))
+		Expect(after.Status.Networks).To(HaveLen(1))
+		Expect(after.Status.Networks[0].MACAddress).To(Equal(before.Status.Networks[0].MACAddress), "the NIC keeps its MAC")
+		out, err = host("host-2").Virsh(ctx, "domiflist", string(after.UID))
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring(before.Status.Networks[0].MACAddress))
 		Expect(after.Status.MigrationRequest.RebuiltFromImage).To(BeFalse())
 		// The guest booted again on host-2 from the same disk: its boot counter, kept on that
 		// disk, went on from 1.
