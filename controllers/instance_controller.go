@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -60,6 +61,8 @@ type InstanceReconciler struct {
 	// SystemNamespace is kubenova's own namespace, where the user data copies are kept
 	// (default kubenova-system).
 	SystemNamespace string
+	// userDataChecked holds the instances whose user data copy this manager has seen.
+	userDataChecked sync.Map
 	// ShelvedOffloadTime is how long a shelved instance keeps its domain and disks on its node
 	// before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never.
 	ShelvedOffloadTime time.Duration
@@ -132,6 +135,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.scheduleUnshelve,
 		r.collectReport,
 		r.syncAddresses,
+		r.ensureUserDataCopy,
 		r.cleanUpShelvedImage,
 		r.syncPowerState,
 		r.checkPlacement,
@@ -332,6 +336,29 @@ func (r *InstanceReconciler) copyUserData(ctx context.Context, inst *v1.Instance
 	}
 	existing.Data = copied.Data
 	return nil, r.Update(ctx, existing)
+}
+
+// ensureUserDataCopy makes the user data copy of an instance placed before the copies existed
+// (placed by an older manager), once per run of the manager: a move makes the config drive
+// anew from it on the new node.
+func (r *InstanceReconciler) ensureUserDataCopy(ctx context.Context, inst *v1.Instance, _ *reconcileState) (*ctrl.Result, error) {
+	if inst.Spec.UserData == nil || inst.Status.NodeName == "" || r.APIReader == nil {
+		return nil, nil
+	}
+	if _, checked := r.userDataChecked.Load(inst.UID); checked {
+		return nil, nil
+	}
+	key := types.NamespacedName{Namespace: r.systemNamespace(), Name: v1.UserDataCopyName(inst.UID)}
+	if err := r.APIReader.Get(ctx, key, &corev1.Secret{}); apierrors.IsNotFound(err) {
+		// A refusal (the user's Secret is gone) is no reason to hold the instance: it runs.
+		if _, err := r.copyUserData(ctx, inst); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	r.userDataChecked.Store(inst.UID, true)
+	return nil, nil
 }
 
 // deleteUserDataCopy deletes the instance's copy of its user data, once its domain is gone.
@@ -1358,6 +1385,7 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 	if err := r.deleteUserDataCopy(ctx, inst); err != nil {
 		return err
 	}
+	r.userDataChecked.Delete(inst.UID)
 	r.Placement.Release(inst.UID)
 	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
@@ -1447,7 +1475,7 @@ func hypervisorMayTakeMore(e event.UpdateEvent) bool {
 	old, hv := e.ObjectOld.(*v1.Hypervisor), e.ObjectNew.(*v1.Hypervisor)
 	return old.Generation != hv.Generation || old.Status.State != hv.Status.State ||
 		old.Status.Capacity != hv.Status.Capacity || old.Status.Reserved != hv.Status.Reserved ||
-		hv.Status.Instances < old.Status.Instances
+		hv.Status.Instances < old.Status.Instances || !slices.Equal(old.Status.Networks, hv.Status.Networks)
 }
 
 // nodePlacementChanged says whether a Node's change may let a waiting instance fit: its labels,

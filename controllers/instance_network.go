@@ -24,7 +24,9 @@ var macPrefix = [3]byte{0xfa, 0x16, 0x3e}
 // every domain of the instance, wherever and whenever, from these, so the guest keeps its MACs
 // (and with them its DHCP addresses) through every operation. spec.networks cannot change.
 func (r *InstanceReconciler) assignNetworks(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctrl.Result, error) {
-	if len(inst.Spec.Networks) == 0 || len(inst.Status.Networks) > 0 {
+	// Only before placement: a placed instance's domain has its MACs already.
+	if len(inst.Spec.Networks) == 0 || len(inst.Status.Networks) > 0 || inst.Status.NodeName != "" ||
+		inst.Status.VMState != v1.VMStateBuilding {
 		return nil, nil
 	}
 	used, err := r.macsInUse(ctx, inst)
@@ -39,9 +41,10 @@ func (r *InstanceReconciler) assignNetworks(ctx context.Context, inst *v1.Instan
 				return nil, err
 			}
 		} else if owner, taken := used[mac]; taken {
-			st.refusal = &lifecycle.Refusal{Action: v1.ActionLaunch, Reason: v1.ReasonMACInUse,
-				Message: fmt.Sprintf("spec.networks[%d].macAddress %s is the MAC of instance %s; choose another, or leave it out and kubenova assigns one", i, mac, owner)}
-			return &ctrl.Result{}, nil
+			// It waits: the MAC is free again once its owner is deleted.
+			st.waiting = &lifecycle.Refusal{Action: v1.ActionLaunch, Reason: v1.ReasonMACInUse,
+				Message: fmt.Sprintf("spec.networks[%d].macAddress %s is the MAC of instance %s; delete this instance and create it with another MAC (or none: kubenova assigns one), or delete %s", i, mac, owner, owner)}
+			return &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, nil
 		}
 		used[mac] = inst.Namespace + "/" + inst.Name
 		nics = append(nics, v1.NICStatus{Network: nic.Network, MACAddress: mac})
@@ -50,7 +53,9 @@ func (r *InstanceReconciler) assignNetworks(ctx context.Context, inst *v1.Instan
 	return nil, nil
 }
 
-// macsInUse are the MACs of every other instance, assigned or asked for, by owner.
+// macsInUse are the MACs of every other instance, by owner: those assigned, and those asked for
+// by instances older than self, so that of two instances that ask for one MAC the younger
+// waits, never both.
 func (r *InstanceReconciler) macsInUse(ctx context.Context, self *v1.Instance) (map[string]string, error) {
 	var list v1.InstanceList
 	if err := r.List(ctx, &list); err != nil {
@@ -65,6 +70,9 @@ func (r *InstanceReconciler) macsInUse(ctx context.Context, self *v1.Instance) (
 		for _, nic := range other.Status.Networks {
 			used[strings.ToLower(nic.MACAddress)] = other.Namespace + "/" + other.Name
 		}
+		if len(other.Status.Networks) > 0 || !olderThan(other, self) {
+			continue
+		}
 		for _, nic := range other.Spec.Networks {
 			if nic.MACAddress != "" {
 				used[strings.ToLower(nic.MACAddress)] = other.Namespace + "/" + other.Name
@@ -72,6 +80,14 @@ func (r *InstanceReconciler) macsInUse(ctx context.Context, self *v1.Instance) (
 		}
 	}
 	return used, nil
+}
+
+// olderThan orders instances by creation, then by UID.
+func olderThan(a, b *v1.Instance) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.UID < b.UID
 }
 
 // newMAC draws a MAC under macPrefix that used does not hold.

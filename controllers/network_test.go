@@ -58,12 +58,15 @@ var _ = Describe("Networks", func() {
 
 		patchInstance(ctx, got, `{"spec":{"powerState":"Stopped"}}`)
 		waitForVMState(ctx, inst, v1.VMStateStopped)
+		stopped, err := get(ctx, inst)()
+		Expect(err).NotTo(HaveOccurred())
+		Expect(stopped.Status.Addresses).To(Equal("provider=192.0.2.10"), "the address stays while the guest is off, as its lease does")
 		patchInstance(ctx, got, `{"spec":{"powerState":"Running"}}`)
 		waitForVMState(ctx, inst, v1.VMStateActive)
 		Expect(nics()).To(Equal([]string{assigned, "02:00:00:ab:cd:ef"}), "the same MACs after a stop and start")
 		cur, err := get(ctx, inst)()
 		Expect(err).NotTo(HaveOccurred())
-		Expect(cur.Status.Addresses).To(Equal("provider=192.0.2.10"), "the address stays through the stop")
+		Expect(cur.Status.Addresses).To(Equal("provider=192.0.2.10"), "and after it")
 	})
 
 	It("keeps the MACs through a rebuild, a rescue and an unrescue, and a resize", func(ctx SpecContext) {

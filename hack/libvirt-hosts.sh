@@ -292,6 +292,12 @@ network_names() {
   subnet="10.254.$((0x${h:0:2} % 250 + 1))"
 }
 
+# ours_dnsmasq PID NETDIR: true when PID is the dnsmasq started for NETDIR (its pid file is
+# named on its command line), so that a reused pid never makes us kill or trust another.
+ours_dnsmasq() {
+  tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF -- "--pid-file=$2/dnsmasq.pid"
+}
+
 start_network() { # DIR
   local dir=$1 nd=$1/network pid
   network_names "$dir"
@@ -303,7 +309,7 @@ start_network() { # DIR
   echo "$subnet.0/24" >"$nd/cidr"
   echo "$subnet.1" >"$nd/gateway"
   pid=$(cat "$nd/dnsmasq.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1 | grep -q dnsmasq; then
+  if [ -n "$pid" ] && ours_dnsmasq "$pid" "$nd"; then
     return 0
   fi
   # DHCP only (--port=0: no DNS), on this bridge only; leases are an hour, so a guest that
@@ -319,7 +325,7 @@ stop_network() { # DIR
   [ -d "$nd" ] || return 0
   network_names "$dir"
   pid=$(cat "$nd/dnsmasq.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1 | grep -q dnsmasq; then
+  if [ -n "$pid" ] && ours_dnsmasq "$pid" "$nd"; then
     kill -TERM "$pid" 2>/dev/null || true
   fi
   rm -f "$nd/dnsmasq.pid"

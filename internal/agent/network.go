@@ -80,8 +80,8 @@ func (r *InstanceReconciler) observeInterfaces(ctx context.Context, inst *v1.Ins
 	}
 	seen, err := r.Driver.InterfaceAddresses(ctx, string(inst.UID))
 	if err != nil {
+		// The node's ARP table may still tell; the hypervisor is asked again at the next look.
 		log.FromContext(ctx).V(1).Info("cannot read the guest's addresses", "error", err.Error())
-		return addressPoll
 	}
 	var arp map[string][]string
 	if r.onBridge(inst) {
@@ -101,11 +101,13 @@ func (r *InstanceReconciler) observeInterfaces(ctx context.Context, inst *v1.Ins
 				o.IPAddresses = append(o.IPAddresses, ip)
 			}
 		}
+		// In a stable order, so that only a change of addresses writes status.
+		slices.Sort(o.IPAddresses)
 		complete = complete && len(o.IPAddresses) > 0
 		observed = append(observed, o)
 	}
 	report.Interfaces = observed
-	if complete || !r.watchingAddresses(inst.UID) {
+	if (complete && err == nil) || !r.watchingAddresses(inst.UID) {
 		return 0
 	}
 	return addressPoll
