@@ -67,9 +67,10 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		return false, err
 	}
 	run := r.migrationRunOf(inst.UID, task.ID)
-	if st.Power == v1.PowerStateNoState {
-		// Gone: libvirt undefines the source only once the guest runs on the target (the
-		// domain event says so before the driver call returns, which no longer matters).
+	if st.Departed() {
+		// Gone, or shut off as migrated and about to be undefined: libvirt does either only
+		// once the guest runs on the target (the domain event says so before the driver call
+		// returns, which no longer matters). An agent that restarted meanwhile sees the same.
 		r.dropMigrationRun(inst.UID)
 		if m.BlockMigration {
 			// The disk this node just handed over: the target runs its own copy, and no other
@@ -92,7 +93,7 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		if _, inFlight, err := r.Driver.MigrationProgress(ctx, uid); err != nil || inFlight {
 			return false, err
 		}
-		if now, err := r.Driver.State(ctx, uid); err != nil || now.Power == v1.PowerStateNoState {
+		if now, err := r.Driver.State(ctx, uid); err != nil || now.Departed() {
 			return false, err // gone after all: the next look says so
 		}
 		r.dropMigrationRun(inst.UID)

@@ -76,6 +76,15 @@ type State struct {
 // Active says whether the domain has a running (or paused) process.
 func (s State) Active() bool { return s.RunID >= 0 }
 
+// ReasonMigrated is the reason of a domain that a live migration took elsewhere: its guest
+// runs on the target, and the source's definition is about to be undefined.
+const ReasonMigrated = "Migrated"
+
+// Departed says whether the domain left this node by a live migration that succeeded.
+func (s State) Departed() bool {
+	return s.Power == v1.PowerStateNoState || (s.Power == v1.PowerStateShutdown && s.Reason == ReasonMigrated)
+}
+
 // HostInfo describes the node's hypervisor.
 type HostInfo struct {
 	Hostname       string

@@ -408,7 +408,7 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 	}
 	moved := *dom
 	delete(d.domains, uuid)
-	d.set(uuid, &domain{}, v1.PowerStateNoState, "Migrated")
+	d.set(uuid, &domain{}, v1.PowerStateNoState, driver.ReasonMigrated)
 	d.mu.Unlock()
 
 	m := moved.machine
@@ -423,7 +423,7 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 	defer target.mu.Unlock()
 	arrived := &domain{machine: m, runID: -1, arrived: true}
 	target.domains[uuid] = arrived
-	target.set(uuid, arrived, moved.power, "Migrated")
+	target.set(uuid, arrived, moved.power, driver.ReasonMigrated)
 	return nil
 }
 

@@ -182,7 +182,13 @@ func onDomain(with func(func(c *golibvirt.Connect) error) error, uuid string, f 
 			return err
 		}
 		defer func() { _ = dom.Free() }()
-		return f(dom)
+		if err := f(dom); isNotFound(err) {
+			// Gone between the look-up and the call: a migration's end undefines the source.
+			return fmt.Errorf("domain %s: %w (%w)", uuid, driver.ErrNotFound, err)
+		} else if err != nil {
+			return err
+		}
+		return nil
 	})
 }
 

@@ -78,6 +78,9 @@ func (d *Driver) MigrationProgress(_ context.Context, uuid string) (driver.Migra
 	running := false
 	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
 		info, err := dom.GetJobStats(0)
+		if isNotRunning(err) {
+			return nil // shut off, as a source is between a migration's end and its undefine
+		}
 		if err != nil {
 			return fmt.Errorf("job of domain %s: %w", uuid, err)
 		}

@@ -2,6 +2,8 @@ package libvirt
 
 import (
 	golibvirt "libvirt.org/go/libvirt"
+
+	"github.com/kubenova/kubenova/internal/driver"
 )
 
 // stateNames are libvirt's domain states as a person reads them.
@@ -41,7 +43,7 @@ var (
 	}
 	shutoffReasons = map[golibvirt.DomainShutoffReason]string{
 		golibvirt.DOMAIN_SHUTOFF_SHUTDOWN: "Shutdown", golibvirt.DOMAIN_SHUTOFF_DESTROYED: "Destroyed",
-		golibvirt.DOMAIN_SHUTOFF_CRASHED: "Crashed", golibvirt.DOMAIN_SHUTOFF_MIGRATED: "Migrated",
+		golibvirt.DOMAIN_SHUTOFF_CRASHED: "Crashed", golibvirt.DOMAIN_SHUTOFF_MIGRATED: driver.ReasonMigrated,
 		golibvirt.DOMAIN_SHUTOFF_SAVED: "Saved", golibvirt.DOMAIN_SHUTOFF_FAILED: "Failed",
 		golibvirt.DOMAIN_SHUTOFF_FROM_SNAPSHOT: "FromSnapshot", golibvirt.DOMAIN_SHUTOFF_DAEMON: "Daemon",
 	}
