@@ -73,7 +73,7 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 
 .PHONY: test-unit
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
-	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... -count=1 -timeout=10m
+	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
 test-e2e: build ## End-to-end: three agents on real libvirt guests (two sharing storage); then the manager against a simulated fleet.

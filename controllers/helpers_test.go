@@ -14,9 +14,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
@@ -152,3 +154,25 @@ func patchInstance(ctx context.Context, inst *v1.Instance, patch string) {
 	target := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: inst.Name}}
 	Expect(k8s.Patch(ctx, target, client.RawPatch(types.MergePatchType, []byte(patch)))).To(Succeed())
 }
+
+// expectGitOpsHealth checks what Argo CD (through config/argocd's scripts) and kstatus (for
+// Flux) make of a real object the controllers wrote.
+func expectGitOpsHealth(obj client.Object, argo string, kstatus status.Status) {
+	GinkgoHelper()
+	healthScriptsOnce.Do(func() {
+		var err error
+		healthScripts, err = gitops.LoadHealthScripts()
+		Expect(err).NotTo(HaveOccurred())
+	})
+	h, err := healthScripts.Of(obj)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(h.Status).To(Equal(argo), "Argo CD's health of %s %s: %s", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), h.Message)
+	res, err := gitops.Kstatus(obj)
+	Expect(err).NotTo(HaveOccurred())
+	Expect(res.Status).To(Equal(kstatus), "kstatus on %s: %s", obj.GetName(), res.Message)
+}
+
+var (
+	healthScriptsOnce sync.Once
+	healthScripts     gitops.HealthScripts
+)

@@ -15,10 +15,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/imagestore"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 var _ = Describe("Image service", Ordered, func() {
@@ -44,6 +46,7 @@ var _ = Describe("Image service", Ordered, func() {
 		Expect(meta.IsStatusConditionFalse(img.Status.Conditions, v1.ConditionReconciling)).To(BeTrue())
 		Expect(meta.IsStatusConditionFalse(img.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
 		Expect(img.Finalizers).To(ContainElement(v1.FinalizerImage))
+		expectGitOpsHealth(img, gitops.Healthy, status.CurrentStatus)
 		_, err := imageStore.Stat(ctx, string(img.UID))
 		Expect(err).NotTo(HaveOccurred())
 
@@ -73,6 +76,7 @@ var _ = Describe("Image service", Ordered, func() {
 		Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
 		Expect(stalled.Reason).To(Equal(imagestore.ReasonChecksumMismatch))
 		Expect(stalled.Message).To(ContainSubstring("has sha256 " + imageSum))
+		expectGitOpsHealth(img, gitops.Degraded, status.FailedStatus)
 
 		inst := newInstance(ns, "web", "small", "tampered")
 		inst.Spec.NodeSelector = onNodeA

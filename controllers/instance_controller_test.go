@@ -10,9 +10,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 // onNodeA keeps an instance on the node that has the (fake) agent.
@@ -51,9 +53,10 @@ var _ = Describe("Instance controller", Ordered, func() {
 		hv := hypervisor(ctx, "node-a")
 		Expect(hv.Status.ObservedGeneration).To(Equal(hv.Generation))
 		Expect(hv.Status.Instances).To(Equal(int32(1)))
+		got, _ := get(ctx, inst)()
+		expectGitOpsHealth(got, gitops.Healthy, status.CurrentStatus)
 
 		By("terminating")
-		got, _ := get(ctx, inst)()
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
 		Eventually(func() bool {
 			_, err := get(ctx, inst)()
@@ -226,6 +229,8 @@ var _ = Describe("Instance controller", Ordered, func() {
 			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
 			g.Expect(ready.Reason).To(Equal(v1.ReasonInstanceError))
 		}).WithContext(ctx).Should(Succeed())
+		got, _ := get(ctx, inst)()
+		expectGitOpsHealth(got, gitops.Degraded, status.FailedStatus)
 	})
 
 	It("gives a failed terminate a new task until the domain is gone, never dropping the object", func(ctx SpecContext) {

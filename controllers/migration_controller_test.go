@@ -9,9 +9,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 var _ = Describe("Migration controller", Ordered, func() {
@@ -42,6 +44,7 @@ var _ = Describe("Migration controller", Ordered, func() {
 		Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
 		Expect(stalled.Reason).To(Equal(reason))
 		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeFalse())
+		expectGitOpsHealth(got, gitops.Degraded, status.FailedStatus)
 		Eventually(func() []string {
 			_ = k8s.Get(ctx, client.ObjectKeyFromObject(mig), got)
 			return got.Finalizers

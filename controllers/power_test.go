@@ -10,9 +10,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 // runID is the fake domain's current run: it changes when the guest boots anew.
@@ -125,6 +127,8 @@ var _ = Describe("Power requests", Ordered, func() {
 			g.Expect(ready.Reason).To(Equal(v1.ReasonPowerStateChanged))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
+		cur, _ = get(ctx, inst)()
+		expectGitOpsHealth(cur, gitops.Degraded, status.FailedStatus) // off, though its spec says Running
 		Consistently(func() (v1.VMState, error) {
 			got, err := get(ctx, inst)()
 			return got.Status.VMState, err
@@ -175,6 +179,8 @@ var _ = Describe("Power requests", Ordered, func() {
 			g.Expect(got.Status.PowerState).To(Equal(v1.PowerStateShutdown))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
+		cur, _ = get(ctx, inst)()
+		expectGitOpsHealth(cur, gitops.Suspended, status.CurrentStatus) // off, as its spec says
 	})
 
 	It("writes nothing when a domain event changes nothing", func(ctx SpecContext) {

@@ -12,9 +12,11 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/storage"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 // Resizes in place on node-a, its agent's fake hypervisor on real disks: the disk is copied and
@@ -92,6 +94,7 @@ var _ = Describe("Resize", Ordered, func() {
 		Expect(os.SameFile(aside, oldDisk)).To(BeTrue(), "the old disk is set aside, untouched")
 		ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
 		Expect(ready.Reason).To(Equal(ReasonResized))
+		expectGitOpsHealth(got, gitops.Suspended, status.InProgressStatus) // awaiting a confirm or a revert
 
 		By("reverting: the old flavor and the very disk it had")
 		update(ctx, inst, func(i *v1.Instance) {

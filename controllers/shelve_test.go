@@ -7,8 +7,10 @@ import (
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 var _ = Describe("Shelve", Ordered, func() {
@@ -30,6 +32,7 @@ var _ = Describe("Shelve", Ordered, func() {
 		Expect(got.Status.NodeName).To(BeEmpty(), "an offloaded instance has no node")
 		Expect(got.Status.ShelvedImage.Name).To(Equal("web-shelved"))
 		Expect(got.Status.ShelvedAt).NotTo(BeNil())
+		expectGitOpsHealth(got, gitops.Suspended, status.CurrentStatus)
 		Expect(got.Status.Image.Name).To(Equal("img"))
 		Expect(fakeDriver.Has(string(got.UID))).To(BeFalse(), "the domain is gone from the node")
 		_, err := os.Stat(dir)

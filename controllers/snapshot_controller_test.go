@@ -9,10 +9,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/imagestore"
+	"github.com/kubenova/kubenova/test/gitops"
 )
 
 var _ = Describe("Snapshot controller", Ordered, func() {
@@ -32,6 +34,7 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 		Expect(snap.Status.CompletionTime).NotTo(BeNil())
 		Expect(snap.Status.SizeBytes).To(BeNumerically(">", 0))
 		Expect(meta.IsStatusConditionTrue(snap.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		expectGitOpsHealth(snap, gitops.Healthy, status.CurrentStatus)
 
 		img := expectImage(ctx, inst.Namespace, "web-backup", func(Gomega, *v1.Image) {})
 		Expect(img.Spec.Source.Snapshot).To(Equal("web-backup"))
@@ -137,4 +140,5 @@ func expectSnapshotFailure(ctx context.Context, snap *v1.Snapshot, reason, says 
 	Expect(stalled.Reason).To(Equal(reason))
 	Expect(stalled.Message).To(ContainSubstring(says))
 	Expect(got.Status.Message).To(ContainSubstring(says))
+	expectGitOpsHealth(got, gitops.Degraded, status.FailedStatus)
 }

@@ -143,6 +143,9 @@ type Image struct {
 	// Spec describes the image.
 	Spec ImageSpec `json:"spec"`
 	// Status is what is known of the bytes.
+	// The default is a status the manager has not yet written: observedGeneration 0 tells kstatus
+	// (and Flux) that a new object is in progress, not current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status ImageStatus `json:"status,omitempty"`
 }
@@ -174,6 +177,9 @@ type ClusterImage struct {
 	// Spec describes the image.
 	Spec ImageSpec `json:"spec"`
 	// Status is what is known of the bytes.
+	// The default is a status the manager has not yet written: observedGeneration 0 tells kstatus
+	// (and Flux) that a new object is in progress, not current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status ImageStatus `json:"status,omitempty"`
 }

@@ -797,8 +797,10 @@ type InstanceStatus struct {
 // +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
 // +kubebuilder:printcolumn:name="Networks",type=string,JSONPath=`.status.addresses`
-// +kubebuilder:printcolumn:name="Flavor",type=string,JSONPath=`.spec.flavor`
-// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image.name`
+// +kubebuilder:printcolumn:name="Flavor",type=string,JSONPath=`.status.flavor.name`,description="The flavor the instance has"
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.status.image.name`,description="The image the instance was built from"
+// +kubebuilder:printcolumn:name="Spec_Flavor",type=string,JSONPath=`.spec.flavor`,description="The flavor spec asks for: another than Flavor while a resize is in flight"
+// +kubebuilder:printcolumn:name="Spec_Image",type=string,JSONPath=`.spec.image.name`,description="The image spec asks for: another than Image while a rebuild is in flight"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Instance struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -807,6 +809,9 @@ type Instance struct {
 	// Spec is the desired state.
 	Spec InstanceSpec `json:"spec"`
 	// Status is the observed state.
+	// The default is a status the manager has not yet written: observedGeneration 0 tells kstatus
+	// (and Flux) that a new object is in progress, not current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status InstanceStatus `json:"status,omitempty"`
 }

@@ -152,6 +152,9 @@ type Migration struct {
 	// Spec says what to move and how.
 	Spec MigrationSpec `json:"spec"`
 	// Status is the progress.
+	// The default is a status the manager has not yet written: observedGeneration 0 tells kstatus
+	// (and Flux) that a new object is in progress, not current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status MigrationStatus `json:"status,omitempty"`
 }

@@ -90,6 +90,9 @@ type Snapshot struct {
 	// Spec says what to snapshot.
 	Spec SnapshotSpec `json:"spec"`
 	// Status is the progress.
+	// The default is a status the manager has not yet written: observedGeneration 0 tells kstatus
+	// (and Flux) that a new object is in progress, not current.
+	// +kubebuilder:default={observedGeneration: 0}
 	// +optional
 	Status SnapshotStatus `json:"status,omitempty"`
 }
