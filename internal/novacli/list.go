@@ -137,8 +137,8 @@ func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now tim
 			orDash(string(inst.Status.PowerState)),
 			orDash(inst.Status.NodeName),
 			orDash(inst.Status.Addresses),
-			orDash(inst.Spec.Flavor),
-			orDash(inst.Spec.Image.Name),
+			had(appliedFlavor(inst), inst.Spec.Flavor),
+			had(appliedImage(inst), inst.Spec.Image.Name),
 			strconv.FormatBool(inst.Spec.Locked),
 			age(inst.CreationTimestamp.Time, now),
 		}
@@ -148,6 +148,32 @@ func renderTable(out io.Writer, items []v1.Instance, allNamespaces bool, now tim
 		_, _ = fmt.Fprintln(w, strings.Join(row, "\t"))
 	}
 	return w.Flush()
+}
+
+// had shows what an instance has, and what its spec asks for when that differs ("m1.tiny→m1.small"
+// while a resize is in flight); the spec alone before the instance has anything.
+func had(applied, asked string) string {
+	switch {
+	case applied == "":
+		return orDash(asked)
+	case asked == "" || asked == applied:
+		return applied
+	}
+	return applied + "→" + asked
+}
+
+func appliedFlavor(inst *v1.Instance) string {
+	if inst.Status.Flavor == nil {
+		return ""
+	}
+	return inst.Status.Flavor.Name
+}
+
+func appliedImage(inst *v1.Instance) string {
+	if inst.Status.Image == nil {
+		return ""
+	}
+	return inst.Status.Image.Name
 }
 
 // orDash shows an empty value as "-", as nova list does, so that columns stay aligned.

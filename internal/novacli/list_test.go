@@ -22,7 +22,7 @@ func listSample() []v1.Instance {
 	db.CreationTimestamp = metav1.NewTime(testNow.Add(-3 * 24 * time.Hour))
 	app := sampleInstance("app")
 	app.Namespace = "prod"
-	app.Spec.Flavor = "m1.small"
+	app.Spec.Flavor = "m1.small" // a resize asked for, not yet carried out
 	app.Status.TaskState = v1.TaskStatePausing
 	app.Status.NodeName = "host-2"
 	fresh := sampleInstance("fresh")
@@ -52,7 +52,7 @@ func TestRenderTable(t *testing.T) {
 		{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "LOCKED", "AGE"},
 		{"db", "Stopped", "-", "Shutdown", "host-1", "-", "m1.tiny", "test-guest", "true", "3d"},
 		{"web", "Active", "-", "Running", "host-1", "provider=10.0.0.7;storage=192.168.4.7,fd00::7", "m1.tiny", "test-guest", "false", "90m"},
-		{"app", "Active", "Pausing", "Running", "host-2", "-", "m1.small", "test-guest", "false", "90m"},
+		{"app", "Active", "Pausing", "Running", "host-2", "-", "m1.tiny→m1.small", "test-guest", "false", "90m"},
 		{"fresh", "-", "-", "-", "-", "-", "m1.tiny", "test-guest", "false", "5s"},
 	}
 	assertRows(t, out.String(), want)

@@ -105,9 +105,9 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 		out, err = cluster.Kubectl(ctx, "get", "instances", "-n", "default")
 		Expect(err).NotTo(HaveOccurred(), out)
 		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
-		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "AGE"}))
+		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "SPEC_FLAVOR", "SPEC_IMAGE", "AGE"}))
 		// An instance without NICs leaves NETWORKS empty, which kubectl prints as nothing.
-		Expect(out).To(MatchRegexp(`demo\s+Active\s+Running\s+host-\d\s+m1.tiny\s+test-guest`))
+		Expect(out).To(MatchRegexp(`demo\s+Active\s+Running\s+host-\d\s+m1.tiny\s+test-guest\s+m1.tiny\s+test-guest`))
 		GinkgoWriter.Printf("kubectl get instances:\n%s", out)
 
 		demo, err := instance(ctx, "demo")()

@@ -132,6 +132,9 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 			Expect(inst.Status.NodeName).To(Equal("host-1"))
 			Expect(inst.Status.Flavor.Name).To(Equal("r1.wide"))
 			Expect(inst.Status.Resize).To(BeNil())
+			out, err := cluster.Kubectl(ctx, "get", "instance", name, "-n", "default")
+			Expect(err).NotTo(HaveOccurred(), out)
+			Expect(out).To(MatchRegexp(`\s+r1.wide\s+test-guest\s+`+flavor+`\s+test-guest\s`), "kubectl get shows the flavor it has beside the one asked for")
 		}
 		patchSpec(ctx, name, `{"spec":{"flavor":"r1.wide"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
