@@ -34,6 +34,7 @@ import (
 	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/kube"
 	"github.com/kubenova/kubenova/internal/lifecycle"
+	"github.com/kubenova/kubenova/internal/metrics"
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
@@ -106,8 +107,9 @@ type step func(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctr
 type reconcileState struct {
 	refusal *lifecycle.Refusal
 	waiting *lifecycle.Refusal
-	// events wait for the status write (see event).
-	events []func()
+	// afterWrite holds what waits for the status write, Events and metrics (see event and
+	// observe): a reconcile whose write fails tells nothing of what did not happen.
+	afterWrite []func()
 }
 
 // Reconcile reads like a table of contents: initialise, place, collect the agent's answer,
@@ -117,6 +119,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err := r.Get(ctx, req.NamespacedName, inst); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	ctx = kube.WithOperation(ctx, kube.InstanceOperation(inst))
 	if !inst.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, inst)
 	}
@@ -167,7 +170,7 @@ func (r *InstanceReconciler) initialize(_ context.Context, inst *v1.Instance, st
 		return nil, nil
 	}
 	inst.Status.VMState = v1.VMStateBuilding
-	r.startTask(inst, v1.ActionLaunch)
+	r.startTask(st, inst, v1.ActionLaunch)
 	// No Event yet: the one that says where it was placed (or why it could not be) tells the
 	// launch began, and a thousand launches at once cost a thousand Events fewer.
 	return nil, nil
@@ -442,6 +445,10 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 			hosts[i].Used = used[hosts[i].Name()]
 		}
 		node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
+		var nvh *scheduler.NoValidHost
+		if errors.As(err, &nvh) {
+			metrics.CountNoValidHost(nvh.Blamed())
+		}
 		if err != nil {
 			return "", err
 		}
@@ -522,6 +529,7 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 // what the task changed (or the fault).
 func (r *InstanceReconciler) finishTask(ctx context.Context, inst *v1.Instance, st *reconcileState, succeeded bool, node, message string) {
 	task := inst.Status.Task
+	r.observeOperation(st, task, succeeded)
 	tr, _ := lifecycle.Lookup(task.Action)
 	from := inst.Status.VMState
 	wasStopped, rollback := from == v1.VMStateStopped, false
@@ -730,7 +738,7 @@ func (r *InstanceReconciler) serveRequests(ctx context.Context, inst *v1.Instanc
 					continue
 				}
 			default:
-				r.startTask(inst, action)
+				r.startTask(st, inst, action)
 				return nil, nil
 			}
 			if err == nil && st.waiting != nil {
@@ -806,7 +814,7 @@ func (r *InstanceReconciler) serveReboot(inst *v1.Instance, st *reconcileState) 
 		if task := inst.Status.Task; task != nil {
 			r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskInProgress, string(action), "%s interrupts task %s", action, inst.Status.TaskState)
 		}
-		r.startTask(inst, action)
+		r.startTask(st, inst, action)
 		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
 		inst.Status.RebootRequest = ack
 		return true
@@ -886,7 +894,7 @@ func (r *InstanceReconciler) startRebuild(ctx context.Context, inst *v1.Instance
 		st.waiting = missing
 		return false, err
 	}
-	r.startTask(inst, v1.ActionRebuild)
+	r.startTask(st, inst, v1.ActionRebuild)
 	inst.Status.Task.Image = image.AppliedImage
 	return true, nil
 }
@@ -910,7 +918,7 @@ func (r *InstanceReconciler) startRescue(ctx context.Context, inst *v1.Instance,
 		}
 		return nil
 	}
-	r.startTask(inst, v1.ActionRescue)
+	r.startTask(st, inst, v1.ActionRescue)
 	inst.Status.Task.Image = image.AppliedImage
 	return nil
 }
@@ -978,7 +986,7 @@ func (r *InstanceReconciler) startShelve(ctx context.Context, inst *v1.Instance,
 			Message: "removing the image of an earlier shelve before shelving again"}
 		return &ctrl.Result{RequeueAfter: time.Second}, nil
 	}
-	r.startTask(inst, v1.ActionShelve)
+	r.startTask(st, inst, v1.ActionShelve)
 	inst.Status.Task.Snapshot = &v1.SnapshotTask{Name: name, ImageUID: string(img.UID)}
 	inst.Status.ShelvedImage = &v1.ImageReference{Kind: v1.KindImage, Name: name}
 	return nil, nil
@@ -1009,7 +1017,7 @@ func (r *InstanceReconciler) serveOffload(ctx context.Context, inst *v1.Instance
 	}
 	switch img.Status.Phase {
 	case v1.ImageAvailable:
-		r.startTask(inst, v1.ActionShelveOffload)
+		r.startTask(st, inst, v1.ActionShelveOffload)
 		return nil, true, nil
 	case v1.ImageError:
 		st.refusal = &lifecycle.Refusal{Action: v1.ActionShelveOffload, Reason: v1.ReasonImageError,
@@ -1026,7 +1034,7 @@ func (r *InstanceReconciler) serveOffload(ctx context.Context, inst *v1.Instance
 // the scheduler chooses anew (scheduleUnshelve).
 func (r *InstanceReconciler) startUnshelve(ctx context.Context, inst *v1.Instance, st *reconcileState) error {
 	if inst.Status.VMState == v1.VMStateShelved {
-		r.startTask(inst, v1.ActionUnshelve)
+		r.startTask(st, inst, v1.ActionUnshelve)
 		return nil
 	}
 	if inst.Status.ShelvedImage == nil {
@@ -1049,7 +1057,7 @@ func (r *InstanceReconciler) startUnshelve(ctx context.Context, inst *v1.Instanc
 		st.waiting = missing
 		return err
 	}
-	r.startTask(inst, v1.ActionUnshelve)
+	r.startTask(st, inst, v1.ActionUnshelve)
 	inst.Status.Task.Image = image.AppliedImage
 	return nil
 }
@@ -1126,7 +1134,7 @@ func (r *InstanceReconciler) serveSnapshot(ctx context.Context, inst *v1.Instanc
 	}
 	switch {
 	case refusal == nil:
-		r.startTask(inst, v1.ActionSnapshot)
+		r.startTask(st, inst, v1.ActionSnapshot)
 		inst.Status.Task.Snapshot = &v1.SnapshotTask{Name: next.Name, ImageUID: next.Status.ImageUID}
 		ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
 		inst.Status.SnapshotRequest = ack
@@ -1257,12 +1265,14 @@ func specActions(inst *v1.Instance) []v1.Action {
 }
 
 // startTask gives the instance a new task with a fresh ID.
-func (r *InstanceReconciler) startTask(inst *v1.Instance, action v1.Action) {
+func (r *InstanceReconciler) startTask(st *reconcileState, inst *v1.Instance, action v1.Action) {
 	tr, _ := lifecycle.Lookup(action)
 	inst.Status.LastTaskID++
 	inst.Status.Task = &v1.Task{ID: inst.Status.LastTaskID, Action: action, StartedAt: metav1.NewTime(r.now()),
 		ObservedGeneration: inst.Generation}
 	inst.Status.TaskState = tr.FirstTask()
+	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskStarted, string(action), "%s started: task %d, task state %s",
+		action, inst.Status.LastTaskID, inst.Status.TaskState)
 }
 
 // desiredReached says whether the instance rests where its spec asks: Rescued while spec.rescue
@@ -1314,7 +1324,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	orig := inst.DeepCopy()
 	task := inst.Status.Task
 	if task == nil || task.Action != v1.ActionTerminate {
-		r.startTask(inst, v1.ActionTerminate)
+		r.startTask(st, inst, v1.ActionTerminate)
 		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminating, "Terminate", "terminating on node %s", inst.Status.NodeName)
 		return kube.RetryIfStale(ctrl.Result{}, r.sendAfter(st, r.patchStatus(ctx, orig, inst)))
 	}
@@ -1334,10 +1344,12 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 			return ctrl.Result{RequeueAfter: wait}, nil
 		}
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonTaskFailed, "Terminate", "terminate failed on %s: %s; trying again", report.NodeName, report.Message)
-		r.startTask(inst, v1.ActionTerminate)
+		r.observeOperation(st, task, false)
+		r.startTask(st, inst, v1.ActionTerminate)
 		return kube.RetryIfStale(ctrl.Result{}, r.sendAfter(st, r.patchStatus(ctx, orig, inst)))
 	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
+	r.observeOperation(st, task, true)
 	return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
 }
 
@@ -1345,7 +1357,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 // returns err.
 func (r *InstanceReconciler) sendAfter(st *reconcileState, err error) error {
 	if err == nil {
-		for _, send := range st.events {
+		for _, send := range st.afterWrite {
 			send()
 		}
 	}
@@ -1429,7 +1441,25 @@ func (r *InstanceReconciler) event(st *reconcileState, inst *v1.Instance, eventT
 	if r.Recorder == nil {
 		return
 	}
-	st.events = append(st.events, func() { r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...) })
+	st.afterWrite = append(st.afterWrite, func() { r.Recorder.Eventf(inst, nil, eventType, reason, action, note, args...) })
+}
+
+// observe records a metric once the reconcile's status write lands.
+func (r *InstanceReconciler) observe(st *reconcileState, record func()) {
+	st.afterWrite = append(st.afterWrite, record)
+}
+
+// observeOperation records how long the task took, from its start until now.
+func (r *InstanceReconciler) observeOperation(st *reconcileState, task *v1.Task, succeeded bool) {
+	if task == nil {
+		return
+	}
+	outcome := metrics.OutcomeFailed
+	if succeeded {
+		outcome = metrics.OutcomeSucceeded
+	}
+	took := r.now().Sub(task.StartedAt.Time).Seconds()
+	r.observe(st, func() { metrics.OperationDuration.WithLabelValues(string(task.Action), outcome).Observe(took) })
 }
 
 // SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can

@@ -100,7 +100,7 @@ func (r *InstanceReconciler) serveMigration(ctx context.Context, inst *v1.Instan
 		inst.Status.MigrationRequest = ack
 		return true, nil
 	}
-	r.startTask(inst, action)
+	r.startTask(st, inst, action)
 	inst.Status.Task.Migration = move
 	ack.Result, ack.TaskID, ack.TargetNode, ack.BlockMigration = v1.RequestAccepted, inst.Status.Task.ID, move.TargetNode, move.BlockMigration
 	ack.RebuiltFromImage = move.FromImage

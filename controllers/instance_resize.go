@@ -159,7 +159,7 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 // beginResize gives the instance its Resize or Migrate task with the plan as status.resize:
 // the source's agent acts first (task state ResizeMigrating).
 func (r *InstanceReconciler) beginResize(inst *v1.Instance, st *reconcileState, action v1.Action, plan *v1.ResizeStatus) {
-	r.startTask(inst, action)
+	r.startTask(st, inst, action)
 	inst.Status.TaskState = v1.TaskStateResizeMigrating
 	plan.TaskID = inst.Status.Task.ID
 	inst.Status.Resize = plan
@@ -254,7 +254,7 @@ func (r *InstanceReconciler) finishResizeTask(ctx context.Context, inst *v1.Inst
 		inst.Status.Flavor = rs.Flavor.DeepCopy()
 	case task.Action == v1.ActionResize || task.Action == v1.ActionMigrate:
 		rs.RollingBack = true
-		r.startRevert(inst)
+		r.startRevert(st, inst)
 		inst.Status.TaskState = v1.TaskStateResizeReverting
 		r.event(st, inst, corev1.EventTypeWarning, ReasonRollingBack, string(task.Action), "%s failed: rolling back to node %s with flavor %s",
 			task.Action, rs.SourceNode, rs.OldFlavor.Name)
@@ -296,9 +296,9 @@ func (r *InstanceReconciler) deleteTransfer(ctx context.Context, inst *v1.Instan
 
 // startConfirm gives a Resized instance its ConfirmResize task: the source deletes its copy of
 // the disk (the source's agent, as the task's peer, when the instance moved).
-func (r *InstanceReconciler) startConfirm(inst *v1.Instance) {
+func (r *InstanceReconciler) startConfirm(st *reconcileState, inst *v1.Instance) {
 	rs := inst.Status.Resize
-	r.startTask(inst, v1.ActionConfirmResize)
+	r.startTask(st, inst, v1.ActionConfirmResize)
 	if rs.SourceNode != rs.TargetNode {
 		inst.Status.Task.PeerNode = rs.SourceNode
 	}
@@ -307,9 +307,9 @@ func (r *InstanceReconciler) startConfirm(inst *v1.Instance) {
 // startRevert gives the instance its RevertResize task: the target removes the resized
 // instance, then the source boots its own copy with the old flavor. On one node, the one agent
 // does both, with the old flavor at once.
-func (r *InstanceReconciler) startRevert(inst *v1.Instance) {
+func (r *InstanceReconciler) startRevert(st *reconcileState, inst *v1.Instance) {
 	rs := inst.Status.Resize
-	r.startTask(inst, v1.ActionRevertResize)
+	r.startTask(st, inst, v1.ActionRevertResize)
 	if rs.SourceNode == rs.TargetNode || inst.Status.NodeName == rs.SourceNode {
 		inst.Status.NodeName, inst.Status.Flavor = rs.SourceNode, rs.OldFlavor.DeepCopy()
 	}
@@ -341,9 +341,9 @@ func (r *InstanceReconciler) serveResize(ctx context.Context, inst *v1.Instance,
 			r.event(st, inst, corev1.EventTypeWarning, refusal.Reason, string(action), "%s", refusal.Message)
 		default:
 			if action == v1.ActionConfirmResize {
-				r.startConfirm(inst)
+				r.startConfirm(st, inst)
 			} else {
-				r.startRevert(inst)
+				r.startRevert(st, inst)
 			}
 			ack.Result, ack.TaskID = v1.RequestAccepted, inst.Status.Task.ID
 			inst.Status.ResizeRequest = ack
@@ -366,7 +366,7 @@ func (r *InstanceReconciler) serveResize(ctx context.Context, inst *v1.Instance,
 	if err := r.Get(ctx, types.NamespacedName{Name: rs.TargetNode}, target); err != nil || target.Status.State != v1.HypervisorUp {
 		return &ctrl.Result{RequeueAfter: time.Minute}, false, client.IgnoreNotFound(err)
 	}
-	r.startConfirm(inst)
+	r.startConfirm(st, inst)
 	r.event(st, inst, corev1.EventTypeNormal, ReasonConfirmed, string(v1.ActionConfirmResize), "confirming the resize by itself: it waited %s (--resize-confirm-window)",
 		r.ResizeConfirmWindow.Round(time.Second))
 	return nil, true, nil

@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/kube"
+	"github.com/kubenova/kubenova/internal/metrics"
 )
 
 // MigrationReconciler gives every Migration a status: it refuses at once what can never be
@@ -61,6 +62,7 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if err := r.Get(ctx, req.NamespacedName, mig); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	ctx = kube.WithOperation(ctx, "Migration"+string(mig.Spec.Type))
 	if !mig.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, mig)
 	}
@@ -88,9 +90,13 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
 	if mig.Status.Phase != orig.Status.Phase {
+		if migrationFinal(mig) {
+			metrics.Migrations.WithLabelValues(string(mig.Spec.Type), string(mig.Status.Phase)).Inc()
+		}
 		switch mig.Status.Phase {
 		case v1.MigrationSucceeded:
 			if mig.Spec.Type == v1.MigrationLive {
+				metrics.MigrationDowntime.Observe(float64(mig.Status.DowntimeMillis) / 1000)
 				r.event(mig, corev1.EventTypeNormal, out.reason, "instance %s moved from %s to %s in %d ms (downtime %d ms)",
 					mig.Spec.InstanceName, mig.Status.SourceNode, mig.Status.TargetNode, mig.Status.TotalMillis, mig.Status.DowntimeMillis)
 			} else {

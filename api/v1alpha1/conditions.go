@@ -72,6 +72,8 @@ const (
 const (
 	// ReasonLaunching: a new instance starts its launch.
 	ReasonLaunching = "Launching"
+	// ReasonTaskStarted: the manager gave a node a task; the Event's action names it.
+	ReasonTaskStarted = "TaskStarted"
 	// ReasonTaskSucceeded: the node agent finished a task; the note names it.
 	ReasonTaskSucceeded = "TaskSucceeded"
 	// ReasonTerminating: the node agent was told to terminate the instance.

@@ -70,6 +70,7 @@ func run() error {
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
+		metricsSecure  = flag.Bool("metrics-secure", true, "serve the metrics over HTTPS to callers whose token may get the non-resource URL /metrics (the ClusterRole kubenova-metrics-reader); false serves plain HTTP to anyone")
 		probeAddr      = flag.String("health-probe-bind-address", "0", "address of the health probes; 0 disables them")
 		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
 		rebootWait     = flag.Duration("soft-reboot-timeout", agent.DefaultRebootTimeout, "how long a guest has to answer a soft reboot before it is rebooted hard (Nova's wait_soft_reboot_seconds)")
@@ -108,7 +109,7 @@ func run() error {
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
-		MetricsAddr: *metricsAddr, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
+		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
 		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 	}
 	ctx := ctrl.SetupSignalHandler()

@@ -59,6 +59,19 @@ func run(workDir string, hosts, shared int) error {
 		return fmt.Errorf("apply samples: %w", err)
 	}
 
+	token, err := cluster.MetricsScraperToken(ctx)
+	if err != nil {
+		return err
+	}
+	tokenFile := filepath.Join(workDir, "identities", "metrics-scraper.token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		return err
+	}
+	scrapes := "  curl -sk -H \"Authorization: Bearer $(cat " + tokenFile + ")\" " + cluster.ManagerMetrics + " | grep ^kubenova_\n"
+	for _, h := range cluster.Hosts {
+		scrapes += "  curl -sk -H \"Authorization: Bearer $(cat " + tokenFile + ")\" " + h.Metrics + " | grep ^kubenova_   # " + h.Name + "'s agent\n"
+	}
+
 	kubectl := filepath.Join(utils.BinDir(), "kubectl")
 	fmt.Printf(`
 kubenova is up, every process under its own identity. In another shell, as the cloud's
@@ -69,8 +82,10 @@ administrator (group kubenova:admins; %s is an ordinary user with edit in defaul
   %s describe instance demo
   tail -f %s/hosts/*/storage/instances/*/console.log
 
+Metrics, with the token of a service account bound to kubenova-metrics-reader:
+%s
 Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
-`, cluster.Kubeconfig, cluster.CloudAdminKubeconfig, kubectl, kubectl, workDir, workDir)
+`, cluster.Kubeconfig, cluster.CloudAdminKubeconfig, kubectl, kubectl, workDir, scrapes, workDir)
 
 	watch := exec.CommandContext(ctx, kubectl, "get", "instances", "--watch")
 	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.CloudAdminKubeconfig)

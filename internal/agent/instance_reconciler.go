@@ -150,6 +150,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	err := r.Client.Get(ctx, req.NamespacedName, inst)
 	if apierrors.IsNotFound(err) && r.Incoming != nil {
 		if err = r.Incoming.Get(ctx, req.NamespacedName, inst); err == nil {
+			ctx = kube.WithOperation(ctx, kube.InstanceOperation(inst))
 			r.remember(req.NamespacedName, inst.UID)
 			if r.cacheBehind(inst) {
 				return ctrl.Result{RequeueAfter: guestPoll}, nil
@@ -171,6 +172,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if inst.Status.NodeName != r.NodeName {
 		return ctrl.Result{}, nil
 	}
+	ctx = kube.WithOperation(ctx, kube.InstanceOperation(inst))
 	r.remember(req.NamespacedName, inst.UID)
 	if r.cacheBehind(inst) {
 		// The informer brings the newer version within moments, and a reconcile with it.

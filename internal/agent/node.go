@@ -14,10 +14,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
+	"github.com/kubenova/kubenova/internal/metrics"
 	kubescheme "github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/internal/storage"
 )
@@ -63,7 +63,9 @@ type Node struct {
 	ImageCacheGrace time.Duration
 	Workers         int
 	MetricsAddr     string
-	ProbeAddr       string
+	// MetricsSecure serves the metrics over HTTPS to callers with the metrics-reader role.
+	MetricsSecure bool
+	ProbeAddr     string
 }
 
 // What an agent may do, and no more: read the instances (the API server cannot authorize
@@ -71,7 +73,8 @@ type Node struct {
 // of its node, its Hypervisor and its Lease. The admission policy kubenova-agent-node-restriction
 // (config/admission) narrows each write to the agent's own node, the way NodeRestriction
 // narrows a kubelet's. Secrets: get only, by name, in kubenova's own namespace, where the
-// manager keeps a copy of each instance's user data: an agent reads no user's Secret.
+// manager keeps a copy of each instance's user data: an agent reads no user's Secret. Token and
+// access reviews check those who scrape its metrics.
 //
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
@@ -80,13 +83,16 @@ type Node struct {
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update,namespace=kubenova-system
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get,namespace=kubenova-system
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
 // NewManager builds the controller-runtime manager of one node's agent: the instance
 // reconciler and the reporter, with a cache that holds only the instances placed on the node.
 func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
+	n.Driver = driver.Instrument(n.Driver, metrics.ObserveDriverCall)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 kubescheme.New(),
-		Metrics:                metricsserver.Options{BindAddress: n.MetricsAddr},
+		Metrics:                metrics.ServerOptions(n.MetricsAddr, n.MetricsSecure),
 		HealthProbeBindAddress: n.ProbeAddr,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// The agent sees only the instances placed on its node.

@@ -4,12 +4,15 @@ package kube
 import (
 	"context"
 	"errors"
+	"reflect"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubenova/kubenova/internal/metrics"
 )
 
 // ErrStale says a status write lost a race: the object changed (or went) since it was read.
@@ -34,10 +37,17 @@ func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) 
 		return nil
 	}
 	err := c.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
-	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+	kind := reflect.TypeOf(obj).Elem().Name()
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+		metrics.StatusWrites.WithLabelValues(kind, "Conflict").Inc()
 		return ErrStale
+	case err != nil:
+		metrics.StatusWrites.WithLabelValues(kind, "Error").Inc()
+		return err
 	}
-	return err
+	metrics.StatusWrites.WithLabelValues(kind, "Written").Inc()
+	return nil
 }
 
 // RetryIfStale returns the reconcile's result, except that a write which lost a race is no

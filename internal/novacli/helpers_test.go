@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -66,6 +67,8 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	c := fake.NewClientBuilder().WithScheme(h.opts.scheme).WithObjects(objs...).
 		// The Instance CRD's selectable field, as the API server serves it.
 		WithIndex(&v1.Instance{}, "status.nodeName", func(o client.Object) []string { return []string{o.(*v1.Instance).Status.NodeName} }).
+		// An Event's field the API server selects by.
+		WithIndex(&corev1.Event{}, "involvedObject.uid", func(o client.Object) []string { return []string{string(o.(*corev1.Event).InvolvedObject.UID)} }).
 		WithInterceptorFuncs(interceptor.Funcs{Patch: h.patch, Get: h.get}).Build()
 	h.opts.newClient = func() (client.Client, error) { return c, nil }
 	h.opts.namespace = func() (string, error) { return "default", nil }

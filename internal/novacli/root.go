@@ -88,7 +88,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.SetErr(o.streams.ErrOut)
 	o.configFlags.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newListCommand(o), newShowCommand(o))
+	root.AddCommand(newListCommand(o), newShowCommand(o), newInstanceActionListCommand(o))
 	for _, v := range powerVerbs {
 		root.AddCommand(newPowerCommand(o, v))
 	}

@@ -191,6 +191,15 @@ func (e *NoValidHost) Error() string {
 	return fmt.Sprintf("no valid host among %d: %s", e.Hosts, strings.Join(parts, ", "))
 }
 
+// Blamed names the filters that rejected a host, in the order they first did; "NoHosts" when
+// there was no host to filter.
+func (e *NoValidHost) Blamed() []string {
+	if e.Hosts == 0 {
+		return []string{"NoHosts"}
+	}
+	return append([]string(nil), e.order...)
+}
+
 // Select runs the filters and the RAM-spread weigher and returns the chosen host's name.
 func Select(hosts []Host, r Request, filters []Filter) (string, error) {
 	nvh := &NoValidHost{Hosts: len(hosts), Rejected: map[string]int{}}

@@ -163,6 +163,19 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		expectRestsAfterWait(ctx, "cli", v1.VMStateActive, v1.DesiredRunning)
 	}, NodeTimeout(5*time.Minute))
 
+	It("tells what happened to the instance and when, oldest first, refusals included", func(ctx SpecContext) {
+		out, err := kubectlNova(ctx, "instance-action-list", "cli")
+		Expect(err).NotTo(HaveOccurred(), out)
+		GinkgoWriter.Printf("kubectl nova instance-action-list cli:\n%s", out)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		Expect(strings.Fields(lines[0])).To(Equal([]string{"TIME", "ACTION", "REASON", "TYPE", "BY", "MESSAGE"}))
+		rows := strings.Join(lines[1:], "\n")
+		Expect(rows).To(MatchRegexp(`Launch\s+TaskSucceeded\s+Normal\s+kubenova-manager\s`))
+		Expect(rows).To(MatchRegexp(`Pause\s+InvalidState\s+Warning\s`), "the refused pause of a stopped instance")
+		Expect(rows).To(MatchRegexp(`Stop\s+TaskSucceeded\s`))
+		Expect(strings.Index(rows, "Launch")).To(BeNumerically("<", strings.Index(rows, "InvalidState")), "oldest first")
+	}, NodeTimeout(time.Minute))
+
 	It("prints the instance as JSON with -o json", func(ctx SpecContext) {
 		out, err := kubectlNova(ctx, "show", "cli", "-o", "json")
 		Expect(err).NotTo(HaveOccurred(), out)

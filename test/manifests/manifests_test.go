@@ -123,9 +123,22 @@ func TestDefaultHoldsEveryPiece(t *testing.T) {
 		"ValidatingAdmissionPolicy/kubenova-agent-node-restriction", "ValidatingAdmissionPolicy/kubenova-instance-lock",
 		"ValidatingAdmissionPolicy/kubenova-migration-admin", "MutatingAdmissionPolicy/kubenova-instance-finalizer",
 		"CustomResourceDefinition/instances.compute.kubenova.io", "Service/kubenova-manager-metrics",
+		"Service/kubenova-agent-metrics",
 	} {
 		if !have[want] {
 			t.Errorf("config/default lacks %s", want)
+		}
+	}
+	// The metrics endpoints are on, and token-checked (--metrics-secure defaults to true).
+	for _, o := range objects {
+		if o.GetKind() != "Deployment" && o.GetKind() != "DaemonSet" {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+		joined := strings.Join(args, " ")
+		if !strings.Contains(joined, "--metrics-bind-address=:") || strings.Contains(joined, "--metrics-secure=false") {
+			t.Errorf("%s %s serves no token-checked metrics: %s", o.GetKind(), o.GetName(), joined)
 		}
 	}
 }

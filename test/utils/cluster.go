@@ -42,6 +42,9 @@ type Cluster struct {
 	// ImageSources is a directory the image service imports file sources from, besides the
 	// test guest's (BinDir()/guest); tests put their own images there.
 	ImageSources string
+	// ManagerMetrics is the URL of the manager's metrics endpoint (HTTPS, for callers with
+	// the kubenova-metrics-reader role, as deployed).
+	ManagerMetrics string
 
 	procs         []*exec.Cmd
 	managerConfig string
@@ -67,6 +70,8 @@ type Host struct {
 	// SharedStorage: the storage root is shared with other hosts of the cluster, as an NFS
 	// export mounted on several nodes is (its agent runs with --shared-storage).
 	SharedStorage bool
+	// Metrics is the URL of its agent's metrics endpoint (HTTPS, as the manager's).
+	Metrics string
 }
 
 // ClusterOption changes how StartCluster lays the cluster out.
@@ -174,8 +179,16 @@ func (c *Cluster) StartManager(args ...string) error {
 		}
 		c.managerConfig = kc
 	}
+	if c.ManagerMetrics == "" {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		c.ManagerMetrics = fmt.Sprintf("https://127.0.0.1:%d/metrics", port)
+	}
 	return c.start("manager", c.managerConfig, filepath.Join(BinDir(), "manager"),
-		append([]string{"--health-probe-bind-address=0", "--node-down-grace=5s", "--image-store=" + c.ImageStore,
+		append([]string{"--health-probe-bind-address=0", "--metrics-bind-address=" + hostPort(c.ManagerMetrics),
+			"--node-down-grace=5s", "--image-store=" + c.ImageStore,
 			"--image-source-dirs=" + filepath.Join(BinDir(), "guest") + "," + c.ImageSources}, args...)...)
 }
 
@@ -242,7 +255,12 @@ func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) e
 		if err != nil {
 			return err
 		}
-		h := Host{Name: name, URI: strings.TrimSpace(string(uri)), StorageRoot: filepath.Join(dir, name, "storage")}
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		h := Host{Name: name, URI: strings.TrimSpace(string(uri)), StorageRoot: filepath.Join(dir, name, "storage"),
+			Metrics: fmt.Sprintf("https://127.0.0.1:%d/metrics", port)}
 		if i <= layout.sharedHosts {
 			h.StorageRoot, h.SharedStorage = filepath.Join(dir, "shared-storage"), true
 		}
@@ -270,7 +288,7 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 		return err
 	}
 	return c.start("agent-"+h.Name, kubeconfig, filepath.Join(BinDir(), "agent"), append([]string{
-		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu",
+		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu", "--metrics-bind-address=" + hostPort(h.Metrics),
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
 		"--image-store=" + c.ImageStore, "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge}, args...)...)

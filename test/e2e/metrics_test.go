@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/test/utils"
+)
+
+// The manager's and the agents' metrics, scraped as Prometheus does: over HTTPS with the token
+// of a service account bound to kubenova-metrics-reader.
+var _ = Describe("Metrics", Ordered, func() {
+	const name = "measured"
+	var token string
+
+	scrape := func(ctx context.Context, endpoint string) map[string]*dto.MetricFamily {
+		GinkgoHelper()
+		code, families, err := utils.Scrape(ctx, endpoint, token)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(code).To(Equal(http.StatusOK))
+		return families
+	}
+	manager := func(ctx context.Context) map[string]*dto.MetricFamily { return scrape(ctx, cluster.ManagerMetrics) }
+	agent := func(ctx context.Context, node string) map[string]*dto.MetricFamily {
+		return scrape(ctx, host(node).Metrics)
+	}
+
+	BeforeAll(func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "flavors.yaml")
+		applySample(ctx, "image.yaml")
+		var err error
+		token, err = cluster.MetricsScraperToken(ctx)
+		Expect(err).NotTo(HaveOccurred())
+	})
+
+	It("tells nothing to a caller without the metrics-reader role", func(ctx SpecContext) {
+		agentToken, err := cluster.ServiceAccountToken(ctx, "kubenova-agent", nil)
+		Expect(err).NotTo(HaveOccurred())
+		for _, endpoint := range []string{cluster.ManagerMetrics, host("host-1").Metrics} {
+			code, _, err := utils.Scrape(ctx, endpoint, "")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(code).To(Equal(http.StatusUnauthorized), endpoint)
+			code, _, err = utils.Scrape(ctx, endpoint, agentToken)
+			Expect(err).NotTo(HaveOccurred())
+			Expect(code).To(Equal(http.StatusForbidden), endpoint)
+		}
+	})
+
+	It("counts a launch, a refused placement and a live migration as they happen", func(ctx SpecContext) {
+		before := manager(ctx)
+		agentBefore := agent(ctx, "host-1")
+		launches := utils.Sum(before, "kubenova_operation_duration_seconds", map[string]string{"operation": "Launch", "outcome": "Succeeded"})
+		moves := utils.Sum(before, "kubenova_operation_duration_seconds", map[string]string{"operation": "LiveMigrate", "outcome": "Succeeded"})
+		downtimes := utils.Sum(before, "kubenova_live_migration_downtime_seconds", nil)
+		refusals := utils.Sum(before, "kubenova_scheduling_failures_total", map[string]string{"filter": "NodeSelectorFilter"})
+		reconciles := utils.Sum(before, "controller_runtime_reconcile_total", map[string]string{"controller": "instance"})
+		spawns := utils.Sum(agentBefore, "kubenova_driver_calls_total", map[string]string{"method": "Spawn"})
+
+		By("launching on host-1")
+		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
+		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: host-1\n", 1)
+		path := filepath.Join(cluster.WorkDir, name+".yaml")
+		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
+		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		DeferCleanup(func(ctx SpecContext) {
+			out, err := cluster.Kubectl(ctx, "delete", "instance", name, name+"-nowhere", "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}, NodeTimeout(2*time.Minute))
+		expectInstance(ctx, name, settled(v1.VMStateActive))
+		Eventually(func(g Gomega) {
+			after := manager(ctx)
+			g.Expect(utils.Sum(after, "kubenova_operation_duration_seconds", map[string]string{"operation": "Launch", "outcome": "Succeeded"})).
+				To(Equal(launches + 1))
+			g.Expect(utils.Sum(after, "kubenova_instances", map[string]string{"vm_state": "Active", "node": "host-1"})).To(BeNumerically(">=", 1))
+			g.Expect(utils.Sum(after, "controller_runtime_reconcile_total", map[string]string{"controller": "instance"})).To(BeNumerically(">", reconciles))
+			g.Expect(utils.Sum(after, "kubenova_status_writes_total", map[string]string{"kind": "Instance", "result": "Written"})).To(BeNumerically(">", 0))
+			g.Expect(utils.Sum(agent(ctx, "host-1"), "kubenova_driver_calls_total", map[string]string{"method": "Spawn"})).To(Equal(spawns + 1))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+
+		By("asking for a node that does not exist")
+		nowhere := strings.Replace(manifest, "name: "+name, "name: "+name+"-nowhere", 1)
+		nowhere = strings.Replace(nowhere, "kubernetes.io/hostname: host-1", "kubernetes.io/hostname: nowhere", 1)
+		Expect(os.WriteFile(path, []byte(nowhere), 0o644)).To(Succeed())
+		out, err = cluster.Kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		Eventually(func() float64 {
+			return utils.Sum(manager(ctx), "kubenova_scheduling_failures_total", map[string]string{"filter": "NodeSelectorFilter"})
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(BeNumerically(">", refusals))
+
+		By("moving it live to host-2")
+		// The node selector pinned the launch; the move names its target.
+		patchSpec(ctx, name, `{"spec":{"nodeSelector":null}}`)
+		out, err = kubectlNovaAsCloudAdmin(ctx, "migrate", name, "--live", "--node", "host-2", "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		var after map[string]*dto.MetricFamily
+		Eventually(func(g Gomega) {
+			after = manager(ctx)
+			g.Expect(utils.Sum(after, "kubenova_operation_duration_seconds", map[string]string{"operation": "LiveMigrate", "outcome": "Succeeded"})).
+				To(Equal(moves + 1))
+			g.Expect(utils.Sum(after, "kubenova_live_migration_downtime_seconds", nil)).To(Equal(downtimes + 1))
+			g.Expect(utils.Sum(after, "kubenova_migrations_total", map[string]string{"type": "Live", "outcome": "Succeeded"})).To(BeNumerically(">=", 1))
+			g.Expect(utils.Sum(after, "kubenova_instances", map[string]string{"vm_state": "Active", "node": "host-2"})).To(BeNumerically(">=", 1))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		GinkgoWriter.Printf("kubenova's own series on the manager after the launch and the move:\n%s", kubenovaSeries(after))
+
+		By("finding the move in host-1's agent log, told with the instance and the operation")
+		b, err := os.ReadFile(filepath.Join(cluster.WorkDir, "logs", "agent-host-1.log"))
+		Expect(err).NotTo(HaveOccurred())
+		var told map[string]any
+		for _, line := range strings.Split(string(b), "\n") {
+			var entry map[string]any
+			if json.Unmarshal([]byte(line), &entry) == nil && entry["msg"] == "live-migrating" && entry["name"] == name {
+				told = entry
+			}
+		}
+		Expect(told).NotTo(BeNil(), "a structured line about the move")
+		Expect(told).To(HaveKeyWithValue("namespace", "default"))
+		Expect(told).To(HaveKeyWithValue("operation", "LiveMigrate"))
+		GinkgoWriter.Printf("and on host-1's agent:\n%s", kubenovaSeries(agent(ctx, "host-1")))
+	}, NodeTimeout(6*time.Minute))
+})
+
+// kubenovaSeries prints the kubenova_* families in the exposition format, for the record.
+func kubenovaSeries(families map[string]*dto.MetricFamily) string {
+	names := make([]string, 0, len(families))
+	for n := range families {
+		if strings.HasPrefix(n, "kubenova_") {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		_, _ = expfmt.MetricFamilyToText(&b, families[n])
+	}
+	return b.String()
+}
