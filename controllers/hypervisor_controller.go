@@ -93,6 +93,15 @@ func (r *HypervisorReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := kube.PatchStatus(ctx, r.Client, orig, hv); err != nil {
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
+	if hv.Status.State != orig.Status.State && r.Recorder != nil {
+		// A node going Down or coming back Up: what the people on call look for first.
+		ready := meta.FindStatusCondition(hv.Status.Conditions, v1.ConditionReady)
+		eventType := corev1.EventTypeNormal
+		if hv.Status.State == v1.HypervisorDown {
+			eventType = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(hv, nil, eventType, "Hypervisor"+string(hv.Status.State), "Heartbeat", "%s", ready.Message)
+	}
 	wait, err := r.autoEvacuate(ctx, hv)
 	if err != nil {
 		return ctrl.Result{}, err

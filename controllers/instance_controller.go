@@ -272,6 +272,7 @@ func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance,
 			Status: metav1.ConditionFalse, Reason: v1.ReasonNoValidHost, Message: nvh.Error(),
 			ObservedGeneration: inst.Generation})
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNoValidHost, "Schedule", "%s", nvh.Error())
+		r.observe(st, func() { metrics.CountNoValidHost(nvh.Blamed()) })
 		return "", &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, nil
 	}
 	r.attempts.forget(inst.UID)
@@ -445,10 +446,6 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 			hosts[i].Used = used[hosts[i].Name()]
 		}
 		node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
-		var nvh *scheduler.NoValidHost
-		if errors.As(err, &nvh) {
-			metrics.CountNoValidHost(nvh.Blamed())
-		}
 		if err != nil {
 			return "", err
 		}
@@ -1271,8 +1268,13 @@ func (r *InstanceReconciler) startTask(st *reconcileState, inst *v1.Instance, ac
 	inst.Status.Task = &v1.Task{ID: inst.Status.LastTaskID, Action: action, StartedAt: metav1.NewTime(r.now()),
 		ObservedGeneration: inst.Generation}
 	inst.Status.TaskState = tr.FirstTask()
-	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskStarted, string(action), "%s started: task %d, task state %s",
-		action, inst.Status.LastTaskID, inst.Status.TaskState)
+	switch action {
+	case v1.ActionLaunch, v1.ActionTerminate:
+		// A launch is told by its placement's Event (a thousand launches at once cost a
+		// thousand Events fewer), a terminate by Terminating.
+	default:
+		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTaskStarted, string(action), "%s started (task %d)", action, inst.Status.LastTaskID)
+	}
 }
 
 // desiredReached says whether the instance rests where its spec asks: Rescued while spec.rescue
@@ -1312,14 +1314,14 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	}
 	st := &reconcileState{}
 	if inst.Status.NodeName == "" {
-		return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
+		return ctrl.Result{}, r.releaseAndTell(ctx, inst, st)
 	}
 	if down, why, err := r.nodeDown(ctx, inst.Status.NodeName); err != nil {
 		return ctrl.Result{}, err
 	} else if down {
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
 			"node %s is down (%s): deleted locally; its agent removes the domain and disks when it returns", inst.Status.NodeName, why)
-		return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
+		return ctrl.Result{}, r.releaseAndTell(ctx, inst, st)
 	}
 	orig := inst.DeepCopy()
 	task := inst.Status.Task
@@ -1350,7 +1352,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
 	r.observeOperation(st, task, true)
-	return ctrl.Result{}, r.sendAfter(st, r.release(ctx, inst))
+	return ctrl.Result{}, r.releaseAndTell(ctx, inst, st)
 }
 
 // sendAfter sends the reconcile's Events if its write (whose error is err) landed, and
@@ -1401,9 +1403,26 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 	r.Placement.Release(inst.UID)
 	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
-		return client.IgnoreNotFound(r.Update(ctx, inst))
+		if err := r.Update(ctx, inst); apierrors.IsNotFound(err) {
+			return errAlreadyReleased
+		} else if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// errAlreadyReleased: another reconcile, on fresher data, released the instance first.
+var errAlreadyReleased = errors.New("the instance was released already")
+
+// releaseAndTell releases the instance, and sends the reconcile's Events and metrics only if
+// its own write removed the finalizer: a reconcile of a stale copy tells nothing twice.
+func (r *InstanceReconciler) releaseAndTell(ctx context.Context, inst *v1.Instance, st *reconcileState) error {
+	err := r.release(ctx, inst)
+	if errors.Is(err, errAlreadyReleased) {
+		return nil
+	}
+	return r.sendAfter(st, err)
 }
 
 // patchStatus writes status once, only if it changed, and only over the version it was computed

@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/lifecycle"
+	"github.com/kubenova/kubenova/internal/metrics"
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
@@ -284,6 +285,7 @@ func (r *InstanceReconciler) chooseTarget(ctx context.Context, inst *v1.Instance
 	if err != nil {
 		var nvh *scheduler.NoValidHost
 		if errors.As(err, &nvh) {
+			metrics.CountNoValidHost(nvh.Blamed())
 			return nil, &lifecycle.Refusal{Action: action, Reason: v1.ReasonNoValidHost, Message: nvh.Error()}, nil
 		}
 		return nil, nil, err

@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/lifecycle"
+	"github.com/kubenova/kubenova/internal/metrics"
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
@@ -131,6 +132,7 @@ func (r *InstanceReconciler) planResize(ctx context.Context, inst *v1.Instance, 
 	if placeErr != nil {
 		var nvh *scheduler.NoValidHost
 		if errors.As(placeErr, &nvh) {
+			metrics.CountNoValidHost(nvh.Blamed())
 			return refuse(v1.ReasonNoValidHost, "%s", nvh.Error())
 		}
 		return nil, nil, placeErr

@@ -96,7 +96,9 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		switch mig.Status.Phase {
 		case v1.MigrationSucceeded:
 			if mig.Spec.Type == v1.MigrationLive {
-				metrics.MigrationDowntime.Observe(float64(mig.Status.DowntimeMillis) / 1000)
+				if mig.Status.DowntimeMillis > 0 { // libvirt gave a figure
+					metrics.MigrationDowntime.Observe(float64(mig.Status.DowntimeMillis) / 1000)
+				}
 				r.event(mig, corev1.EventTypeNormal, out.reason, "instance %s moved from %s to %s in %d ms (downtime %d ms)",
 					mig.Spec.InstanceName, mig.Status.SourceNode, mig.Status.TargetNode, mig.Status.TotalMillis, mig.Status.DowntimeMillis)
 			} else {

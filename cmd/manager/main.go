@@ -75,9 +75,8 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	// kubenova_instances, counted from the cache at each scrape. Standby managers (not the
-	// leader) serve it too: their caches follow the same objects.
-	if err := crmetrics.Registry.Register(&metrics.InstanceCollector{Reader: mgr.GetCache()}); err != nil {
+	// kubenova_instances, counted from the cache at each scrape, by the leader only.
+	if err := crmetrics.Registry.Register(&metrics.InstanceCollector{Reader: mgr.GetCache(), Elected: mgr.Elected()}); err != nil {
 		return err
 	}
 	if err := controllers.IndexInstances(context.Background(), mgr); err != nil {

@@ -93,10 +93,14 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		if _, inFlight, err := r.Driver.MigrationProgress(ctx, uid); err != nil || inFlight {
 			return false, err
 		}
-		if now, err := r.Driver.State(ctx, uid); err != nil || now.Departed() {
+		now, err := r.Driver.State(ctx, uid)
+		if err != nil || now.Departed() {
 			return false, err // gone after all: the next look says so
 		}
 		r.dropMigrationRun(inst.UID)
+		if !now.Active() {
+			return false, finalError{fmt.Errorf("aborted: the Migration was deleted; the guest stays here, %s (%s)", now.Power, now.Reason)}
+		}
 		return false, finalError{errors.New("aborted: the Migration was deleted; the guest runs on here")}
 	}
 	deadline := r.migrationDeadline(inst, task)

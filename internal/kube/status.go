@@ -39,8 +39,11 @@ func PatchStatus(ctx context.Context, c client.Client, orig, obj client.Object) 
 	err := c.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{}))
 	kind := reflect.TypeOf(obj).Elem().Name()
 	switch {
-	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+	case apierrors.IsConflict(err):
 		metrics.StatusWrites.WithLabelValues(kind, "Conflict").Inc()
+		return ErrStale
+	case apierrors.IsNotFound(err):
+		metrics.StatusWrites.WithLabelValues(kind, "NotFound").Inc()
 		return ErrStale
 	case err != nil:
 		metrics.StatusWrites.WithLabelValues(kind, "Error").Inc()

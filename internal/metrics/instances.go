@@ -18,6 +18,9 @@ var instancesDesc = prometheus.NewDesc("kubenova_instances",
 // cannot drift from the objects, whatever process wrote them.
 type InstanceCollector struct {
 	Reader client.Reader
+	// Elected closes once this manager leads; until then it reports nothing, so that the
+	// replicas of a highly available manager do not count each instance once each.
+	Elected <-chan struct{}
 }
 
 // Describe implements prometheus.Collector.
@@ -26,6 +29,13 @@ func (c *InstanceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- instanc
 // Collect implements prometheus.Collector. A cache that cannot list (not yet synced) yields no
 // series rather than failing the whole scrape.
 func (c *InstanceCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.Elected != nil {
+		select {
+		case <-c.Elected:
+		default:
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var list v1.InstanceList

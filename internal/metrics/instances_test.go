@@ -30,7 +30,13 @@ kubenova_instances{node="host-1",task_state="",vm_state="Active"} 2
 kubenova_instances{node="host-2",task_state="Migrating",vm_state="Active"} 1
 kubenova_instances{node="host-2",task_state="",vm_state="Stopped"} 1
 `
-	if err := testutil.CollectAndCompare(&InstanceCollector{Reader: c}, strings.NewReader(want)); err != nil {
+	elected := make(chan struct{})
+	standby := &InstanceCollector{Reader: c, Elected: elected}
+	if n := testutil.CollectAndCount(standby); n != 0 {
+		t.Errorf("a manager that does not lead reports %d series", n)
+	}
+	close(elected)
+	if err := testutil.CollectAndCompare(standby, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
 }

@@ -27,11 +27,12 @@ var (
 		Buckets: []float64{0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600},
 	}, []string{"operation", "outcome"})
 
-	// SchedulingFailures counts placements that found no valid host, by each filter that
-	// rejected at least one host ("NoHosts" when there were none to filter).
+	// SchedulingFailures counts placement attempts that found no valid host, by each filter
+	// that rejected at least one host ("NoHosts" when there were none to filter). A launch or a
+	// resize that waits for room counts each of its retries.
 	SchedulingFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "kubenova", Name: "scheduling_failures_total",
-		Help: "Placements that found no valid host, by each filter that rejected a host.",
+		Help: "Placement attempts that found no valid host, by each filter that rejected a host.",
 	}, []string{"filter"})
 
 	// MigrationDowntime is how long live migrations paused their guests, as libvirt measured.
@@ -65,10 +66,10 @@ var (
 	}, []string{"method"})
 
 	// StatusWrites counts the status writes of kubenova's controllers, by kind and result:
-	// Written, Conflict (a lost race, retried) or Error.
+	// Written, Conflict (a lost race, retried), NotFound (the object went) or Error.
 	StatusWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "kubenova", Name: "status_writes_total",
-		Help: "Status writes to the API server, by kind and result (Written, Conflict, Error).",
+		Help: "Status writes to the API server, by kind and result (Written, Conflict, NotFound, Error).",
 	}, []string{"kind", "result"})
 )
 

@@ -151,3 +151,32 @@ func TestEveryKindWithStatusHasAHealthScript(t *testing.T) {
 		}
 	}
 }
+
+// TestFlavorsAndHypervisorsToKstatus: a Flavor is only a spec, Current at once; a Hypervisor
+// is Current while Up and InProgress while Down (its Ready condition False), waiting for its
+// agent. Neither is an Argo CD kind of kubenova's (no script: Argo CD shows them Healthy).
+func TestFlavorsAndHypervisorsToKstatus(t *testing.T) {
+	hypervisor := func(state v1.HypervisorState, ready metav1.ConditionStatus) *v1.Hypervisor {
+		return &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "host-1", Generation: 1},
+			Status: v1.HypervisorStatus{ObservedGeneration: 1, State: state,
+				Conditions: []metav1.Condition{{Type: v1.ConditionReady, Status: ready, Reason: "Heartbeat", ObservedGeneration: 1}}}}
+	}
+	flavor := &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "m1.tiny", Generation: 1}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 256}}
+	for _, c := range []struct {
+		name string
+		obj  runtime.Object
+		want status.Status
+	}{
+		{"flavor", flavor, status.CurrentStatus},
+		{"hypervisor up", hypervisor(v1.HypervisorUp, metav1.ConditionTrue), status.CurrentStatus},
+		{"hypervisor down", hypervisor(v1.HypervisorDown, metav1.ConditionFalse), status.InProgressStatus},
+	} {
+		res, err := Kstatus(c.obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Status != c.want {
+			t.Errorf("%s: kstatus says %s (%s), want %s", c.name, res.Status, res.Message, c.want)
+		}
+	}
+}

@@ -120,6 +120,10 @@ func freePort() (int, error) {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
+		// Not one libvirt may take later for an incoming migration (migration_port_min..max).
+		if port >= 49152 && port <= 49215 {
+			continue
+		}
 		if !ports[port] {
 			ports[port] = true
 			return port, nil

@@ -100,6 +100,9 @@ func (d *Driver) MigrationProgress(_ context.Context, uuid string) (driver.Migra
 func (d *Driver) AbortMigration(_ context.Context, uuid string) error {
 	err := d.withDomain(uuid, func(dom *golibvirt.Domain) error {
 		info, err := dom.GetJobStats(0)
+		if isNotRunning(err) {
+			return nil // shut off: as a source is once its migration ended, no job to abort
+		}
 		if err != nil || info.Type == golibvirt.DOMAIN_JOB_NONE {
 			return err
 		}
