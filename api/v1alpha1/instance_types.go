@@ -597,18 +597,6 @@ const (
 	TaskFailed    TaskResult = "Failed"
 )
 
-// AgentConsole is the agent's console-log service: kubectl nova console-log reads a guest's
-// serial console there, with the caller's own credentials, which the agent checks with the API
-// server (get on instances/console in the instance's namespace).
-type AgentConsole struct {
-	// URL of the service, https://<node address>:<port>.
-	URL string `json:"url"`
-	// CertificateSHA256 is the SHA-256 of the service's serving certificate (DER, hex): the
-	// client trusts exactly that certificate, which the node's agent publishes under its own
-	// identity.
-	CertificateSHA256 string `json:"certificateSHA256"`
-}
-
 // AgentReport is written only by the agent of the instance's node: what the node really has.
 type AgentReport struct {
 	// NodeName of the agent that wrote the report.
@@ -639,9 +627,6 @@ type AgentReport struct {
 	// ConsoleLogPath is the node-local file the serial console is logged to.
 	// +optional
 	ConsoleLogPath string `json:"consoleLogPath,omitempty"`
-	// Console is where the node's agent serves this log (kubectl nova console-log).
-	// +optional
-	Console *AgentConsole `json:"console,omitempty"`
 	// Migration is the progress of a migration this agent takes part in (task StepTaskID).
 	// +optional
 	Migration *MigrationProgress `json:"migration,omitempty"`

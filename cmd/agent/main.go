@@ -12,7 +12,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -71,8 +70,6 @@ func run() error {
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
-		consoleAddr    = flag.String("console-bind-address", "0", "address of the console-log service (HTTPS, for callers who may get instances/console); 0 disables it")
-		advertise      = flag.String("advertise-address", "", "the node address clients reach the console-log service at (default: the host of --console-bind-address)")
 		metricsSecure  = flag.Bool("metrics-secure", true, "serve the metrics over HTTPS to callers whose token may get the non-resource URL /metrics (the ClusterRole kubenova-metrics-reader); false serves plain HTTP to anyone")
 		probeAddr      = flag.String("health-probe-bind-address", "0", "address of the health probes; 0 disables them")
 		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
@@ -99,9 +96,6 @@ func run() error {
 	if *leaseDuration < 4*time.Second {
 		return fmt.Errorf("--lease-duration must be at least 4s, not %s", *leaseDuration)
 	}
-	if *consoleAddr != "0" && *consoleAddr != "" && consoleAdvertise(*consoleAddr, *advertise) == "" {
-		return errors.New("--console-bind-address listens on every address: say which one clients reach with --advertise-address")
-	}
 	if *migrationURI == "" {
 		*migrationURI = *libvirtURI
 	}
@@ -115,7 +109,7 @@ func run() error {
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
-		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ConsoleAddr: *consoleAddr, ConsoleAdvertise: consoleAdvertise(*consoleAddr, *advertise), ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
+		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
 		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 	}
 	ctx := ctrl.SetupSignalHandler()
@@ -222,17 +216,4 @@ func ensureNodes(ctx context.Context, cfg *rest.Config, names []string, zone str
 		}
 	}
 	return nil
-}
-
-// consoleAdvertise is the address published for the console-log service: --advertise-address,
-// else the host it listens on.
-func consoleAdvertise(addr, advertise string) string {
-	if advertise != "" {
-		return advertise
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return ""
-	}
-	return host
 }

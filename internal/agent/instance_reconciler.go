@@ -114,9 +114,6 @@ type InstanceReconciler struct {
 	// MigrationTimeoutPerGiB bounds a live migration's time per GiB it copies
 	// (DefaultMigrationTimeoutPerGiB when zero).
 	MigrationTimeoutPerGiB time.Duration
-	// Console is the node's console-log service, reported in each instance's agentReport; nil
-	// when the agent serves none.
-	Console *v1.AgentConsole
 
 	mu sync.Mutex
 	// migrations are the live migrations this process started, by instance.
@@ -187,7 +184,6 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	report := inst.Status.AgentReport
 	report.DomainName = DomainName(inst.UID)
-	report.Console = r.Console
 	if logPath, err := r.Storage.ConsoleLog(string(inst.UID)); err == nil {
 		report.ConsoleLogPath = logPath
 	}

@@ -63,9 +63,6 @@ type Node struct {
 	ImageCacheGrace time.Duration
 	Workers         int
 	MetricsAddr     string
-	// ConsoleAddr is where the console-log service listens ("" or "0": none), published as
-	// https://ConsoleAdvertise:<port>.
-	ConsoleAddr, ConsoleAdvertise string
 	// MetricsSecure serves the metrics over HTTPS to callers with the metrics-reader role.
 	MetricsSecure bool
 	ProbeAddr     string
@@ -77,9 +74,7 @@ type Node struct {
 // (config/admission) narrows each write to the agent's own node, the way NodeRestriction
 // narrows a kubelet's. Secrets: get only, by name, in kubenova's own namespace, where the
 // manager keeps a copy of each instance's user data: an agent reads no user's Secret. Token and
-// access reviews check those who scrape its metrics or read a console log; the cluster's client
-// CA (the ConfigMap kube-system/extension-apiserver-authentication) lets it accept client
-// certificates too.
+// access reviews check those who scrape its metrics.
 //
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
@@ -90,7 +85,6 @@ type Node struct {
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get,resourceNames=extension-apiserver-authentication
 
 // NewManager builds the controller-runtime manager of one node's agent: the instance
 // reconciler and the reporter, with a cache that holds only the instances placed on the node.
@@ -147,17 +141,6 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
-	}
-	if n.ConsoleAddr != "" && n.ConsoleAddr != "0" {
-		console := &ConsoleServer{Addr: n.ConsoleAddr, AdvertiseHost: n.ConsoleAdvertise, NodeName: n.Name,
-			Config: cfg, Reader: mgr.GetClient(), Storage: n.Storage}
-		if err := console.Prepare(); err != nil {
-			return nil, fmt.Errorf("the console service's certificate: %w", err)
-		}
-		if err := mgr.Add(console); err != nil {
-			return nil, err
-		}
-		reconciler.Console = console.Published()
 	}
 	if err := mgr.Add(reporter); err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ package novacli
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,7 +13,6 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/scheme"
 )
 
@@ -33,8 +31,6 @@ type options struct {
 	now func() time.Time
 	// pollInterval is how often --wait reads the instance.
 	pollInterval time.Duration
-	// newAgentClient, when set (tests), replaces the client of an agent's console service.
-	newAgentClient func(*v1.AgentConsole) (*http.Client, error)
 }
 
 func newOptions(streams genericiooptions.IOStreams) *options {
@@ -92,7 +88,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.SetErr(o.streams.ErrOut)
 	o.configFlags.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newListCommand(o), newShowCommand(o), newInstanceActionListCommand(o), newConsoleLogCommand(o))
+	root.AddCommand(newListCommand(o), newShowCommand(o), newInstanceActionListCommand(o))
 	for _, v := range powerVerbs {
 		root.AddCommand(newPowerCommand(o, v))
 	}

@@ -11,10 +11,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/test/utils"
@@ -179,48 +176,6 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		Expect(rows).To(MatchRegexp(`Stop\s+TaskSucceeded\s`))
 		Expect(strings.Index(rows, "Launch")).To(BeNumerically("<", strings.Index(rows, "InvalidState")), "oldest first")
 	}, NodeTimeout(time.Minute))
-
-	It("prints the guest's console log from its node's agent, to those who may read it", func(ctx SpecContext) {
-		inst, err := instance(ctx, "cli")()
-		Expect(err).NotTo(HaveOccurred())
-		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) >= 1 }, "counting")
-
-		out, err := kubectlNova(ctx, "console-log", "cli")
-		Expect(err).NotTo(HaveOccurred(), out)
-		Expect(out).To(ContainSubstring("kubenova-test-guest: booted count="), "the whole log, from the boot")
-		out, err = kubectlNova(ctx, "console-log", "cli", "--tail", "2")
-		Expect(err).NotTo(HaveOccurred(), out)
-		Expect(strings.Split(strings.TrimRight(out, "\n"), "\n")).To(HaveLen(2))
-
-		By("following: what the guest prints next arrives (--tail 0 prints nothing older)")
-		follow, cancel := context.WithTimeout(ctx, 15*time.Second)
-		defer cancel()
-		out, _ = kubectlNova(follow, "console-log", "cli", "--tail", "0", "-f")
-		Expect(out).To(MatchRegexp(`alive seq=\d+`))
-
-		By("refusing those without get on instances/console there")
-		stranger, err := cluster.UserKubeconfig("stranger")
-		Expect(err).NotTo(HaveOccurred())
-		out, err = runKubectlNova(ctx, cluster.Kubeconfig, "console-log", "cli", "--kubeconfig", stranger)
-		Expect(err).To(HaveOccurred(), out)
-		// A service account that may read instances but not their console: the API server lets
-		// it find the agent, and the agent, asking the API server, refuses it.
-		_, err = cluster.MetricsScraperToken(ctx)
-		Expect(err).NotTo(HaveOccurred())
-		scraper, err := cluster.ServiceAccountKubeconfig(ctx, utils.MetricsScraper)
-		Expect(err).NotTo(HaveOccurred())
-		reader := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "instance-reader"},
-			Rules: []rbacv1.PolicyRule{{APIGroups: []string{v1.GroupVersion.Group}, Resources: []string{"instances"}, Verbs: []string{"get"}}}}
-		Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, reader))).To(Succeed())
-		binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "scraper-reads-instances"},
-			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: reader.Name},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: utils.SystemNamespace, Name: utils.MetricsScraper}}}
-		Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, binding))).To(Succeed())
-		Eventually(func() string {
-			out, _ = runKubectlNova(ctx, scraper, "console-log", "cli")
-			return out
-		}).WithContext(ctx).WithTimeout(10*time.Second).Should(ContainSubstring("403 Forbidden"), "a token the agent checks, without the right")
-	}, NodeTimeout(2*time.Minute))
 
 	It("prints the instance as JSON with -o json", func(ctx SpecContext) {
 		out, err := kubectlNova(ctx, "show", "cli", "-o", "json")

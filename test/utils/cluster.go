@@ -72,8 +72,6 @@ type Host struct {
 	SharedStorage bool
 	// Metrics is the URL of its agent's metrics endpoint (HTTPS, as the manager's).
 	Metrics string
-	// ConsoleAddr is where its agent serves console logs.
-	ConsoleAddr string
 }
 
 // ClusterOption changes how StartCluster lays the cluster out.
@@ -261,12 +259,8 @@ func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) e
 		if err != nil {
 			return err
 		}
-		consolePort, err := freePort()
-		if err != nil {
-			return err
-		}
 		h := Host{Name: name, URI: strings.TrimSpace(string(uri)), StorageRoot: filepath.Join(dir, name, "storage"),
-			Metrics: fmt.Sprintf("https://127.0.0.1:%d/metrics", port), ConsoleAddr: fmt.Sprintf("127.0.0.1:%d", consolePort)}
+			Metrics: fmt.Sprintf("https://127.0.0.1:%d/metrics", port)}
 		if i <= layout.sharedHosts {
 			h.StorageRoot, h.SharedStorage = filepath.Join(dir, "shared-storage"), true
 		}
@@ -295,7 +289,6 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 	}
 	return c.start("agent-"+h.Name, kubeconfig, filepath.Join(BinDir(), "agent"), append([]string{
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu", "--metrics-bind-address=" + hostPort(h.Metrics),
-		"--console-bind-address=" + h.ConsoleAddr,
 		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
 		"--image-store=" + c.ImageStore, "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge}, args...)...)

@@ -83,18 +83,6 @@ func (c *Cluster) userKubeconfig(name string, groups ...string) (string, error) 
 	return path, writeFile(path, kc)
 }
 
-// UserKubeconfig writes the kubeconfig of another person, with a client certificate and no
-// rights but what their groups have.
-func (c *Cluster) UserKubeconfig(name string, groups ...string) (string, error) {
-	return c.userKubeconfig(name, groups...)
-}
-
-// ServiceAccountKubeconfig writes a kubeconfig with a token of the service account
-// kubenova-system/account.
-func (c *Cluster) ServiceAccountKubeconfig(ctx context.Context, account string) (string, error) {
-	return c.serviceAccountKubeconfig(ctx, account, nil, account)
-}
-
 // GrantTenant gives TenantUser the built-in edit role in namespace, as a project's member has.
 func (c *Cluster) GrantTenant(ctx context.Context, namespace string) error {
 	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "tenant-edit"},
