@@ -77,6 +77,20 @@ type Resources struct {
 	DiskGiB int64 `json:"diskGiB,omitempty"`
 }
 
+// ConsoleLogService is a node agent's HTTPS endpoint for console logs. Its certificate is its
+// own, self-signed: the manager trusts exactly the one whose digest is published here, which only
+// that node's agent may write.
+type ConsoleLogService struct {
+	// URL is the service's base URL.
+	// +kubebuilder:validation:Pattern=`^https://[^/?#]+$`
+	// +kubebuilder:validation:MaxLength=256
+	URL string `json:"url"`
+	// CertificateSHA256 is the SHA-256 digest of the service's certificate (DER), in lower-case
+	// hex.
+	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
+	CertificateSHA256 string `json:"certificateSHA256"`
+}
+
 // HypervisorStatus is split between its two writers: the agent reports what the node has
 // (capacity, versions, URIs); the manager reports what is placed there and whether it is up.
 type HypervisorStatus struct {
@@ -120,6 +134,10 @@ type HypervisorStatus struct {
 	// (agent).
 	// +optional
 	Networks []HypervisorNetwork `json:"networks,omitempty"`
+	// ConsoleLogService is where the agent serves its guests' serial console logs, to the
+	// manager only, which relays them to users (agent).
+	// +optional
+	ConsoleLogService *ConsoleLogService `json:"consoleLogService,omitempty"`
 
 	// ObservedGeneration is the spec generation the manager last judged (manager).
 	// +optional

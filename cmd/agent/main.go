@@ -12,8 +12,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +74,9 @@ func run() error {
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 		metricsSecure  = flag.Bool("metrics-secure", true, "serve the metrics over HTTPS to callers whose token may get the non-resource URL /metrics (the ClusterRole kubenova-metrics-reader); false serves plain HTTP to anyone")
 		probeAddr      = flag.String("health-probe-bind-address", "0", "address of the health probes; 0 disables them")
+		consoleAddr    = flag.String("console-bind-address", "0", "address of the console-log service (HTTPS, for the manager only, which relays the logs to users); 0 disables it")
+		advertise      = flag.String("advertise-address", "", "the node address the manager reaches the console-log service at (default: the host of --console-bind-address)")
+		consoleClients = flag.String("console-clients", "system:serviceaccount:kubenova-system:kubenova-manager", "comma-separated users the console-log service serves: the manager's service account")
 		shutdownWait   = flag.Duration("shutdown-timeout", agent.DefaultShutdownTimeout, "how long a guest has to power off after the ACPI power button before it is powered off (Nova's shutdown_timeout)")
 		rebootWait     = flag.Duration("soft-reboot-timeout", agent.DefaultRebootTimeout, "how long a guest has to answer a soft reboot before it is rebooted hard (Nova's wait_soft_reboot_seconds)")
 		workers        = flag.Int("workers", agent.DefaultWorkers, "how many instances the agent works on at once")
@@ -99,6 +104,10 @@ func run() error {
 	if *migrationURI == "" {
 		*migrationURI = *libvirtURI
 	}
+	consoleHost := consoleAdvertise(*consoleAddr, *advertise)
+	if *consoleAddr != "0" && *consoleAddr != "" && consoleHost == "" {
+		return errors.New("--console-bind-address listens on every address: say which one the manager reaches with --advertise-address")
+	}
 	nodeNetworks, err := agent.ParseNetworks(*networks)
 	if err != nil {
 		return err
@@ -111,6 +120,7 @@ func run() error {
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
 		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
 		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
+		ConsoleAddr: *consoleAddr, ConsoleAdvertise: consoleHost, ConsoleClients: strings.FieldsFunc(*consoleClients, func(r rune) bool { return r == ',' || r == ' ' }),
 	}
 	ctx := ctrl.SetupSignalHandler()
 
@@ -216,4 +226,17 @@ func ensureNodes(ctx context.Context, cfg *rest.Config, names []string, zone str
 		}
 	}
 	return nil
+}
+
+// consoleAdvertise is the address published for the console-log service: --advertise-address,
+// else the host it listens on.
+func consoleAdvertise(addr, advertise string) string {
+	if advertise != "" {
+		return advertise
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return host
 }

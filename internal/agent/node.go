@@ -8,6 +8,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	authenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -66,6 +67,11 @@ type Node struct {
 	// MetricsSecure serves the metrics over HTTPS to callers with the metrics-reader role.
 	MetricsSecure bool
 	ProbeAddr     string
+	// ConsoleAddr is where the console-log service listens ("" or "0": none), published as
+	// https://ConsoleAdvertise:<port>; ConsoleClients are the users it serves (the manager's
+	// service account).
+	ConsoleAddr, ConsoleAdvertise string
+	ConsoleClients                []string
 }
 
 // What an agent may do, and no more: read the instances (the API server cannot authorize
@@ -74,7 +80,8 @@ type Node struct {
 // (config/admission) narrows each write to the agent's own node, the way NodeRestriction
 // narrows a kubelet's. Secrets: get only, by name, in kubenova's own namespace, where the
 // manager keeps a copy of each instance's user data: an agent reads no user's Secret. Token and
-// access reviews check those who scrape its metrics.
+// access reviews check those who scrape its metrics; token reviews the manager's token when it
+// asks for a console log.
 //
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/status,verbs=get;update;patch
@@ -141,6 +148,22 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
+	}
+	if n.ConsoleAddr != "" && n.ConsoleAddr != "0" {
+		tokenReviews, err := authenticationv1.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		console := &ConsoleServer{Addr: n.ConsoleAddr, AdvertiseHost: n.ConsoleAdvertise, NodeName: n.Name,
+			StateDir: consoleStateDir(n.Storage.Root, n.Name), Clients: n.ConsoleClients,
+			TokenReviews: tokenReviews, Reader: mgr.GetClient(), Storage: n.Storage}
+		if err := console.Prepare(); err != nil {
+			return nil, fmt.Errorf("the console-log service's certificate: %w", err)
+		}
+		if err := mgr.Add(console); err != nil {
+			return nil, err
+		}
+		reporter.ConsoleLogService = console.Published()
 	}
 	if err := mgr.Add(reporter); err != nil {
 		return nil, err

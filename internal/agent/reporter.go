@@ -47,6 +47,8 @@ type Reporter struct {
 	LeaseDuration time.Duration
 	// Networks are the networks the node has, reported in its Hypervisor for the scheduler.
 	Networks []v1.HypervisorNetwork
+	// ConsoleLogService is the node's console-log service; nil when it serves none.
+	ConsoleLogService *v1.ConsoleLogService
 	// ReportPeriod is how often capacity and versions are re-read.
 	ReportPeriod time.Duration
 	// CleanupPeriod is how often orphaned domains and unused cached images are looked for.
@@ -144,6 +146,7 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
 	s.StorageShared, s.StorageID = r.SharedStorage, storageID
 	s.Networks = r.Networks
+	s.ConsoleLogService = r.ConsoleLogService
 	if !kube.Changed(orig, hv) {
 		return nil
 	}

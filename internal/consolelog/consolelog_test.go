@@ -1,0 +1,201 @@
+package consolelog
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+)
+
+func writeLog(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "console.log")
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestWriteTail(t *testing.T) {
+	// Lines longer than a chunk, and more of them than one chunk holds, so that the backwards
+	// read crosses chunk boundaries inside lines and between them.
+	long := strings.Repeat("x", tailChunk+10)
+	var many strings.Builder
+	for i := range 10000 {
+		fmt.Fprintf(&many, "line %d\n", i)
+	}
+	cases := []struct {
+		name, content string
+		n             int64
+		want          string
+	}{
+		{"all", "a\nb\nc\n", -1, "a\nb\nc\n"},
+		{"none", "a\nb\nc\n", 0, ""},
+		{"last two", "a\nb\nc\n", 2, "b\nc\n"},
+		{"more than there are", "a\nb\n", 5, "a\nb\n"},
+		{"an unfinished last line counts", "a\nb\nc", 2, "b\nc"},
+		{"empty lines count", "a\n\n\n", 2, "\n\n"},
+		{"empty file", "", 3, ""},
+		{"long lines", "first\n" + long + "\n" + long + "\n", 1, long + "\n"},
+		{"long lines, two", "first\n" + long + "\n" + long + "\n", 2, long + "\n" + long + "\n"},
+		{"many lines", many.String(), 3, "line 9997\nline 9998\nline 9999\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeLog(t, tc.content)
+			var out bytes.Buffer
+			end, err := WriteTail(&out, path, tc.n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != tc.want {
+				t.Errorf("WriteTail(%d) wrote %q, want %q", tc.n, out.String(), tc.want)
+			}
+			if end != int64(len(tc.content)) {
+				t.Errorf("end = %d, want %d", end, len(tc.content))
+			}
+		})
+	}
+}
+
+func TestWriteTailOfMissingLog(t *testing.T) {
+	var out bytes.Buffer
+	end, err := WriteTail(&out, filepath.Join(t.TempDir(), "console.log"), 10)
+	if err != nil || end != 0 || out.Len() != 0 {
+		t.Fatalf("a log not yet written: end %d, %q, %v; want nothing", end, out.String(), err)
+	}
+}
+
+func TestCopyFrom(t *testing.T) {
+	path := writeLog(t, "old\n")
+	var out bytes.Buffer
+	end, err := CopyFrom(&out, path, 4)
+	if err != nil || end != 4 || out.Len() != 0 {
+		t.Fatalf("nothing new: end %d, %q, %v", end, out.String(), err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteString("new\n")
+	_ = f.Close()
+	if end, err = CopyFrom(&out, path, end); err != nil || end != 8 || out.String() != "new\n" {
+		t.Fatalf("appended: end %d, %q, %v", end, out.String(), err)
+	}
+	// A new, shorter log (the instance was rebuilt) is read from its start.
+	if err := os.WriteFile(path, []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if end, err = CopyFrom(&out, path, end); err != nil || end != 2 || out.String() != "x\n" {
+		t.Fatalf("shrunk: end %d, %q, %v", end, out.String(), err)
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	for _, tc := range []struct {
+		query   string
+		want    Options
+		wantErr bool
+	}{
+		{"", Options{TailLines: -1}, false},
+		{"tailLines=5&follow=true", Options{TailLines: 5, Follow: true}, false},
+		{"tailLines=0", Options{TailLines: 0}, false},
+		{"tailLines=-2", Options{}, true},
+		{"tailLines=ten", Options{}, true},
+		{"follow=maybe", Options{}, true},
+	} {
+		q, _ := url.ParseQuery(tc.query)
+		got, err := ParseOptions(q)
+		if (err != nil) != tc.wantErr || (!tc.wantErr && got != tc.want) {
+			t.Errorf("ParseOptions(%q) = %+v, %v; want %+v (error %t)", tc.query, got, err, tc.want, tc.wantErr)
+		}
+		if !tc.wantErr {
+			if back, _ := ParseOptions(got.Query()); back != got {
+				t.Errorf("%+v does not survive its query: %+v", got, back)
+			}
+		}
+	}
+}
+
+// agent is a TLS server playing an agent's console-log service, and what it publishes.
+func agent(t *testing.T, handler http.HandlerFunc) *v1.ConsoleLogService {
+	t.Helper()
+	srv := httptest.NewTLSServer(handler)
+	t.Cleanup(srv.Close)
+	sum := sha256.Sum256(srv.Certificate().Raw)
+	return &v1.ConsoleLogService{URL: srv.URL, CertificateSHA256: hex.EncodeToString(sum[:])}
+}
+
+func TestAgentClient(t *testing.T) {
+	var asked *http.Request
+	published := agent(t, func(w http.ResponseWriter, req *http.Request) {
+		asked = req
+		_, _ = io.WriteString(w, "hello\n")
+	})
+	c := &AgentClient{}
+	ctx := context.Background()
+	body, err := c.Get(ctx, published, "tok", "ns", "web", Options{TailLines: 3, Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(body)
+	_ = body.Close()
+	if string(b) != "hello\n" {
+		t.Errorf("body %q", b)
+	}
+	if asked.URL.Path != AgentPath+"ns/web" || asked.URL.Query().Get("tailLines") != "3" || asked.URL.Query().Get("follow") != "true" {
+		t.Errorf("asked %s", asked.URL)
+	}
+	if got := asked.Header.Get("Authorization"); got != "Bearer tok" {
+		t.Errorf("Authorization %q", got)
+	}
+
+	t.Run("another certificate", func(t *testing.T) {
+		forged := *published
+		forged.CertificateSHA256 = strings.Repeat("ab", 32)
+		if _, err := c.Get(ctx, &forged, "tok", "ns", "web", Options{}); err == nil || !strings.Contains(err.Error(), "is not the one") {
+			t.Fatalf("a certificate other than the published one: %v", err)
+		}
+	})
+	t.Run("not https", func(t *testing.T) {
+		plain := *published
+		plain.URL = strings.Replace(plain.URL, "https://", "http://", 1)
+		if _, err := c.Get(ctx, &plain, "tok", "ns", "web", Options{}); err == nil || !strings.Contains(err.Error(), "not an https://") {
+			t.Fatalf("http: %v", err)
+		}
+	})
+	t.Run("redirect", func(t *testing.T) {
+		tokenSeen := false
+		elsewhere := agent(t, func(http.ResponseWriter, *http.Request) { tokenSeen = true })
+		redirecting := agent(t, func(w http.ResponseWriter, req *http.Request) {
+			http.Redirect(w, req, elsewhere.URL+"/steal", http.StatusFound)
+		})
+		if _, err := c.Get(ctx, redirecting, "tok", "ns", "web", Options{}); err == nil || !strings.Contains(err.Error(), "redirected") {
+			t.Fatalf("redirect: %v", err)
+		}
+		if tokenSeen {
+			t.Fatal("the redirect was followed")
+		}
+	})
+	t.Run("refusal", func(t *testing.T) {
+		refusing := agent(t, func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no instance", http.StatusNotFound) })
+		_, err := c.Get(ctx, refusing, "tok", "ns", "web", Options{})
+		var refused *AgentError
+		if !errors.As(err, &refused) || refused.Code != http.StatusNotFound || refused.Message != "no instance" {
+			t.Fatalf("refusal: %v", err)
+		}
+	})
+}
