@@ -13,6 +13,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/client-go/kubernetes"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,10 +24,12 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/controllers"
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/metrics"
 	"github.com/kubenova/kubenova/internal/scheduler"
 	kubescheme "github.com/kubenova/kubenova/internal/scheme"
+	"github.com/kubenova/kubenova/internal/subresources"
 )
 
 func main() {
@@ -52,6 +55,9 @@ func run() error {
 		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
 		sameHost       = flag.Bool("allow-resize-to-same-host", true, "let a resize stay on its node when both flavors fit there (Nova's allow_resize_to_same_host); false always moves it to another node")
 		confirmWindow  = flag.Duration("resize-confirm-window", 0, "confirm a resize or cold migration by itself once it has waited this long in Resized (Nova's resize_confirm_window); 0 waits for a person")
+		apiAddr        = flag.String("subresources-bind-address", "0", "address of the aggregated API (subresources.compute.kubenova.io: instances/log, the console logs), which kube-apiserver proxies to; 0 disables it")
+		apiService     = flag.String("subresources-service", "kubenova-manager-subresources", "the Service in --lease-namespace that kube-apiserver reaches the aggregated API through, which its certificate names")
+		apiSecret      = flag.String("subresources-secret", "kubenova-manager-subresources-tls", "the Secret in --lease-namespace that keeps the aggregated API's certificate, made by the manager")
 		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
@@ -162,6 +168,16 @@ func run() error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("migration controller: %w", err)
 	}
+	if *apiAddr != "0" && *apiAddr != "" {
+		clientset, err := kubernetes.NewForConfig(mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(&subresources.Server{Addr: *apiAddr, Namespace: *leaseNamespace, ServiceName: *apiService, SecretName: *apiSecret,
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clientset: clientset, Agents: &consolelog.AgentClient{}}); err != nil {
+			return err
+		}
+	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
@@ -172,12 +188,18 @@ func run() error {
 }
 
 // What the manager may do beyond what its controllers' markers grant: hold the leader Lease and
-// say so in Events, and check the tokens of those who scrape its metrics.
+// say so in Events, and check the tokens of those who scrape its metrics. For the aggregated
+// API: check the rights of those who read console logs, keep its certificate in a Secret and
+// its CA in its APIService, and mint tokens of its own service account for the agents. (It
+// reads kube-apiserver's front-proxy settings through the built-in Role
+// extension-apiserver-authentication-reader, config/rbac/role_binding.yaml.)
 //
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=create;update;patch,namespace=kubenova-system
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch,namespace=kubenova-system
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+// +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;patch,resourceNames=v1alpha1.subresources.compute.kubenova.io
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create,resourceNames=kubenova-manager,namespace=kubenova-system
 
 // splitList splits a comma-separated flag, dropping empty items.
 func splitList(s string) []string {

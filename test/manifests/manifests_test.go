@@ -14,6 +14,7 @@ import (
 
 	"github.com/onsi/gomega"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -28,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/test/utils"
 )
 
@@ -109,7 +111,11 @@ func TestDefaultHoldsEveryPiece(t *testing.T) {
 	have := map[string]bool{}
 	for _, o := range objects {
 		have[o.GetKind()+"/"+o.GetName()] = true
-		if ns := o.GetNamespace(); ns != "" && ns != utils.SystemNamespace {
+		ns := o.GetNamespace()
+		// The one exception: the manager reads kube-apiserver's front-proxy settings, which
+		// live in kube-system, through the built-in Role there.
+		frontProxyReader := o.GetKind() == "RoleBinding" && o.GetName() == "kubenova-manager-auth-reader" && ns == metav1.NamespaceSystem
+		if ns != "" && ns != utils.SystemNamespace && !frontProxyReader {
 			t.Errorf("%s %s is in namespace %s", o.GetKind(), o.GetName(), ns)
 		}
 	}
@@ -123,7 +129,8 @@ func TestDefaultHoldsEveryPiece(t *testing.T) {
 		"ValidatingAdmissionPolicy/kubenova-agent-node-restriction", "ValidatingAdmissionPolicy/kubenova-instance-lock",
 		"ValidatingAdmissionPolicy/kubenova-migration-admin", "MutatingAdmissionPolicy/kubenova-instance-finalizer",
 		"CustomResourceDefinition/instances.compute.kubenova.io", "Service/kubenova-manager-metrics",
-		"Service/kubenova-agent-metrics",
+		"Service/kubenova-agent-metrics", "Service/kubenova-manager-subresources",
+		"APIService/v1alpha1.subresources.compute.kubenova.io", "RoleBinding/kubenova-manager-auth-reader",
 	} {
 		if !have[want] {
 			t.Errorf("config/default lacks %s", want)
@@ -139,6 +146,11 @@ func TestDefaultHoldsEveryPiece(t *testing.T) {
 		joined := strings.Join(args, " ")
 		if !strings.Contains(joined, "--metrics-bind-address=:") || strings.Contains(joined, "--metrics-secure=false") {
 			t.Errorf("%s %s serves no token-checked metrics: %s", o.GetKind(), o.GetName(), joined)
+		}
+		// Console logs: the manager's aggregated API, and each agent's service behind it.
+		consoleFlag := map[string]string{"Deployment": "--subresources-bind-address=:", "DaemonSet": "--console-bind-address=:"}[o.GetKind()]
+		if !strings.Contains(joined, consoleFlag) {
+			t.Errorf("%s %s does not serve console logs (%s): %s", o.GetKind(), o.GetName(), consoleFlag, joined)
 		}
 	}
 }
@@ -351,6 +363,31 @@ func TestTheManagerDoesItsWorkAndNoMore(t *testing.T) {
 	expectAllowed(t, "the manager deletes the copy", mgr.Delete(ctx, copied))
 	expectForbidden(t, "the manager writes a user's Secret",
 		mgr.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "planted"}}), "cannot create resource")
+	// The aggregated API: the front proxy's settings, its own tokens for the agents, the CA
+	// bundle of its APIService; nothing of the kind beyond those.
+	expectAllowed(t, "the manager reads the front proxy's settings",
+		mgr.Get(ctx, client.ObjectKey{Namespace: metav1.NamespaceSystem, Name: "extension-apiserver-authentication"}, &corev1.ConfigMap{}))
+	expectForbidden(t, "the manager reads another ConfigMap of kube-system",
+		mgr.Get(ctx, client.ObjectKey{Namespace: metav1.NamespaceSystem, Name: "kube-root-ca.crt"}, &corev1.ConfigMap{}), "cannot get resource")
+	forNode := func(account string) error {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: utils.SystemNamespace, Name: account}}
+		return mgr.SubResource("token").Create(ctx, sa, &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{consolelog.Audience("node-a")}}})
+	}
+	expectAllowed(t, "the manager mints its own token for an agent", forNode("kubenova-manager"))
+	expectForbidden(t, "the manager mints the agents' token", forNode("kubenova-agent"), "cannot create resource")
+	apiService := func(name string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("apiregistration.k8s.io/v1")
+		u.SetKind("APIService")
+		u.SetName(name)
+		return u
+	}
+	if err := mgr.Get(ctx, client.ObjectKeyFromObject(apiService("v1alpha1.subresources.compute.kubenova.io")), apiService("")); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("the manager reads its APIService: %v", err)
+	}
+	expectForbidden(t, "the manager reads another APIService",
+		mgr.Get(ctx, client.ObjectKey{Name: "v1.apps"}, apiService("")), "cannot get resource")
 	expectForbidden(t, "the manager changes a flavor",
 		mgr.Create(ctx, &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "rogue"}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 64, DiskGiB: 1}}),
 		"cannot create resource")
@@ -384,6 +421,22 @@ func TestPeopleGetWhatNovasPolicyGivesThem(t *testing.T) {
 			Spec: v1.MigrationSpec{InstanceName: inst.Name, Type: kind, TargetNode: target}}
 	}
 	expectForbidden(t, "a member migrates", tenant.Create(ctx, cold("by-member", "", v1.MigrationCold)), "cannot create resource")
+	canReadLog := func(c client.Client, namespace string) bool {
+		t.Helper()
+		review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: namespace, Verb: "get",
+				Group: consolelog.APIGroup, Resource: "instances", Subresource: consolelog.Subresource, Name: inst.Name}}}
+		if err := c.Create(ctx, review); err != nil {
+			t.Fatal(err)
+		}
+		return review.Status.Allowed
+	}
+	if !canReadLog(tenant, "default") {
+		t.Error("a member cannot read the console logs of the namespace's instances")
+	}
+	if canReadLog(tenant, "kube-system") {
+		t.Error("a member reads the console logs of another namespace")
+	}
 	expectForbidden(t, "a member reads another namespace", tenant.List(ctx, &v1.InstanceList{}, client.InNamespace("kube-system")),
 		"cannot list resource")
 
