@@ -80,12 +80,12 @@ administrator (group kubenova:admins; %s is an ordinary user with edit in defaul
   export KUBECONFIG=%s
   %s get instances,hypervisors
   %s describe instance demo
-  tail -f %s/hosts/*/storage/instances/*/console.log
+  %s console-log demo -f      # the guest's serial console, through the API server
 
 Metrics, with the token of a service account bound to kubenova-metrics-reader:
 %s
 Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
-`, cluster.Kubeconfig, cluster.CloudAdminKubeconfig, kubectl, kubectl, workDir, scrapes, workDir)
+`, cluster.Kubeconfig, cluster.CloudAdminKubeconfig, kubectl, kubectl, filepath.Join(utils.BinDir(), "kubectl-nova"), scrapes, workDir)
 
 	watch := exec.CommandContext(ctx, kubectl, "get", "instances", "--watch")
 	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.CloudAdminKubeconfig)

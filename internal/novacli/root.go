@@ -4,6 +4,7 @@ package novacli
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/internal/scheme"
 )
 
@@ -27,6 +29,8 @@ type options struct {
 	// newClient and namespace are replaced in tests, which have no API server.
 	newClient func() (client.Client, error)
 	namespace func() (string, error)
+	// openConsoleLog streams an instance's console log; replaced in tests.
+	openConsoleLog func(ctx context.Context, namespace, name string, opts consolelog.Options) (io.ReadCloser, error)
 	// now is replaced in tests so that request stamps and ages are fixed.
 	now func() time.Time
 	// pollInterval is how often --wait reads the instance.
@@ -42,6 +46,7 @@ func newOptions(streams genericiooptions.IOStreams) *options {
 		pollInterval: 250 * time.Millisecond,
 	}
 	o.newClient = o.clusterClient
+	o.openConsoleLog = o.clusterConsoleLog
 	o.namespace = func() (string, error) {
 		ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
 		return ns, err
@@ -88,7 +93,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.SetErr(o.streams.ErrOut)
 	o.configFlags.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newListCommand(o), newShowCommand(o), newInstanceActionListCommand(o))
+	root.AddCommand(newListCommand(o), newShowCommand(o), newInstanceActionListCommand(o), newConsoleLogCommand(o))
 	for _, v := range powerVerbs {
 		root.AddCommand(newPowerCommand(o, v))
 	}

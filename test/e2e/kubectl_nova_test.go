@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,9 +13,16 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega/gbytes"
+	"github.com/onsi/gomega/gexec"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/test/utils"
 )
 
@@ -35,6 +44,18 @@ func runKubectlNova(ctx context.Context, kubeconfig string, args ...string) (str
 	out, err := cmd.CombinedOutput()
 	GinkgoWriter.Printf("$ kubectl nova %s\n%s", strings.Join(args, " "), out)
 	return string(out), err
+}
+
+// startKubectlNova starts the plugin as the user of kubeconfig without waiting for it (a
+// followed console log); the session ends with the spec.
+func startKubectlNova(kubeconfig string, args ...string) *gexec.Session {
+	cmd := exec.Command(filepath.Join(utils.BinDir(), "kubectl-nova"), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	GinkgoWriter.Printf("$ kubectl nova %s &\n", strings.Join(args, " "))
+	session, err := gexec.Start(cmd, GinkgoWriter, GinkgoWriter)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(func() { session.Kill() })
+	return session
 }
 
 // novaWaitTimeout bounds each --wait, so that several fit in one spec's NodeTimeout.
@@ -177,6 +198,92 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		Expect(strings.Index(rows, "Launch")).To(BeNumerically("<", strings.Index(rows, "InvalidState")), "oldest first")
 	}, NodeTimeout(time.Minute))
 
+	It("prints the guest's console log through the API server to those who may read it", func(ctx SpecContext) {
+		By("reading the log of a stopped instance: it stays on the node")
+		out, err := kubectlNova(ctx, "stop", "cli", "--wait", novaWaitTimeout)
+		Expect(err).NotTo(HaveOccurred(), out)
+		// The first call may come before kube-apiserver has found the aggregated API available.
+		Eventually(func() error {
+			out, err = kubectlNova(ctx, "console-log", "cli")
+			return err
+		}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+		Expect(out).To(ContainSubstring("kubenova-test-guest: booted count=1"), "the whole log, from the first boot")
+		Expect(out).To(MatchRegexp(`reboot: Power down\s*$`), "up to the power-off")
+		boots := console(out).Last(bootCount)
+
+		out, err = kubectlNova(ctx, "start", "cli", "--wait", novaWaitTimeout)
+		Expect(err).NotTo(HaveOccurred(), out)
+		inst, err := instance(ctx, "cli")()
+		Expect(err).NotTo(HaveOccurred())
+		expectConsole(ctx, inst, func(c console) bool {
+			return c.Last(bootCount) > boots && c.SinceLastBoot().Last(aliveSeq) >= 1
+		}, "booted again and counting")
+		out, err = kubectlNova(ctx, "console-log", "cli", "--tail", "2")
+		Expect(err).NotTo(HaveOccurred(), out)
+		tail := strings.Split(strings.TrimRight(out, "\r\n"), "\n")
+		Expect(tail).To(HaveLen(2))
+		Expect(tail[1]).To(MatchRegexp(`alive seq=\d+`), "the log's end")
+
+		By("following: what the guest prints next arrives, and nothing older with --tail 0")
+		follow := startKubectlNova(cluster.Kubeconfig, "console-log", "cli", "--tail", "0", "-f")
+		Eventually(follow.Out).WithTimeout(15 * time.Second).Should(gbytes.Say(`alive seq=\d+`))
+		Expect(string(follow.Out.Contents())).NotTo(ContainSubstring("booted"))
+		follow.Interrupt()
+		Eventually(follow).WithTimeout(10 * time.Second).Should(gexec.Exit())
+
+		By("refusing, at the API server, those without get on instances/log")
+		stranger, err := cluster.UserKubeconfig("stranger")
+		Expect(err).NotTo(HaveOccurred())
+		out, err = runKubectlNova(ctx, stranger, "console-log", "cli", "-n", "default")
+		Expect(err).To(HaveOccurred(), out)
+		Expect(out).To(ContainSubstring(`cannot get resource "instances/log" in API group "subresources.compute.kubenova.io"`))
+	}, NodeTimeout(2*time.Minute))
+
+	It("has agents that serve console logs to the manager alone, with a token minted for their own node", func(ctx SpecContext) {
+		inst, err := instance(ctx, "cli")()
+		Expect(err).NotTo(HaveOccurred())
+		node := inst.Status.NodeName
+		other := ""
+		for _, h := range cluster.Hosts {
+			if h.Name != node {
+				other = h.Name
+			}
+		}
+		hv := &v1.Hypervisor{}
+		Expect(cluster.Client.Get(ctx, client.ObjectKey{Name: node}, hv)).To(Succeed())
+		Expect(hv.Status.ConsoleLogService).NotTo(BeNil())
+		cs, err := kubernetes.NewForConfig(cluster.Config)
+		Expect(err).NotTo(HaveOccurred())
+		token := func(account, audience string) string {
+			req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}}}
+			resp, err := cs.CoreV1().ServiceAccounts(utils.SystemNamespace).CreateToken(ctx, account, req, metav1.CreateOptions{})
+			Expect(err).NotTo(HaveOccurred())
+			return resp.Status.Token
+		}
+		agents := &consolelog.AgentClient{}
+		get := func(tok string) error {
+			body, err := agents.Get(ctx, hv.Status.ConsoleLogService, tok, "default", "cli", consolelog.Options{TailLines: 1})
+			if err == nil {
+				_ = body.Close()
+			}
+			return err
+		}
+		Expect(get(token("kubenova-manager", consolelog.Audience(node)))).To(Succeed(), "the manager's token for this node")
+		var refused *consolelog.AgentError
+		Expect(errors.As(get(token("kubenova-manager", consolelog.Audience(other))), &refused)).To(BeTrue())
+		Expect(refused.Code).To(Equal(http.StatusUnauthorized), "the manager's token for another node")
+		_, err = cluster.MetricsScraperToken(ctx)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(errors.As(get(token(utils.MetricsScraper, consolelog.Audience(node))), &refused)).To(BeTrue())
+		Expect(refused.Code).To(Equal(http.StatusForbidden), "another service account's token for this node")
+
+		By("trusting only the certificate the Hypervisor publishes")
+		forged := *hv.Status.ConsoleLogService
+		forged.CertificateSHA256 = strings.Repeat("0", 64)
+		_, err = agents.Get(ctx, &forged, token("kubenova-manager", consolelog.Audience(node)), "default", "cli", consolelog.Options{})
+		Expect(err).To(MatchError(ContainSubstring("is not the one its Hypervisor publishes")))
+	}, NodeTimeout(time.Minute))
+
 	It("prints the instance as JSON with -o json", func(ctx SpecContext) {
 		out, err := kubectlNova(ctx, "show", "cli", "-o", "json")
 		Expect(err).NotTo(HaveOccurred(), out)
@@ -191,9 +298,12 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		Expect(obj.Metadata.Name).To(Equal("cli"))
 	}, NodeTimeout(5*time.Minute))
 
-	It("deletes the instance", func(ctx SpecContext) {
+	It("deletes the instance, which ends a followed console log", func(ctx SpecContext) {
+		follow := startKubectlNova(cluster.Kubeconfig, "console-log", "cli", "--tail", "1", "-f")
+		Eventually(follow.Out).WithTimeout(30 * time.Second).Should(gbytes.Say(`alive seq=\d+`))
 		out, err := cluster.Kubectl(ctx, "delete", "instance", "cli", "-n", "default", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
+		Eventually(follow).WithTimeout(30*time.Second).Should(gexec.Exit(0), "the log ends once the instance has left its node")
 		out, err = kubectlNova(ctx, "show", "cli")
 		Expect(err).To(HaveOccurred(), out)
 		Expect(out).To(ContainSubstring("not found"))

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +47,9 @@ type Cluster struct {
 	// ManagerMetrics is the URL of the manager's metrics endpoint (HTTPS, for callers with
 	// the kubenova-metrics-reader role, as deployed).
 	ManagerMetrics string
+	// ManagerSubresources is where the manager serves its aggregated API (console logs), on
+	// the hosts' bridge; empty in a cluster without hosts.
+	ManagerSubresources string
 
 	procs         []*exec.Cmd
 	managerConfig string
@@ -72,6 +77,8 @@ type Host struct {
 	SharedStorage bool
 	// Metrics is the URL of its agent's metrics endpoint (HTTPS, as the manager's).
 	Metrics string
+	// ConsoleAddr is where its agent serves console logs to the manager.
+	ConsoleAddr string
 }
 
 // ClusterOption changes how StartCluster lays the cluster out.
@@ -99,7 +106,7 @@ func startControlPlane(ctx context.Context, workDir string, opts ...EnvOption) (
 	if err := os.MkdirAll(filepath.Join(workDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	env, err := StartEnv(opts...)
+	env, err := StartEnv(append([]EnvOption{withFrontProxy(filepath.Join(workDir, "front-proxy"))}, opts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +193,19 @@ func (c *Cluster) StartManager(args ...string) error {
 		}
 		c.ManagerMetrics = fmt.Sprintf("https://127.0.0.1:%d/metrics", port)
 	}
+	if c.ManagerSubresources == "" && c.Network.Gateway != "" {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		c.ManagerSubresources = net.JoinHostPort(c.Network.Gateway, strconv.Itoa(port))
+		if err := c.routeAggregatedAPI(context.Background(), c.ManagerSubresources); err != nil {
+			return err
+		}
+	}
+	if c.ManagerSubresources != "" {
+		args = append([]string{"--subresources-bind-address=" + c.ManagerSubresources}, args...)
+	}
 	return c.start("manager", c.managerConfig, filepath.Join(BinDir(), "manager"),
 		append([]string{"--health-probe-bind-address=0", "--metrics-bind-address=" + hostPort(c.ManagerMetrics),
 			"--node-down-grace=5s", "--image-store=" + c.ImageStore,
@@ -259,8 +279,12 @@ func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) e
 		if err != nil {
 			return err
 		}
+		consolePort, err := freePort()
+		if err != nil {
+			return err
+		}
 		h := Host{Name: name, URI: strings.TrimSpace(string(uri)), StorageRoot: filepath.Join(dir, name, "storage"),
-			Metrics: fmt.Sprintf("https://127.0.0.1:%d/metrics", port)}
+			Metrics: fmt.Sprintf("https://127.0.0.1:%d/metrics", port), ConsoleAddr: fmt.Sprintf("127.0.0.1:%d", consolePort)}
 		if i <= layout.sharedHosts {
 			h.StorageRoot, h.SharedStorage = filepath.Join(dir, "shared-storage"), true
 		}
@@ -289,7 +313,7 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 	}
 	return c.start("agent-"+h.Name, kubeconfig, filepath.Join(BinDir(), "agent"), append([]string{
 		"--node-name=" + h.Name, "--libvirt-uri=" + h.URI, "--virt-type=qemu", "--metrics-bind-address=" + hostPort(h.Metrics),
-		"--storage-root=" + h.StorageRoot, "--lease-duration=12s",
+		"--console-bind-address=" + h.ConsoleAddr, "--storage-root=" + h.StorageRoot, "--lease-duration=12s",
 		"--shutdown-timeout=" + AgentShutdownTimeout.String(), "--soft-reboot-timeout=" + AgentRebootTimeout.String(),
 		"--image-store=" + c.ImageStore, "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge}, args...)...)
 }

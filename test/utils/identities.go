@@ -83,6 +83,12 @@ func (c *Cluster) userKubeconfig(name string, groups ...string) (string, error) 
 	return path, writeFile(path, kc)
 }
 
+// UserKubeconfig writes the kubeconfig of another person, with a client certificate and no
+// rights but what their groups have.
+func (c *Cluster) UserKubeconfig(name string, groups ...string) (string, error) {
+	return c.userKubeconfig(name, groups...)
+}
+
 // GrantTenant gives TenantUser the built-in edit role in namespace, as a project's member has.
 func (c *Cluster) GrantTenant(ctx context.Context, namespace string) error {
 	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "tenant-edit"},
