@@ -105,7 +105,7 @@ func run() error {
 		*migrationURI = *libvirtURI
 	}
 	consoleHost := consoleAdvertise(*consoleAddr, *advertise)
-	if *consoleAddr != "0" && *consoleAddr != "" && consoleHost == "" {
+	if ip := net.ParseIP(consoleHost); *consoleAddr != "0" && *consoleAddr != "" && (consoleHost == "" || ip != nil && ip.IsUnspecified()) {
 		return errors.New("--console-bind-address listens on every address: say which one the manager reaches with --advertise-address")
 	}
 	nodeNetworks, err := agent.ParseNetworks(*networks)

@@ -181,7 +181,7 @@ func (s *ConsoleServer) Start(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+consolelog.AgentPath+"{namespace}/{name}", s.serveConsole)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12}}
 	l, err := net.Listen("tcp", s.Addr)
@@ -237,13 +237,13 @@ func (s *ConsoleServer) serveConsole(w http.ResponseWriter, req *http.Request) {
 	}
 	logger.V(1).Info("console log asked", "tailLines", opts.TailLines, "follow", opts.Follow)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	offset, err := consolelog.WriteTail(w, path, opts.TailLines)
+	pos, err := consolelog.WriteTail(w, path, opts.TailLines)
 	if err != nil {
 		logger.Error(err, "read the console log")
-		return
+		panic(http.ErrAbortHandler) // the caller sees a broken stream, not a short log
 	}
 	if opts.Follow {
-		s.follow(ctx, w, key, inst.UID, path, offset)
+		s.follow(ctx, w, key, inst.UID, path, pos)
 	}
 }
 
@@ -260,9 +260,11 @@ func (s *ConsoleServer) instance(ctx context.Context, key types.NamespacedName) 
 	return inst, err
 }
 
-// follow writes what the guest prints from offset on until the caller goes or the instance
-// leaves the node (deleted, or moved elsewhere, where another agent has its log).
-func (s *ConsoleServer) follow(ctx context.Context, w http.ResponseWriter, key types.NamespacedName, uid types.UID, path string, offset int64) {
+// follow writes what the guest prints from pos on until the caller goes or the instance leaves
+// the node (deleted, or moved elsewhere, where another agent has its log): then the stream ends
+// cleanly. A read that fails, or an agent that stops, breaks the stream instead, so that the
+// caller does not take it for the end of the log.
+func (s *ConsoleServer) follow(ctx context.Context, w http.ResponseWriter, key types.NamespacedName, uid types.UID, path string, pos consolelog.Position) {
 	poll := s.FollowPoll
 	if poll == 0 {
 		poll = 500 * time.Millisecond
@@ -276,17 +278,17 @@ func (s *ConsoleServer) follow(ctx context.Context, w http.ResponseWriter, key t
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			panic(http.ErrAbortHandler)
 		case <-ticker.C:
 		}
-		next, err := consolelog.CopyFrom(w, path, offset)
+		next, err := consolelog.CopyFrom(w, path, pos)
 		if err != nil {
-			return
+			panic(http.ErrAbortHandler)
 		}
-		if next != offset && flusher != nil {
+		if next.Offset != pos.Offset && flusher != nil {
 			flusher.Flush()
 		}
-		offset = next
+		pos = next
 		if inst, err := s.instance(ctx, key); err != nil || inst.UID != uid {
 			// What it printed before it left is written above; the stream ends.
 			return

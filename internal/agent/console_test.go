@@ -18,6 +18,7 @@ import (
 	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/internal/storage"
 )
@@ -80,13 +81,17 @@ func TestFollowEndsWhenTheInstanceLeaves(t *testing.T) {
 			if err := os.WriteFile(path, []byte("booted\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
 			s := &ConsoleServer{NodeName: thisNodeName, Reader: c, Storage: store, FollowPoll: 10 * time.Millisecond}
 			key := types.NamespacedName{Namespace: inst.Namespace, Name: inst.Name}
 			out := &streamRecorder{}
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				s.follow(context.Background(), out, key, inst.UID, path, int64(len("booted\n")))
+				s.follow(context.Background(), out, key, inst.UID, path, consolelog.Position{Offset: st.Size(), File: st})
 			}()
 			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 			if err != nil {

@@ -18,11 +18,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -90,31 +92,31 @@ func (o Options) Query() url.Values {
 // tailChunk is how much of the file is read at a time, from its end, to find its last lines.
 const tailChunk = 32 << 10
 
-// WriteTail writes the log's last n lines (all of it when n < 0) and returns the offset it
+// WriteTail writes the log's last n lines (all of it when n < 0) and returns the position it
 // wrote up to. Only the part written is read: the file is read backwards from its end until n
 // line ends are found. A missing log is empty: the guest has printed nothing yet.
-func WriteTail(w io.Writer, path string, n int64) (int64, error) {
+func WriteTail(w io.Writer, path string, n int64) (Position, error) {
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
-		return 0, nil
+		return Position{}, nil
 	}
 	if err != nil {
-		return 0, err
+		return Position{}, err
 	}
 	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return Position{}, err
 	}
 	end := st.Size()
 	start := int64(0)
 	if n >= 0 {
 		if start, err = tailStart(f, end, n); err != nil {
-			return 0, err
+			return Position{}, err
 		}
 	}
 	_, err = io.Copy(w, io.NewSectionReader(f, start, end-start))
-	return end, err
+	return Position{Offset: end, File: st}, err
 }
 
 // tailStart is the offset where the last n lines of the file's first end bytes begin. A last
@@ -150,35 +152,45 @@ func tailStart(f io.ReaderAt, end, n int64) (int64, error) {
 	return 0, nil
 }
 
-// CopyFrom writes the file's bytes past offset and returns the new end. A file that shrank (a
-// new log, after a rebuild) is written from its start.
-func CopyFrom(w io.Writer, path string, offset int64) (int64, error) {
+// Position is how far a reader has written a log: the offset in the file it read.
+type Position struct {
+	Offset int64
+	// File is the file read (nil before one existed).
+	File os.FileInfo
+}
+
+// CopyFrom writes the file's bytes past pos and returns the new position. Another file at the
+// path, or one that shrank, is a new log: it is written from its start.
+func CopyFrom(w io.Writer, path string, pos Position) (Position, error) {
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
-		return offset, nil
+		return pos, nil
 	}
 	if err != nil {
-		return offset, err
+		return pos, err
 	}
 	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
-		return offset, err
+		return pos, err
 	}
-	if st.Size() < offset {
+	offset := pos.Offset
+	if pos.File == nil || !os.SameFile(pos.File, st) || st.Size() < offset {
 		offset = 0
 	}
 	n, err := io.Copy(w, io.NewSectionReader(f, offset, st.Size()-offset))
-	return offset + n, err
+	return Position{Offset: offset + n, File: st}, err
 }
 
 // AgentClient calls the agents' console-log services: it trusts exactly the certificate whose
 // digest each agent published, and follows no redirect (a redirect would carry the token
-// elsewhere).
-type AgentClient struct {
-	// Transport is the base of each call's transport (a fresh one when nil); tests set it.
-	Transport *http.Transport
-}
+// elsewhere). Each call has a connection of its own, closed with the body: a pin is per
+// agent, and a followed log holds its connection for as long as it runs anyway.
+type AgentClient struct{}
+
+// agentHeaderTimeout bounds the wait for an agent's answer; an agent sends its headers at once,
+// before any of the log.
+const agentHeaderTimeout = 30 * time.Second
 
 // Get asks the agent at service for the console log of namespace/name with a token minted
 // for that agent's node. The caller closes the body.
@@ -193,11 +205,13 @@ func (c *AgentClient) Get(ctx context.Context, service *v1.ConsoleLogService, to
 	}
 	target := base.JoinPath(AgentPath, namespace, name)
 	target.RawQuery = o.Query().Encode()
-	transport := &http.Transport{}
-	if c.Transport != nil {
-		transport = c.Transport.Clone()
+	transport := &http.Transport{
+		Proxy:                 nil, // straight to the node: the token is for it alone
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: agentHeaderTimeout,
+		DisableKeepAlives:     true,
 	}
-	transport.Proxy = nil // straight to the node: the token is for it alone
 	transport.TLSClientConfig = &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		// Verified below by its digest, not by a CA: the agent's certificate is its own.

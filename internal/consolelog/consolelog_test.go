@@ -63,8 +63,8 @@ func TestWriteTail(t *testing.T) {
 			if out.String() != tc.want {
 				t.Errorf("WriteTail(%d) wrote %q, want %q", tc.n, out.String(), tc.want)
 			}
-			if end != int64(len(tc.content)) {
-				t.Errorf("end = %d, want %d", end, len(tc.content))
+			if end.Offset != int64(len(tc.content)) {
+				t.Errorf("end = %d, want %d", end.Offset, len(tc.content))
 			}
 		})
 	}
@@ -73,17 +73,20 @@ func TestWriteTail(t *testing.T) {
 func TestWriteTailOfMissingLog(t *testing.T) {
 	var out bytes.Buffer
 	end, err := WriteTail(&out, filepath.Join(t.TempDir(), "console.log"), 10)
-	if err != nil || end != 0 || out.Len() != 0 {
-		t.Fatalf("a log not yet written: end %d, %q, %v; want nothing", end, out.String(), err)
+	if err != nil || end.Offset != 0 || end.File != nil || out.Len() != 0 {
+		t.Fatalf("a log not yet written: end %+v, %q, %v; want nothing", end, out.String(), err)
 	}
 }
 
 func TestCopyFrom(t *testing.T) {
 	path := writeLog(t, "old\n")
 	var out bytes.Buffer
-	end, err := CopyFrom(&out, path, 4)
-	if err != nil || end != 4 || out.Len() != 0 {
-		t.Fatalf("nothing new: end %d, %q, %v", end, out.String(), err)
+	end, err := WriteTail(&out, path, 0)
+	if err != nil || end.Offset != 4 || out.Len() != 0 {
+		t.Fatalf("--tail 0: end %+v, %q, %v", end, out.String(), err)
+	}
+	if end, err = CopyFrom(&out, path, end); err != nil || end.Offset != 4 || out.Len() != 0 {
+		t.Fatalf("nothing new: end %+v, %q, %v", end, out.String(), err)
 	}
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -91,16 +94,28 @@ func TestCopyFrom(t *testing.T) {
 	}
 	_, _ = f.WriteString("new\n")
 	_ = f.Close()
-	if end, err = CopyFrom(&out, path, end); err != nil || end != 8 || out.String() != "new\n" {
-		t.Fatalf("appended: end %d, %q, %v", end, out.String(), err)
+	if end, err = CopyFrom(&out, path, end); err != nil || end.Offset != 8 || out.String() != "new\n" {
+		t.Fatalf("appended: end %+v, %q, %v", end, out.String(), err)
 	}
-	// A new, shorter log (the instance was rebuilt) is read from its start.
+	// A log that shrank is read from its start.
 	if err := os.WriteFile(path, []byte("x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out.Reset()
-	if end, err = CopyFrom(&out, path, end); err != nil || end != 2 || out.String() != "x\n" {
-		t.Fatalf("shrunk: end %d, %q, %v", end, out.String(), err)
+	if end, err = CopyFrom(&out, path, end); err != nil || end.Offset != 2 || out.String() != "x\n" {
+		t.Fatalf("shrunk: end %+v, %q, %v", end, out.String(), err)
+	}
+	// So is another file at the path, however long.
+	replacement := filepath.Join(filepath.Dir(path), "replacement")
+	if err := os.WriteFile(replacement, []byte("first\nsecond\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(replacement, path); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if end, err = CopyFrom(&out, path, end); err != nil || end.Offset != 13 || out.String() != "first\nsecond\n" {
+		t.Fatalf("replaced: end %+v, %q, %v", end, out.String(), err)
 	}
 }
 
@@ -178,10 +193,16 @@ func TestAgentClient(t *testing.T) {
 		}
 	})
 	t.Run("redirect", func(t *testing.T) {
+		// To the same server, whose certificate is the pinned one: only the refusal to follow
+		// keeps the token from the redirect's target.
 		tokenSeen := false
-		elsewhere := agent(t, func(http.ResponseWriter, *http.Request) { tokenSeen = true })
-		redirecting := agent(t, func(w http.ResponseWriter, req *http.Request) {
-			http.Redirect(w, req, elsewhere.URL+"/steal", http.StatusFound)
+		var redirecting *v1.ConsoleLogService
+		redirecting = agent(t, func(w http.ResponseWriter, req *http.Request) {
+			if req.URL.Path == "/steal" {
+				tokenSeen = true
+				return
+			}
+			http.Redirect(w, req, redirecting.URL+"/steal", http.StatusFound)
 		})
 		if _, err := c.Get(ctx, redirecting, "tok", "ns", "web", Options{}); err == nil || !strings.Contains(err.Error(), "redirected") {
 			t.Fatalf("redirect: %v", err)

@@ -272,26 +272,37 @@ func (s *Server) serveLog(w http.ResponseWriter, req *http.Request) {
 	logger.V(1).Info("relaying the console log", "user", user.GetName(), "node", node, "tailLines", opts.TailLines, "follow", opts.Follow)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	relay(w, body)
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		// The answer starts now, even when a followed log has nothing to send yet.
+		flusher.Flush()
+	}
+	if err := relay(w, flusher, body); err != nil {
+		logger.Error(err, "relay the console log", "node", node)
+		// The caller sees a broken stream, not a log that ended.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // relay copies the agent's stream, flushing each piece, so that a followed log arrives as the
-// guest prints it.
-func relay(w http.ResponseWriter, body io.Reader) {
-	flusher, _ := w.(http.Flusher)
+// guest prints it. It fails if the agent's stream breaks; a caller that went away is no error.
+func relay(w io.Writer, flusher http.Flusher, body io.Reader) error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
+				return nil
 			}
 			if flusher != nil {
 				flusher.Flush()
 			}
 		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
 		if err != nil {
-			return
+			return err
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package subresources
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,10 +13,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 )
 
 // testCA is a CA that signs client certificates.
@@ -163,6 +166,24 @@ func TestOnlyTheFrontProxyGetsIn(t *testing.T) {
 	}
 	if code, _ := call(&proxy, "alice", "/apis/"+Group+"/"+Version+"/namespaces/default/instances"); code != http.StatusNotFound {
 		t.Errorf("a path it does not serve: %d", code)
+	}
+
+	// A user the front proxy names still needs the right: the manager asks again, and stops
+	// at a refusal (it has no client to go further with here).
+	var asked authorizer.Attributes
+	for _, decision := range []authorizer.Decision{authorizer.DecisionDeny, authorizer.DecisionNoOpinion} {
+		s.authz = authorizer.AuthorizerFunc(func(_ context.Context, a authorizer.Attributes) (authorizer.Decision, string, error) {
+			asked = a
+			return decision, "no rule allows it", nil
+		})
+		code, body := call(&proxy, "alice", logPath)
+		if code != http.StatusForbidden || !strings.Contains(string(body), "no rule allows it") {
+			t.Errorf("decision %d: %d %s, want 403", decision, code, body)
+		}
+	}
+	if asked.GetUser().GetName() != "alice" || asked.GetVerb() != "get" || asked.GetAPIGroup() != Group ||
+		asked.GetResource() != "instances" || asked.GetSubresource() != "log" || asked.GetNamespace() != "default" || asked.GetName() != "web" {
+		t.Errorf("asked about %+v", asked)
 	}
 }
 

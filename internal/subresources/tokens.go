@@ -26,6 +26,8 @@ const agentTokenLifetime = time.Hour
 type agentTokens struct {
 	clientset kubernetes.Interface
 
+	// mu guards the fields below; the API calls run outside it, so that a slow one holds up
+	// no other node's requests (two at once for one node may both mint: harmless).
 	mu      sync.Mutex
 	account [2]string // namespace, name
 	byNode  map[string]authenticationv1.TokenRequestStatus
@@ -34,11 +36,13 @@ type agentTokens struct {
 // For is a token for node's agent.
 func (t *agentTokens) For(ctx context.Context, node string) (string, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if tok, ok := t.byNode[node]; ok && time.Until(tok.ExpirationTimestamp.Time) > agentTokenLifetime/5 {
+	tok, ok := t.byNode[node]
+	account := t.account
+	t.mu.Unlock()
+	if ok && time.Until(tok.ExpirationTimestamp.Time) > agentTokenLifetime/5 {
 		return tok.Token, nil
 	}
-	if t.account[1] == "" {
+	if account[1] == "" {
 		review, err := t.clientset.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
 		if err != nil {
 			return "", fmt.Errorf("who the manager is (SelfSubjectReview): %w", err)
@@ -48,14 +52,17 @@ func (t *agentTokens) For(ctx context.Context, node string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("the manager runs as %s, not a service account: it has no token to show the agents", name)
 		}
-		t.account = [2]string{ns, sa}
+		account = [2]string{ns, sa}
 	}
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		Audiences: []string{consolelog.Audience(node)}, ExpirationSeconds: ptr.To(int64(agentTokenLifetime / time.Second))}}
-	resp, err := t.clientset.CoreV1().ServiceAccounts(t.account[0]).CreateToken(ctx, t.account[1], req, metav1.CreateOptions{})
+	resp, err := t.clientset.CoreV1().ServiceAccounts(account[0]).CreateToken(ctx, account[1], req, metav1.CreateOptions{})
 	if err != nil {
-		return "", fmt.Errorf("a token of %s/%s for node %s: %w", t.account[0], t.account[1], node, err)
+		return "", fmt.Errorf("a token of %s/%s for node %s: %w", account[0], account[1], node, err)
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.account = account
 	if t.byNode == nil {
 		t.byNode = map[string]authenticationv1.TokenRequestStatus{}
 	}

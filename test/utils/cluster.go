@@ -350,10 +350,15 @@ func (c *Cluster) KubectlAsCloudAdmin(ctx context.Context, args ...string) (stri
 func (c *Cluster) kubectl(ctx context.Context, kubeconfig string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(BinDir(), "kubectl"), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// What kubectl prints besides its answer (a discovery hiccup while the manager's
+	// aggregated API restarts, a warning) stays out of a successful answer that specs parse;
+	// a failure returns both, for its message.
+	if err := cmd.Run(); err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
 }
 
 // RestartLibvirtd restarts one host's libvirtd; its guests keep running.
