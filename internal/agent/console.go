@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -181,22 +180,10 @@ func (s *ConsoleServer) Start(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+consolelog.AgentPath+"{namespace}/{name}", s.serveConsole)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12}}
-	l, err := net.Listen("tcp", s.Addr)
+	log.FromContext(ctx).Info("serving console logs to the manager", "address", s.Addr, "url", s.Published().URL)
+	err = consolelog.ServeTLS(ctx, s.Addr, mux, &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		return fmt.Errorf("console-log service: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	log.FromContext(ctx).Info("serving console logs to the manager", "address", s.Addr, "url", s.Published().URL)
-	if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
-		return err
 	}
 	return nil
 }

@@ -255,3 +255,25 @@ type AgentError struct {
 func (e *AgentError) Error() string {
 	return fmt.Sprintf("the agent answered %d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
 }
+
+// ServeTLS serves handler over TLS at addr until ctx ends; the requests' contexts end with it,
+// so that followed logs stop. Both ends of the relay, the manager's and the agents', serve
+// this way.
+func ServeTLS(ctx context.Context, addr string, handler http.Handler, config *tls.Config) error {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+		BaseContext: func(net.Listener) context.Context { return ctx }, TLSConfig: config}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -112,26 +111,14 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}, period)
 
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.Load(), nil },
-			// The front proxy's certificate is checked by the authenticator, against the CA
-			// kube-apiserver publishes.
-			ClientAuth: tls.RequestClientCert}}
-	l, err := net.Listen("tcp", s.Addr)
+	logger.Info("serving the aggregated API", "address", s.Addr, "apiService", APIServiceName)
+	err = consolelog.ServeTLS(ctx, s.Addr, s.Handler(), &tls.Config{MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.Load(), nil },
+		// The front proxy's certificate is checked by the authenticator, against the CA
+		// kube-apiserver publishes.
+		ClientAuth: tls.RequestClientCert})
 	if err != nil {
 		return fmt.Errorf("aggregated API: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	logger.Info("serving the aggregated API", "address", s.Addr, "apiService", APIServiceName)
-	if err := srv.ServeTLS(l, "", ""); !errors.Is(err, http.ErrServerClosed) {
-		return err
 	}
 	return nil
 }
