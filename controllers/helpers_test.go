@@ -11,6 +11,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -176,3 +177,15 @@ var (
 	healthScriptsOnce sync.Once
 	healthScripts     gitops.HealthScripts
 )
+
+// expectReadyReason checks, inside an Eventually, that Ready says reason and that its message
+// holds each of parts; it returns the condition for further checks.
+func expectReadyReason(g Gomega, conditions []metav1.Condition, reason string, parts ...string) *metav1.Condition {
+	ready := meta.FindStatusCondition(conditions, v1.ConditionReady)
+	g.Expect(ready).NotTo(BeNil(), "no Ready condition yet")
+	g.Expect(ready.Reason).To(Equal(reason), ready.Message)
+	for _, part := range parts {
+		g.Expect(ready.Message).To(ContainSubstring(part))
+	}
+	return ready
+}

@@ -84,11 +84,7 @@ var _ = Describe("Image service", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonImageError))
-			g.Expect(ready.Message).To(ContainSubstring("image tampered failed its import"))
-			g.Expect(ready.Message).To(ContainSubstring("has sha256"))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonImageError, "image tampered failed its import", "has sha256")
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
 			g.Expect(got.Status.VMState).To(Equal(v1.VMStateBuilding), "an instance waits for its image; it does not fail with it")
 			g.Expect(got.Status.NodeName).To(BeEmpty())
@@ -126,11 +122,7 @@ var _ = Describe("Image service", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, thief)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonImageError))
-			g.Expect(ready.Message).To(ContainSubstring("connection refused"))
-			g.Expect(ready.Message).To(ContainSubstring("trying again"))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonImageError, "connection refused", "trying again")
 		}).WithContext(ctx).Should(Succeed())
 		// The image service keeps trying (the source may come back), and the instance stays unplaced.
 		Consistently(func(g Gomega) {
@@ -169,9 +161,7 @@ var _ = Describe("Image service", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, intruder)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonImageNotFound))
+			ready := expectReadyReason(g, got.Status.Conditions, v1.ReasonImageNotFound)
 			g.Expect(ready.Message).To(Equal("image private does not exist in namespace " + ns))
 		}).WithContext(ctx).Should(Succeed())
 	})

@@ -105,10 +105,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonFlavorTooSmall))
-			g.Expect(ready.Message).To(ContainSubstring("needs at least 5 GiB"))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonFlavorTooSmall, "needs at least 5 GiB")
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
 			g.Expect(got.Status.NodeName).To(BeEmpty())
 		}).WithContext(ctx).Should(Succeed())

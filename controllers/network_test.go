@@ -126,10 +126,7 @@ var _ = Describe("Networks", func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonNetworkNotFound))
-			g.Expect(ready.Message).To(ContainSubstring("no node has network nowhere"))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonNetworkNotFound, "no node has network nowhere")
 			g.Expect(got.Status.VMState).To(Equal(v1.VMStateBuilding))
 			g.Expect(got.Status.NodeName).To(BeEmpty())
 		}).WithContext(ctx).Should(Succeed())
@@ -156,10 +153,7 @@ var _ = Describe("Networks", func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, second)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonMACInUse))
-			g.Expect(ready.Message).To(ContainSubstring(ns + "/first"))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonMACInUse, ns+"/first")
 			g.Expect(got.Status.NodeName).To(BeEmpty())
 		}).WithContext(ctx).Should(Succeed())
 	})

@@ -93,9 +93,7 @@ var _ = Describe("Rebuild", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonImageNotFound))
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonImageNotFound)
 			g.Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
 			g.Expect(got.Status.Image.Name).To(Equal("img"))
 		}).WithContext(ctx).Should(Succeed())

@@ -55,9 +55,7 @@ var _ = Describe("Rescue", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonImageNotFound))
+			ready := expectReadyReason(g, got.Status.Conditions, v1.ReasonImageNotFound)
 			g.Expect(ready.Message).To(Equal("rescue image: image not-yet does not exist in namespace " + inst.Namespace))
 			g.Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
 		}).WithContext(ctx).Should(Succeed())

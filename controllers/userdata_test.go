@@ -53,9 +53,7 @@ var _ = Describe("User data", Ordered, func() {
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, orphan)()
 			g.Expect(err).NotTo(HaveOccurred())
-			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
-			g.Expect(ready).NotTo(BeNil())
-			g.Expect(ready.Reason).To(Equal(v1.ReasonUserDataNotFound))
+			ready := expectReadyReason(g, got.Status.Conditions, v1.ReasonUserDataNotFound)
 			g.Expect(ready.Message).To(Equal("user data: secret missing does not exist in namespace " + ns))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReconciling)).To(BeTrue())
 			g.Expect(got.Status.NodeName).To(BeEmpty(), "not placed only to fail on the node")
