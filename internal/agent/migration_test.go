@@ -62,3 +62,52 @@ func TestARestartedSourceFinishesAMoveThatEndedWithoutIt(t *testing.T) {
 		t.Errorf("shut off: done %v, %v; want a final error", done, err)
 	}
 }
+
+// progressDriver is a driver whose live migration is under way with the figures it is given.
+type progressDriver struct {
+	driver.Driver
+	stats driver.MigrationStats
+}
+
+func (p *progressDriver) MigrationProgress(context.Context, string) (driver.MigrationStats, bool, error) {
+	return p.stats, true, nil
+}
+
+// TestMigrationProgressIsWrittenOnceASecond: every look at a live migration brings new figures;
+// the report takes them once per progressInterval of the job's own clock, so that a move
+// costs a write a second rather than one per look.
+func TestMigrationProgressIsWrittenOnceASecond(t *testing.T) {
+	ctx := context.Background()
+	d := &progressDriver{Driver: fake.New()}
+	r := &InstanceReconciler{Driver: d, NodeName: "host-1"}
+	task := &v1.Task{ID: 3, Action: v1.ActionLiveMigrate, Migration: &v1.MigrationTask{TargetNode: "host-2"}}
+	inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{UID: "6f1c3a52-8d0e-4f5b-9a77-2c1d0e9b0a02"},
+		Status: v1.InstanceStatus{Task: task, AgentReport: &v1.AgentReport{NodeName: "host-1"}}}
+	look := func(elapsed time.Duration, remaining int64) *v1.MigrationProgress {
+		t.Helper()
+		d.stats = driver.MigrationStats{DataTotal: 1000, DataRemaining: remaining, Elapsed: elapsed}
+		if err := r.followMigration(ctx, inst, task); err != nil {
+			t.Fatal(err)
+		}
+		return inst.Status.AgentReport.Migration
+	}
+	if p := look(300*time.Millisecond, 900); p == nil || p.TotalMillis != 300 || p.ProgressPercent != 10 {
+		t.Fatalf("the first look: %+v", p)
+	}
+	if p := look(800*time.Millisecond, 500); p.TotalMillis != 300 || p.ProgressPercent != 10 {
+		t.Fatalf("half a second later the report changed: %+v", p)
+	}
+	if p := look(1400*time.Millisecond, 100); p.TotalMillis != 1400 || p.ProgressPercent != 90 {
+		t.Fatalf("a second later the report did not change: %+v", p)
+	}
+	// Another task's figures are never kept.
+	next := &v1.Task{ID: 4, Action: v1.ActionLiveMigrate, Migration: task.Migration}
+	inst.Status.Task = next
+	d.stats = driver.MigrationStats{DataTotal: 2000, DataRemaining: 2000, Elapsed: 1500 * time.Millisecond}
+	if err := r.followMigration(ctx, inst, next); err != nil {
+		t.Fatal(err)
+	}
+	if p := inst.Status.AgentReport; p.StepTaskID != 4 || p.Migration.DataTotalBytes != 2000 {
+		t.Fatalf("a new task kept the last one's figures: %+v", p.Migration)
+	}
+}
