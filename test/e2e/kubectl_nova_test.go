@@ -218,8 +218,10 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		expectConsole(ctx, inst, func(c console) bool {
 			return c.Last(bootCount) > boots && c.SinceLastBoot().Last(aliveSeq) >= 1
 		}, "booted again and counting")
+		asked := time.Now()
 		out, err = kubectlNova(ctx, "console-log", "cli", "--tail", "2")
 		Expect(err).NotTo(HaveOccurred(), out)
+		GinkgoWriter.Printf("FIGURE kubectl nova console-log --tail 2, the plugin's whole run: %s\n", time.Since(asked).Round(time.Millisecond))
 		tail := strings.Split(strings.TrimRight(out, "\r\n"), "\n")
 		Expect(tail).To(HaveLen(2))
 		Expect(tail[1]).To(MatchRegexp(`alive seq=\d+`), "the log's end")
