@@ -220,3 +220,46 @@ func TestAgentClient(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkTail measures --tail 20 of a 64 MiB log (a guest that has run for long): WriteTail
+// reads the file backwards from its end; the baseline reads the whole file and cuts its last
+// lines, as the first, withdrawn version did. Run with
+// `go test ./internal/consolelog -run - -bench Tail -benchmem`.
+func BenchmarkTail(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "console.log")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	line := []byte("kubenova-test-guest: alive seq=123456 uptime=98765.43 load=0.00 0.00 0.00\n")
+	for written := 0; written < 64<<20; written += len(line) {
+		if _, err := f.Write(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("WriteTail", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := WriteTail(io.Discard, path, 20); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline: read the whole file", func(b *testing.B) {
+		for b.Loop() {
+			whole, err := os.ReadFile(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			end := len(whole) - 1
+			for n := 0; n < 20 && end > 0; n++ {
+				end = bytes.LastIndexByte(whole[:end], '\n')
+			}
+			if _, err := io.Discard.Write(whole[end+1:]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
