@@ -2,7 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"k8s.io/apimachinery/pkg/runtime"
 )
 
 // DiskFormat is the format of an image's bytes.
@@ -196,7 +196,10 @@ type ClusterImageList struct {
 // ImageObject is an Image or a ClusterImage: the image service treats both alike.
 // +kubebuilder:object:generate=false
 type ImageObject interface {
-	client.Object
+	// Both halves of controller-runtime's client.Object, spelled out so that this package
+	// needs only apimachinery.
+	metav1.Object
+	runtime.Object
 	// ImageSpec returns the object's spec.
 	ImageSpec() *ImageSpec
 	// ImageStatus returns the object's status.
