@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// What the agent remembers of each instance: the task it works on and its failed attempts, the
+// task marks on the node's disk, the UIDs it saw, and the status versions its own writes replaced.
+
+// taskProgress is what the agent remembers of the task it works on for one instance. It is
+// memory only: an agent that restarts tries again from the beginning, which every task allows.
+type taskProgress struct {
+	taskID   int64
+	failures int
+	// waitingSince is when the agent started waiting for the guest; pressed is when it last
+	// pressed the power button.
+	waitingSince, pressed time.Time
+}
+
+// taskMark returns the instance's mark for task taskID, a fresh one (fresh is true) when the
+// mark is of another task.
+func (r *InstanceReconciler) taskMark(uid string, taskID int64) (mark storage.TaskMark, fresh bool, err error) {
+	mark, ok, err := r.Storage.ReadTaskMark(uid)
+	if err != nil {
+		return mark, false, err
+	}
+	if ok && mark.TaskID == taskID {
+		return mark, false, nil
+	}
+	return storage.TaskMark{TaskID: taskID, RunID: -1}, true, nil
+}
+
+// progressOf returns the progress of task taskID of an instance, starting it afresh when the
+// instance has moved on to another task (a hard reboot interrupting a soft one). Call with
+// r.mu held.
+func (r *InstanceReconciler) progressOf(uid types.UID, taskID int64) *taskProgress {
+	if r.progress == nil {
+		r.progress = map[types.UID]*taskProgress{}
+	}
+	p, ok := r.progress[uid]
+	if !ok || p.taskID != taskID {
+		p = &taskProgress{taskID: taskID}
+		r.progress[uid] = p
+	}
+	return p
+}
+
+// failed counts a failed attempt of a task and says whether another is due.
+func (r *InstanceReconciler) failed(uid types.UID, taskID int64) (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.progressOf(uid, taskID)
+	p.failures++
+	return p.failures, p.failures < attemptsBeforeFailing
+}
+
+// wrote records that the agent's status write replaced version rv of an instance; "" forgets
+// the instance.
+func (r *InstanceReconciler) wrote(key types.NamespacedName, rv string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rv == "" {
+		delete(r.overwritten, key)
+		return
+	}
+	if r.overwritten == nil {
+		r.overwritten = map[types.NamespacedName]string{}
+	}
+	r.overwritten[key] = rv
+}
+
+// cacheBehind says whether the cache still shows the version of inst that the agent's own
+// last write replaced.
+func (r *InstanceReconciler) cacheBehind(inst *v1.Instance) bool {
+	key := client.ObjectKeyFromObject(inst)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rv, ok := r.overwritten[key]
+	if ok && rv != inst.ResourceVersion {
+		delete(r.overwritten, key)
+		return false
+	}
+	return ok
+}
+
+// remember records the UID of an instance the agent reconciles.
+func (r *InstanceReconciler) remember(key types.NamespacedName, uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.uids == nil {
+		r.uids = map[types.NamespacedName]types.UID{}
+	}
+	r.uids[key] = uid
+}
+
+// forgetUID returns and forgets the UID remembered for an instance.
+func (r *InstanceReconciler) forgetUID(key types.NamespacedName) (types.UID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	uid, ok := r.uids[key]
+	delete(r.uids, key)
+	return uid, ok
+}
+
+func (r *InstanceReconciler) forget(uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.progress, uid)
+}
