@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -125,6 +126,24 @@ func get(ctx context.Context, inst *v1.Instance) func() (*v1.Instance, error) {
 		err := k8s.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: inst.Name}, out)
 		return out, err
 	}
+}
+
+// current reads the instance as it is now; a failed read fails the spec rather than leave an
+// empty instance for the checks that follow.
+func current(ctx context.Context, inst *v1.Instance) *v1.Instance {
+	GinkgoHelper()
+	got, err := get(ctx, inst)()
+	Expect(err).NotTo(HaveOccurred())
+	return got
+}
+
+// mustStat is the file's information; a file that is not there fails the spec, where a nil
+// FileInfo would make os.SameFile and size checks pass or fail for nothing.
+func mustStat(path string) os.FileInfo {
+	GinkgoHelper()
+	st, err := os.Stat(path)
+	Expect(err).NotTo(HaveOccurred())
+	return st
 }
 
 func unique(prefix string) string { return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()) }

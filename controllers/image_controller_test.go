@@ -34,7 +34,7 @@ var _ = Describe("Image service", Ordered, func() {
 		img := expectImage(ctx, ns, "img", func(g Gomega, img *v1.Image) {
 			g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable))
 		})
-		st, _ := os.Stat(imageFile)
+		st := mustStat(imageFile)
 		Expect(img.Status.SHA256).To(Equal(imageSum))
 		Expect(img.Status.SizeBytes).To(Equal(st.Size()))
 		Expect(img.Status.VirtualSizeBytes).To(Equal(int64(64 << 20)))
@@ -96,7 +96,7 @@ var _ = Describe("Image service", Ordered, func() {
 		got.Spec.Image.Name = "good"
 		Expect(k8s.Update(ctx, got)).To(Succeed())
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		got, _ = get(ctx, inst)()
+		got = current(ctx, inst)
 		Expect(got.Status.Image.Name).To(Equal("good"))
 		good := expectImage(ctx, ns, "good", func(Gomega, *v1.Image) {})
 		Expect(got.Status.Image.UID).To(Equal(string(good.UID)))
@@ -150,7 +150,7 @@ var _ = Describe("Image service", Ordered, func() {
 		inst.Spec.NodeSelector = onNodeA
 		Expect(k8s.Create(ctx, inst)).To(Succeed())
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		Expect(got.Status.Image.Kind).To(Equal(v1.KindClusterImage))
 
 		other := makeNamespace(ctx, "other-tenant")

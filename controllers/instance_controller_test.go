@@ -53,18 +53,19 @@ var _ = Describe("Instance controller", Ordered, func() {
 		hv := hypervisor(ctx, "node-a")
 		Expect(hv.Status.ObservedGeneration).To(Equal(hv.Generation))
 		Expect(hv.Status.Instances).To(Equal(int32(1)))
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		expectGitOpsHealth(got, gitops.Healthy, status.CurrentStatus)
 
 		By("terminating")
+		dir, err := agentStore.InstanceDir(string(got.UID))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dir).To(BeADirectory(), "the instance's files are on the node before the delete")
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
 		Eventually(func() bool {
 			_, err := get(ctx, inst)()
 			return apierrors.IsNotFound(err)
 		}).WithContext(ctx).Should(BeTrue())
 		Expect(fakeDriver.Has(string(got.UID))).To(BeFalse(), "the domain is destroyed")
-		dir, err := agentStore.InstanceDir(string(got.UID))
-		Expect(err).NotTo(HaveOccurred())
 		Expect(dir).NotTo(BeADirectory(), "the instance's files are deleted")
 		Eventually(func() v1.Resources { return hypervisor(ctx, "node-a").Status.Allocated }).
 			WithContext(ctx).Should(Equal(v1.Resources{}))
@@ -226,7 +227,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
 			g.Expect(ready.Reason).To(Equal(v1.ReasonInstanceError))
 		}).WithContext(ctx).Should(Succeed())
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		expectGitOpsHealth(got, gitops.Degraded, status.FailedStatus)
 	})
 

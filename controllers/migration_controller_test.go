@@ -45,10 +45,10 @@ var _ = Describe("Migration controller", Ordered, func() {
 		Expect(stalled.Reason).To(Equal(reason))
 		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeFalse())
 		expectGitOpsHealth(got, gitops.Degraded, status.FailedStatus)
-		Eventually(func() []string {
-			_ = k8s.Get(ctx, client.ObjectKeyFromObject(mig), got)
-			return got.Finalizers
-		}).WithContext(ctx).Should(BeEmpty(), "a finished migration holds nothing back")
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(mig), got)).To(Succeed())
+			g.Expect(got.Finalizers).To(BeEmpty())
+		}).WithContext(ctx).Should(Succeed(), "a finished migration holds nothing back")
 		return got
 	}
 
@@ -86,7 +86,7 @@ var _ = Describe("Migration controller", Ordered, func() {
 		got := expectFailed(ctx, first, v1.ReasonNoValidHost)
 		Expect(got.Status.Message).To(ContainSubstring("no valid host"))
 		expectUnmoved(ctx)
-		cur, _ := get(ctx, inst)()
+		cur := current(ctx, inst)
 		Expect(cur.Status.MigrationRequest).NotTo(BeNil())
 		Expect(cur.Status.MigrationRequest.Name).To(Equal("first"))
 		Expect(cur.Status.MigrationRequest.Result).To(Equal(v1.RequestRefused))

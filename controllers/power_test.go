@@ -63,14 +63,14 @@ var _ = Describe("Power requests", Ordered, func() {
 		waitForVMState(ctx, inst, v1.VMStateActive)
 		Eventually(rebootAck(ctx, inst)).WithContext(ctx).Should(And(
 			HaveField("Result", v1.RequestIgnored), HaveField("Reason", v1.ReasonRequestPredatesInstance)))
-		cur, _ := get(ctx, inst)()
+		cur := current(ctx, inst)
 		run := runID(cur)
 		Consistently(func() int64 { return runID(cur) }).WithContext(ctx).Should(Equal(run), "no reboot")
 	})
 
 	It("serves two requests stamped within one second as two", func(ctx SpecContext) {
 		inst := createPowerInstance(ctx, "twice")
-		cur, _ := get(ctx, inst)()
+		cur := current(ctx, inst)
 		run := runID(cur)
 		first := microNow()
 		update(ctx, inst, func(i *v1.Instance) {
@@ -113,7 +113,7 @@ var _ = Describe("Power requests", Ordered, func() {
 
 	It("follows the hypervisor when the guest powers off, keeps it off, and starts it on request", func(ctx SpecContext) {
 		inst := createPowerInstance(ctx, "poweroff")
-		cur, _ := get(ctx, inst)()
+		cur := current(ctx, inst)
 		fakeDriver.SetPowerState(string(cur.UID), v1.PowerStateShutdown, "Shutdown")
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
@@ -127,7 +127,7 @@ var _ = Describe("Power requests", Ordered, func() {
 			g.Expect(ready.Reason).To(Equal(v1.ReasonPowerStateChanged))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionStalled)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
-		cur, _ = get(ctx, inst)()
+		cur = current(ctx, inst)
 		expectGitOpsHealth(cur, gitops.Degraded, status.FailedStatus) // off, though its spec says Running
 		Consistently(func() (v1.VMState, error) {
 			got, err := get(ctx, inst)()
@@ -159,7 +159,7 @@ var _ = Describe("Power requests", Ordered, func() {
 		inst := createPowerInstance(ctx, "sneaky")
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredStopped })
 		waitForVMState(ctx, inst, v1.VMStateStopped)
-		cur, _ := get(ctx, inst)()
+		cur := current(ctx, inst)
 		fakeDriver.SetPowerState(string(cur.UID), v1.PowerStateRunning, "Booted")
 		Eventually(func(g Gomega) {
 			var list eventsv1.EventList
@@ -179,7 +179,7 @@ var _ = Describe("Power requests", Ordered, func() {
 			g.Expect(got.Status.PowerState).To(Equal(v1.PowerStateShutdown))
 			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).Should(Succeed())
-		cur, _ = get(ctx, inst)()
+		cur = current(ctx, inst)
 		expectGitOpsHealth(cur, gitops.Suspended, status.CurrentStatus) // off, as its spec says
 	})
 

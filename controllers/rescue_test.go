@@ -1,9 +1,6 @@
 package controllers
 
 import (
-	"os"
-	"strings"
-
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -24,26 +21,26 @@ var _ = Describe("Rescue", Ordered, func() {
 			i.Spec.Rescue = &v1.RescueSpec{Image: &v1.ImageReference{Name: "rescue-kit"}}
 		})
 		waitForVMState(ctx, inst, v1.VMStateRescued)
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		Expect(got.Status.RescueImage.Name).To(Equal("rescue-kit"))
 		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		m, ok := fakeDriver.Machine(string(got.UID))
 		Expect(ok).To(BeTrue())
-		root, _ := agentStore.RootDisk(string(got.UID))
+		root, err := agentStore.RootDisk(string(got.UID))
+		Expect(err).NotTo(HaveOccurred())
 		Expect(m.RootDisk).To(Equal(root))
 		Expect(m.RescueDisk).To(HaveSuffix("/disk.rescue"), "the rescue disk boots, the root disk second")
-		_, err := os.Stat(m.RescueDisk)
-		Expect(err).NotTo(HaveOccurred())
+		rescueDisk := m.RescueDisk
+		mustStat(rescueDisk)
 
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Rescue = nil })
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		got, _ = get(ctx, inst)()
+		got = current(ctx, inst)
 		Expect(got.Status.RescueImage).To(BeNil())
 		m, _ = fakeDriver.Machine(string(got.UID))
 		Expect(m.RescueDisk).To(BeEmpty())
 		Expect(m.RootDisk).To(Equal(root))
-		_, err = os.Stat(strings.TrimSuffix(root, "disk") + "disk.rescue")
-		Expect(os.IsNotExist(err)).To(BeTrue(), "the rescue disk is gone")
+		Expect(rescueDisk).NotTo(BeAnExistingFile(), "the rescue disk is gone")
 	})
 
 	It("rescues with the instance's own image when spec.rescue names none, and waits for a missing rescue image", func(ctx SpecContext) {
@@ -62,7 +59,7 @@ var _ = Describe("Rescue", Ordered, func() {
 
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Rescue = &v1.RescueSpec{} })
 		waitForVMState(ctx, inst, v1.VMStateRescued)
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		Expect(got.Status.RescueImage.Name).To(Equal("img"), "Nova's default: the instance's own image")
 	})
 })

@@ -133,7 +133,7 @@ var _ = Describe("Resize", Ordered, func() {
 			i.Spec.ResizeRequest = &v1.ResizeRequest{Decision: v1.ResizeConfirm, RequestedAt: microNow()}
 		})
 		Eventually(func() v1.RequestResult {
-			cur, _ := get(ctx, inst)()
+			cur := current(ctx, inst)
 			if cur.Status.ResizeRequest == nil || !cur.Status.ResizeRequest.RequestedAt.Equal(&cur.Spec.ResizeRequest.RequestedAt) {
 				return ""
 			}

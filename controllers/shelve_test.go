@@ -21,21 +21,23 @@ var _ = Describe("Shelve", Ordered, func() {
 	It("shelves into an image, offloads (freeing the node), and unshelves from the image, which then goes", func(ctx SpecContext) {
 		inst := createOnNodeA(ctx, "shelve")
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		before, _ := get(ctx, inst)()
-		dir, _ := agentStore.InstanceDir(string(before.UID))
+		before := current(ctx, inst)
+		dir, err := agentStore.InstanceDir(string(before.UID))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dir).To(BeADirectory(), "the instance's disks are on the node before the shelve")
 		Eventually(func() int32 { return hypervisor(ctx, "node-a").Status.Instances }).WithContext(ctx).Should(BeNumerically(">=", 1))
 		instancesBefore := hypervisor(ctx, "node-a").Status.Instances
 
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredShelved })
 		waitForVMState(ctx, inst, v1.VMStateShelvedOffloaded)
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		Expect(got.Status.NodeName).To(BeEmpty(), "an offloaded instance has no node")
 		Expect(got.Status.ShelvedImage.Name).To(Equal("web-shelved"))
 		Expect(got.Status.ShelvedAt).NotTo(BeNil())
 		expectGitOpsHealth(got, gitops.Suspended, status.CurrentStatus)
 		Expect(got.Status.Image.Name).To(Equal("img"))
 		Expect(fakeDriver.Has(string(got.UID))).To(BeFalse(), "the domain is gone from the node")
-		_, err := os.Stat(dir)
+		_, err = os.Stat(dir)
 		Expect(os.IsNotExist(err)).To(BeTrue(), "the disks are gone from the node")
 		shelved := expectImage(ctx, inst.Namespace, "web-shelved", func(g Gomega, img *v1.Image) {
 			g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable))
@@ -48,7 +50,7 @@ var _ = Describe("Shelve", Ordered, func() {
 
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredRunning })
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		got, _ = get(ctx, inst)()
+		got = current(ctx, inst)
 		Expect(got.UID).To(Equal(before.UID))
 		Expect(got.Status.NodeName).To(Equal("node-a"))
 		Expect(got.Status.Image.Name).To(Equal("img"), "status.image keeps naming the image the instance was built from")
@@ -64,6 +66,9 @@ var _ = Describe("Shelve", Ordered, func() {
 		waitForVMState(ctx, inst, v1.VMStateActive)
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredShelved })
 		waitForVMState(ctx, inst, v1.VMStateShelvedOffloaded)
+		expectImage(ctx, inst.Namespace, "web-shelved", func(g Gomega, img *v1.Image) {
+			g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable))
+		})
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
 		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).WithContext(ctx).Should(BeTrue())
 		Eventually(func() bool {

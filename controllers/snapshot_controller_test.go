@@ -47,7 +47,7 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(imagestore.CheckStandalone(info, v1.DiskFormatQCOW2)).To(Succeed(), "the snapshot has no backing chain")
 
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
 		Expect(got.Status.TaskState).To(BeEmpty())
 		Expect(got.Status.SnapshotRequest.Name).To(Equal("web-backup"))
@@ -103,7 +103,7 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 		taken := expectImage(ctx, inst.Namespace, "taken", func(Gomega, *v1.Image) {})
 		Expect(taken.Spec.Source.File).To(Equal(imageFile), "the existing image is left alone")
 
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		got.Spec.Locked = true
 		Expect(k8s.Update(ctx, got)).To(Succeed())
 		locked := &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: "of-locked"},
@@ -117,7 +117,7 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 			Spec: v1.SnapshotSpec{InstanceName: inst.Name, OverrideLock: true}}
 		Expect(k8s.Create(ctx, overridden)).To(Succeed())
 		expectSnapshotPhase(ctx, overridden, v1.SnapshotSucceeded)
-		got, _ = get(ctx, inst)()
+		got = current(ctx, inst)
 		got.Spec.Locked = false
 		Expect(k8s.Update(ctx, got)).To(Succeed())
 	})

@@ -31,7 +31,7 @@ var _ = Describe("User data", Ordered, func() {
 		inst.Spec.UserData = &v1.UserDataSource{SecretName: "boot", Key: "script"}
 		Expect(k8s.Create(ctx, inst)).To(Succeed())
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		got, _ := get(ctx, inst)()
+		got := current(ctx, inst)
 		m, ok := fakeDriver.Machine(string(got.UID))
 		Expect(ok).To(BeTrue())
 		Expect(m.ConfigDrive).To(HaveSuffix("/config-drive.img"))

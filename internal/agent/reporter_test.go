@@ -91,8 +91,11 @@ func testCleanupOrphans(t *testing.T, owners bool) {
 		}
 	}
 	for uid, want := range map[string]bool{uidHere: true, uidMoved: true, uidDeleted: false, uidDirOnly: false} {
-		dir, _ := store.InstanceDir(uid)
-		_, err := os.Stat(filepath.Join(dir, "disk"))
+		dir, err := store.InstanceDir(uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = os.Stat(filepath.Join(dir, "disk"))
 		if (err == nil) != want {
 			t.Errorf("disk of %s kept: %v, want %v", uid, err == nil, want)
 		}
@@ -144,7 +147,10 @@ func TestMovedFilesAreRemovedOnlyWhenSafe(t *testing.T) {
 		}
 		want := map[string]bool{uidSeparate: shared, uidUnknown: true, uidSameID: true, uidIncoming: true, uidPrepared: false}
 		for uid, kept := range want {
-			dir, _ := store.InstanceDir(uid)
+			dir, err := store.InstanceDir(uid)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if _, err := os.Stat(dir); (err == nil) != kept {
 				t.Errorf("shared storage %v: files of %s kept: %v, want %v", shared, uid, err == nil, kept)
 			}

@@ -12,8 +12,16 @@ func TestDetectVirtType(t *testing.T) {
 	dir := t.TempDir()
 	vm := filepath.Join(dir, "vm")
 	metal := filepath.Join(dir, "metal")
-	_ = os.WriteFile(vm, []byte("processor: 0\nflags\t\t: fpu vme hypervisor lahf_lm\n"), 0o644)
-	_ = os.WriteFile(metal, []byte("processor: 0\nflags\t\t: fpu vme vmx lahf_lm\n"), 0o644)
+	for path, flags := range map[string]string{vm: "fpu vme hypervisor lahf_lm", metal: "fpu vme vmx lahf_lm"} {
+		if err := os.WriteFile(path, []byte("processor: 0\nflags\t\t: "+flags+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The CPU flag is read whether or not this machine's /dev/kvm works.
+	if !underHypervisor(vm) || underHypervisor(metal) || underHypervisor(filepath.Join(dir, "missing")) {
+		t.Errorf("hypervisor flag: vm %v, metal %v, missing %v", underHypervisor(vm), underHypervisor(metal),
+			underHypervisor(filepath.Join(dir, "missing")))
+	}
 
 	if got, _, _ := DetectVirtType("kvm", vm); got != v1.VirtTypeKVM {
 		t.Errorf("--virt-type=kvm gave %s", got)

@@ -138,8 +138,8 @@ func TestParseOptions(t *testing.T) {
 			t.Errorf("ParseOptions(%q) = %+v, %v; want %+v (error %t)", tc.query, got, err, tc.want, tc.wantErr)
 		}
 		if !tc.wantErr {
-			if back, _ := ParseOptions(got.Query()); back != got {
-				t.Errorf("%+v does not survive its query: %+v", got, back)
+			if back, err := ParseOptions(got.Query()); err != nil || back != got {
+				t.Errorf("%+v does not survive its query: %+v, %v", got, back, err)
 			}
 		}
 	}

@@ -114,7 +114,10 @@ func TestImportRefusesBadImages(t *testing.T) {
 				c.reason, c.retryable, c.says)
 		}
 	}
-	entries, _ := os.ReadDir(filepath.Join(store.Root, "images"))
+	entries, err := os.ReadDir(filepath.Join(store.Root, "images"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 	if len(entries) != 0 {
 		t.Errorf("the store holds %d entries after only bad imports", len(entries))
 	}

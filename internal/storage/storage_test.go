@@ -95,7 +95,13 @@ func TestEnsureImageRefusesBytesThatDoNotMatch(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not "+img.SHA256) {
 		t.Fatalf("wrong bytes accepted or unclear error: %v", err)
 	}
-	entries, _ := os.ReadDir(filepath.Join(n.Root, "_base"))
+	entries, err := os.ReadDir(filepath.Join(n.Root, "_base"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.BaseImage(img.SHA256)); !os.IsNotExist(err) {
+		t.Errorf("the cache holds the image under its digest after a failed verification: %v", err)
+	}
 	if len(entries) != 0 {
 		t.Errorf("the cache kept %d files after a failed verification", len(entries))
 	}
@@ -162,8 +168,8 @@ func TestRemoveUnusedBases(t *testing.T) {
 	if _, err := n.EnsureImage(ctx, used); err != nil {
 		t.Fatal(err)
 	}
-	if removed, _ := n.RemoveUnusedBases(time.Hour); len(removed) != 0 {
-		t.Fatalf("a base used a moment ago was removed: %v", removed)
+	if removed, err := n.RemoveUnusedBases(time.Hour); err != nil || len(removed) != 0 {
+		t.Fatalf("a base used a moment ago was removed: %v, %v", removed, err)
 	}
 	if err := os.Chtimes(usedPath, past, past); err != nil {
 		t.Fatal(err)
@@ -194,9 +200,15 @@ func TestRootDiskLifecycle(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(filepath.Dir(diskA), "marker"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.Stat(diskA)
+	before, err := os.Stat(diskA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := n.CreateRootDisk(context.Background(), uidA, base, v1.DiskFormatQCOW2, 1); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(diskA), "marker")); err != nil {
+		t.Errorf("a second create emptied the instance's directory: %v", err)
 	}
 	after, _ := os.Stat(diskA)
 	if !before.ModTime().Equal(after.ModTime()) {

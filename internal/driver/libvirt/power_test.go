@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"strings"
 	"testing"
@@ -69,9 +70,19 @@ func drainEvents(d *Driver) {
 	}
 }
 
-// qemuRuns says whether a QEMU process runs for the domain.
-func qemuRuns(name string) bool {
-	return exec.Command("pgrep", "-f", "guest="+name+",").Run() == nil
+// qemuRuns says whether a QEMU process runs for the domain: pgrep's exit 1 is "none", any
+// other failure fails the test rather than pass for "gone".
+func qemuRuns(t *testing.T, name string) bool {
+	t.Helper()
+	err := exec.Command("pgrep", "-f", "guest="+name+",").Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.ExitCode() == 1 {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("pgrep: %v", err)
+	}
+	return true
 }
 
 func TestPowerOperationsOnARealGuest(t *testing.T) {
@@ -94,6 +105,9 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 	first, err := d.State(ctx, m.UUID)
 	if err != nil || !first.Active() {
 		t.Fatalf("running domain: %+v, %v", first, err)
+	}
+	if !qemuRuns(t, m.Name) {
+		t.Fatal("no QEMU process matches the running guest: qemuRuns would call every guest gone")
 	}
 
 	// Pause: the vCPUs stop, so the guest's counter stops; unpause: it goes on, no reboot.
@@ -122,7 +136,7 @@ func TestPowerOperationsOnARealGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := expectState(t, d, m.UUID, v1.PowerStateSuspended, "Saved")
-	if st.Active() || qemuRuns(m.Name) {
+	if st.Active() || qemuRuns(t, m.Name) {
 		t.Fatalf("a suspended domain has no QEMU process: %+v", st)
 	}
 	if err := d.Suspend(ctx, m.UUID); err != nil {
