@@ -12,6 +12,12 @@ CONTROLLER_GEN_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
 CONTROLLER_GEN := $(BIN)/controller-gen
 GOLANGCI_LINT := $(BIN)/golangci-lint
+# The ginkgo CLI runs the e2e suite's processes in parallel; its version is the library's.
+GINKGO_VERSION ?= $(shell go list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
+GINKGO := $(BIN)/ginkgo-$(GINKGO_VERSION)
+# How many ginkgo processes share the e2e cluster: most of a spec's time is spent waiting on
+# guests, so more processes than cores pay off; Serial specs run alone at the end.
+E2E_PROCS ?= 4
 
 # The version stamped into the binaries (the Dockerfile takes it as the build argument VERSION).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -76,8 +82,9 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
-test-e2e: build ## End-to-end: three agents on real libvirt guests (two sharing storage); then the manager against a simulated fleet.
-	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e go test ./test/e2e -count=1 -timeout=35m -v -ginkgo.v
+test-e2e: build $(GINKGO) ## End-to-end: three agents on real libvirt guests (two sharing storage), E2E_PROCS specs at a time; then the manager against a simulated fleet.
+	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e $(GINKGO) --procs=$(E2E_PROCS) --timeout=35m -v \
+		--output-dir=$(WORK_DIR)/e2e --json-report=report.json ./test/e2e
 	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
 .PHONY: bench
@@ -137,6 +144,10 @@ dev: libvirt control-plane test-guest build ## Run a local control plane, the ma
 
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+
+$(GINKGO):
+	GOBIN=$(BIN)/ginkgo-install go install github.com/onsi/ginkgo/v2/ginkgo@$(GINKGO_VERSION)
+	mv $(BIN)/ginkgo-install/ginkgo $(GINKGO)
 
 $(GOLANGCI_LINT):
 	GOBIN=$(BIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -21,10 +21,22 @@ var cluster *utils.Cluster
 
 func TestE2E(t *testing.T) {
 	RegisterFailHandler(Fail)
+	// Suite-wide patience: a TCG guest on a busy 2-core machine is slow, and Gomega's own
+	// default (1 s) would make every unqualified Eventually a coin toss.
+	SetDefaultEventuallyTimeout(60 * time.Second)
+	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
+	SetDefaultConsistentlyDuration(3 * time.Second)
+	SetDefaultConsistentlyPollingInterval(100 * time.Millisecond)
+	// Ginkgo prints the run's "Random Seed", which decides the order of the containers; a
+	// failure is replayed with ginkgo --seed=N (README, "The e2e suite").
 	RunSpecs(t, "kubenova e2e")
 }
 
-var _ = BeforeSuite(func(ctx SpecContext) {
+// The first process starts the cluster and hands its description to the others (ginkgo -p):
+// one control plane, one manager and one agent per host for the whole run. Specs that stop,
+// kill or restart any of these processes, change the manager's flags or read cluster-wide
+// totals are Serial: Ginkgo runs them on the first process, alone, after the parallel ones.
+var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	workDir := os.Getenv("KUBENOVA_WORK_DIR")
 	if workDir == "" {
 		workDir = filepath.Join(os.TempDir(), "kubenova-e2e")
@@ -42,9 +54,22 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	// QEMU's capabilities for several seconds before its first answer.
 	expectHypervisorsUp(ctx)
 	GinkgoWriter.Printf("every hypervisor up %s after the start\n", time.Since(start).Round(time.Millisecond))
+	// The flavors are the cloud's, shared by every container: made once here, so that no two
+	// processes race to create them.
+	applySample(ctx, "flavors.yaml")
+	description, err := cluster.Describe()
+	Expect(err).NotTo(HaveOccurred())
+	return description
+}, func(description []byte) {
+	if cluster != nil {
+		return // the first process started it
+	}
+	var err error
+	cluster, err = utils.AttachCluster(description)
+	Expect(err).NotTo(HaveOccurred())
 }, NodeTimeout(4*time.Minute))
 
-var _ = AfterSuite(func() {
+var _ = SynchronizedAfterSuite(func() {}, func() {
 	if cluster != nil {
 		cluster.Stop()
 	}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -20,7 +19,8 @@ import (
 
 // Evacuation after a node failure: the node's agent, libvirtd and QEMUs are killed at once, as
 // a power failure would. host-1 and host-2 share their storage; host-3 has its own.
-var _ = Describe("Evacuation", Ordered, func() {
+var _ = Describe("Evacuation", Ordered, Serial, func() {
+	inNamespace("evacuation")
 	// What the specs leave for the container's end: the specs build on one another.
 	var instances, failed []string
 	AfterAll(func(ctx SpecContext) {
@@ -28,22 +28,20 @@ var _ = Describe("Evacuation", Ordered, func() {
 			restoreNode(ctx, node)
 		}
 		for _, name := range instances {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			out, err := kubectl(ctx, "delete", "instance", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
 			Expect(err).NotTo(HaveOccurred(), out)
 		}
 	}, NodeTimeout(4*time.Minute))
 
 	// launchOn creates an instance on node and waits for its first boot.
 	launchOn := func(ctx context.Context, name, node string) *v1.Instance {
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
 		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: "+node+"\n", 1)
 		// A NIC, whose MAC the evacuation must keep.
 		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  networks:\n  - network: "+utils.ProviderNetworkName+"\n", 1)
-		path := filepath.Join(cluster.WorkDir, name+".yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		path := writeManifest(name+".yaml", manifest)
+		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		inst := expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(inst.Status.NodeName).To(Equal(node))
@@ -69,7 +67,7 @@ var _ = Describe("Evacuation", Ordered, func() {
 	}
 
 	evacuation := func(ctx context.Context, inst, target string) *v1.Migration {
-		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "default", GenerateName: inst + "-"},
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: inst + "-"},
 			Spec: v1.MigrationSpec{InstanceName: inst, Type: v1.MigrationEvacuate, TargetNode: target}}
 		Expect(cluster.Client.Create(ctx, mig)).To(Succeed())
 		return mig
@@ -93,18 +91,22 @@ var _ = Describe("Evacuation", Ordered, func() {
 		mig = expectMigrationPhase(ctx, evacuation(ctx, "refugee", "host-2"), v1.MigrationFailed)
 		Expect(mig.Status.Reason).To(Equal("NotFenced"))
 		Expect(mig.Status.Message).To(ContainSubstring("not fenced"))
-		cur := expectInstance(ctx, "refugee", func(Gomega, *v1.Instance) {})
-		Expect(cur.Status.NodeName).To(Equal("host-1"), "nothing moves while the node may still run the guest")
-		Expect(cur.UID).To(Equal(inst.UID))
+		Consistently(func(g Gomega) {
+			cur, err := instance(ctx, "refugee")()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(cur.UID).To(Equal(inst.UID))
+			g.Expect(cur.Status.NodeName).To(Equal("host-1"), "nothing moves while the node may still run the guest")
+		}).WithContext(ctx).Should(Succeed())
 	}, NodeTimeout(4*time.Minute))
 
 	It("rebuilds the instance from its own disk on a node of the same storage once the node is fenced: its data intact", func(ctx SpecContext) {
-		before := expectInstance(ctx, "refugee", func(Gomega, *v1.Instance) {})
+		before, err := instance(ctx, "refugee")()
+		Expect(err).NotTo(HaveOccurred())
 		start := time.Now()
 		out, err := kubectlNovaAsCloudAdmin(ctx, "evacuate", "host-1", "--force-down", "--target", "host-2", "--wait", "--timeout=3m")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(ContainSubstring("hypervisor.compute.kubenova.io/host-1 forced down"))
-		Expect(out).To(ContainSubstring("default/refugee runs on host-2"))
+		Expect(out).To(ContainSubstring(ns + "/refugee runs on host-2"))
 		after := expectInstance(ctx, "refugee", settled(v1.VMStateActive))
 		GinkgoWriter.Printf("FIGURE evacuation from fencing to Active (shared storage): %s\n", time.Since(start).Round(10*time.Millisecond))
 		Expect(after.Status.NodeName).To(Equal("host-2"))
@@ -156,7 +158,7 @@ var _ = Describe("Evacuation", Ordered, func() {
 		Expect(after.UID).To(Equal(inst.UID))
 		Expect(after.Status.MigrationRequest.RebuiltFromImage).To(BeTrue())
 		var list v1.MigrationList
-		Expect(cluster.Client.List(ctx, &list, client.InNamespace("default"))).To(Succeed())
+		Expect(cluster.Client.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
 		found := false
 		for _, m := range list.Items {
 			if m.Spec.InstanceName == "castaway" && m.Spec.Type == v1.MigrationEvacuate && m.Status.Phase == v1.MigrationSucceeded {
@@ -203,7 +205,7 @@ var _ = Describe("Evacuation", Ordered, func() {
 		// refugee, evacuated onto host-2 before, went too: one evacuation per instance, once.
 		Eventually(func(g Gomega) {
 			var list v1.MigrationList
-			g.Expect(cluster.Client.List(ctx, &list, client.InNamespace("default"),
+			g.Expect(cluster.Client.List(ctx, &list, client.InNamespace(ns),
 				client.MatchingLabels{"compute.kubenova.io/auto-evacuation": "host-2"})).To(Succeed())
 			per := map[string]int{}
 			for _, m := range list.Items {

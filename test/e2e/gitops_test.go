@@ -9,8 +9,6 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
@@ -24,14 +22,14 @@ import (
 // Flux do, into their own namespace; once settled, a server-side diff of the same files is
 // empty (the controllers write no field the files own), and the health each tool reports.
 var _ = Describe("GitOps", Ordered, func() {
-	const ns = "gitops"
+	inNamespace("gitops")
 	var dir string
 
 	// render writes a sample for the gitops namespace; the rescue sample's instance gets a name
 	// of its own (it shows the demo instance rescued).
 	render := func(name string) string {
 		GinkgoHelper()
-		manifest := strings.ReplaceAll(mustRender(name), "namespace: default", "namespace: "+ns)
+		manifest := mustRender(name)
 		if name == "instance-rescue.yaml" {
 			manifest = strings.Replace(manifest, "name: demo\n", "name: demo-rescue\n", 1)
 		}
@@ -73,10 +71,8 @@ spec:
 		expectHypervisorsUp(ctx)
 		dir = filepath.Join(cluster.WorkDir, "gitops")
 		Expect(os.MkdirAll(dir, 0o755)).To(Succeed())
-		Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))).To(Succeed())
-		Expect(cluster.GrantTenant(ctx, ns)).To(Succeed())
 		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.KubectlAsCloudAdmin(ctx, "delete", "instances,migrations,snapshots,images", "--all", "-n", ns, "--wait=true", "--timeout=120s")
+			out, err := kubectlAsCloudAdmin(ctx, "delete", "instances,migrations,snapshots,images", "--all", "-n", ns, "--wait=true", "--timeout=120s")
 			Expect(err).NotTo(HaveOccurred(), out)
 		}, NodeTimeout(3*time.Minute))
 	})
@@ -128,12 +124,12 @@ spec:
 		healthy(records)
 
 		for _, f := range append(admin, migrations...) {
-			out, err := cluster.KubectlAsCloudAdmin(ctx, "diff", "--server-side", "-f", f)
+			out, err := kubectlAsCloudAdmin(ctx, "diff", "--server-side", "-f", f)
 			Expect(err).NotTo(HaveOccurred(), "kubectl diff of %s:\n%s", f, out)
 			Expect(out).To(BeEmpty())
 		}
 		for _, f := range append(tenant, snapshots...) {
-			out, err := cluster.Kubectl(ctx, "diff", "--server-side", "-f", f)
+			out, err := kubectl(ctx, "diff", "--server-side", "-f", f)
 			Expect(err).NotTo(HaveOccurred(), "kubectl diff of %s:\n%s", f, out)
 			Expect(out).To(BeEmpty())
 		}

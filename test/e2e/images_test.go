@@ -24,16 +24,11 @@ import (
 )
 
 var _ = Describe("Images", Ordered, func() {
-	var ns string
+	inNamespace("images")
 
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
-		nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "images-"}}
-		Expect(cluster.Client.Create(ctx, nsObj)).To(Succeed())
-		ns = nsObj.Name
-		Expect(cluster.GrantTenant(ctx, ns)).To(Succeed())
 	})
 
 	It("imports the test guest, verified, and reports its sizes", func(ctx SpecContext) {
@@ -55,7 +50,7 @@ var _ = Describe("Images", Ordered, func() {
 		stored, err := os.Stat(filepath.Join(cluster.ImageStore, "images", string(img.UID)))
 		Expect(err).NotTo(HaveOccurred(), "the image store holds the bytes under the image's UID")
 		Expect(stored.Size()).To(Equal(st.Size()))
-		out, err := cluster.Kubectl(ctx, "get", "images", "-n", ns)
+		out, err := kubectl(ctx, "get", "images", "-n", ns)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).To(MatchRegexp(`guest\s+Available\s+qcow2\s+%d`, st.Size()))
 	})
@@ -164,11 +159,17 @@ var _ = Describe("Images", Ordered, func() {
 				g.Expect(inst.Status.NodeName).To(BeEmpty())
 			}
 		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		var thiefList v1.InstanceList
+		Expect(cluster.Client.List(ctx, &thiefList, client.InNamespace(thieves.Name))).To(Succeed())
+		Expect(thiefList.Items).To(HaveLen(2))
 		Consistently(func(g Gomega) {
 			for _, h := range cluster.Hosts {
-				out, err := h.Virsh(ctx, "list", "--all", "--name")
+				// Domains are named by UID: look for the thieves' own.
+				out, err := h.Virsh(ctx, "list", "--all", "--uuid")
 				g.Expect(err).NotTo(HaveOccurred(), out)
-				g.Expect(out).NotTo(ContainSubstring("thief"))
+				for _, thief := range thiefList.Items {
+					g.Expect(out).NotTo(ContainSubstring(string(thief.UID)), h.Name)
+				}
 			}
 			var list v1.InstanceList
 			g.Expect(cluster.Client.List(ctx, &list, client.InNamespace(thieves.Name))).To(Succeed())
@@ -177,7 +178,7 @@ var _ = Describe("Images", Ordered, func() {
 			}
 		}).WithContext(ctx).WithTimeout(3 * time.Second).Should(Succeed())
 		deleteAll(ctx, thieves.Name)
-		out, err := cluster.Kubectl(ctx, "delete", "instance", "digest-owner", "-n", "default", "--wait=true", "--timeout=90s")
+		out, err := kubectl(ctx, "delete", "instance", "digest-owner", "--wait=true", "--timeout=90s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(3*time.Minute))
 
@@ -211,7 +212,7 @@ func expectImagePhase(ctx context.Context, ns, name string, phase v1.ImagePhase)
 
 // deleteAll deletes the instances of a namespace and waits until they are gone.
 func deleteAll(ctx context.Context, ns string) {
-	out, err := cluster.Kubectl(ctx, "delete", "instances", "--all", "-n", ns, "--wait=true", "--timeout=90s")
+	out, err := kubectl(ctx, "delete", "instances", "--all", "-n", ns, "--wait=true", "--timeout=90s")
 	Expect(err).NotTo(HaveOccurred(), out)
 }
 

@@ -29,13 +29,13 @@ import (
 // kubectlNova runs the plugin binary against the cluster as the ordinary user (edit in the
 // namespace) and returns its combined output.
 func kubectlNova(ctx context.Context, args ...string) (string, error) {
-	return runKubectlNova(ctx, cluster.Kubeconfig, args...)
+	return runKubectlNova(ctx, tenantKubeconfig, args...)
 }
 
 // kubectlNovaAsCloudAdmin runs it as the cloud's administrator: evacuations and moves to a
 // chosen node are theirs.
 func kubectlNovaAsCloudAdmin(ctx context.Context, args ...string) (string, error) {
-	return runKubectlNova(ctx, cluster.CloudAdminKubeconfig, args...)
+	return runKubectlNova(ctx, cloudAdminKubeconfig, args...)
 }
 
 func runKubectlNova(ctx context.Context, kubeconfig string, args ...string) (string, error) {
@@ -75,14 +75,13 @@ func expectRestsAfterWait(ctx context.Context, name string, vmState v1.VMState, 
 }
 
 var _ = Describe("kubectl nova", Ordered, func() {
+	inNamespace("cli")
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: cli", 1)
-		path := filepath.Join(cluster.WorkDir, "cli.yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		path := writeManifest("cli.yaml", manifest)
+		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Eventually(func(g Gomega) {
 			inst, err := instance(ctx, "cli")()
@@ -96,7 +95,7 @@ var _ = Describe("kubectl nova", Ordered, func() {
 	// The last spec deletes the instance; this catches a run cut short, so that no instance
 	// is left to skew the placement of the other specs.
 	AfterAll(func(ctx SpecContext) {
-		out, err := cluster.Kubectl(ctx, "delete", "instance", "cli", "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=60s")
+		out, err := kubectl(ctx, "delete", "instance", "cli", "--ignore-not-found", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(2*time.Minute))
 
@@ -114,7 +113,7 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		out, err = kubectlNovaAsCloudAdmin(ctx, "list", "-A")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(strings.Fields(strings.SplitN(out, "\n", 2)[0])[0]).To(Equal("NAMESPACE"))
-		Expect(out).To(MatchRegexp(`(?m)^default\s+cli\s+Active\s`))
+		Expect(out).To(MatchRegexp(`(?m)^` + ns + `\s+cli\s+Active\s`))
 	}, NodeTimeout(5*time.Minute))
 
 	It("shows the instance", func(ctx SpecContext) {
@@ -227,16 +226,14 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		Expect(tail[1]).To(MatchRegexp(`alive seq=\d+`), "the log's end")
 
 		By("following: what the guest prints next arrives, and nothing older with --tail 0")
-		follow := startKubectlNova(cluster.Kubeconfig, "console-log", "cli", "--tail", "0", "-f")
+		follow := startKubectlNova(tenantKubeconfig, "console-log", "cli", "--tail", "0", "-f")
 		Eventually(follow.Out).WithTimeout(15 * time.Second).Should(gbytes.Say(`alive seq=\d+`))
 		Expect(string(follow.Out.Contents())).NotTo(ContainSubstring("booted"))
 		follow.Interrupt()
 		Eventually(follow).WithTimeout(10 * time.Second).Should(gexec.Exit())
 
 		By("refusing, at the API server, those without get on instances/log")
-		stranger, err := cluster.UserKubeconfig("stranger")
-		Expect(err).NotTo(HaveOccurred())
-		out, err = runKubectlNova(ctx, stranger, "console-log", "cli", "-n", "default")
+		out, err = runKubectlNova(ctx, cluster.StrangerKubeconfig, "console-log", "cli", "-n", ns)
 		Expect(err).To(HaveOccurred(), out)
 		Expect(out).To(ContainSubstring(`cannot get resource "instances/log" in API group "subresources.compute.kubenova.io"`))
 	}, NodeTimeout(2*time.Minute))
@@ -264,7 +261,7 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		}
 		agents := &consolelog.AgentClient{}
 		get := func(tok string) error {
-			body, err := agents.Get(ctx, hv.Status.ConsoleLogService, tok, "default", "cli", consolelog.Options{TailLines: 1})
+			body, err := agents.Get(ctx, hv.Status.ConsoleLogService, tok, ns, "cli", consolelog.Options{TailLines: 1})
 			if err == nil {
 				_ = body.Close()
 			}
@@ -282,7 +279,7 @@ var _ = Describe("kubectl nova", Ordered, func() {
 		By("trusting only the certificate the Hypervisor publishes")
 		forged := *hv.Status.ConsoleLogService
 		forged.CertificateSHA256 = strings.Repeat("0", 64)
-		_, err = agents.Get(ctx, &forged, token("kubenova-manager", consolelog.Audience(node)), "default", "cli", consolelog.Options{})
+		_, err = agents.Get(ctx, &forged, token("kubenova-manager", consolelog.Audience(node)), ns, "cli", consolelog.Options{})
 		Expect(err).To(MatchError(ContainSubstring("is not the one its Hypervisor publishes")))
 	}, NodeTimeout(time.Minute))
 
@@ -301,9 +298,9 @@ var _ = Describe("kubectl nova", Ordered, func() {
 	}, NodeTimeout(5*time.Minute))
 
 	It("deletes the instance, which ends a followed console log", func(ctx SpecContext) {
-		follow := startKubectlNova(cluster.Kubeconfig, "console-log", "cli", "--tail", "1", "-f")
+		follow := startKubectlNova(tenantKubeconfig, "console-log", "cli", "--tail", "1", "-f")
 		Eventually(follow.Out).WithTimeout(30 * time.Second).Should(gbytes.Say(`alive seq=\d+`))
-		out, err := cluster.Kubectl(ctx, "delete", "instance", "cli", "-n", "default", "--wait=true", "--timeout=60s")
+		out, err := kubectl(ctx, "delete", "instance", "cli", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 		Eventually(follow).WithTimeout(30*time.Second).Should(gexec.Exit(0), "the log ends once the instance has left its node")
 		out, err = kubectlNova(ctx, "show", "cli")

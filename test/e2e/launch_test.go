@@ -21,7 +21,7 @@ const bootLine = "kubenova-test-guest: booted count=1"
 func instance(ctx context.Context, name string) func() (*v1.Instance, error) {
 	return func() (*v1.Instance, error) {
 		inst := &v1.Instance{}
-		err := cluster.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, inst)
+		err := cluster.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, inst)
 		return inst, err
 	}
 }
@@ -37,34 +37,33 @@ func host(name string) utils.Host {
 }
 
 // applySample applies one of config/samples: the flavors and public images as the cloud's
-// administrator (they are the cloud's), the rest as the ordinary user.
+// administrator (they are the cloud's), the rest as the ordinary user, in ns.
 func applySample(ctx context.Context, name string) {
-	manifest, err := utils.RenderSample(name)
-	Expect(err).NotTo(HaveOccurred())
-	path := filepath.Join(cluster.WorkDir, "rendered-"+name)
-	Expect(os.WriteFile(path, manifest, 0o644)).To(Succeed())
-	apply := cluster.Kubectl
+	path := writeManifest(name, mustRender(name))
+	var out string
+	var err error
 	if name == "flavors.yaml" || name == "clusterimage.yaml" {
-		apply = cluster.KubectlAsCloudAdmin
+		out, err = cluster.KubectlAsCloudAdmin(ctx, "apply", "-f", path)
+	} else {
+		out, err = kubectl(ctx, "apply", "-f", path)
 	}
-	out, err := apply(ctx, "apply", "-f", path)
 	Expect(err).NotTo(HaveOccurred(), out)
 }
 
-var _ = Describe("Launch and terminate", Ordered, func() {
+var _ = Describe("Launch and terminate", Ordered, Serial, func() {
+	inNamespace("launch")
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 	})
 
 	It("boots real guests on both nodes, shows Nova's columns, and removes domain and disk on delete", func(ctx SpecContext) {
 		// Two instances of 256 MiB: the RAM-spread weigher puts them on different nodes.
 		second := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: demo-2", 1)
-		Expect(os.WriteFile(filepath.Join(cluster.WorkDir, "demo-2.yaml"), []byte(second), 0o644)).To(Succeed())
+		secondPath := writeManifest("demo-2.yaml", second)
 		applied := time.Now()
 		applySample(ctx, "instance.yaml")
-		out, err := cluster.Kubectl(ctx, "apply", "-f", filepath.Join(cluster.WorkDir, "demo-2.yaml"))
+		out, err := kubectl(ctx, "apply", "-f", secondPath)
 		Expect(err).NotTo(HaveOccurred(), out)
 
 		nodes := map[string]string{}
@@ -102,7 +101,7 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 		}
 		Expect(disk).To(BeAnExistingFile())
 
-		out, err = cluster.Kubectl(ctx, "get", "instances", "-n", "default")
+		out, err = kubectl(ctx, "get", "instances")
 		Expect(err).NotTo(HaveOccurred(), out)
 		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
 		Expect(header).To(Equal([]string{"NAME", "STATUS", "TASK", "POWER", "NODE", "NETWORKS", "FLAVOR", "IMAGE", "SPEC_FLAVOR", "SPEC_IMAGE", "AGE"}))
@@ -114,7 +113,7 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		h := host(demo.Status.NodeName)
 		deleted := time.Now()
-		out, err = cluster.Kubectl(ctx, "delete", "instance", "demo", "-n", "default", "--wait=true", "--timeout=60s")
+		out, err = kubectl(ctx, "delete", "instance", "demo", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 		GinkgoWriter.Printf("kubectl delete to gone: %s\n", time.Since(deleted).Round(time.Millisecond))
 		list, err := h.Virsh(ctx, "list", "--all", "--name")
@@ -133,15 +132,14 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 		Expect(other.Status.VMState).To(Equal(v1.VMStateActive))
 		Expect(filepath.Join(host(other.Status.NodeName).StorageRoot, "instances", string(other.UID), "disk")).To(BeAnExistingFile())
 
-		out, err = cluster.Kubectl(ctx, "delete", "instance", "demo-2", "-n", "default", "--wait=true", "--timeout=60s")
+		out, err = kubectl(ctx, "delete", "instance", "demo-2", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(5*time.Minute))
 
 	It("does not hang deleting an instance whose node died", func(ctx SpecContext) {
 		second := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: orphan", 1)
-		path := filepath.Join(cluster.WorkDir, "orphan.yaml")
-		Expect(os.WriteFile(path, []byte(second), 0o644)).To(Succeed())
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		path := writeManifest("orphan.yaml", second)
+		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		var inst *v1.Instance
 		Eventually(func(g Gomega) {
@@ -160,10 +158,14 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 			g.Expect(meta.IsStatusConditionFalse(hv.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
 
-		out, err = cluster.Kubectl(ctx, "delete", "instance", "orphan", "-n", "default", "--wait=true", "--timeout=60s")
+		out, err = kubectl(ctx, "delete", "instance", "orphan", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 
 		By("restarting the agent: it removes the domain and files of the deleted instance")
+		list, err := h.Virsh(ctx, "list", "--all", "--name")
+		Expect(err).NotTo(HaveOccurred(), list)
+		Expect(list).To(ContainSubstring(inst.Status.AgentReport.DomainName), "the domain outlived its instance while the agent was down")
+		Expect(filepath.Join(h.StorageRoot, "instances", string(inst.UID))).To(BeADirectory(), "and so did its files")
 		Expect(cluster.StartAgent(h)).To(Succeed())
 		Eventually(func() (string, error) {
 			return h.Virsh(ctx, "list", "--all", "--name")
@@ -177,13 +179,13 @@ var _ = Describe("Launch and terminate", Ordered, func() {
 	}, NodeTimeout(5*time.Minute))
 })
 
-var _ = Describe("Restarts", Ordered, func() {
+var _ = Describe("Restarts", Ordered, Serial, func() {
+	inNamespace("restarts")
+
 	It("finishes a launch across restarts of the manager and of every agent", func(ctx SpecContext) {
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: phoenix", 1)
-		path := filepath.Join(cluster.WorkDir, "phoenix.yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
+		path := writeManifest("phoenix.yaml", manifest)
 
 		By("creating the instance while no manager runs")
 		Expect(cluster.StopManager()).To(Succeed())
@@ -199,7 +201,7 @@ var _ = Describe("Restarts", Ordered, func() {
 				}
 			}
 		})
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		inst, err := instance(ctx, "phoenix")()
 		Expect(err).NotTo(HaveOccurred())
@@ -236,13 +238,17 @@ var _ = Describe("Restarts", Ordered, func() {
 			return string(b), err
 		}).WithContext(ctx).WithTimeout(90 * time.Second).Should(ContainSubstring(bootLine))
 
-		out, err = cluster.Kubectl(ctx, "delete", "instance", "phoenix", "-n", "default", "--wait=true", "--timeout=60s")
+		out, err = kubectl(ctx, "delete", "instance", "phoenix", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(5*time.Minute))
 })
 
+// mustRender renders a sample for ns.
 func mustRender(name string) string {
 	b, err := utils.RenderSample(name)
 	Expect(err).NotTo(HaveOccurred())
-	return string(b)
+	if ns == "" {
+		return string(b)
+	}
+	return strings.ReplaceAll(string(b), "namespace: default", "namespace: "+ns)
 }

@@ -10,6 +10,7 @@ import (
 )
 
 var _ = Describe("Lock", Ordered, func() {
+	inNamespace("lock")
 	const name = "vault"
 
 	BeforeAll(func(ctx SpecContext) {
@@ -19,15 +20,15 @@ var _ = Describe("Lock", Ordered, func() {
 	// kubectl as an ordinary user (edit in the namespace), and as the cloud's administrator
 	// (a member of kubenova:admins).
 	asAlice, asOps := false, true
-	kubectl := func(ctx SpecContext, admin bool, args ...string) (string, error) {
+	kubectlAs := func(ctx SpecContext, admin bool, args ...string) (string, error) {
 		if admin {
-			return cluster.KubectlAsCloudAdmin(ctx, args...)
+			return kubectlAsCloudAdmin(ctx, args...)
 		}
-		return cluster.Kubectl(ctx, args...)
+		return kubectl(ctx, args...)
 	}
 
 	It("refuses an ordinary user's changes and delete, naming the lock and its reason", func(ctx SpecContext) {
-		out, err := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge",
+		out, err := kubectlAs(ctx, asAlice, "patch", "instance", name, "--type=merge",
 			"-p", `{"spec":{"locked":true,"lockedReason":"under investigation"}}`)
 		Expect(err).NotTo(HaveOccurred(), out)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
@@ -35,13 +36,13 @@ var _ = Describe("Lock", Ordered, func() {
 		// The refusal is kubectl's error output. The probe is a change that would do no harm if
 		// the policy were not in force yet: the zone the instance is in already.
 		Eventually(func() string {
-			out, _ := kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"availabilityZone":"zone-1"}}`)
+			out, _ := kubectlAs(ctx, asAlice, "patch", "instance", name, "--type=merge", "-p", `{"spec":{"availabilityZone":"zone-1"}}`)
 			return out
 		}).WithContext(ctx).Should(ContainSubstring("instance vault is locked (under investigation)"))
-		out, err = kubectl(ctx, asAlice, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		out, err = kubectlAs(ctx, asAlice, "patch", "instance", name, "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("instance vault is locked (under investigation): the only change allowed is unlocking it"))
-		out, err = kubectl(ctx, asAlice, "delete", "instance", name, "-n", "default", "--wait=false")
+		out, err = kubectlAs(ctx, asAlice, "delete", "instance", name, "--wait=false")
 		Expect(err).To(HaveOccurred())
 		Expect(out).To(ContainSubstring("instance vault is locked (under investigation): unlock it before deleting it"))
 		Consistently(func() (v1.VMState, error) {
@@ -51,10 +52,10 @@ var _ = Describe("Lock", Ordered, func() {
 	}, NodeTimeout(2*time.Minute))
 
 	It("carries out an administrator's change, and lets an administrator delete it", func(ctx SpecContext) {
-		out, err := kubectl(ctx, asOps, "patch", "instance", name, "-n", "default", "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
+		out, err := kubectlAs(ctx, asOps, "patch", "instance", name, "--type=merge", "-p", `{"spec":{"powerState":"Stopped"}}`)
 		Expect(err).NotTo(HaveOccurred(), out)
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
-		out, err = kubectl(ctx, asOps, "delete", "instance", name, "-n", "default", "--wait=true", "--timeout=90s")
+		out, err = kubectlAs(ctx, asOps, "delete", "instance", name, "--wait=true", "--timeout=90s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(2*time.Minute))
 })

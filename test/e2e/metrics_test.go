@@ -21,7 +21,8 @@ import (
 
 // The manager's and the agents' metrics, scraped as Prometheus does: over HTTPS with the token
 // of a service account bound to kubenova-metrics-reader.
-var _ = Describe("Metrics", Ordered, func() {
+var _ = Describe("Metrics", Ordered, Serial, func() {
+	inNamespace("metrics")
 	const name = "measured"
 	var token string
 
@@ -42,7 +43,6 @@ var _ = Describe("Metrics", Ordered, func() {
 
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		var err error
 		token, err = cluster.MetricsScraperToken(ctx)
@@ -76,12 +76,11 @@ var _ = Describe("Metrics", Ordered, func() {
 		By("launching on host-1")
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
 		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: host-1\n", 1)
-		path := filepath.Join(cluster.WorkDir, name+".yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
+		path := writeManifest(name+".yaml", manifest)
+		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, name+"-nowhere", "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			out, err := kubectl(ctx, "delete", "instance", name, name+"-nowhere", "--ignore-not-found", "--wait=true", "--timeout=90s")
 			Expect(err).NotTo(HaveOccurred(), out)
 		}, NodeTimeout(2*time.Minute))
 		expectInstance(ctx, name, settled(v1.VMStateActive))
@@ -99,8 +98,8 @@ var _ = Describe("Metrics", Ordered, func() {
 		By("asking for a node that does not exist")
 		nowhere := strings.Replace(manifest, "name: "+name, "name: "+name+"-nowhere", 1)
 		nowhere = strings.Replace(nowhere, "kubernetes.io/hostname: host-1", "kubernetes.io/hostname: nowhere", 1)
-		Expect(os.WriteFile(path, []byte(nowhere), 0o644)).To(Succeed())
-		out, err = cluster.Kubectl(ctx, "apply", "-f", path)
+		path = writeManifest(name+"-nowhere.yaml", nowhere)
+		out, err = kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Eventually(func(g Gomega) float64 {
 			return utils.Sum(manager(ctx, g), "kubenova_scheduling_failures_total", map[string]string{"filter": "NodeSelectorFilter"})
@@ -133,7 +132,7 @@ var _ = Describe("Metrics", Ordered, func() {
 			}
 		}
 		Expect(told).NotTo(BeNil(), "a structured line about the move")
-		Expect(told).To(HaveKeyWithValue("namespace", "default"))
+		Expect(told).To(HaveKeyWithValue("namespace", ns))
 		Expect(told).To(HaveKeyWithValue("operation", "LiveMigrate"))
 		GinkgoWriter.Printf("and on host-1's agent:\n%s", kubenovaSeries(agent(ctx, Default, "host-1")))
 	}, NodeTimeout(6*time.Minute))

@@ -38,20 +38,20 @@ func ping(ctx context.Context, ip string) error {
 }
 
 var _ = Describe("Networking", Ordered, func() {
+	inNamespace("network")
 	const name = "netty"
 	var mac, ip string
 
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
-		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"},
 				NodeSelector: map[string]string{"kubernetes.io/hostname": "host-1"},
 				Networks:     []v1.NetworkInterface{{Network: utils.ProviderNetworkName}}}}
 		Expect(cluster.Client.Create(ctx, inst)).To(Succeed())
 		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
+			out, err := kubectl(ctx, "delete", "instance", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
 			Expect(err).NotTo(HaveOccurred(), out)
 		}, NodeTimeout(2*time.Minute))
 	}, NodeTimeout(3*time.Minute))
@@ -102,7 +102,7 @@ var _ = Describe("Networking", Ordered, func() {
 		Expect(string(readConsole(inst))).To(ContainSubstring(`cidata network-config: macaddress: "` + mac + `"`))
 		Expect(ping(ctx, ip)).To(Succeed())
 
-		out, err := cluster.Kubectl(ctx, "get", "instance", name, "-n", "default")
+		out, err := kubectl(ctx, "get", "instance", name)
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(strings.Fields(strings.SplitN(out, "\n", 2)[0])).To(ContainElement("NETWORKS"))
 		Expect(out).To(ContainSubstring(utils.ProviderNetworkName + "=" + ip))

@@ -13,6 +13,7 @@ import (
 )
 
 var _ = Describe("Rebuild", Ordered, func() {
+	inNamespace("rebuild")
 	const name = "rebuilt"
 	var inst *v1.Instance
 

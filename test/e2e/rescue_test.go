@@ -15,6 +15,7 @@ import (
 var vdbCount = regexp.MustCompile(`vdb count=(\d+)`)
 
 var _ = Describe("Rescue", Ordered, func() {
+	inNamespace("rescue")
 	const name = "rescued"
 	var inst *v1.Instance
 

@@ -3,10 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -22,11 +20,11 @@ import (
 // copy of the disk counts one more, and a revert, which boots the disk as it was before the
 // move, counts the same number as the copy did.
 var _ = Describe("Resize and cold migration", Ordered, func() {
+	inNamespace("resize")
 	const name = "shapeshifter"
 
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		for _, f := range []*v1.Flavor{
 			{ObjectMeta: metav1.ObjectMeta{Name: "r1.wide"}, Spec: v1.FlavorSpec{VCPUs: 2, MemoryMiB: 384, DiskGiB: 3}},
@@ -35,24 +33,8 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		} {
 			Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, f))).To(Succeed())
 		}
-		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
-		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: host-1\n", 1)
-		path := filepath.Join(cluster.WorkDir, name+".yaml")
-		Expect(os.WriteFile(path, []byte(manifest), 0o644)).To(Succeed())
-		out, err := cluster.Kubectl(ctx, "apply", "-f", path)
-		Expect(err).NotTo(HaveOccurred(), out)
-		inst := expectInstance(ctx, name, settled(v1.VMStateActive))
-		Expect(inst.Status.NodeName).To(Equal("host-1"))
-		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 && c.Last(aliveSeq) >= 1 }, "first boot")
-		patchSpec(ctx, name, `{"spec":{"nodeSelector":null}}`)
-		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", name, "-n", "default", "--ignore-not-found", "--wait=true", "--timeout=90s")
-			Expect(err).NotTo(HaveOccurred(), out)
-		}, NodeTimeout(2*time.Minute))
+		launchPinned(ctx, name, "host-1")
 	}, NodeTimeout(3*time.Minute))
-
-	// bootsNow is the guest's boot count as its node's console log shows it.
-	bootsNow := func(inst *v1.Instance) int { return readConsole(inst).Last(bootCount) }
 
 	// resized waits until the instance waits in Resized on node, booted once more than before.
 	resized := func(ctx context.Context, node string, bootsBefore int) *v1.Instance {
@@ -68,16 +50,6 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == bootsBefore+1 && c.Last(aliveSeq) >= 1 },
 			fmt.Sprintf("booted on its copy of the disk: boot %d", bootsBefore+1))
 		return inst
-	}
-
-	diskOf := func(node string, inst *v1.Instance) string {
-		return filepath.Join(host(node).StorageRoot, "instances", string(inst.UID), "disk")
-	}
-	// asidesOn lists the disks a resize set aside on node.
-	asidesOn := func(node string, inst *v1.Instance) []string {
-		asides, err := filepath.Glob(diskOf(node, inst) + ".resize-*")
-		Expect(err).NotTo(HaveOccurred())
-		return asides
 	}
 
 	It("resizes in place, the disk grown and the guest booted with the new flavor, and a confirmation deletes the old disk", func(ctx SpecContext) {
@@ -132,7 +104,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 			Expect(inst.Status.NodeName).To(Equal("host-1"))
 			Expect(inst.Status.Flavor.Name).To(Equal("r1.wide"))
 			Expect(inst.Status.Resize).To(BeNil())
-			out, err := cluster.Kubectl(ctx, "get", "instance", name, "-n", "default")
+			out, err := kubectl(ctx, "get", "instance", name)
 			Expect(err).NotTo(HaveOccurred(), out)
 			Expect(out).To(MatchRegexp(`\s+r1.wide\s+test-guest\s+`+flavor+`\s+test-guest\s`), "kubectl get shows the flavor it has beside the one asked for")
 		}
@@ -162,7 +134,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		Expect(out).NotTo(ContainSubstring(string(inst.UID)), "the source's domain is gone: the guest runs once")
 		mig := &v1.Migration{}
-		Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: migName}, mig)).To(Succeed())
+		Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: migName}, mig)).To(Succeed())
 		Expect(mig.Status.Phase).To(Equal(v1.MigrationFinalizing))
 		Expect(mig.Status.Reason).To(Equal("Resized"))
 		GinkgoWriter.Printf("FIGURE cold migration through the image store: %s from kubectl to Resized\n", took.Round(10*time.Millisecond))
@@ -182,7 +154,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		Expect(filepath.Dir(diskOf("host-3", after))).NotTo(BeADirectory(), "the target's copy is gone")
 		Expect(filepath.Join(cluster.ImageStore, "images", rs.Transfer.UID)).NotTo(BeAnExistingFile(), "the transfer's copy is deleted")
 		Eventually(func(g Gomega) {
-			g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: migName}, mig)).To(Succeed())
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: migName}, mig)).To(Succeed())
 			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationFailed))
 			g.Expect(mig.Status.Reason).To(Equal("Reverted"))
 		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
@@ -211,6 +183,18 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == boots+1 && c.SinceLastBoot().Last(aliveSeq) >= 1 },
 			"booted again")
 	}, NodeTimeout(6*time.Minute))
+})
+
+// A resize's automatic confirmation needs the manager restarted with another flag: Serial.
+var _ = Describe("Resize confirmed by the manager", Ordered, Serial, func() {
+	inNamespace("resize-confirm")
+	const name = "self-confirmed"
+
+	BeforeAll(func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "image.yaml")
+		launchPinned(ctx, name, "host-1")
+	}, NodeTimeout(3*time.Minute))
 
 	It("cold-migrates between hosts that share storage, confirmed by itself after --resize-confirm-window", func(ctx SpecContext) {
 		Expect(cluster.StopManager()).To(Succeed())
@@ -234,12 +218,29 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == boots+1 }, "booted on host-2")
 		Expect(diskOf("host-2", after)).To(BeAnExistingFile())
 		Expect(asidesOn("host-2", after)).To(BeEmpty(), "confirmed: the old disk is gone from the shared storage")
-		Expect(events(ctx, name, "Confirmed")).To(ContainElement(ContainSubstring("--resize-confirm-window")))
+		Eventually(func() []string { return events(ctx, name, "Confirmed") }).WithContext(ctx).
+			Should(ContainElement(ContainSubstring("--resize-confirm-window")))
 		mig := &v1.Migration{}
 		Eventually(func(g Gomega) {
-			g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: migName}, mig)).To(Succeed())
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: migName}, mig)).To(Succeed())
 			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationSucceeded))
 		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
 		GinkgoWriter.Printf("FIGURE cold migration on shared storage: %s from kubectl to Resized\n", took.Round(10*time.Millisecond))
 	}, NodeTimeout(6*time.Minute))
 })
+
+// bootsNow is the guest's boot count as its node's console log shows it.
+func bootsNow(inst *v1.Instance) int { return readConsole(inst).Last(bootCount) }
+
+// diskOf is the instance's root disk on node.
+func diskOf(node string, inst *v1.Instance) string {
+	return filepath.Join(host(node).StorageRoot, "instances", string(inst.UID), "disk")
+}
+
+// asidesOn lists the disks set aside beside the root disk on node: a resize's, or any other
+// leftover of a task (disk.<anything>).
+func asidesOn(node string, inst *v1.Instance) []string {
+	asides, err := filepath.Glob(diskOf(node, inst) + ".*")
+	Expect(err).NotTo(HaveOccurred())
+	return asides
+}

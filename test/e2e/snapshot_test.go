@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -14,6 +15,7 @@ import (
 )
 
 var _ = Describe("Snapshots", Ordered, func() {
+	inNamespace("snapshots")
 	const name = "snap-source"
 	var inst *v1.Instance
 
@@ -37,9 +39,9 @@ var _ = Describe("Snapshots", Ordered, func() {
 		Expect(out).To(ContainSubstring("image snap-data is available"))
 
 		snap := &v1.Snapshot{}
-		Expect(cluster.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: "snap-data"}, snap)).To(Succeed())
+		Expect(cluster.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "snap-data"}, snap)).To(Succeed())
 		Expect(snap.Status.Phase).To(Equal(v1.SnapshotSucceeded))
-		img := expectImagePhase(ctx, "default", "snap-data", v1.ImageAvailable)
+		img := expectImagePhase(ctx, ns, "snap-data", v1.ImageAvailable)
 		GinkgoWriter.Printf("FIGURE snapshot image of the test guest: %d bytes, virtual %d\n", img.Status.SizeBytes, img.Status.VirtualSizeBytes)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 		expectConsole(ctx, inst, func(c console) bool { return c.Last(aliveSeq) > seq+1 }, "the guest going on")
@@ -48,18 +50,22 @@ var _ = Describe("Snapshots", Ordered, func() {
 		restored := launchInstance(ctx, "snap-restored", "snap-data")
 		Expect(restored.Status.Image.Name).To(Equal("snap-data"))
 		expectConsole(ctx, restored, func(c console) bool { return c.Last(bootCount) == 4 }, "the restored guest counting on from the snapshot's 3 boots")
-		out, err = cluster.Kubectl(ctx, "delete", "instance", "snap-restored", "-n", "default", "--wait=true", "--timeout=90s")
+		out, err = kubectl(ctx, "delete", "instance", "snap-restored", "--wait=true", "--timeout=90s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(4*time.Minute))
 
-	It("saves a paused instance, which stays paused, and a stopped one from its disk", func(ctx SpecContext) {
+	It("saves a paused instance, which stays paused, and a stopped one from its disk, each image booting with the guest's data", func(ctx SpecContext) {
+		boots := readConsole(inst).Last(bootCount)
 		patchSpec(ctx, name, `{"spec":{"powerState":"Paused"}}`)
 		expectInstance(ctx, name, settled(v1.VMStatePaused))
 		out, err := kubectlNova(ctx, "snapshot", name, "snap-paused", "--wait")
 		Expect(err).NotTo(HaveOccurred(), out)
-		expectImagePhase(ctx, "default", "snap-paused", v1.ImageAvailable)
+		expectImagePhase(ctx, ns, "snap-paused", v1.ImageAvailable)
 		cur := expectInstance(ctx, name, settled(v1.VMStatePaused))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStatePaused))
+		domstate, err := host(cur.Status.NodeName).Virsh(ctx, "domstate", cur.Status.AgentReport.DomainName)
+		Expect(err).NotTo(HaveOccurred(), domstate)
+		Expect(strings.TrimSpace(domstate)).To(Equal("paused"), "the hypervisor kept it paused")
 		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`) // Nova stops only an Active instance
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 
@@ -67,11 +73,35 @@ var _ = Describe("Snapshots", Ordered, func() {
 		expectInstance(ctx, name, settled(v1.VMStateStopped))
 		out, err = kubectlNova(ctx, "snapshot", name, "snap-stopped", "--wait")
 		Expect(err).NotTo(HaveOccurred(), out)
-		expectImagePhase(ctx, "default", "snap-stopped", v1.ImageAvailable)
+		expectImagePhase(ctx, ns, "snap-stopped", v1.ImageAvailable)
 		cur = expectInstance(ctx, name, settled(v1.VMStateStopped))
 		Expect(cur.Status.PowerState).To(Equal(v1.PowerStateShutdown))
+		domstate, err = host(cur.Status.NodeName).Virsh(ctx, "domstate", cur.Status.AgentReport.DomainName)
+		Expect(err).NotTo(HaveOccurred(), domstate)
+		Expect(strings.TrimSpace(domstate)).To(Equal("shut off"), "the snapshot started nothing")
+
+		By("booting both images: each holds the guest's boot count")
+		for _, image := range []string{"snap-paused", "snap-stopped"} {
+			restored := launchInstance(ctx, image+"-restored", image)
+			expectConsole(ctx, restored, func(c console) bool { return c.Last(bootCount) == boots+1 },
+				fmt.Sprintf("%s: the restored guest counting on from the %d boots saved", image, boots))
+			out, err := kubectl(ctx, "delete", "instance", image+"-restored", "--wait=true", "--timeout=90s")
+			Expect(err).NotTo(HaveOccurred(), out)
+		}
 		patchSpec(ctx, name, `{"spec":{"powerState":"Running"}}`)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
+		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == boots+1 }, "started again from its own disk")
+	}, NodeTimeout(5*time.Minute))
+})
+
+// An agent killed in the middle of a snapshot: Serial, as every spec that kills a process.
+var _ = Describe("Snapshots cut short", Ordered, Serial, func() {
+	inNamespace("snapshots-crash")
+	const name = "snap-crash-source"
+	var inst *v1.Instance
+
+	BeforeAll(func(ctx SpecContext) {
+		inst = instanceForSpecs(ctx, name, "test-guest")
 	}, NodeTimeout(3*time.Minute))
 
 	It("finishes a snapshot cut short by SIGKILL of the agent, and loses nothing", func(ctx SpecContext) {
@@ -80,24 +110,22 @@ var _ = Describe("Snapshots", Ordered, func() {
 		h := host(inst.Status.NodeName)
 		// The agent is stopped first, so that the task is surely in flight when it dies.
 		Expect(cluster.KillAgent(h)).To(Succeed())
-		Expect(cluster.Client.Create(ctx, &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "snap-crash"},
+		Expect(cluster.Client.Create(ctx, &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "snap-crash"},
 			Spec: v1.SnapshotSpec{InstanceName: name}})).To(Succeed())
 		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) { g.Expect(i.Status.TaskState).To(Equal(v1.TaskStateImageSnapshot)) })
-		Expect(cluster.StartAgent(h)).To(Succeed())
 		// Killed again as soon as it reports the copy made, in the middle of the upload.
-		expectInstance(ctx, name, func(g Gomega, i *v1.Instance) {
-			g.Expect(i.Status.TaskState == v1.TaskStateImageUploading || i.Status.TaskState == v1.TaskStateNone).To(BeTrue())
-		})
-		Expect(cluster.KillAgent(h)).To(Succeed())
+		cutShortAt(ctx, name, v1.TaskStateImageUploading,
+			func() { Expect(cluster.StartAgent(h)).To(Succeed()) },
+			func() { Expect(cluster.KillAgent(h)).To(Succeed()) })
 		Expect(cluster.StartAgent(h)).To(Succeed())
 		expectSnapshotPhase(ctx, "snap-crash", v1.SnapshotSucceeded)
-		expectImagePhase(ctx, "default", "snap-crash", v1.ImageAvailable)
+		expectImagePhase(ctx, ns, "snap-crash", v1.ImageAvailable)
 		expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(readConsole(inst).Last(bootCount)).To(Equal(boots), "the guest was not rebooted")
 		Expect(qemuCount(inst)).To(Equal(1))
 		restored := launchInstance(ctx, "snap-crash-restored", "snap-crash")
 		expectConsole(ctx, restored, func(c console) bool { return c.Last(bootCount) == boots+1 }, "the snapshot holds the guest's data")
-		out, err := cluster.Kubectl(ctx, "delete", "instance", "snap-crash-restored", "-n", "default", "--wait=true", "--timeout=90s")
+		out, err := kubectl(ctx, "delete", "instance", "snap-crash-restored", "--wait=true", "--timeout=90s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(4*time.Minute))
 })
@@ -105,7 +133,7 @@ var _ = Describe("Snapshots", Ordered, func() {
 func expectSnapshotPhase(ctx context.Context, name string, phase v1.SnapshotPhase) *v1.Snapshot {
 	snap := &v1.Snapshot{}
 	Eventually(func(g Gomega) {
-		g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, snap)).To(Succeed())
+		g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, snap)).To(Succeed())
 		g.Expect(snap.Status.Phase).To(Equal(phase), snap.Status.Message)
 	}).WithContext(ctx).WithTimeout(2 * time.Minute).WithPolling(100 * time.Millisecond).Should(Succeed())
 	return snap

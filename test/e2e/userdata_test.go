@@ -18,21 +18,22 @@ import (
 )
 
 var _ = Describe("User data", Ordered, func() {
+	inNamespace("userdata")
+
 	It("gives the guest its user data from a Secret and its SSH keys on a cloud-init NoCloud drive", func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
-		applySample(ctx, "flavors.yaml")
 		applySample(ctx, "image.yaml")
 		Expect(client.IgnoreAlreadyExists(cluster.Client.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-userdata"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-userdata"},
 			StringData: map[string]string{"userdata": "#cloud-config\nruncmd:\n- echo hello from user data\n"}}))).To(Succeed())
 		key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKubenovaTestKeyNotARealOne0000000000000000 ops@example: #1"
-		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "cloudy"},
+		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cloudy"},
 			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"},
 				UserData:          &v1.UserDataSource{SecretName: "web-userdata"},
 				SSHAuthorizedKeys: []string{key}}}
 		Expect(cluster.Client.Create(ctx, inst)).To(Succeed())
 		DeferCleanup(func(ctx SpecContext) {
-			out, err := cluster.Kubectl(ctx, "delete", "instance", "cloudy", "-n", "default", "--wait=true", "--timeout=90s")
+			out, err := kubectl(ctx, "delete", "instance", "cloudy", "--wait=true", "--timeout=90s")
 			Expect(err).NotTo(HaveOccurred(), out)
 		}, NodeTimeout(2*time.Minute))
 		inst = expectInstance(ctx, "cloudy", settled(v1.VMStateActive))
@@ -59,7 +60,7 @@ var _ = Describe("User data", Ordered, func() {
 			Expect(string(b)).NotTo(ContainSubstring(secret), l)
 		}
 		var evs eventsv1.EventList
-		Expect(cluster.Client.List(ctx, &evs, client.InNamespace("default"))).To(Succeed())
+		Expect(cluster.Client.List(ctx, &evs, client.InNamespace(ns))).To(Succeed())
 		evJSON, err := json.Marshal(evs)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(string(evJSON)).To(ContainSubstring("cloudy"), "the instance's Events are there to be read")

@@ -32,6 +32,8 @@ type Cluster struct {
 	// CloudAdminKubeconfig is the cloud administrator's (CloudAdmin, in kubenova:admins):
 	// flavors, hypervisors, migrations to a chosen node, evacuation.
 	CloudAdminKubeconfig string
+	// StrangerKubeconfig is a person's who has no rights at all: what everyone is refused.
+	StrangerKubeconfig string
 	// AdminKubeconfig is system:masters', for kube-controller-manager and the simulated
 	// fleet (one process playing many nodes has no single node's identity).
 	AdminKubeconfig string
@@ -53,6 +55,8 @@ type Cluster struct {
 
 	procs         []*exec.Cmd
 	managerConfig string
+	// attached: another process started the cluster and owns its processes (AttachCluster).
+	attached bool
 }
 
 // ProviderNetwork is the one network of the test cluster: a Linux bridge with a DHCP server
@@ -318,8 +322,14 @@ func (c *Cluster) StartAgent(h Host, args ...string) error {
 		"--image-store=" + c.ImageStore, "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge}, args...)...)
 }
 
+// errAttached refuses to start, stop or kill a process of a cluster this process only attached to.
+var errAttached = errors.New("this process attached to a cluster another process started: only that one may start, stop or kill its processes (mark the spec Serial)")
+
 // start runs a binary in the background with a kubeconfig, logging to logs/<name>.log.
 func (c *Cluster) start(name, kubeconfig, binary string, args ...string) error {
+	if c.attached {
+		return errAttached
+	}
 	// Append, so that a restarted process keeps its predecessor's log.
 	logFile, err := os.OpenFile(filepath.Join(c.WorkDir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -339,15 +349,16 @@ func (c *Cluster) start(name, kubeconfig, binary string, args ...string) error {
 
 // Kubectl runs bin/kubectl against the cluster as TenantUser.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
-	return c.kubectl(ctx, c.Kubeconfig, args...)
+	return c.KubectlWith(ctx, c.Kubeconfig, args...)
 }
 
 // KubectlAsCloudAdmin runs bin/kubectl as CloudAdmin.
 func (c *Cluster) KubectlAsCloudAdmin(ctx context.Context, args ...string) (string, error) {
-	return c.kubectl(ctx, c.CloudAdminKubeconfig, args...)
+	return c.KubectlWith(ctx, c.CloudAdminKubeconfig, args...)
 }
 
-func (c *Cluster) kubectl(ctx context.Context, kubeconfig string, args ...string) (string, error) {
+// KubectlWith runs bin/kubectl with a kubeconfig (one of Namespace's, say).
+func (c *Cluster) KubectlWith(ctx context.Context, kubeconfig string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(BinDir(), "kubectl"), args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	var stdout, stderr bytes.Buffer
@@ -363,6 +374,9 @@ func (c *Cluster) kubectl(ctx context.Context, kubeconfig string, args ...string
 
 // RestartLibvirtd restarts one host's libvirtd; its guests keep running.
 func (c *Cluster) RestartLibvirtd(ctx context.Context, h Host) error {
+	if c.attached {
+		return errAttached
+	}
 	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
 	out, err := exec.CommandContext(ctx, script, "restart-daemon", filepath.Join(c.WorkDir, "hosts"), h.Name).CombinedOutput()
 	if err != nil {
@@ -383,6 +397,9 @@ func (c *Cluster) StartHost(ctx context.Context, h Host) error {
 }
 
 func (c *Cluster) hostScript(ctx context.Context, command string, h Host) error {
+	if c.attached {
+		return errAttached
+	}
 	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
 	out, err := exec.CommandContext(ctx, script, command, filepath.Join(c.WorkDir, "hosts"), h.Name).CombinedOutput()
 	if err != nil {
@@ -400,6 +417,9 @@ func (h Host) Virsh(ctx context.Context, args ...string) (string, error) {
 // Stop ends the processes, the libvirt hosts (and their guests) and the control plane. It is
 // safe to call on a cluster that only partly started.
 func (c *Cluster) Stop() {
+	if c.attached {
+		return
+	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		stopProcess(c.procs[i])
 	}
@@ -448,6 +468,9 @@ func (c *Cluster) KillAgent(h Host) error {
 
 // kill sends SIGKILL to the first process that matches and reaps it.
 func (c *Cluster) kill(match func(*exec.Cmd) bool, what string) error {
+	if c.attached {
+		return errAttached
+	}
 	for i, cmd := range c.procs {
 		if match(cmd) {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -468,6 +491,9 @@ func (c *Cluster) StopAgent(h Host) error {
 
 // stop ends the first process that matches.
 func (c *Cluster) stop(match func(*exec.Cmd) bool, what string) error {
+	if c.attached {
+		return errAttached
+	}
 	for i, cmd := range c.procs {
 		if match(cmd) {
 			stopProcess(cmd)

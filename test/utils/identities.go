@@ -65,7 +65,11 @@ func (c *Cluster) setUpIdentities(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Kubeconfig, c.CloudAdminKubeconfig = tenant, admin
+	stranger, err := c.userKubeconfig("stranger")
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig, c.CloudAdminKubeconfig, c.StrangerKubeconfig = tenant, admin, stranger
 	return c.GrantTenant(ctx, "default")
 }
 
@@ -81,12 +85,6 @@ func (c *Cluster) userKubeconfig(name string, groups ...string) (string, error) 
 	}
 	path := filepath.Join(c.WorkDir, "identities", name+".kubeconfig")
 	return path, writeFile(path, kc)
-}
-
-// UserKubeconfig writes the kubeconfig of another person, with a client certificate and no
-// rights but what their groups have.
-func (c *Cluster) UserKubeconfig(name string, groups ...string) (string, error) {
-	return c.userKubeconfig(name, groups...)
 }
 
 // GrantTenant gives TenantUser the built-in edit role in namespace, as a project's member has.
