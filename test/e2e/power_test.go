@@ -27,6 +27,8 @@ var _ = Describe("Power operations", Ordered, func() {
 	}, NodeTimeout(3*time.Minute))
 
 	It("shuts off through ACPI and starts again from the same disk", func(ctx SpecContext) {
+		// A guest still early in its boot does not hear the power button yet.
+		expectConsole(ctx, inst, func(c console) bool { return c.SinceLastBoot().Last(aliveSeq) >= 1 }, "the guest listening to its power button")
 		m := measure(ctx, name, func() { patchSpec(ctx, name, `{"spec":{"powerState":"Stopped"}}`) }, restsIn(v1.VMStateStopped))
 		report("shut off (apply to Stopped)", m)
 		inst = expectInstance(ctx, name, func(g Gomega, i *v1.Instance) {
