@@ -104,6 +104,7 @@ func run(runs int, workDir string) error {
 			times[op.name] = t
 		}
 	}
+	fmt.Printf("image operations of the test guest (1 vCPU, 256 MiB, TCG) on %s, %d runs per side\n\n", benchutil.Machine(), runs)
 	fmt.Printf("%-10s %12s %12s %7s %10s\n", "operation", "by hand", "kubenova", "ratio", "diff")
 	for _, op := range ops {
 		mb, mk := benchutil.Median(times[op.name][0]), benchutil.Median(times[op.name][1])

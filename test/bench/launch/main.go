@@ -48,6 +48,7 @@ func run(runs int, workDir string) error {
 	if err != nil {
 		return err
 	}
+	fmt.Printf("launches of the test guest (1 vCPU, 256 MiB, TCG) on %s\n\n", benchutil.Machine())
 	fmt.Printf("first launch (image copied into the node's cache): Active %s, boot line %s\n\n", benchutil.Ms(first.active), benchutil.Ms(first.boot))
 
 	var base, active, boot []time.Duration
