@@ -61,9 +61,9 @@ type bench struct {
 	domain   string
 	baseUUID string
 	lv       *libvirtdriver.Driver
-	baseLog string
-	watcher client.WithWatch
-	instLog string
+	baseLog  string
+	watcher  client.WithWatch
+	instLog  string
 }
 
 func run(runs int, workDir string) error {
@@ -111,7 +111,12 @@ func run(runs int, workDir string) error {
 			// Take turns at going first, so that neither side always meets a warmer host.
 			sides := []func() error{
 				func() error { d, err := op.baseline(ctx, b); base = append(base, d); return err },
-				func() error { d, w, err := op.kubenova(ctx, b); kube = append(kube, d); writes = append(writes, w); return err },
+				func() error {
+					d, w, err := op.kubenova(ctx, b)
+					kube = append(kube, d)
+					writes = append(writes, w)
+					return err
+				},
 			}
 			if i%2 == 1 {
 				slices.Reverse(sides)
