@@ -75,8 +75,9 @@ func launchInstance(ctx context.Context, name, image string) *v1.Instance {
 	})
 }
 
-// instanceForSpecs is the BeforeAll of a container whose specs share one instance: the image (test-guest, or test-guest-noacpi), and the instance Active and booted; it is
-// deleted once the container is done.
+// instanceForSpecs is the BeforeAll of a container whose specs share one instance: the image
+// (test-guest, or test-guest-noacpi), and the instance Active and booted; it is deleted once the
+// container is done.
 func instanceForSpecs(ctx context.Context, name, image string) *v1.Instance {
 	expectHypervisorsUp(ctx)
 	if image == "test-guest-noacpi" {

@@ -28,21 +28,8 @@ var _ = Describe("Live migration", Ordered, Serial, func() {
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
 		applySample(ctx, "image.yaml")
-		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: "+name, 1)
 		// Start on host-1, so that the first move is between the two hosts that share storage.
-		manifest = strings.Replace(manifest, "spec:\n", "spec:\n  nodeSelector:\n    kubernetes.io/hostname: host-1\n", 1)
-		path := writeManifest(name+".yaml", manifest)
-		out, err := kubectl(ctx, "apply", "-f", path)
-		Expect(err).NotTo(HaveOccurred(), out)
-		inst = expectInstance(ctx, name, settled(v1.VMStateActive))
-		Expect(inst.Status.NodeName).To(Equal("host-1"))
-		expectConsole(ctx, inst, func(c console) bool { return c.Last(bootCount) == 1 && c.Last(aliveSeq) >= 1 }, "first boot, counting")
-		// The node selector pinned the launch; the moves below name their targets.
-		patchSpec(ctx, name, `{"spec":{"nodeSelector":null}}`)
-		DeferCleanup(func(ctx SpecContext) {
-			out, err := kubectl(ctx, "delete", "instance", name, "--ignore-not-found", "--wait=true", "--timeout=90s")
-			Expect(err).NotTo(HaveOccurred(), out)
-		}, NodeTimeout(2*time.Minute))
+		inst = launchPinned(ctx, name, "host-1")
 	}, NodeTimeout(3*time.Minute))
 
 	// migrate moves the instance live to target while its guest counts, and checks that it
