@@ -107,7 +107,8 @@ func run(runs int, workDir string) error {
 		fmt.Printf("%-16s %12s %12s %7.2f %10s %14s %14s\n", p.name, benchutil.Ms(mb), benchutil.Ms(mk), float64(mk)/float64(mb),
 			benchutil.Ms(mk-mb), benchutil.Ms(benchutil.Median(p.libvirt)), benchutil.Ms(benchutil.Median(p.downtimes)))
 	}
-	fmt.Println("\nvirsh: `virsh migrate --live --p2p --persistent --undefinesource` (with --unsafe on shared storage; with")
+	fmt.Println("\nvirsh: `virsh migrate --live --p2p --persistent --undefinesource --abort-on-error --auto-converge`, the flags")
+	fmt.Println("kubenova's driver passes (with --unsafe on shared storage; with")
 	fmt.Println("--copy-storage-all into a disk made beforehand with qemu-img and --xml moving its paths, as a block migration),")
 	fmt.Println("timed from the command to its end, the disk's creation included. kubenova: from the Migration's creation to")
 	fmt.Println("its phase Succeeded (the target prepares, the source migrates, the target reports libvirt's figures); libvirt")
@@ -166,7 +167,8 @@ func (p *pair) domainXML(h utils.Host) (string, error) {
 // virshMove moves the baseline domain to the pair's other host with virsh.
 func (b *bench) virshMove(ctx context.Context, p *pair) (time.Duration, error) {
 	from, to := p.hosts[p.baseAt], p.hosts[1-p.baseAt]
-	args := []string{"migrate", "--live", "--p2p", "--persistent", "--undefinesource"}
+	// The flags kubenova's driver passes (MigrateLive), so that both sides ask libvirt the same.
+	args := []string{"migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--abort-on-error", "--auto-converge"}
 	start := time.Now()
 	if p.block {
 		if err := os.MkdirAll(p.dir(to), 0o755); err != nil {
