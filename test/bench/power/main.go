@@ -282,23 +282,9 @@ func (b *bench) virsh(args []string, async v1.PowerState, boots bool) func(conte
 	}
 }
 
-// untilState waits until libvirt reports the baseline domain in power state want, asking over
-// the bench's open connection (a call costs well under a millisecond; a virsh process, tens).
+// untilState waits until libvirt reports the baseline domain in power state want.
 func (b *bench) untilState(ctx context.Context, want v1.PowerState) error {
-	deadline := time.Now().Add(120 * time.Second)
-	for {
-		st, err := b.lv.State(ctx, b.baseUUID)
-		if err != nil {
-			return err
-		}
-		if st.Power == want {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not %s within 120 s (%s)", want, st.Power)
-		}
-		time.Sleep(5 * time.Millisecond) // polling libvirt's state; the guest decides when it powers off
-	}
+	return benchutil.UntilPowerState(ctx, b.lv, b.baseUUID, want, 120*time.Second)
 }
 
 // virshCleanReboot is kubenova's soft reboot done by hand: the ACPI shutdown, the domain shut

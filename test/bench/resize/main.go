@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,6 +25,7 @@ import (
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
 	"github.com/kubenova/kubenova/internal/driver/domainxml"
+	libvirtdriver "github.com/kubenova/kubenova/internal/driver/libvirt"
 	"github.com/kubenova/kubenova/test/bench/benchutil"
 	"github.com/kubenova/kubenova/test/utils"
 )
@@ -62,6 +62,10 @@ type kind struct {
 type bench struct {
 	c     client.Client
 	guest string
+	// store is the image store's directory, where the hand-made move puts its copy too.
+	store string
+	// libvirt holds one connection per host, on which the hand-made move watches the state.
+	libvirt map[string]*libvirtdriver.Driver
 }
 
 func run(runs int, workDir string) error {
@@ -75,7 +79,15 @@ func run(runs int, workDir string) error {
 	if err := benchutil.Prepare(ctx, cluster, workDir); err != nil {
 		return err
 	}
-	b := &bench{c: cluster.Client}
+	b := &bench{c: cluster.Client, store: cluster.ImageStore, libvirt: map[string]*libvirtdriver.Driver{}}
+	for _, h := range cluster.Hosts {
+		lv, err := libvirtdriver.New(h.URI)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = lv.Close() }()
+		b.libvirt[h.Name] = lv
+	}
 	if b.guest, _, err = utils.GuestImage(); err != nil {
 		return err
 	}
@@ -117,9 +129,11 @@ func run(runs int, workDir string) error {
 		fmt.Printf("%-18s %12s %12s %7.2f %10s %12s\n", k.name, benchutil.Ms(mh), benchutil.Ms(mk), float64(mk)/float64(mh),
 			benchutil.Ms(mk-mh), benchutil.Ms(benchutil.Median(k.confirms)))
 	}
-	fmt.Println("\nby hand: virsh shutdown until shut off, virsh undefine, then the disk moved (shared storage and in place:")
+	fmt.Println("\nby hand: virsh shutdown until libvirt reports it shut off (over one open connection), virsh undefine, then the")
+	fmt.Println("disk moved (shared storage and in place:")
 	fmt.Println("set aside and copied beside itself with cp --sparse, the two flavors having one disk size; image store:")
-	fmt.Println("qemu-img convert to a standalone copy, cp to the target), define with the new size, start. kubenova: from the Migration's creation (or")
+	fmt.Println("qemu-img convert to a standalone copy, cp into the store, cp from the store to the target, a qcow2 overlay on it),")
+	fmt.Println("define with the new size, start. kubenova: from the Migration's creation (or")
 	fmt.Println("spec.flavor's change) to the instance waiting in Resized; confirm: from spec.resizeRequest to Active. Both")
 	fmt.Println("guests have booted (printed alive) before each move.")
 	return nil
@@ -196,10 +210,7 @@ func (b *bench) byHand(ctx context.Context, k *kind) error {
 	if out, err := from.Virsh(ctx, "shutdown", k.domain); err != nil {
 		return fmt.Errorf("virsh shutdown: %w: %s", err, out)
 	}
-	if err := benchutil.Poll(120*time.Second, func() (bool, error) {
-		out, err := from.Virsh(ctx, "domstate", k.domain)
-		return err == nil && strings.TrimSpace(out) == "shut off", nil
-	}); err != nil {
+	if err := benchutil.UntilPowerState(ctx, b.libvirt[from.Name], k.id, v1.PowerStateShutdown, 120*time.Second); err != nil {
 		return err
 	}
 	if out, err := from.Virsh(ctx, "undefine", k.domain); err != nil {
@@ -219,17 +230,31 @@ func (b *bench) byHand(ctx context.Context, k *kind) error {
 			k.baseSize = 1 - k.baseSize
 		}
 	} else {
+		// The copies kubenova makes through the image store: a standalone copy of the disk on
+		// the source, that copy into the store, from the store into the target's cache, and
+		// the root disk an overlay on it with the flavor's size. (kubenova also hashes both
+		// transfers to verify them; the hand-made move does not.)
 		transfer := filepath.Join(k.dir(from), "transfer.qcow2")
 		if out, err := benchutil.Run(ctx, "qemu-img", "convert", "-q", "-O", "qcow2", src, transfer); err != nil {
 			return fmt.Errorf("qemu-img convert: %w: %s", err, out)
 		}
+		stored := filepath.Join(b.store, "baseline-"+k.id)
+		if out, err := benchutil.Run(ctx, "cp", "--sparse=always", transfer, stored); err != nil {
+			return fmt.Errorf("cp to the store: %w: %s", err, out)
+		}
+		_ = os.Remove(transfer)
 		if err := os.MkdirAll(k.dir(to), 0o755); err != nil {
 			return err
 		}
-		if out, err := benchutil.Run(ctx, "cp", "--sparse=always", transfer, dst); err != nil {
-			return fmt.Errorf("cp: %w: %s", err, out)
+		base := filepath.Join(k.dir(to), "base.qcow2")
+		if out, err := benchutil.Run(ctx, "cp", "--sparse=always", stored, base); err != nil {
+			return fmt.Errorf("cp from the store: %w: %s", err, out)
 		}
-		_ = os.Remove(transfer)
+		size := fmt.Sprintf("%dG", flavors[k.baseSize].DiskGiB)
+		if out, err := benchutil.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, dst, size); err != nil {
+			return fmt.Errorf("qemu-img create: %w: %s", err, out)
+		}
+		defer func() { _ = os.Remove(stored) }()
 	}
 	if err := k.defineAndStart(ctx, to); err != nil {
 		return err
