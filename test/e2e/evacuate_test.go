@@ -96,6 +96,12 @@ var _ = Describe("Evacuation", Ordered, Serial, func() {
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(cur.UID).To(Equal(inst.UID))
 			g.Expect(cur.Status.NodeName).To(Equal("host-1"), "nothing moves while the node may still run the guest")
+			// The hypervisor's word: nothing was defined or started on the other nodes.
+			for _, other := range []string{"host-2", "host-3"} {
+				out, err := host(other).Virsh(ctx, "list", "--all", "--uuid")
+				g.Expect(err).NotTo(HaveOccurred(), out)
+				g.Expect(out).NotTo(ContainSubstring(string(inst.UID)), other)
+			}
 		}).WithContext(ctx).Should(Succeed())
 	}, NodeTimeout(4*time.Minute))
 

@@ -62,8 +62,10 @@ func startKubectlNova(kubeconfig string, args ...string) *gexec.Session {
 const novaWaitTimeout = "--timeout=90s"
 
 // expectRestsAfterWait checks, without waiting, that the instance rests in vmState with its spec
-// asking for desired: a --wait that exited 0 promises exactly that.
+// asking for desired, and that its node's libvirt says the same of the domain: a --wait that
+// exited 0 promises exactly that.
 func expectRestsAfterWait(ctx context.Context, name string, vmState v1.VMState, desired v1.DesiredPowerState) *v1.Instance {
+	GinkgoHelper()
 	inst, err := instance(ctx, name)()
 	Expect(err).NotTo(HaveOccurred())
 	Expect(inst.Status.VMState).To(Equal(vmState))
@@ -71,6 +73,11 @@ func expectRestsAfterWait(ctx context.Context, name string, vmState v1.VMState, 
 	Expect(inst.Spec.PowerState).To(Equal(desired))
 	Expect(inst.Status.ObservedGeneration).To(Equal(inst.Generation))
 	Expect(meta.IsStatusConditionTrue(inst.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+	domstate := map[v1.VMState]string{v1.VMStateActive: "running", v1.VMStateStopped: "shut off", v1.VMStatePaused: "paused"}[vmState]
+	Expect(domstate).NotTo(BeEmpty(), "no domain state known for %s", vmState)
+	out, err := host(inst.Status.NodeName).Virsh(ctx, "domstate", inst.Status.AgentReport.DomainName)
+	Expect(err).NotTo(HaveOccurred(), out)
+	Expect(strings.TrimSpace(out)).To(Equal(domstate), "the hypervisor's word")
 	return inst
 }
 

@@ -53,12 +53,16 @@ var _ = Describe("Metrics", Ordered, Serial, func() {
 		agentToken, err := cluster.ServiceAccountToken(ctx, "kubenova-agent", nil)
 		Expect(err).NotTo(HaveOccurred())
 		for _, endpoint := range []string{cluster.ManagerMetrics, host("host-1").Metrics} {
-			code, _, err := utils.Scrape(ctx, endpoint, "")
-			Expect(err).NotTo(HaveOccurred())
-			Expect(code).To(Equal(http.StatusUnauthorized), endpoint)
-			code, _, err = utils.Scrape(ctx, endpoint, agentToken)
-			Expect(err).NotTo(HaveOccurred())
-			Expect(code).To(Equal(http.StatusForbidden), endpoint)
+			// A Serial spec before this one may have just restarted the process: its listener
+			// opens moments after it starts.
+			Eventually(func(g Gomega) {
+				code, _, err := utils.Scrape(ctx, endpoint, "")
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(code).To(Equal(http.StatusUnauthorized), endpoint)
+				code, _, err = utils.Scrape(ctx, endpoint, agentToken)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(code).To(Equal(http.StatusForbidden), endpoint)
+			}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
 		}
 	})
 
