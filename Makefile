@@ -16,8 +16,10 @@ GOLANGCI_LINT := $(BIN)/golangci-lint
 GINKGO_VERSION ?= $(shell go list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
 GINKGO := $(BIN)/ginkgo-$(GINKGO_VERSION)
 # How many ginkgo processes share the e2e cluster: most of a spec's time is spent waiting on
-# guests, so more processes than cores pay off; Serial specs run alone at the end.
+# guests, so more processes than cores pay off. The disruptive containers run one at a time on a
+# second cluster beside them (hack/e2e.sh). E2E_FLAGS go to ginkgo (--focus=..., --seed=N).
 E2E_PROCS ?= 4
+E2E_FLAGS ?=
 
 # The version stamped into the binaries (the Dockerfile takes it as the build argument VERSION).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -82,9 +84,8 @@ test-unit: ## Unit tests and controller suites against a real kube-apiserver (en
 	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
-test-e2e: build $(GINKGO) ## End-to-end: three agents on real libvirt guests (two sharing storage), E2E_PROCS specs at a time; then the manager against a simulated fleet.
-	KUBENOVA_BIN=$(BIN) KUBENOVA_WORK_DIR=$(WORK_DIR)/e2e $(GINKGO) --procs=$(E2E_PROCS) --timeout=35m -v \
-		--output-dir=$(WORK_DIR)/e2e --json-report=report.json ./test/e2e
+test-e2e: build $(GINKGO) ## End-to-end on real libvirt guests: E2E_PROCS specs at a time on one cluster, the disruptive ones beside them on another (hack/e2e.sh); then the manager against a simulated fleet.
+	KUBENOVA_BIN=$(BIN) hack/e2e.sh $(GINKGO) $(WORK_DIR) $(E2E_PROCS) $(E2E_FLAGS)
 	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
 .PHONY: bench

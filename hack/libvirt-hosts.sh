@@ -301,6 +301,13 @@ ours_dnsmasq() {
 start_network() { # DIR
   local dir=$1 nd=$1/network pid
   network_names "$dir"
+  # Two work directories whose names hash alike would share a subnet on two bridges: refuse.
+  local taken
+  taken=$(ip -o -4 addr show to "$subnet.0/24" | awk -v b="$bridge" '$2 != b {print $2}')
+  if [ -n "$taken" ]; then
+    log "subnet $subnet.0/24 of $dir is already on $taken: use another work directory"
+    return 1
+  fi
   mkdir -p "$nd"
   ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
   ip addr replace "$subnet.1/24" dev "$bridge"

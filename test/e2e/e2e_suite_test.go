@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -32,15 +33,58 @@ func TestE2E(t *testing.T) {
 	RunSpecs(t, "kubenova e2e")
 }
 
+// clusterPerProcess: every ginkgo process starts a cluster of its own instead of sharing the
+// first one's. hack/e2e.sh runs the disruptive containers so, two processes side by side: a
+// container then has a cluster to itself and need not be Serial (helpers_test.go).
+var clusterPerProcess = os.Getenv("KUBENOVA_E2E_CLUSTER_PER_PROCESS") == "1"
+
 // The first process starts the cluster and hands its description to the others (ginkgo -p):
 // one control plane, one manager and one agent per host for the whole run. Specs that stop,
 // kill or restart any of these processes, change the manager's flags or read cluster-wide
-// totals are Serial: Ginkgo runs them on the first process, alone, after the parallel ones.
+// totals are disruptive (helpers_test.go): Serial, and run by hack/e2e.sh on clusters of their
+// own.
 var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
-	workDir := os.Getenv("KUBENOVA_WORK_DIR")
-	if workDir == "" {
-		workDir = filepath.Join(os.TempDir(), "kubenova-e2e")
+	if clusterPerProcess {
+		return nil
 	}
+	startSuiteCluster(ctx, suiteWorkDir())
+	description, err := cluster.Describe()
+	Expect(err).NotTo(HaveOccurred())
+	return description
+}, func(ctx SpecContext, description []byte) {
+	if clusterPerProcess {
+		startSuiteCluster(ctx, filepath.Join(suiteWorkDir(), fmt.Sprintf("p%d", GinkgoParallelProcess())))
+		return
+	}
+	if cluster != nil {
+		return // the first process started it
+	}
+	var err error
+	cluster, err = utils.AttachCluster(description)
+	Expect(err).NotTo(HaveOccurred())
+}, NodeTimeout(4*time.Minute))
+
+var _ = SynchronizedAfterSuite(func() {
+	if clusterPerProcess && cluster != nil {
+		cluster.Stop()
+	}
+}, func() {
+	if !clusterPerProcess && cluster != nil {
+		cluster.Stop()
+	}
+})
+
+// suiteWorkDir is where the suite's cluster keeps its state: KUBENOVA_WORK_DIR.
+func suiteWorkDir() string {
+	if dir := os.Getenv("KUBENOVA_WORK_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join(os.TempDir(), "kubenova-e2e")
+}
+
+// startSuiteCluster starts the suite's cluster in workDir, waits for every hypervisor and makes
+// the cloud's flavors.
+func startSuiteCluster(ctx SpecContext, workDir string) {
 	Expect(os.RemoveAll(filepath.Join(workDir, "hosts"))).To(Succeed())
 	start := time.Now()
 	var err error
@@ -57,23 +101,7 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	// The flavors are the cloud's, shared by every container: made once here, so that no two
 	// processes race to create them.
 	applySample(ctx, "flavors.yaml")
-	description, err := cluster.Describe()
-	Expect(err).NotTo(HaveOccurred())
-	return description
-}, func(description []byte) {
-	if cluster != nil {
-		return // the first process started it
-	}
-	var err error
-	cluster, err = utils.AttachCluster(description)
-	Expect(err).NotTo(HaveOccurred())
-}, NodeTimeout(4*time.Minute))
-
-var _ = SynchronizedAfterSuite(func() {}, func() {
-	if cluster != nil {
-		cluster.Stop()
-	}
-})
+}
 
 // Dump the processes' logs when a spec fails, so CI output says why.
 var _ = ReportAfterEach(func(report SpecReport) {

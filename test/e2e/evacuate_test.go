@@ -19,7 +19,7 @@ import (
 
 // Evacuation after a node failure: the node's agent, libvirtd and QEMUs are killed at once, as
 // a power failure would. host-1 and host-2 share their storage; host-3 has its own.
-var _ = Describe("Evacuation", Ordered, Serial, func() {
+var _ = Describe("Evacuation", Ordered, disruptive, func() {
 	inNamespace("evacuation")
 	// What the specs leave for the container's end: the specs build on one another.
 	var instances, failed []string

@@ -28,6 +28,20 @@ import (
 // Containers on other processes, in namespaces of their own, never see each other's objects.
 var ns, tenantKubeconfig, cloudAdminKubeconfig string
 
+// disruptive decorates a container whose specs stop, kill or restart kubenova's processes, change
+// the manager's flags or read cluster-wide totals. Serial: in a run of the whole suite on one
+// cluster, Ginkgo runs it on the first process, alone, after the others. Labelled: `make
+// test-e2e` (hack/e2e.sh) runs the disruptive containers on clusters of their own, one per
+// process (clusterPerProcess, where they need not be Serial), beside the others.
+var disruptive = disruptiveDecorators()
+
+func disruptiveDecorators() []any {
+	if clusterPerProcess {
+		return []any{Label("disruptive")}
+	}
+	return []any{Serial, Label("disruptive")}
+}
+
 // inNamespace gives the container a namespace of its own, named base (unique in the suite), in
 // which the tenant has edit, and makes it ns for the container's nodes.
 func inNamespace(base string) {

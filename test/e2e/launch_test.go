@@ -50,7 +50,7 @@ func applySample(ctx context.Context, name string) {
 	Expect(err).NotTo(HaveOccurred(), out)
 }
 
-var _ = Describe("Launch and terminate", Ordered, Serial, func() {
+var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 	inNamespace("launch")
 	BeforeAll(func(ctx SpecContext) {
 		expectHypervisorsUp(ctx)
@@ -179,7 +179,7 @@ var _ = Describe("Launch and terminate", Ordered, Serial, func() {
 	}, NodeTimeout(5*time.Minute))
 })
 
-var _ = Describe("Restarts", Ordered, Serial, func() {
+var _ = Describe("Restarts", Ordered, disruptive, func() {
 	inNamespace("restarts")
 
 	It("finishes a launch across restarts of the manager and of every agent", func(ctx SpecContext) {

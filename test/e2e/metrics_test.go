@@ -21,7 +21,7 @@ import (
 
 // The manager's and the agents' metrics, scraped as Prometheus does: over HTTPS with the token
 // of a service account bound to kubenova-metrics-reader.
-var _ = Describe("Metrics", Ordered, Serial, func() {
+var _ = Describe("Metrics", Ordered, disruptive, func() {
 	inNamespace("metrics")
 	const name = "measured"
 	var token string

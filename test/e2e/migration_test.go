@@ -20,7 +20,7 @@ import (
 // Live migrations between the suite's hosts: host-1 and host-2 share their storage root,
 // host-3 has its own. The test guest prints "alive seq=K" every few seconds from its boot on,
 // so a guest that moved without stopping goes on counting, and never prints a boot line again.
-var _ = Describe("Live migration", Ordered, Serial, func() {
+var _ = Describe("Live migration", Ordered, disruptive, func() {
 	inNamespace("migration")
 	const name = "wanderer"
 	var inst *v1.Instance

@@ -230,7 +230,7 @@ var _ = Describe("A guest that ignores ACPI", Ordered, func() {
 	}, NodeTimeout(3*time.Minute))
 })
 
-var _ = Describe("Crashes in the middle of a power task", Ordered, Serial, func() {
+var _ = Describe("Crashes in the middle of a power task", Ordered, disruptive, func() {
 	inNamespace("power-crashes")
 	const name = "phoenix-power"
 	var inst *v1.Instance

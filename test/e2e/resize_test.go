@@ -186,7 +186,7 @@ var _ = Describe("Resize and cold migration", Ordered, func() {
 })
 
 // A resize's automatic confirmation needs the manager restarted with another flag: Serial.
-var _ = Describe("Resize confirmed by the manager", Ordered, Serial, func() {
+var _ = Describe("Resize confirmed by the manager", Ordered, disruptive, func() {
 	inNamespace("resize-confirm")
 	const name = "self-confirmed"
 

@@ -33,7 +33,7 @@ var _ = Describe("Shelve", Ordered, func() {
 
 // An agent killed in the middle of a shelve: Serial, as every spec that kills a process; alone
 // on the cluster, it can also check the node's count of instances.
-var _ = Describe("Shelve cut short", Ordered, Serial, func() {
+var _ = Describe("Shelve cut short", Ordered, disruptive, func() {
 	inNamespace("shelve-crash")
 	const name = "shelf-crash"
 	var inst *v1.Instance

@@ -95,7 +95,7 @@ var _ = Describe("Snapshots", Ordered, func() {
 })
 
 // An agent killed in the middle of a snapshot: Serial, as every spec that kills a process.
-var _ = Describe("Snapshots cut short", Ordered, Serial, func() {
+var _ = Describe("Snapshots cut short", Ordered, disruptive, func() {
 	inNamespace("snapshots-crash")
 	const name = "snap-crash-source"
 	var inst *v1.Instance
