@@ -89,12 +89,12 @@ test-e2e: build $(GINKGO) ## End-to-end on real libvirt guests: E2E_PROCS specs 
 	KUBENOVA_BIN=$(BIN) go test ./test/scale -count=1 -timeout=10m -v
 
 .PHONY: bench
-bench: bench-scale bench-guests ## All benchmarks (about 25 minutes on 2 cores).
+bench: bench-scale bench-guests ## All benchmarks (about 30 minutes on 2 cores).
 
 .PHONY: bench-scale
 bench-scale: control-plane build ## The scheduler's Go benchmarks; 1,000 instances on 100 simulated nodes.
-	go test ./internal/scheduler -run '^$$' -bench . -benchmem
-	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 100 --instances 1000 --work-dir $(WORK_DIR)/bench-scale
+	go test ./internal/scheduler -run '^$$' -bench . -benchmem -count=5
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 100 --instances 1000 --runs 3 --work-dir $(WORK_DIR)/bench-scale
 
 .PHONY: bench-guests
 bench-guests: libvirt control-plane test-guest build ## Launch, power and image operations and a launch storm on real guests, beside the same done by hand.

@@ -3,9 +3,10 @@
 // many instances created at once and, once all are Active, deleted at once. It prints the time
 // until all are placed and Active, scheduling decisions per second, the API writes per instance
 // by client and kind (from the API server's audit log), and the manager's CPU time and peak
-// memory; then the same for the deletes.
+// memory; then the same for the deletes. It does so --runs times, each on a fresh cluster, and
+// ends with every figure's median and range over the runs.
 //
-//	go run ./test/bench/scale --nodes 100 --instances 1000
+//	go run ./test/bench/scale --nodes 100 --instances 1000 --runs 3
 package main
 
 import (
@@ -13,8 +14,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,27 +40,41 @@ func main() {
 	nodes := flag.Int("nodes", 100, "simulated compute nodes")
 	instances := flag.Int("instances", 1000, "instances created at once")
 	parallel := flag.Int("parallel", 32, "create and delete requests in flight at once")
+	runs := flag.Int("runs", 3, "times the whole launch and delete is repeated, each on a fresh cluster")
 	workDir := flag.String("work-dir", "/var/lib/kubenova-dev/bench-scale", "where the cluster keeps its state and logs")
 	flag.Parse()
 	log.SetLogger(logr.Discard())
-	if err := run(*nodes, *instances, *parallel, *workDir); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+	if *runs < 1 || *nodes < 1 || *instances < 1 {
+		fmt.Fprintln(os.Stderr, "bench: --runs, --nodes and --instances must be at least 1")
+		os.Exit(2)
 	}
+	fmt.Printf("scale: %d simulated nodes, %d instances created at once (%d requests in flight), %d runs, on %s\n",
+		*nodes, *instances, *parallel, *runs, benchutil.Machine())
+	var all []figures
+	for i := range *runs {
+		fmt.Printf("\n== run %d of %d\n", i+1, *runs)
+		f, err := run(*nodes, *instances, *parallel, *workDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		all = append(all, f)
+	}
+	summarize(os.Stdout, all)
 }
 
 const namespace = "default"
 
-func run(nodes, instances, parallel int, workDir string) error {
+func run(nodes, instances, parallel int, workDir string) (figures, error) {
 	ctx := context.Background()
 	_ = os.RemoveAll(workDir)
 	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		return err
+		return figures{}, err
 	}
 	auditLog := filepath.Join(workDir, "audit.log")
 	cluster, err := utils.StartSimulatedCluster(ctx, workDir, nodes, utils.WithAuditLog(auditLog))
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	defer cluster.Stop()
 
@@ -65,31 +82,28 @@ func run(nodes, instances, parallel int, workDir string) error {
 	cfg.QPS, cfg.UserAgent = -1, "bench" // no client-side limit: the bench must not be the bottleneck
 	c, err := client.New(cfg, client.Options{Scheme: kubescheme.New()})
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	if err := prepare(ctx, cluster, c, nodes); err != nil {
-		return err
+		return figures{}, err
 	}
 	w, err := watchInstances(ctx, cfg)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	manager := cluster.Process("manager")
 	fleet := cluster.Process("agent")
 	if manager == nil || fleet == nil {
-		return errors.New("the manager or the simulated agents do not run")
+		return figures{}, errors.New("the manager or the simulated agents do not run")
 	}
-	fmt.Printf("scale: %d simulated nodes, %d instances created at once (%d requests in flight), on %s\n\n",
-		nodes, instances, parallel, benchutil.Machine())
-
 	// Launch.
 	_, offset, err := benchutil.ReadWrites(auditLog, 0)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	before, err := usage(manager.Pid, fleet.Pid)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	start := time.Now()
 	if err := forEach(instances, parallel, func(i int) error {
@@ -97,28 +111,31 @@ func run(nodes, instances, parallel int, workDir string) error {
 		return c.Create(ctx, &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name(i)},
 			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "bench-image"}}})
 	}); err != nil {
-		return err
+		return figures{}, err
 	}
 	created := time.Since(start)
 	if err := w.waitAll(10*time.Minute, func(t *times) bool { return !t.active.IsZero() }); err != nil {
-		return fmt.Errorf("waiting for Active: %w", err)
+		return figures{}, fmt.Errorf("waiting for Active: %w", err)
 	}
 	after, err := usage(manager.Pid, fleet.Pid)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	writes, offset, err := benchutil.ReadWritesSettled(auditLog, offset)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	placed, active, lastPlaced, lastActive := w.launchFigures(start)
+	f := figures{instances: instances}
+	f.allPlaced, f.allActive = lastPlaced, lastActive
+	f.activeP50, f.activeP95 = benchutil.Percentile(active, 50), benchutil.Percentile(active, 95)
 	fmt.Printf("launch\n")
 	fmt.Printf("  all %d created after     %s\n", instances, benchutil.Ms(created))
 	fmt.Printf("  all placed after         %s  (%.0f scheduling decisions/s)\n", benchutil.Ms(lastPlaced), float64(instances)/lastPlaced.Seconds())
 	fmt.Printf("  all Active after         %s\n", benchutil.Ms(lastActive))
 	fmt.Printf("  create -> placed         P50 %s  P95 %s\n", benchutil.Ms(benchutil.Percentile(placed, 50)), benchutil.Ms(benchutil.Percentile(placed, 95)))
 	fmt.Printf("  create -> Active         P50 %s  P95 %s\n", benchutil.Ms(benchutil.Percentile(active, 50)), benchutil.Ms(benchutil.Percentile(active, 95)))
-	report(writes, instances, before, after)
+	f.launch = report(writes, instances, before, after)
 
 	// Delete.
 	before = after
@@ -126,24 +143,25 @@ func run(nodes, instances, parallel int, workDir string) error {
 	if err := forEach(instances, parallel, func(i int) error {
 		return client.IgnoreNotFound(c.Delete(ctx, &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name(i)}}))
 	}); err != nil {
-		return err
+		return figures{}, err
 	}
 	if err := w.waitAll(10*time.Minute, func(t *times) bool { return !t.gone.IsZero() }); err != nil {
-		return fmt.Errorf("waiting for the deletes: %w", err)
+		return figures{}, fmt.Errorf("waiting for the deletes: %w", err)
 	}
 	gone := time.Since(start)
 	after, err = usage(manager.Pid, fleet.Pid)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	writes, _, err = benchutil.ReadWritesSettled(auditLog, offset)
 	if err != nil {
-		return err
+		return figures{}, err
 	}
 	fmt.Printf("\ndelete\n")
 	fmt.Printf("  all gone after           %s\n", benchutil.Ms(gone))
-	report(writes, instances, before, after)
-	return nil
+	f.allGone = gone
+	f.delete = report(writes, instances, before, after)
+	return f, nil
 }
 
 func name(i int) string { return fmt.Sprintf("scale-%05d", i) }
@@ -341,18 +359,91 @@ func usage(managerPID, agentsPID int) (processes, error) {
 	return processes{manager: m, agents: a}, err
 }
 
-func report(writes benchutil.Writes, instances int, before, after processes) {
+// phase is what one phase (the launch or the delete) cost: kubenova's API writes per instance
+// and the processes' CPU time and peak memory.
+type phase struct {
+	instanceWrites, otherWrites, events, refused float64
+	managerCPU, agentsCPU                        time.Duration
+	managerRSS, agentsRSS                        int64
+}
+
+// figures are one run's results.
+type figures struct {
+	instances                                           int
+	allPlaced, allActive, activeP50, activeP95, allGone time.Duration
+	launch, delete                                      phase
+}
+
+// report prints one phase's writes and the processes' usage, and returns them.
+func report(writes benchutil.Writes, instances int, before, after processes) phase {
 	isKubenova := benchutil.ByKubenova
-	objects := writes.Total(benchutil.InstanceWrites)
-	refused := writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && strings.Contains(k.Kind, "/") })
-	others := writes.Total(func(k benchutil.WriteKey) bool {
-		return isKubenova(k) && k.Kind != "event" && k.Resource != "instances"
-	})
-	events := writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && k.Kind == "event" })
 	per := func(n int) float64 { return float64(n) / float64(instances) }
+	p := phase{
+		instanceWrites: per(writes.Total(benchutil.InstanceWrites)),
+		refused:        per(writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && strings.Contains(k.Kind, "/") })),
+		otherWrites: per(writes.Total(func(k benchutil.WriteKey) bool {
+			return isKubenova(k) && k.Kind != "event" && k.Resource != "instances"
+		})),
+		events:     per(writes.Total(func(k benchutil.WriteKey) bool { return isKubenova(k) && k.Kind == "event" })),
+		managerCPU: after.manager.CPU - before.manager.CPU,
+		agentsCPU:  after.agents.CPU - before.agents.CPU,
+		managerRSS: after.manager.PeakRSS >> 20,
+		agentsRSS:  after.agents.PeakRSS >> 20,
+	}
 	fmt.Printf("  kubenova's API writes per instance: %.2f to the Instance, %.2f to other objects (Hypervisors, Leases), %.2f Events; %.2f refused (lost races)\n",
-		per(objects), per(others), per(events), per(refused))
+		p.instanceWrites, p.otherWrites, p.events, p.refused)
 	writes.Print(os.Stdout, instances)
-	fmt.Printf("  manager: %.1f CPU-seconds, peak RSS %d MiB\n", (after.manager.CPU - before.manager.CPU).Seconds(), after.manager.PeakRSS>>20)
-	fmt.Printf("  simulated agents (%s): %.1f CPU-seconds, peak RSS %d MiB\n", "one process", (after.agents.CPU - before.agents.CPU).Seconds(), after.agents.PeakRSS>>20)
+	fmt.Printf("  manager: %.1f CPU-seconds, peak RSS %d MiB\n", p.managerCPU.Seconds(), p.managerRSS)
+	fmt.Printf("  simulated agents (one process): %.1f CPU-seconds, peak RSS %d MiB\n", p.agentsCPU.Seconds(), p.agentsRSS)
+	return p
+}
+
+// summarize prints each figure's median over the runs and its range (min-max), so that a
+// difference between two versions can be told from the spread between runs.
+func summarize(out io.Writer, runs []figures) {
+	fmt.Fprintf(out, "\n== over %d runs: median (min-max)\n", len(runs))
+	row := func(label, format, unit string, of func(figures) float64) {
+		v := make([]float64, 0, len(runs))
+		for _, f := range runs {
+			v = append(v, of(f))
+		}
+		fmt.Fprintf(out, "  %-44s %s %s\n", label, spread(v, format), unit)
+	}
+	seconds := func(d time.Duration) float64 { return d.Seconds() }
+	row("all placed", "%.1f", "s", func(f figures) float64 { return seconds(f.allPlaced) })
+	row("scheduling decisions/s", "%.0f", "", func(f figures) float64 { return float64(f.instances) / seconds(f.allPlaced) })
+	row("all Active", "%.1f", "s", func(f figures) float64 { return seconds(f.allActive) })
+	row("create -> Active, P50", "%.1f", "s", func(f figures) float64 { return seconds(f.activeP50) })
+	row("create -> Active, P95", "%.1f", "s", func(f figures) float64 { return seconds(f.activeP95) })
+	for _, ph := range []struct {
+		name string
+		of   func(figures) phase
+	}{{"launch", func(f figures) phase { return f.launch }}, {"delete", func(f figures) phase { return f.delete }}} {
+		if ph.name == "delete" {
+			row("all deleted", "%.1f", "s", func(f figures) float64 { return seconds(f.allGone) })
+		}
+		row(ph.name+": writes to the Instance per instance", "%.2f", "", func(f figures) float64 { return ph.of(f).instanceWrites })
+		row(ph.name+": refused writes per instance", "%.2f", "", func(f figures) float64 { return ph.of(f).refused })
+		row(ph.name+": other writes per instance", "%.2f", "", func(f figures) float64 { return ph.of(f).otherWrites })
+		row(ph.name+": Events per instance", "%.2f", "", func(f figures) float64 { return ph.of(f).events })
+		row(ph.name+": manager CPU", "%.1f", "CPU-s", func(f figures) float64 { return seconds(ph.of(f).managerCPU) })
+		row(ph.name+": manager peak RSS", "%.0f", "MiB", func(f figures) float64 { return float64(ph.of(f).managerRSS) })
+		row(ph.name+": simulated agents CPU", "%.1f", "CPU-s", func(f figures) float64 { return seconds(ph.of(f).agentsCPU) })
+		row(ph.name+": simulated agents peak RSS", "%.0f", "MiB", func(f figures) float64 { return float64(ph.of(f).agentsRSS) })
+	}
+}
+
+// spread formats the median of v and, with more than one value, its range: "17.8 (15.9-20.1)".
+func spread(v []float64, format string) string {
+	sorted := slices.Clone(v)
+	slices.Sort(sorted)
+	n := len(sorted)
+	median := sorted[n/2]
+	if n%2 == 0 {
+		median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+	if n == 1 {
+		return fmt.Sprintf(format, median)
+	}
+	return fmt.Sprintf(format+" ("+format+"-"+format+")", median, sorted[0], sorted[n-1])
 }
