@@ -14,7 +14,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -60,7 +59,7 @@ func main() {
 		}
 		all = append(all, f)
 	}
-	summarize(os.Stdout, all)
+	summarize(all)
 }
 
 const namespace = "default"
@@ -400,14 +399,14 @@ func report(writes benchutil.Writes, instances int, before, after processes) pha
 
 // summarize prints each figure's median over the runs and its range (min-max), so that a
 // difference between two versions can be told from the spread between runs.
-func summarize(out io.Writer, runs []figures) {
-	fmt.Fprintf(out, "\n== over %d runs: median (min-max)\n", len(runs))
+func summarize(runs []figures) {
+	fmt.Printf("\n== over %d runs: median (min-max)\n", len(runs))
 	row := func(label, format, unit string, of func(figures) float64) {
 		v := make([]float64, 0, len(runs))
 		for _, f := range runs {
 			v = append(v, of(f))
 		}
-		fmt.Fprintf(out, "  %-44s %s %s\n", label, spread(v, format), unit)
+		fmt.Printf("  %-44s %s %s\n", label, spread(v, format), unit)
 	}
 	seconds := func(d time.Duration) float64 { return d.Seconds() }
 	row("all placed", "%.1f", "s", func(f figures) float64 { return seconds(f.allPlaced) })
