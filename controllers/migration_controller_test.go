@@ -77,11 +77,34 @@ var _ = Describe("Migration controller", Ordered, func() {
 	})
 
 	It("refuses a second migration of the instance while the first is not over, and fails one that no node fits", func(ctx SpecContext) {
+		// The instance is busy with a soft reboot its guest ignores, so the first migration waits
+		// (Pending) for it: the second then meets a first that is surely not over. (Without it
+		// the first could fail before the controller saw the second, which would then be
+		// served in its turn.)
+		fakeDriver.SetIgnoreACPI(true)
+		DeferCleanup(func() { fakeDriver.SetIgnoreACPI(false) })
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootSoft, RequestedAt: microNow()}
+		})
+		Eventually(func() (v1.TaskState, error) {
+			cur, err := get(ctx, inst)()
+			return cur.Status.TaskState, err
+		}).WithContext(ctx).Should(Equal(v1.TaskStateRebooting))
 		first := migration("first", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive})
 		second := migration("second", v1.MigrationSpec{InstanceName: inst.Name, Type: v1.MigrationLive})
 		Expect(k8s.Create(ctx, first)).To(Succeed())
+		Eventually(func(g Gomega) {
+			got := &v1.Migration{}
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(first), got)).To(Succeed())
+			g.Expect(got.Status.Phase).To(Equal(v1.MigrationPending))
+		}).WithContext(ctx).Should(Succeed())
 		Expect(k8s.Create(ctx, second)).To(Succeed())
 		expectFailed(ctx, second, ReasonMigrationInProgress)
+		// A hard reboot ends the soft one; then the first is served.
+		fakeDriver.SetIgnoreACPI(false)
+		update(ctx, inst, func(i *v1.Instance) {
+			i.Spec.RebootRequest = &v1.RebootRequest{Type: v1.RebootHard, RequestedAt: microNow()}
+		})
 		// Only node-a matches the instance's node selector: nowhere else to go, as Nova says.
 		got := expectFailed(ctx, first, v1.ReasonNoValidHost)
 		Expect(got.Status.Message).To(ContainSubstring("no valid host"))
