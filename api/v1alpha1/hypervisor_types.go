@@ -91,6 +91,27 @@ type ConsoleLogService struct {
 	CertificateSHA256 string `json:"certificateSHA256"`
 }
 
+// MaxReportedQuarantined bounds the quarantined instances a Hypervisor's status lists.
+const MaxReportedQuarantined = 100
+
+// QuarantinedInstance is one vanished instance's files, kept on the node's storage.
+type QuarantinedInstance struct {
+	// UID is the vanished instance's; its files are under <storageRoot>/quarantine/<uid>.
+	UID string `json:"uid"`
+	// Namespace and Name are the instance's, as its files recorded them (empty for files made
+	// before owners were recorded).
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// +optional
+	Name string `json:"name,omitempty"`
+	// Reason says why they were set aside.
+	Reason string `json:"reason"`
+	// Since is when they were.
+	Since metav1.Time `json:"since"`
+	// Bytes is the space they take.
+	Bytes int64 `json:"bytes"`
+}
+
 // HypervisorStatus is split between its two writers: the agent reports what the node has
 // (capacity, versions, URIs); the manager reports what is placed there and whether it is up.
 type HypervisorStatus struct {
@@ -138,6 +159,19 @@ type HypervisorStatus struct {
 	// manager only, which relays them to users (agent).
 	// +optional
 	ConsoleLogService *ConsoleLogService `json:"consoleLogService,omitempty"`
+	// Quarantined are the instance files the agent set aside instead of deleting: those of
+	// instances that vanished from the API without their own terminate (a finalizer removed by
+	// hand, an etcd restored from backup, objects recreated with new UIDs). They are kept until
+	// the agent's --quarantine-grace ends or an administrator removes them; the oldest
+	// MaxReportedQuarantined are listed (agent).
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=100
+	// +optional
+	Quarantined []QuarantinedInstance `json:"quarantined,omitempty"`
+	// QuarantinedCount is how many instance directories the quarantine holds, listed or not
+	// (agent).
+	// +optional
+	QuarantinedCount int32 `json:"quarantinedCount,omitempty"`
 
 	// ObservedGeneration is the spec generation the manager last judged (manager).
 	// +optional

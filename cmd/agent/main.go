@@ -69,6 +69,7 @@ func run() error {
 		networks       = flag.String("networks", "", "the networks this node has, which instances' NICs are plugged into: comma-separated NAME=bridge:BRIDGE (a Linux bridge) or NAME=network:NAME (a libvirt network), as Neutron's bridge_mappings")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
+		quarantineWait = flag.Duration("quarantine-grace", agent.DefaultQuarantineGrace, "how long the files of an instance that vanished without its terminate are kept in quarantine before they are deleted; 0 keeps them until an administrator removes them")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
 		metricsAddr    = flag.String("metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
@@ -117,7 +118,7 @@ func run() error {
 		Name: *nodeName, MigrationURI: *migrationURI, AgentVersion: version.Version,
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
-		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, Workers: *workers,
+		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, QuarantineGrace: *quarantineWait, Workers: *workers,
 		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
 		MigrationTimeoutPerGiB: *migrationWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 		ConsoleAddr: *consoleAddr, ConsoleAdvertise: consoleHost, ConsoleClients: strings.FieldsFunc(*consoleClients, func(r rune) bool { return r == ',' || r == ' ' }),

@@ -62,6 +62,8 @@ type Node struct {
 	ShutdownTimeout time.Duration
 	RebootTimeout   time.Duration
 	ImageCacheGrace time.Duration
+	// QuarantineGrace is how long a vanished instance's files are kept (Reporter.QuarantineGrace).
+	QuarantineGrace time.Duration
 	Workers         int
 	MetricsAddr     string
 	// MetricsSecure serves the metrics over HTTPS to callers with the metrics-reader role.
@@ -148,6 +150,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
 		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
+		QuarantineGrace: n.QuarantineGrace, Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 	}
 	if n.ConsoleAddr != "" && n.ConsoleAddr != "0" {
 		tokenReviews, err := authenticationv1.NewForConfig(cfg)

@@ -9,6 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -56,6 +57,11 @@ type Reporter struct {
 	// ImageCacheGrace is how long a cached base image no instance of the node uses is kept
 	// (DefaultImageCacheGrace when zero).
 	ImageCacheGrace time.Duration
+	// QuarantineGrace is how long the files of a vanished instance are kept in quarantine
+	// before they are deleted; zero keeps them until an administrator removes them.
+	QuarantineGrace time.Duration
+	// Recorder records Events on the node's Hypervisor; nil records none.
+	Recorder events.EventRecorder
 }
 
 // DefaultImageCacheGrace keeps an unused base image a day, as Nova's
@@ -82,6 +88,7 @@ func (r *Reporter) Start(ctx context.Context) error {
 	run("renew lease", r.RenewLease)
 	run("clean up orphaned domains", r.CleanupOrphans)
 	run("clean up the image cache", r.CleanImageCache)
+	run("report hypervisor", r.ReportHypervisor) // what the cleanup set aside
 	for {
 		select {
 		case <-ctx.Done():
@@ -93,6 +100,7 @@ func (r *Reporter) Start(ctx context.Context) error {
 		case <-cleanup.C:
 			run("clean up orphaned domains", r.CleanupOrphans)
 			run("clean up the image cache", r.CleanImageCache)
+			run("report hypervisor", r.ReportHypervisor)
 		}
 	}
 }
@@ -147,6 +155,9 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	s.StorageShared, s.StorageID = r.SharedStorage, storageID
 	s.Networks = r.Networks
 	s.ConsoleLogService = r.ConsoleLogService
+	if err := r.reportQuarantine(s); err != nil {
+		return err
+	}
 	if !kube.Changed(orig, hv) {
 		return nil
 	}
@@ -179,9 +190,12 @@ func (r *Reporter) RenewLease(ctx context.Context) error {
 	return r.Client.Update(ctx, lease)
 }
 
-// CleanupOrphans removes what instances left on this node, as Nova's compute does at start:
-// the domain and files of an instance that no longer exists, and the domain (never the disks:
-// they may be the shared disk it runs from now) of an instance that lives on another node.
+// CleanupOrphans tidies what instances left on this node, as Nova's compute does at start. The
+// domain of an instance that no longer exists is destroyed and its files are quarantined, never
+// deleted: its terminate, which deletes them, did not run here, so nothing says they are
+// unwanted (quarantine.go). The domain of an instance that lives on another node is destroyed
+// (never the disks: they may be the shared disk it runs from now), and the files a finished
+// move left behind are removed.
 //
 // It looks at the node first and at the API second, with live reads rather than the agent's
 // node-filtered cache: whatever it found on the node was made for an instance created before
@@ -211,11 +225,13 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 		}
 		switch {
 		case inst == nil:
-			logger.Info("removing the domain and files of a deleted instance", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
+			// Its terminate did not run here (that removes the domain first): no evidence that
+			// anyone wants the disk gone. The guest stops; its files are kept.
+			logger.Info("stopping the domain of a vanished instance; its files go to quarantine", "domain", d.Name, "instance", d.Namespace+"/"+d.InstanceName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
 			}
-			if err := r.Storage.DeleteInstanceFiles(d.UUID); err != nil {
+			if err := r.quarantine(ctx, d.UUID, storage.Owner{Namespace: d.Namespace, Name: d.InstanceName}); err != nil {
 				return err
 			}
 		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName:
@@ -246,8 +262,7 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			return err
 		}
 		if !exists {
-			logger.Info("removing the files of a deleted instance", "uid", uid)
-			if err := r.Storage.DeleteInstanceFiles(uid); err != nil {
+			if err := r.quarantine(ctx, uid, owner); err != nil {
 				return err
 			}
 			continue
@@ -267,7 +282,7 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			}
 		}
 	}
-	return nil
+	return r.expireQuarantine(ctx)
 }
 
 // instanceLocator answers, with live reads, where an instance lives.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -97,8 +98,115 @@ func testCleanupOrphans(t *testing.T, owners bool) {
 		}
 		_, err = os.Stat(filepath.Join(dir, "disk"))
 		if (err == nil) != want {
-			t.Errorf("disk of %s kept: %v, want %v", uid, err == nil, want)
+			t.Errorf("disk of %s in place: %v, want %v", uid, err == nil, want)
 		}
+	}
+	// The vanished instances' disks are in quarantine, whole, with a record of whose they were.
+	expectQuarantined(t, store, owners, uidDeleted, uidDirOnly)
+
+	// A second sweep finds nothing more to do and keeps the quarantine as it is.
+	if err := r.CleanupOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectQuarantined(t, store, owners, uidDeleted, uidDirOnly)
+}
+
+// expectQuarantined checks that exactly uids are in the node's quarantine, each with its disk's
+// data and a record naming this node (and the owner, when the directories recorded one).
+func expectQuarantined(t *testing.T, store *storage.Node, owners bool, uids ...string) {
+	t.Helper()
+	held, err := store.QuarantinedInstances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]storage.Quarantined{}
+	for _, q := range held {
+		got[q.UID] = q
+	}
+	if len(got) != len(uids) {
+		t.Errorf("quarantine holds %v, want %v", got, uids)
+	}
+	for _, uid := range uids {
+		q, ok := got[uid]
+		if !ok {
+			t.Errorf("%s is not in quarantine", uid)
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(q.Path, "disk"))
+		if err != nil || string(b) != "data" {
+			t.Errorf("quarantined disk of %s: %q, %v", uid, b, err)
+		}
+		if q.Node != thisNodeName || q.Since.IsZero() || q.Reason == "" || q.Bytes <= 0 {
+			t.Errorf("quarantine record of %s: %+v", uid, q)
+		}
+		wantName := ""
+		if owners || uid == uidDeleted { // a domain names its instance even without an owner record
+			wantName = "i-" + uid[len(uid)-1:]
+		}
+		if q.Name != wantName {
+			t.Errorf("quarantine record of %s names %q, want %q", uid, q.Name, wantName)
+		}
+	}
+}
+
+// TestQuarantineIsReportedAndExpires: the Hypervisor lists what the quarantine holds; files
+// are deleted once their grace period has ended, and never with a grace of zero.
+func TestQuarantineIsReportedAndExpires(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	for _, uid := range []string{uidDeleted, uidDirOnly} {
+		dir, _ := store.InstanceDir(uid)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "disk"), []byte("data"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := store.QuarantineInstanceFiles(uidDeleted, storage.QuarantineRecord{Node: thisNodeName, Reason: "test", Since: old}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.QuarantineInstanceFiles(uidDirOnly, storage.QuarantineRecord{Node: thisNodeName, Reason: "test", Since: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithStatusSubresource(&v1.Hypervisor{}).Build()
+	r := &Reporter{Client: c, Reader: c, Driver: fake.New(), Storage: store, NodeName: thisNodeName}
+	if err := r.ReportHypervisor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hv := &v1.Hypervisor{}
+	if err := c.Get(ctx, types.NamespacedName{Name: thisNodeName}, hv); err != nil {
+		t.Fatal(err)
+	}
+	if hv.Status.QuarantinedCount != 2 || len(hv.Status.Quarantined) != 2 || hv.Status.Quarantined[0].UID != uidDeleted {
+		t.Fatalf("the Hypervisor reports %d quarantined, %+v; want both, oldest first", hv.Status.QuarantinedCount, hv.Status.Quarantined)
+	}
+
+	// No grace: kept for ever.
+	if err := r.CleanupOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if held, err := store.QuarantinedInstances(); err != nil || len(held) != 2 {
+		t.Fatalf("with no grace period the quarantine holds %d (%v), want 2", len(held), err)
+	}
+	// A day's grace: the two-day-old one goes, the new one stays.
+	r.QuarantineGrace = 24 * time.Hour
+	if err := r.CleanupOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held, err := store.QuarantinedInstances()
+	if err != nil || len(held) != 1 || held[0].UID != uidDirOnly {
+		t.Fatalf("after the grace period the quarantine holds %+v (%v), want only %s", held, err, uidDirOnly)
+	}
+	if err := r.ReportHypervisor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, types.NamespacedName{Name: thisNodeName}, hv); err != nil {
+		t.Fatal(err)
+	}
+	if hv.Status.QuarantinedCount != 1 || len(hv.Status.Quarantined) != 1 {
+		t.Fatalf("the Hypervisor reports %d quarantined, %+v; want 1", hv.Status.QuarantinedCount, hv.Status.Quarantined)
 	}
 }
 

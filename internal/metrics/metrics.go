@@ -65,6 +65,18 @@ var (
 		Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600},
 	}, []string{"method"})
 
+	// QuarantinedInstances is how many vanished instances' files each node keeps in quarantine
+	// instead of deleting them (the agent's orphan cleanup).
+	QuarantinedInstances = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "kubenova", Name: "quarantined_instances",
+		Help: "Instance directories a node keeps in quarantine: their instance vanished without its terminate.",
+	}, []string{"node"})
+	// QuarantinedBytes is the space a node's quarantined instance directories take.
+	QuarantinedBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "kubenova", Name: "quarantined_bytes",
+		Help: "Space the quarantined instance directories of a node take.",
+	}, []string{"node"})
+
 	// StatusWrites counts the status writes of kubenova's controllers, by kind and result:
 	// Written, Conflict (a lost race, retried), NotFound (the object went) or Error.
 	StatusWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -75,7 +87,7 @@ var (
 
 func init() {
 	crmetrics.Registry.MustRegister(OperationDuration, SchedulingFailures, MigrationDowntime, Migrations,
-		DriverCalls, DriverErrors, DriverCallDuration, StatusWrites)
+		DriverCalls, DriverErrors, DriverCallDuration, StatusWrites, QuarantinedInstances, QuarantinedBytes)
 }
 
 // CountNoValidHost records a placement that found no valid host, once for each filter to blame.

@@ -3,12 +3,14 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -161,7 +163,7 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 		out, err = kubectl(ctx, "delete", "instance", "orphan", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 
-		By("restarting the agent: it removes the domain and files of the deleted instance")
+		By("restarting the agent: it removes the domain and keeps the files in quarantine")
 		list, err := h.Virsh(ctx, "list", "--all", "--name")
 		Expect(err).NotTo(HaveOccurred(), list)
 		Expect(list).To(ContainSubstring(inst.Status.AgentReport.DomainName), "the domain outlived its instance while the agent was down")
@@ -170,14 +172,101 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 		Eventually(func() (string, error) {
 			return h.Virsh(ctx, "list", "--all", "--name")
 		}).WithContext(ctx).WithTimeout(60 * time.Second).ShouldNot(ContainSubstring(inst.Status.AgentReport.DomainName))
-		Eventually(filepath.Join(h.StorageRoot, "instances", string(inst.UID))).WithTimeout(30 * time.Second).ShouldNot(BeADirectory())
+		// Its terminate never ran on the node: nothing there proves the disk unwanted.
+		expectQuarantined(ctx, h, inst)
 		Eventually(func(g Gomega) {
 			hv := &v1.Hypervisor{}
 			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)).To(Succeed())
 			g.Expect(hv.Status.State).To(Equal(v1.HypervisorUp))
 		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
 	}, NodeTimeout(5*time.Minute))
+
+	It("keeps the disk of an instance whose object was lost and applied again from Git, in quarantine", func(ctx SpecContext) {
+		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: lost", 1)
+		path := writeManifest("lost.yaml", manifest)
+		out, err := kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		old := expectInstance(ctx, "lost", settled(v1.VMStateActive))
+		h := host(old.Status.NodeName)
+
+		By("losing the object as an etcd restore would: no finalizer, gone at once, no terminate")
+		// The manager would put its finalizer back at once; it is away while the object goes.
+		Expect(cluster.StopManager()).To(Succeed())
+		managerDown := true
+		DeferCleanup(func() {
+			if managerDown {
+				Expect(cluster.StartManager()).To(Succeed())
+			}
+		})
+		out, err = cluster.KubectlWith(ctx, cluster.AdminKubeconfig, "-n", ns, "patch", "instance", "lost",
+			"--type=merge", "-p", `{"metadata":{"finalizers":null}}`)
+		Expect(err).NotTo(HaveOccurred(), out)
+		out, err = cluster.KubectlWith(ctx, cluster.AdminKubeconfig, "-n", ns, "delete", "instance", "lost", "--wait=true", "--timeout=30s")
+		Expect(err).NotTo(HaveOccurred(), out)
+		Expect(cluster.StartManager()).To(Succeed())
+		managerDown = false
+
+		By("applying it again from Git: a new instance, a new UID")
+		out, err = kubectl(ctx, "apply", "-f", path)
+		Expect(err).NotTo(HaveOccurred(), out)
+		again := expectInstance(ctx, "lost", settled(v1.VMStateActive))
+		Expect(again.UID).NotTo(Equal(old.UID))
+
+		By("restarting the old node's agent, whose sweep at start finds the old domain")
+		list, err := h.Virsh(ctx, "list", "--all", "--name")
+		Expect(err).NotTo(HaveOccurred(), list)
+		Expect(list).To(ContainSubstring(old.Status.AgentReport.DomainName), "nothing removed the old domain while its agent ran")
+		Expect(cluster.StopAgent(h)).To(Succeed())
+		Expect(cluster.StartAgent(h)).To(Succeed())
+		Eventually(func() (string, error) {
+			return h.Virsh(ctx, "list", "--all", "--name")
+		}).WithContext(ctx).WithTimeout(60 * time.Second).ShouldNot(ContainSubstring(old.Status.AgentReport.DomainName))
+		expectQuarantined(ctx, h, old)
+
+		By("the new instance runs on, untouched")
+		cur := expectInstance(ctx, "lost", settled(v1.VMStateActive))
+		Expect(cur.UID).To(Equal(again.UID))
+		dom, err := host(cur.Status.NodeName).Virsh(ctx, "domstate", cur.Status.AgentReport.DomainName)
+		Expect(err).NotTo(HaveOccurred(), dom)
+		Expect(strings.TrimSpace(dom)).To(Equal("running"))
+		out, err = kubectl(ctx, "delete", "instance", "lost", "--wait=true", "--timeout=60s")
+		Expect(err).NotTo(HaveOccurred(), out)
+	}, NodeTimeout(5*time.Minute))
 })
+
+// expectQuarantined checks that the node kept the vanished instance's disk in its quarantine
+// (whole: qemu-img reads it, on its base image) and says so in its Hypervisor's status, in an
+// Event and through kubectl nova quarantine-list.
+func expectQuarantined(ctx context.Context, h utils.Host, inst *v1.Instance) {
+	GinkgoHelper()
+	uid := string(inst.UID)
+	dir := filepath.Join(h.StorageRoot, "quarantine", uid)
+	Eventually(filepath.Join(dir, "disk")).WithTimeout(30 * time.Second).Should(BeARegularFile())
+	Expect(filepath.Join(h.StorageRoot, "instances", uid)).NotTo(BeADirectory())
+	out, err := exec.CommandContext(ctx, "qemu-img", "check", "-U", filepath.Join(dir, "disk")).CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), "the quarantined disk is a sound qcow2: %s", out)
+	Expect(filepath.Join(dir, "quarantine.json")).To(BeARegularFile())
+	Eventually(func(g Gomega) {
+		hv := &v1.Hypervisor{}
+		g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: h.Name}, hv)).To(Succeed())
+		g.Expect(hv.Status.Quarantined).To(ContainElement(And(HaveField("UID", uid),
+			HaveField("Namespace", inst.Namespace), HaveField("Name", inst.Name), HaveField("Bytes", BeNumerically(">", 0)))))
+	}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+	Eventually(func(g Gomega) {
+		var list eventsv1.EventList
+		g.Expect(cluster.Client.List(ctx, &list)).To(Succeed())
+		var notes []string
+		for _, e := range list.Items {
+			if e.Regarding.Kind == "Hypervisor" && e.Regarding.Name == h.Name && e.Reason == "InstanceFilesQuarantined" {
+				notes = append(notes, e.Note)
+			}
+		}
+		g.Expect(notes).To(ContainElement(ContainSubstring(uid)))
+	}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+	out2, err := kubectlNovaAsCloudAdmin(ctx, "quarantine-list")
+	Expect(err).NotTo(HaveOccurred(), out2)
+	Expect(out2).To(MatchRegexp(`(?m)^%s\s+%s/%s\s+\S*%s`, uid, inst.Namespace, inst.Name, h.Name))
+}
 
 var _ = Describe("Restarts", Ordered, disruptive, func() {
 	inNamespace("restarts")
