@@ -196,15 +196,16 @@ func (n *Node) removeBaseIfIdle(sum string, grace time.Duration) (bool, error) {
 	return true, nil
 }
 
-// basesInUse lists the backing files named by the qcow2 files in the instances' directories.
+// basesInUse lists the backing files named by the qcow2 files in the instances' directories,
+// quarantined ones included: a quarantined overlay without its base would hold only the
+// guest's changes, useless to whoever takes it back.
 func (n *Node) basesInUse() (map[string]bool, error) {
-	uids, err := n.InstanceUIDs()
+	dirs, err := n.diskDirs()
 	if err != nil {
 		return nil, err
 	}
 	used := map[string]bool{}
-	for _, uid := range uids {
-		dir, _ := n.InstanceDir(uid)
+	for _, dir := range dirs {
 		files, err := os.ReadDir(dir)
 		if err != nil {
 			continue // removed meanwhile
@@ -223,6 +224,30 @@ func (n *Node) basesInUse() (map[string]bool, error) {
 		}
 	}
 	return used, nil
+}
+
+// diskDirs lists every directory that may hold an instance's disks: the instances' and the
+// quarantined ones.
+func (n *Node) diskDirs() ([]string, error) {
+	uids, err := n.InstanceUIDs()
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, uid := range uids {
+		dir, _ := n.InstanceDir(uid)
+		dirs = append(dirs, dir)
+	}
+	quarantined, err := os.ReadDir(filepath.Join(n.Root, quarantineDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range quarantined {
+		if e.IsDir() && uidPattern.MatchString(e.Name()) {
+			dirs = append(dirs, filepath.Join(n.Root, quarantineDir, e.Name()))
+		}
+	}
+	return dirs, nil
 }
 
 // qcow2BackingFile reads the backing file name from a qcow2 header; "" for a file that is not a

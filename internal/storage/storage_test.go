@@ -161,8 +161,15 @@ func TestRemoveUnusedBases(t *testing.T) {
 	if _, err := os.Stat(usedPath); err != nil {
 		t.Error("the base of a running instance's disk was removed")
 	}
-	// Once its instance is gone, the used base goes too; using it again first keeps it.
-	if err := n.DeleteInstanceFiles(uidA); err != nil {
+	// A quarantined disk keeps its base: without it the overlay is worth nothing.
+	if err := n.QuarantineInstanceFiles(uidA, QuarantineRecord{Node: "n", Reason: "test", Since: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := n.RemoveUnusedBases(time.Hour); err != nil || len(removed) != 0 {
+		t.Fatalf("the base of a quarantined disk was removed: %v, %v", removed, err)
+	}
+	// Once its disk is gone, the used base goes too; using it again first keeps it.
+	if err := n.RemoveQuarantined(uidA); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := n.EnsureImage(ctx, used); err != nil {
