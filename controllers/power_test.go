@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"os"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -181,6 +182,38 @@ var _ = Describe("Power requests", Ordered, func() {
 		}).WithContext(ctx).Should(Succeed())
 		cur = current(ctx, inst)
 		expectGitOpsHealth(cur, gitops.Suspended, status.CurrentStatus) // off, as its spec says
+	})
+
+	It("refuses to start an instance whose disk is missing instead of booting a blank one", func(ctx SpecContext) {
+		inst := createPowerInstance(ctx, "diskless")
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredStopped })
+		waitForVMState(ctx, inst, v1.VMStateStopped)
+		cur := current(ctx, inst)
+		disk, err := agentStore.RootDisk(string(cur.UID))
+		Expect(err).NotTo(HaveOccurred())
+		// As a storage root that is not mounted shows it: the disk is not there.
+		Expect(os.Remove(disk)).To(Succeed())
+		update(ctx, inst, func(i *v1.Instance) { i.Spec.PowerState = v1.DesiredRunning })
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.TaskState).To(BeEmpty())
+			g.Expect(got.Status.Fault).NotTo(BeNil())
+			g.Expect(got.Status.Fault.Action).To(Equal(v1.ActionStart))
+			g.Expect(got.Status.Fault.Message).To(ContainSubstring("is missing on node node-a"))
+		}).WithContext(ctx).Should(Succeed())
+		Expect(disk).NotTo(BeAnExistingFile(), "no blank disk was made in its place")
+		got := current(ctx, inst)
+		Expect(got.Status.VMState).To(Equal(v1.VMStateStopped))
+		Expect(got.Status.PowerState).NotTo(Equal(v1.PowerStateRunning))
+		Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeFalse())
+		Consistently(func(g Gomega) {
+			now, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(now.Status.TaskState).To(BeEmpty(), "the failed start is not tried again and again")
+			g.Expect(now.Status.Fault.Time).To(Equal(got.Status.Fault.Time))
+		}).WithContext(ctx).Should(Succeed())
+		Expect(disk).NotTo(BeAnExistingFile())
 	})
 
 	It("writes nothing when a domain event changes nothing", func(ctx SpecContext) {

@@ -73,6 +73,12 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 		if aside, err := setAsideByResize(disk); err != nil || aside {
 			return driver.Machine{}, errors.Join(err, finalError{errors.New("the root disk is set aside by a resize that was neither confirmed nor reverted: revert it")})
 		}
+		if action := taskAction(inst); !createsRootDisk(action) {
+			// A storage root not mounted (yet) looks exactly like this: booting a blank disk
+			// would hide the guest's data behind a fresh one.
+			return driver.Machine{}, finalError{fmt.Errorf("the root disk %s is missing on node %s; %s boots an existing disk and never makes a blank one "+
+				"(is the storage root mounted?): rebuild the instance to start afresh from its image", disk, r.NodeName, action)}
+		}
 		if disk, err = r.createRootDisk(ctx, inst); err != nil {
 			return driver.Machine{}, err
 		}
@@ -97,6 +103,26 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: r.VirtType,
 		NICs: nics,
 	}, nil
+}
+
+// taskAction is the action of the instance's task ("" for none).
+func taskAction(inst *v1.Instance) v1.Action {
+	if inst.Status.Task == nil {
+		return ""
+	}
+	return inst.Status.Task.Action
+}
+
+// createsRootDisk says whether a task of this action may make an instance's root disk from an
+// image: a launch, a rebuild, an unshelve of an offloaded instance and an evacuation that
+// rebuilds from the image. Every other boot (a start, a reboot, rescue and unrescue, the end
+// of a resize) needs the disk that is there.
+func createsRootDisk(action v1.Action) bool {
+	switch action {
+	case v1.ActionLaunch, v1.ActionRebuild, v1.ActionUnshelve, v1.ActionEvacuate:
+		return true
+	}
+	return false
 }
 
 // nics are the instance's NICs on this node: the MACs the manager fixed in status.networks,
