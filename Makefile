@@ -81,7 +81,7 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 
 .PHONY: test-unit
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
-	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... -count=1 -timeout=10m
+	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... ./test/utils/... -count=1 -timeout=10m
 
 .PHONY: test-e2e
 test-e2e: build $(GINKGO) ## End-to-end on real libvirt guests: E2E_PROCS specs at a time on one cluster, the disruptive ones beside them on another (hack/e2e.sh); then the manager against a simulated fleet.

@@ -16,6 +16,8 @@ var (
 	BootCount = regexp.MustCompile(`booted count=(\d+)`)
 	// AliveSeq matches "alive seq=K", printed every 5 seconds of guest time.
 	AliveSeq = regexp.MustCompile(`alive seq=(\d+)`)
+	// bootloaderBanner is the first line of every boot, before the kernel and the boot line.
+	bootloaderBanner = regexp.MustCompile(`(?m)^SYSLINUX `)
 )
 
 // ReadConsole reads a console log; a log not written yet is empty.
@@ -37,13 +39,20 @@ func (c Console) Last(re *regexp.Regexp) int {
 	return n
 }
 
-// SinceLastBoot is what the guest printed since its last boot line.
+// SinceLastBoot is what the guest printed since its last boot line. A guest that is booting
+// again (its bootloader printed, its boot line not yet) has printed nothing of that boot: what
+// its previous boot printed must not pass for it (a guest still in its bootloader does not
+// hear the power button).
 func (c Console) SinceLastBoot() Console {
 	idx := BootCount.FindAllStringIndex(string(c), -1)
 	if len(idx) == 0 {
 		return c
 	}
-	return c[idx[len(idx)-1][1]:]
+	after := idx[len(idx)-1][1]
+	if banners := bootloaderBanner.FindAllStringIndex(string(c), -1); len(banners) > 0 && banners[len(banners)-1][0] > after {
+		return ""
+	}
+	return c[after:]
 }
 
 // BetweenLastTwoBoots is what the guest printed in its boot before the last one.
