@@ -68,6 +68,9 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		st.refusal = &lifecycle.Refusal{Action: v1.ActionLaunch, Reason: v1.ReasonFlavorTooSmall, Message: msg}
 		return &ctrl.Result{}, nil
 	}
+	if ok, err := r.chooseAdoptedDisk(ctx, inst, st); err != nil || !ok {
+		return &ctrl.Result{RequeueAfter: quarantineRetry}, err
+	}
 	node, res, err := r.placeOrWait(ctx, inst, st, flavor.Spec)
 	if node == "" {
 		return res, err
@@ -77,6 +80,12 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 	inst.Status.Image = image.AppliedImage
 	launch, _ := lifecycle.Lookup(v1.ActionLaunch)
 	inst.Status.TaskState, _ = launch.NextTask(v1.TaskStateScheduling)
+	if a := inst.Status.AdoptedDisk; a != nil {
+		r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule",
+			"launching with flavor %s from the quarantined disk of instance uid %s (image %s not used): placed on node %s",
+			flavor.Name, a.UID, inst.Status.Image.Name, node)
+		return nil, nil
+	}
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonScheduled, "Schedule", "launching with flavor %s and image %s: placed on node %s",
 		flavor.Name, inst.Status.Image.Name, node)
 	return nil, nil
@@ -110,6 +119,9 @@ func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance,
 		NodeSelector:     inst.Spec.NodeSelector,
 		AvailabilityZone: inst.Spec.AvailabilityZone,
 		Networks:         scheduler.NetworksOf(inst),
+	}
+	if a := inst.Status.AdoptedDisk; a != nil && inst.Status.TaskState == v1.TaskStateScheduling {
+		request.AdoptDisk = a.UID // only where that disk is
 	}
 	node, err := r.place(ctx, inst, request)
 	if err != nil {

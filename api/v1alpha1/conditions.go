@@ -29,6 +29,9 @@ const (
 	ReasonNotSupported = "NotSupported"
 	// ReasonNoValidHost: no node passes the scheduler's filters.
 	ReasonNoValidHost = "NoValidHost"
+	// ReasonQuarantinedDiskNotFound: spec.adoptQuarantinedDisk asks for a quarantined disk of
+	// the instance's namespace and name, and no node reports one (yet).
+	ReasonQuarantinedDiskNotFound = "QuarantinedDiskNotFound"
 	// ReasonScheduled: a node was chosen.
 	ReasonScheduled = "Scheduled"
 	// ReasonFlavorNotFound: spec.flavor names no Flavor.

@@ -336,6 +336,16 @@ type InstanceSpec struct {
 	// +optional
 	UserData *UserDataSource `json:"userData,omitempty"`
 
+	// AdoptQuarantinedDisk has the launch boot the root disk that a node keeps in quarantine
+	// for an instance of this namespace and name (the most recently quarantined), instead of a
+	// new disk from the image: for an Instance applied again after its object was lost (its
+	// finalizer removed, etcd restored, a restore that gives new UIDs). The instance waits, with
+	// reason QuarantinedDiskNotFound, until a node reports such a disk (agents look at start and
+	// every few minutes); remove the field to boot from the image instead. Only the launch reads
+	// it.
+	// +optional
+	AdoptQuarantinedDisk bool `json:"adoptQuarantinedDisk,omitempty"`
+
 	// SSHAuthorizedKeys are SSH public keys the guest's cloud-init authorizes (Nova's key
 	// pair), given on the same drive as public-keys.
 	// +kubebuilder:validation:MaxItems=32
@@ -685,6 +695,14 @@ type PowerChange struct {
 	SpecPowerState DesiredPowerState `json:"specPowerState"`
 }
 
+// AdoptedDisk names the quarantined disk a launch boots (spec.adoptQuarantinedDisk).
+type AdoptedDisk struct {
+	// UID is the vanished instance's whose disk it was.
+	UID string `json:"uid"`
+	// QuarantinedSince is when its node set it aside.
+	QuarantinedSince metav1.Time `json:"quarantinedSince"`
+}
+
 // InstanceStatus is the observed state of a virtual machine. The manager writes every field but
 // powerState and agentReport, which only the agent of status.nodeName writes, and peerReport,
 // which only the agent of status.task.peerNode writes.
@@ -775,6 +793,10 @@ type InstanceStatus struct {
 	// so that it stays one column ("provider=10.254.0.12;storage=192.168.4.7,fd00::7").
 	// +optional
 	Addresses string `json:"addresses,omitempty"`
+	// AdoptedDisk is the quarantined disk the launch boots instead of a new one from the image
+	// (spec.adoptQuarantinedDisk), chosen when the instance is placed.
+	// +optional
+	AdoptedDisk *AdoptedDisk `json:"adoptedDisk,omitempty"`
 	// Fault says why the instance is in Error.
 	// +optional
 	Fault *InstanceFault `json:"fault,omitempty"`

@@ -73,13 +73,21 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 		if aside, err := setAsideByResize(disk); err != nil || aside {
 			return driver.Machine{}, errors.Join(err, finalError{errors.New("the root disk is set aside by a resize that was neither confirmed nor reverted: revert it")})
 		}
-		if action := taskAction(inst); !createsRootDisk(action) {
+		if a := inst.Status.AdoptedDisk; a != nil && taskAction(inst) == v1.ActionLaunch {
+			// The launch boots the disk this node kept in quarantine (quarantine.go).
+			if err := r.Storage.AdoptQuarantined(a.UID, uid); err != nil {
+				if errors.Is(err, storage.ErrQuarantinedDiskGone) {
+					err = finalError{fmt.Errorf("spec.adoptQuarantinedDisk: %w (node %s); remove the field to launch from the image", err, r.NodeName)}
+				}
+				return driver.Machine{}, err
+			}
+			log.FromContext(ctx).Info("adopted a quarantined disk", "from", a.UID)
+		} else if action := taskAction(inst); !createsRootDisk(action) {
 			// A storage root not mounted (yet) looks exactly like this: booting a blank disk
 			// would hide the guest's data behind a fresh one.
 			return driver.Machine{}, finalError{fmt.Errorf("the root disk %s is missing on node %s; %s boots an existing disk and never makes a blank one "+
 				"(is the storage root mounted?): rebuild the instance to start afresh from its image", disk, r.NodeName, action)}
-		}
-		if disk, err = r.createRootDisk(ctx, inst); err != nil {
+		} else if disk, err = r.createRootDisk(ctx, inst); err != nil {
 			return driver.Machine{}, err
 		}
 	} else if err != nil {

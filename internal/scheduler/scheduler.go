@@ -40,6 +40,9 @@ type Request struct {
 	Host string
 	// Networks the instance's NICs are plugged into: the host must have every one.
 	Networks []string
+	// AdoptDisk, when set, is the UID of a quarantined disk the launch boots: only hosts whose
+	// storage holds it (their Hypervisor lists it) may be chosen.
+	AdoptDisk string
 }
 
 // Filter rejects hosts that cannot take a request.
@@ -62,6 +65,10 @@ var DefaultFilters = []Filter{
 	}},
 	{Name: "RequestedHostFilter", Passes: func(h Host, r Request) bool {
 		return r.Host == "" || r.Host == h.Name()
+	}},
+	{Name: "QuarantinedDiskFilter", Passes: func(h Host, r Request) bool {
+		return r.AdoptDisk == "" || slices.ContainsFunc(h.Hypervisor.Status.Quarantined,
+			func(q v1.QuarantinedInstance) bool { return q.UID == r.AdoptDisk })
 	}},
 	{Name: "ComputeFilter", Passes: func(h Host, _ Request) bool {
 		hv := h.Hypervisor

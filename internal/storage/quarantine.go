@@ -171,3 +171,69 @@ func allocatedBytes(info fs.FileInfo) int64 {
 	}
 	return info.Size()
 }
+
+// ErrQuarantinedDiskGone says a quarantined disk to adopt is not (or no longer) on this storage.
+var ErrQuarantinedDiskGone = errors.New("the quarantined disk is not on this node's storage")
+
+// adoptedRecordFile keeps, in the adopting instance's directory, the quarantine record of the
+// disk it took.
+const adoptedRecordFile = "adopted.json"
+
+// AdoptQuarantined moves the root disk quarantined for instance from into the directory of
+// instance to, which boots it instead of a new disk (spec.adoptQuarantinedDisk). The disk moves
+// by one rename, so a crash leaves it on one side or the other; the quarantine's record is kept
+// beside it as adopted.json. What else the quarantined directory held that was only that
+// instance's (its console log, config drive and records) is removed with it; any other file
+// (a disk a resize set aside) keeps the directory in quarantine.
+func (n *Node) AdoptQuarantined(from, to string) error {
+	if !uidPattern.MatchString(from) {
+		return fmt.Errorf("%q is not an instance UID", from)
+	}
+	disk, err := n.RootDisk(to)
+	if err != nil {
+		return err
+	}
+	old := filepath.Join(n.Root, quarantineDir, from)
+	if _, err := os.Stat(disk); err == nil {
+		return n.removeAdoptedLeftovers(old) // adopted already, by a run cut short
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	oldDisk := filepath.Join(old, "disk")
+	if _, err := os.Stat(oldDisk); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrQuarantinedDiskGone, oldDisk)
+	} else if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
+		return err
+	}
+	rec := QuarantineRecord{UID: from}
+	if b, err := os.ReadFile(filepath.Join(old, quarantineRecordFile)); err == nil {
+		_ = json.Unmarshal(b, &rec) // a record that does not parse still names the UID
+	}
+	if err := writeFileWhole(filepath.Join(filepath.Dir(disk), adoptedRecordFile), rec); err != nil {
+		return err
+	}
+	if err := os.Rename(oldDisk, disk); err != nil {
+		return fmt.Errorf("adopt the quarantined disk of instance %s: %w", from, err)
+	}
+	return n.removeAdoptedLeftovers(old)
+}
+
+// removeAdoptedLeftovers removes what an adopted quarantined directory held besides its disk,
+// and the directory if that leaves it empty.
+func (n *Node) removeAdoptedLeftovers(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "disk")); err == nil {
+		return nil // not adopted from here: keep everything
+	}
+	for _, f := range []string{"console.log", "config-drive.img", ownerFile, taskMarkFile, quarantineRecordFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
+}

@@ -181,12 +181,13 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
 	}, NodeTimeout(5*time.Minute))
 
-	It("keeps the disk of an instance whose object was lost and applied again from Git, in quarantine", func(ctx SpecContext) {
+	It("keeps the disk of an instance whose object was lost in quarantine, and boots it again for the instance applied anew with adoptQuarantinedDisk", func(ctx SpecContext) {
 		manifest := strings.Replace(mustRender("instance.yaml"), "name: demo", "name: lost", 1)
 		path := writeManifest("lost.yaml", manifest)
 		out, err := kubectl(ctx, "apply", "-f", path)
 		Expect(err).NotTo(HaveOccurred(), out)
 		old := expectInstance(ctx, "lost", settled(v1.VMStateActive))
+		expectConsole(ctx, old, func(c console) bool { return c.Last(bootCount) == 1 && c.Last(aliveSeq) >= 1 }, "first boot, its counter on the disk")
 		h := host(old.Status.NodeName)
 
 		By("losing the object as an etcd restore would: no finalizer, gone at once, no terminate")
@@ -206,16 +207,23 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 		Expect(cluster.StartManager()).To(Succeed())
 		managerDown = false
 
-		By("applying it again from Git: a new instance, a new UID")
-		out, err = kubectl(ctx, "apply", "-f", path)
+		By("applying it again from Git, asking for its quarantined disk: it waits, as no node has swept yet")
+		adopting := strings.Replace(manifest, "spec:\n", "spec:\n  adoptQuarantinedDisk: true\n", 1)
+		Expect(adopting).NotTo(Equal(manifest))
+		out, err = kubectl(ctx, "apply", "-f", writeManifest("lost-adopting.yaml", adopting))
 		Expect(err).NotTo(HaveOccurred(), out)
-		again := expectInstance(ctx, "lost", settled(v1.VMStateActive))
-		Expect(again.UID).NotTo(Equal(old.UID))
-
-		By("restarting the old node's agent, whose sweep at start finds the old domain")
+		waiting := expectInstance(ctx, "lost", func(g Gomega, inst *v1.Instance) {
+			ready := findCondition(inst, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonQuarantinedDiskNotFound))
+			g.Expect(inst.Status.NodeName).To(BeEmpty())
+		})
+		Expect(waiting.UID).NotTo(Equal(old.UID))
 		list, err := h.Virsh(ctx, "list", "--all", "--name")
 		Expect(err).NotTo(HaveOccurred(), list)
 		Expect(list).To(ContainSubstring(old.Status.AgentReport.DomainName), "nothing removed the old domain while its agent ran")
+
+		By("restarting the old node's agent, whose sweep at start quarantines the old disk")
 		Expect(cluster.StopAgent(h)).To(Succeed())
 		Expect(cluster.StartAgent(h)).To(Succeed())
 		Eventually(func() (string, error) {
@@ -223,12 +231,18 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 		}).WithContext(ctx).WithTimeout(60 * time.Second).ShouldNot(ContainSubstring(old.Status.AgentReport.DomainName))
 		expectQuarantined(ctx, h, old)
 
-		By("the new instance runs on, untouched")
-		cur := expectInstance(ctx, "lost", settled(v1.VMStateActive))
-		Expect(cur.UID).To(Equal(again.UID))
-		dom, err := host(cur.Status.NodeName).Virsh(ctx, "domstate", cur.Status.AgentReport.DomainName)
+		By("the new instance boots the old disk: the guest's counter goes on")
+		adopted := expectInstance(ctx, "lost", settled(v1.VMStateActive))
+		Expect(adopted.UID).To(Equal(waiting.UID))
+		Expect(adopted.Status.AdoptedDisk).NotTo(BeNil())
+		Expect(adopted.Status.AdoptedDisk.UID).To(Equal(string(old.UID)))
+		Expect(host(adopted.Status.NodeName).StorageRoot).To(Equal(h.StorageRoot), "placed where the disk is")
+		expectConsole(ctx, adopted, func(c console) bool { return c.Last(bootCount) == 2 }, "second boot, from the old disk")
+		dom, err := host(adopted.Status.NodeName).Virsh(ctx, "domstate", adopted.Status.AgentReport.DomainName)
 		Expect(err).NotTo(HaveOccurred(), dom)
 		Expect(strings.TrimSpace(dom)).To(Equal("running"))
+		Expect(filepath.Join(h.StorageRoot, "quarantine", string(old.UID))).NotTo(BeADirectory(), "the disk left the quarantine")
+		Expect(filepath.Join(h.StorageRoot, "instances", string(adopted.UID), "adopted.json")).To(BeARegularFile())
 		out, err = kubectl(ctx, "delete", "instance", "lost", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)
 	}, NodeTimeout(5*time.Minute))
