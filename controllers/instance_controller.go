@@ -103,6 +103,8 @@ type step func(ctx context.Context, inst *v1.Instance, st *reconcileState) (*ctr
 type reconcileState struct {
 	refusal *lifecycle.Refusal
 	waiting *lifecycle.Refusal
+	// nodeDown says why the instance's node is down; empty while it is up (observeNode).
+	nodeDown string
 	// afterWrite holds what waits for the status write, Events and metrics (see event and
 	// observe): a reconcile whose write fails tells nothing of what did not happen.
 	afterWrite []func()
@@ -140,6 +142,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.checkPlacement,
 		r.serveRequests,
 	)
+	r.observeNode(ctx, inst, st)
 	r.setConditions(inst, st)
 	if perr := r.sendAfter(st, r.patchStatus(ctx, orig, inst)); perr != nil {
 		return kube.RetryIfStale(ctrl.Result{}, perr)
@@ -266,6 +269,9 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(instanceOfSnapshot)).
 		Watches(&v1.Migration{}, handler.EnqueueRequestsFromMapFunc(instanceOfMigration)).
 		Watches(&v1.Hypervisor{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorMayTakeMore})).
+		// A node going down or coming back changes its instances' Ready.
+		Watches(&v1.Hypervisor{}, handler.EnqueueRequestsFromMapFunc(r.instancesOnNode),
+			builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorStateChanged, CreateFunc: never[event.CreateEvent], GenericFunc: never[event.GenericEvent]})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
 		Complete(r)
 }
@@ -283,6 +289,27 @@ func hypervisorMayTakeMore(e event.UpdateEvent) bool {
 	return old.Generation != hv.Generation || old.Status.State != hv.Status.State ||
 		old.Status.Capacity != hv.Status.Capacity || old.Status.Reserved != hv.Status.Reserved ||
 		hv.Status.Instances < old.Status.Instances || !slices.Equal(old.Status.Networks, hv.Status.Networks)
+}
+
+// hypervisorStateChanged says whether a Hypervisor went down or came back up.
+func hypervisorStateChanged(e event.UpdateEvent) bool {
+	return e.ObjectOld.(*v1.Hypervisor).Status.State != e.ObjectNew.(*v1.Hypervisor).Status.State
+}
+
+// never filters out every event of its kind.
+func never[E any](E) bool { return false }
+
+// instancesOnNode lists the instances placed on the Hypervisor's node, from an index.
+func (r *InstanceReconciler) instancesOnNode(ctx context.Context, o client.Object) []reconcile.Request {
+	var list v1.InstanceList
+	if err := r.List(ctx, &list, client.MatchingFields{indexNode: o.GetName()}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	out := make([]reconcile.Request, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return out
 }
 
 // nodePlacementChanged says whether a Node's change may let a waiting instance fit: its labels,

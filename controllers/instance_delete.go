@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -35,7 +34,7 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 		return ctrl.Result{}, err
 	} else if down {
 		r.event(st, inst, corev1.EventTypeWarning, v1.ReasonNodeDown, "Terminate",
-			"node %s is down (%s): deleted locally; its agent removes the domain and disks when it returns", inst.Status.NodeName, why)
+			"node %s is down (%s): deleted locally; when its agent returns it stops the guest and keeps the disks in quarantine", inst.Status.NodeName, why)
 		return ctrl.Result{}, r.releaseAndTell(ctx, inst, st)
 	}
 	orig := inst.DeepCopy()
@@ -68,27 +67,6 @@ func (r *InstanceReconciler) reconcileDelete(ctx context.Context, inst *v1.Insta
 	r.event(st, inst, corev1.EventTypeNormal, v1.ReasonTerminated, "Terminate", "domain and disks removed from node %s", report.NodeName)
 	r.observeOperation(st, task, true)
 	return ctrl.Result{}, r.releaseAndTell(ctx, inst, st)
-}
-
-// nodeDown says whether an instance's node can no longer act: its Hypervisor or Node object is
-// gone, or its agent stopped renewing its lease.
-func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, string, error) {
-	hv := &v1.Hypervisor{}
-	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
-		return true, "no Hypervisor object", nil
-	} else if err != nil {
-		return false, "", err
-	}
-	if hv.Status.State == v1.HypervisorDown {
-		return true, "its agent stopped renewing its lease", nil
-	}
-	n := &corev1.Node{}
-	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); apierrors.IsNotFound(err) {
-		return true, "no Node object", nil
-	} else if err != nil {
-		return false, "", err
-	}
-	return false, "", nil
 }
 
 // release drops the instance's claim, its shelved image (the garbage collector would too, as

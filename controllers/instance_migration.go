@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -199,15 +198,14 @@ func (r *InstanceReconciler) planEvacuation(ctx context.Context, inst *v1.Instan
 // whether it is down: its agent stopped renewing its lease (a Node that is only not Ready may
 // still run its guests), or it has no Hypervisor.
 func (r *InstanceReconciler) fencedAndDown(ctx context.Context, node string) (fenced, down bool, err error) {
-	hv := &v1.Hypervisor{}
-	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
-		down = true
-	} else if err != nil {
+	if down, _, err = r.nodeDown(ctx, node); err != nil {
 		return false, false, err
-	} else {
-		ready := meta.FindStatusCondition(hv.Status.Conditions, v1.ConditionReady)
+	}
+	hv := &v1.Hypervisor{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); err == nil {
 		fenced = hv.Spec.ForcedDown
-		down = hv.Status.State == v1.HypervisorDown && ready != nil && ready.Reason == v1.ReasonHeartbeatLapsed
+	} else if !apierrors.IsNotFound(err) {
+		return false, false, err
 	}
 	n := &corev1.Node{}
 	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); err == nil {

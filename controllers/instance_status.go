@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/lifecycle"
@@ -160,10 +161,29 @@ func (r *InstanceReconciler) setConditions(inst *v1.Instance, st *reconcileState
 		Refusal:        st.refusal,
 		Waiting:        st.waiting,
 		Fault:          inst.Status.Fault,
+		NodeDown:       st.nodeDown,
 	}
 	for _, c := range lifecycle.Health(obs) {
 		c.ObservedGeneration = inst.Generation
 		meta.SetStatusCondition(&inst.Status.Conditions, c)
 	}
 	inst.Status.ObservedGeneration = inst.Generation
+}
+
+// observeNode records in st whether the instance's node is down (nodeDown: the one definition
+// deletes and evacuations use too), for its conditions: Ready cannot be True for an instance
+// nobody can see.
+func (r *InstanceReconciler) observeNode(ctx context.Context, inst *v1.Instance, st *reconcileState) {
+	node := inst.Status.NodeName
+	if node == "" {
+		return
+	}
+	down, why, err := r.nodeDown(ctx, node)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "cannot tell whether the instance's node is up", "node", node)
+		return
+	}
+	if down {
+		st.nodeDown = fmt.Sprintf("node %s is down (%s): whether the instance still runs is not known", node, why)
+	}
 }

@@ -216,6 +216,34 @@ var _ = Describe("Power requests", Ordered, func() {
 		Expect(disk).NotTo(BeAnExistingFile())
 	})
 
+	It("says Ready=Unknown (NodeDown) while the instance's node is down, and Ready again once it is back", func(ctx SpecContext) {
+		inst := createPowerInstance(ctx, "nodedown")
+		expireLease(ctx, "node-a")
+		DeferCleanup(func(ctx SpecContext) {
+			renewLease(ctx, "node-a", time.Hour)
+			Eventually(func() v1.HypervisorState { return hypervisor(ctx, "node-a").Status.State }).WithContext(ctx).Should(Equal(v1.HypervisorUp))
+		})
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			ready := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Status).To(Equal(metav1.ConditionUnknown))
+			g.Expect(ready.Reason).To(Equal(v1.ReasonNodeDown))
+			g.Expect(ready.Message).To(ContainSubstring("node node-a is down"))
+			g.Expect(got.Status.VMState).To(Equal(v1.VMStateActive), "the last state known")
+		}).WithContext(ctx).Should(Succeed())
+		expectGitOpsHealth(current(ctx, inst), gitops.Degraded, status.InProgressStatus)
+
+		renewLease(ctx, "node-a", time.Hour)
+		Eventually(func(g Gomega) {
+			got, err := get(ctx, inst)()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(meta.IsStatusConditionTrue(got.Status.Conditions, v1.ConditionReady)).To(BeTrue())
+		}).WithContext(ctx).Should(Succeed())
+		expectGitOpsHealth(current(ctx, inst), gitops.Healthy, status.CurrentStatus)
+	})
+
 	It("writes nothing when a domain event changes nothing", func(ctx SpecContext) {
 		inst := createPowerInstance(ctx, "quiet")
 		var settled *v1.Instance

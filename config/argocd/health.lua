@@ -6,7 +6,8 @@
 -- Every kind: Progressing until the manager has observed the latest spec; Degraded when
 -- Stalled (an instance in Error or refusing a request; an import, snapshot or migration that
 -- failed).
--- Instance: Healthy when it runs (or is rescued) as its spec asks; Suspended when it rests
+-- Instance: Degraded while its node is down (Ready Unknown, reason NodeDown: nobody can tell
+--   whether it runs); Healthy when it runs (or is rescued) as its spec asks; Suspended when it rests
 --   where its spec asks without running (Stopped, Paused, Suspended, Shelved,
 --   ShelvedOffloaded) or waits in Resized for a confirm or a revert; else Progressing.
 -- Image, ClusterImage, Snapshot, Migration: Healthy when Ready (Available, Succeeded);
@@ -58,6 +59,9 @@ if obj.kind == "Instance" then
   elseif (stalled ~= nil and stalled.status == "True") or vmState == "Error" then
     hs.status = "Degraded"
     say(stalled, "The instance is in Error")
+  elseif ready ~= nil and ready.reason == "NodeDown" then
+    hs.status = "Degraded"
+    say(ready, "The instance's node is down")
   elseif vmState == "Resized" and ready ~= nil and ready.reason == "Resized" then
     hs.status = "Suspended"
     say(ready, "Resized: waiting for a confirm or a revert")

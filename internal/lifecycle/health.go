@@ -21,6 +21,9 @@ type Observation struct {
 	Waiting *Refusal
 	// Fault is why the instance is in Error.
 	Fault *v1.InstanceFault
+	// NodeDown, when set, says that the instance's node is down and why: what runs there is
+	// not known.
+	NodeDown string
 }
 
 // Health maps an instance's states to the Ready, Reconciling and Stalled conditions so that
@@ -49,6 +52,11 @@ func Health(o Observation) []metav1.Condition {
 			ready.Message = fmt.Sprintf("the instance is in Error: %s", o.Fault.Message)
 		}
 		stalled.Status, stalled.Reason, stalled.Message = metav1.ConditionTrue, ready.Reason, ready.Message
+	case o.NodeDown != "":
+		// Nobody can tell whether the guest still runs: neither Ready nor not. Reconciling,
+		// as kstatus reads it: the state is not known to be settled.
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionUnknown, v1.ReasonNodeDown, o.NodeDown
+		reconciling.Status, reconciling.Reason, reconciling.Message = metav1.ConditionTrue, ready.Reason, ready.Message
 	case o.DesiredReached:
 		ready.Status, ready.Reason = metav1.ConditionTrue, v1.ReasonDesiredStateReached
 		ready.Message = fmt.Sprintf("the instance is %s as its spec asks", o.VMState)

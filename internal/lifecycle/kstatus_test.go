@@ -28,6 +28,7 @@ func TestKstatusReadsHealth(t *testing.T) {
 		{"waiting for a host", Observation{VMState: v1.VMStateBuilding, TaskState: v1.TaskStateScheduling,
 			Waiting: &Refusal{Reason: v1.ReasonNoValidHost, Message: "no valid host"}}, status.InProgressStatus},
 		{"error", Observation{VMState: v1.VMStateError}, status.FailedStatus},
+		{"active on a node that is down", Observation{VMState: v1.VMStateActive, DesiredReached: true, NodeDown: "node-1 is down"}, status.InProgressStatus},
 		{"refused", Observation{VMState: v1.VMStateStopped, Refusal: &Refusal{Reason: v1.ReasonInvalidState, Message: "cannot pause"}}, status.FailedStatus},
 	}
 	for _, c := range cases {

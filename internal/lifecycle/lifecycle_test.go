@@ -247,6 +247,9 @@ func TestHealth(t *testing.T) {
 		{"refused request", Observation{VMState: v1.VMStateStopped, Refusal: refused}, want{F, F, T}},
 		{"waiting for a host", Observation{VMState: v1.VMStateBuilding, TaskState: v1.TaskStateScheduling, Waiting: &Refusal{Reason: v1.ReasonNoValidHost, Message: "no host"}}, want{F, T, F}},
 		{"not there, nothing running", Observation{VMState: v1.VMStateResized}, want{F, T, F}},
+		{"active as asked on a node that is down", Observation{VMState: v1.VMStateActive, DesiredReached: true, NodeDown: "node-1 is down"}, want{metav1.ConditionUnknown, T, F}},
+		{"a task on a node that is down says the task", Observation{VMState: v1.VMStateActive, TaskState: v1.TaskStateRebooting, NodeDown: "node-1 is down"}, want{F, T, F}},
+		{"error on a node that is down says the error", Observation{VMState: v1.VMStateError, NodeDown: "node-1 is down"}, want{F, F, T}},
 	}
 	for _, c := range cases {
 		conds := Health(c.o)

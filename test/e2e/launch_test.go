@@ -12,6 +12,7 @@ import (
 	. "github.com/onsi/gomega"
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -159,6 +160,13 @@ var _ = Describe("Launch and terminate", Ordered, disruptive, func() {
 			g.Expect(hv.Status.State).To(Equal(v1.HypervisorDown))
 			g.Expect(meta.IsStatusConditionFalse(hv.Status.Conditions, v1.ConditionReady)).To(BeTrue())
 		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		// Nobody can tell whether the guest runs: not Ready, not un-Ready either.
+		expectInstance(ctx, "orphan", func(g Gomega, cur *v1.Instance) {
+			ready := findCondition(cur, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Status).To(Equal(metav1.ConditionUnknown))
+			g.Expect(ready.Reason).To(Equal(v1.ReasonNodeDown))
+		})
 
 		out, err = kubectl(ctx, "delete", "instance", "orphan", "--wait=true", "--timeout=60s")
 		Expect(err).NotTo(HaveOccurred(), out)

@@ -88,6 +88,8 @@ func TestHealthOfEachKindInEachState(t *testing.T) {
 		{"instance stopping toward its spec", instance(lifecycle.Observation{VMState: v1.VMStateActive}), Progressing, status.InProgressStatus},
 		{"instance refusing a request", instance(lifecycle.Observation{VMState: v1.VMStateStopped, Refusal: refused}), Degraded, status.FailedStatus},
 		{"instance in error", instance(lifecycle.Observation{VMState: v1.VMStateError, Fault: &v1.InstanceFault{Message: "spawn failed"}}), Degraded, status.FailedStatus},
+		{"instance on a node that is down", instance(lifecycle.Observation{VMState: v1.VMStateActive, DesiredReached: true, NodeDown: "node-1 is down"}), Degraded, status.InProgressStatus},
+		{"stopped instance on a node that is down", instance(lifecycle.Observation{VMState: v1.VMStateStopped, DesiredReached: true, NodeDown: "node-1 is down"}), Degraded, status.InProgressStatus},
 
 		{"image importing", &v1.Image{ObjectMeta: meta(), Status: v1.ImageStatus{ObservedGeneration: 2, Phase: v1.ImageImporting,
 			Conditions: outcome(v1.ConditionReconciling, "Importing", "downloading")}}, Progressing, status.InProgressStatus},
