@@ -29,6 +29,9 @@ import (
 type MigrationReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
+	// MissingInstanceTimeout is how long a Migration waits for the instance it names to exist
+	// (DefaultMissingInstanceTimeout when zero).
+	MissingInstanceTimeout time.Duration
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -54,6 +57,8 @@ const (
 // migrationOutcome is what one reconcile found.
 type migrationOutcome struct {
 	reason, message string
+	// requeueAfter is when to look again though nothing changes (a deadline).
+	requeueAfter time.Duration
 }
 
 // Reconcile advances the migration one step. Status is written once, at the end.
@@ -108,14 +113,18 @@ func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			r.event(mig, corev1.EventTypeWarning, out.reason, "%s", out.message)
 		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: out.requeueAfter}, nil
 }
 
 // advance reads the instance and sets the phase it says.
 func (r *MigrationReconciler) advance(ctx context.Context, mig *v1.Migration) (migrationOutcome, error) {
 	inst := &v1.Instance{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: mig.Namespace, Name: mig.Spec.InstanceName}, inst); apierrors.IsNotFound(err) {
-		return r.failed(mig, ReasonInstanceNotFound, fmt.Sprintf("instance %s does not exist in namespace %s", mig.Spec.InstanceName, mig.Namespace)), nil
+		left, msg := missingInstance(mig.CreationTimestamp, r.now(), r.MissingInstanceTimeout, mig.Namespace, mig.Spec.InstanceName)
+		if left > 0 && mig.Status.SourceNode == "" { // never served: the instance may be on its way
+			return migrationOutcome{reason: ReasonInstanceNotFound, message: msg, requeueAfter: left}, nil
+		}
+		return r.failed(mig, ReasonInstanceNotFound, msg), nil
 	} else if err != nil {
 		return migrationOutcome{}, err
 	}

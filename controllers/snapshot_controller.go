@@ -31,6 +31,9 @@ type SnapshotReconciler struct {
 	// controller's own writes (the image it just made).
 	Reader   client.Reader
 	Recorder events.EventRecorder
+	// MissingInstanceTimeout is how long a Snapshot waits for the instance it names to exist
+	// (DefaultMissingInstanceTimeout when zero).
+	MissingInstanceTimeout time.Duration
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -58,6 +61,8 @@ const (
 type snapshotOutcome struct {
 	reason, message string
 	failed          bool
+	// requeueAfter is when to look again though nothing changes (a deadline).
+	requeueAfter time.Duration
 }
 
 // Reconcile advances the snapshot one step. Status is written once, at the end.
@@ -101,7 +106,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			r.event(snap, corev1.EventTypeWarning, out.reason, "%s", out.message)
 		}
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: out.requeueAfter}, nil
 }
 
 // advance reads the instance and the image and sets the phase they say.
@@ -120,8 +125,11 @@ func (r *SnapshotReconciler) advance(ctx context.Context, snap *v1.Snapshot) (sn
 	}
 	inst := &v1.Instance{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: snap.Namespace, Name: snap.Spec.InstanceName}, inst); apierrors.IsNotFound(err) {
-		return snapshotOutcome{failed: true, reason: ReasonInstanceNotFound,
-			message: fmt.Sprintf("instance %s does not exist in namespace %s", snap.Spec.InstanceName, snap.Namespace)}, nil
+		left, msg := missingInstance(snap.CreationTimestamp, r.now(), r.MissingInstanceTimeout, snap.Namespace, snap.Spec.InstanceName)
+		if left > 0 && (snap.Status.Phase == "" || snap.Status.Phase == v1.SnapshotPending) { // not taken yet
+			return snapshotOutcome{reason: ReasonInstanceNotFound, message: msg, requeueAfter: left}, nil
+		}
+		return snapshotOutcome{failed: true, reason: ReasonInstanceNotFound, message: msg}, nil
 	} else if err != nil {
 		return snapshotOutcome{}, err
 	}

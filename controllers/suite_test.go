@@ -32,6 +32,9 @@ import (
 // The controller suite runs the manager's reconcilers against a real kube-apiserver and etcd,
 // with one in-process agent on node "node-a" whose driver is the fake: the protocol between
 // manager and agent is real, only the hypervisor is not.
+// missingInstanceTimeout is the Snapshot and Migration controllers' --missing-instance-timeout.
+const missingInstanceTimeout = 4 * time.Second
+
 var (
 	env        *utils.Env
 	k8s        client.Client
@@ -76,8 +79,12 @@ var _ = BeforeSuite(func() {
 		Placement:       scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
-	Expect((&SnapshotReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots")}).SetupWithManager(mgr)).To(Succeed())
-	Expect((&MigrationReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations")}).SetupWithManager(mgr)).To(Succeed())
+	// A Snapshot or Migration waits briefly for a missing instance here: the specs see both the
+	// wait and the failure.
+	Expect((&SnapshotReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
+		MissingInstanceTimeout: missingInstanceTimeout}).SetupWithManager(mgr)).To(Succeed())
+	Expect((&MigrationReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations"),
+		MissingInstanceTimeout: missingInstanceTimeout}).SetupWithManager(mgr)).To(Succeed())
 	imageDir = GinkgoT().TempDir()
 	imageStore = &imagestore.Dir{Root: GinkgoT().TempDir()}
 	importer := &imagestore.Importer{Store: imageStore, SourceDirs: []string{imageDir}}

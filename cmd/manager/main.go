@@ -55,6 +55,7 @@ func run() error {
 		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
 		sameHost       = flag.Bool("allow-resize-to-same-host", true, "let a resize stay on its node when both flavors fit there (Nova's allow_resize_to_same_host); false always moves it to another node")
 		confirmWindow  = flag.Duration("resize-confirm-window", 0, "confirm a resize or cold migration by itself once it has waited this long in Resized (Nova's resize_confirm_window); 0 waits for a person")
+		missingWait    = flag.Duration("missing-instance-timeout", controllers.DefaultMissingInstanceTimeout, "how long a Snapshot or Migration waits for the instance it names to exist (a GitOps sync applies them in any order) before it fails with InstanceNotFound")
 		apiAddr        = flag.String("subresources-bind-address", "0", "address of the aggregated API (subresources.compute.kubenova.io: instances/log, the console logs), which kube-apiserver proxies to; 0 disables it")
 		apiService     = flag.String("subresources-service", "kubenova-manager-subresources", "the Service in --lease-namespace that kube-apiserver reaches the aggregated API through, which its certificate names")
 		apiSecret      = flag.String("subresources-secret", "kubenova-manager-subresources-tls", "the Secret in --lease-namespace that keeps the aggregated API's certificate, made by the manager")
@@ -160,11 +161,13 @@ func run() error {
 	}
 	if err := (&controllers.SnapshotReconciler{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
+		MissingInstanceTimeout: *missingWait,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("snapshot controller: %w", err)
 	}
 	if err := (&controllers.MigrationReconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations"),
+		MissingInstanceTimeout: *missingWait,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("migration controller: %w", err)
 	}
