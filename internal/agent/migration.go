@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -499,20 +500,16 @@ func mayRemoveMovedFiles(ctx context.Context, reader client.Reader, own *storage
 	return true, nil
 }
 
-// cleanUpLeftBehind removes what an instance that no longer concerns this node left in its
-// storage: the disk of a source after a block migration, or the disk a target made for a
-// migration that failed. Only with a live read saying the instance lives on another node (and
-// is no migration's target here), only when no domain of it is here, and only from storage
-// this node does not share (mayRemoveMovedFiles) or that it made itself for a move that did
-// not arrive (preparedHere).
+// cleanUpLeftBehind tidies what an instance that no longer concerns this node left here, as
+// soon as it leaves this node (a live read saying it lives on another node, and is no
+// migration's target here). A domain of it is destroyed at once, never started: the instance
+// was evacuated while this node was cut off, and its guest must not run on two nodes a moment
+// longer. Files go only from storage this node does not share (mayRemoveMovedFiles) or that
+// it made itself for a move that did not arrive (preparedHere): the disk of a source after a
+// block migration, or the disk a target made for a migration that failed. The disk of an
+// instance an evacuation rebuilt from its image elsewhere is the last copy of its data: it goes
+// to quarantine instead.
 func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.NamespacedName, uid types.UID) error {
-	dir, err := r.Storage.InstanceDir(string(uid))
-	if err != nil {
-		return nil
-	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
 	inst := &v1.Instance{}
 	if err := r.Reader.Get(ctx, key, inst); err != nil {
 		// A deleted instance's files are its terminate task's, or the orphan cleanup's.
@@ -521,13 +518,34 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 	if inst.UID != uid || !r.livesElsewhere(inst) {
 		return nil
 	}
+	st, err := r.Driver.State(ctx, string(uid))
+	if err != nil {
+		return err
+	}
+	if st.Power != v1.PowerStateNoState {
+		log.FromContext(ctx).Info("destroying at once the domain of an instance that now lives elsewhere; its disks stay", "node", inst.Status.NodeName)
+		if err := r.Driver.Destroy(ctx, string(uid)); err != nil {
+			return err
+		}
+	}
+	dir, err := r.Storage.InstanceDir(string(uid))
+	if err != nil {
+		return nil
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	may, err := mayRemoveMovedFiles(ctx, r.Reader, r.Storage, r.NodeName, r.SharedStorage, inst)
 	if err != nil || (!may && !r.preparedHere(string(uid))) {
 		return err
 	}
-	st, err := r.Driver.State(ctx, string(uid))
-	if err != nil || st.Power != v1.PowerStateNoState {
-		return err
+	if lastCopyAfterEvacuation(inst, r.NodeName) {
+		if err := r.Storage.QuarantineInstanceFiles(string(uid), evacuatedRecord(inst, r.NodeName)); err != nil {
+			return err
+		}
+		r.event(inst, corev1.EventTypeWarning, ReasonInstanceFilesQuarantined, "Quarantine",
+			"node %s kept the old disk in quarantine: the evacuation rebuilt the instance from its image on %s", r.NodeName, inst.Status.NodeName)
+		return nil
 	}
 	log.FromContext(ctx).Info("removing the files an instance that moved away left here", "node", inst.Status.NodeName)
 	return r.Storage.DeleteInstanceFiles(string(uid))

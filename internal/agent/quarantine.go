@@ -36,6 +36,23 @@ const (
 // reasonVanished is the quarantine record's reason for an instance that is gone from the API.
 const reasonVanished = "InstanceVanished: no Instance with this UID exists and its terminate did not run on this node"
 
+// reasonEvacuatedFromImage is the quarantine record's reason for the disk an evacuation left
+// behind when it rebuilt the instance from its image on another node.
+const reasonEvacuatedFromImage = "EvacuatedFromImage: the instance was rebuilt from its image on another node while this one was down; this is the last copy of its old disk"
+
+// lastCopyAfterEvacuation says whether this node's files of inst hold the last copy of a disk:
+// the instance's served evacuation left this node and rebuilt it from its image elsewhere.
+func lastCopyAfterEvacuation(inst *v1.Instance, node string) bool {
+	ack := inst.Status.MigrationRequest
+	return ack != nil && ack.RebuiltFromImage && ack.SourceNode == node
+}
+
+// evacuatedRecord is the quarantine record of the disk an evacuation from image left here.
+func evacuatedRecord(inst *v1.Instance, node string) storage.QuarantineRecord {
+	return storage.QuarantineRecord{Namespace: inst.Namespace, Name: inst.Name, Node: node,
+		Reason: reasonEvacuatedFromImage, Since: time.Now().UTC()}
+}
+
 // quarantine sets an instance's files aside and says so.
 func (r *Reporter) quarantine(ctx context.Context, uid string, owner storage.Owner) error {
 	err := r.Storage.QuarantineInstanceFiles(uid, storage.QuarantineRecord{

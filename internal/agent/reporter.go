@@ -6,6 +6,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -240,6 +241,7 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err
 			}
+			delete(withDomain, d.UUID) // gone: its files are judged below, in this sweep
 		}
 	}
 	for _, uid := range dirs {
@@ -274,6 +276,15 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
+				continue
+			}
+			if lastCopyAfterEvacuation(inst, r.NodeName) {
+				if err := r.Storage.QuarantineInstanceFiles(uid, evacuatedRecord(inst, r.NodeName)); err != nil {
+					return err
+				}
+				r.event(ctx, corev1.EventTypeWarning, ReasonInstanceFilesQuarantined, "Quarantine",
+					"the disk instance %s/%s (uid %s) left when an evacuation rebuilt it from its image on %s is kept in %s/quarantine/%s",
+					inst.Namespace, inst.Name, uid, inst.Status.NodeName, r.Storage.Root, uid)
 				continue
 			}
 			logger.Info("removing the files of an instance that moved to another node", "uid", uid, "node", inst.Status.NodeName)

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -175,6 +177,58 @@ var _ = Describe("Evacuation", Ordered, disruptive, func() {
 		}
 		Expect(found).To(BeTrue())
 		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == 1 }, "a fresh disk from the image: the first boot again")
+
+		By("the failed node coming back: its old domain goes, its disk, the last copy of the old data, stays in quarantine")
+		h := host("host-3")
+		restoreNode(ctx, "host-3")
+		Eventually(func() (string, error) { return h.Virsh(ctx, "list", "--all", "--uuid") }).
+			WithContext(ctx).WithTimeout(60 * time.Second).ShouldNot(ContainSubstring(string(inst.UID)))
+		expectQuarantined(ctx, h, inst)
+	}, NodeTimeout(5*time.Minute))
+
+	It("destroys at once the guest of an instance evacuated while its node's agent was cut off, when that agent wakes up", func(ctx SpecContext) {
+		restoreNode(ctx, "host-3")
+		expectHypervisorsUp(ctx)
+		inst := launchOn(ctx, "islander", "host-3")
+		h := host("host-3")
+		agent := cluster.AgentProcess("host-3")
+		Expect(agent).NotTo(BeNil())
+
+		By("freezing host-3's agent, as a network partition would cut it off; its guest runs on")
+		Expect(agent.Signal(syscall.SIGSTOP)).To(Succeed())
+		frozen := true
+		DeferCleanup(func() {
+			if frozen {
+				Expect(agent.Signal(syscall.SIGCONT)).To(Succeed())
+			}
+		})
+		Eventually(func(g Gomega) {
+			hv := &v1.Hypervisor{}
+			g.Expect(cluster.Client.Get(ctx, types.NamespacedName{Name: "host-3"}, hv)).To(Succeed())
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorDown))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		out, err := kubectlNovaAsCloudAdmin(ctx, "evacuate", "host-3", "--force-down", "--target", "host-1", "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		after := expectInstance(ctx, "islander", settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal("host-1"))
+		state, err := h.Virsh(ctx, "domstate", string(inst.UID))
+		Expect(err).NotTo(HaveOccurred(), state)
+		Expect(strings.TrimSpace(state)).To(Equal("running"), "nothing stopped the old guest: the fencing was only declared")
+
+		By("waking the agent up: the same process destroys the old guest at once, well before its periodic sweep")
+		Expect(agent.Signal(syscall.SIGCONT)).To(Succeed())
+		frozen = false
+		woke := time.Now()
+		Eventually(func() (string, error) { return h.Virsh(ctx, "list", "--all", "--uuid") }).
+			WithContext(ctx).WithTimeout(30 * time.Second).ShouldNot(ContainSubstring(string(inst.UID)))
+		GinkgoWriter.Printf("FIGURE stale guest destroyed %s after its agent woke up\n", time.Since(woke).Round(10*time.Millisecond))
+		Expect(cluster.AgentProcess("host-3").Pid).To(Equal(agent.Pid), "no restart of the agent")
+		b, err := os.ReadFile(filepath.Join(cluster.WorkDir, "logs", "agent-host-3.log"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(b)).To(ContainSubstring("destroying at once the domain of an instance that now lives elsewhere"), "the agent's reaction, not its sweep")
+		Expect(filepath.Join(h.StorageRoot, "quarantine", string(inst.UID), "disk")).To(BeARegularFile(), "the old disk is the last copy of the guest's data")
+		expectConsole(ctx, after, func(c console) bool { return c.Last(bootCount) == 1 && c.Boots() == 1 }, "the evacuated guest on host-1 boots, once")
+		restoreNode(ctx, "host-3")
 	}, NodeTimeout(5*time.Minute))
 
 	It("evacuates by itself, with --auto-evacuate-after, a node that stays down once it is fenced", func(ctx SpecContext) {
