@@ -19,6 +19,10 @@ import (
 // agents sweep at start and every few minutes, then report.
 const quarantineRetry = 10 * time.Second
 
+// adoptionWait is how long an instance waits for its quarantined disk before it says it is
+// stuck (Stalled): three of the agents' sweeps.
+const adoptionWait = 15 * time.Minute
+
 // chooseAdoptedDisk records in status.adoptedDisk which quarantined disk the launch boots, or
 // says why the instance waits (false). It is a no-op for an instance that adopts nothing, and
 // forgets a choice the spec no longer asks for.
@@ -36,9 +40,15 @@ func (r *InstanceReconciler) chooseAdoptedDisk(ctx context.Context, inst *v1.Ins
 	}
 	found := newestQuarantined(hvs.Items, inst.Namespace, inst.Name)
 	if found == nil {
-		st.waiting = &lifecycle.Refusal{Reason: v1.ReasonQuarantinedDiskNotFound, Message: fmt.Sprintf(
-			"spec.adoptQuarantinedDisk: no node keeps a quarantined disk of instance %s/%s (yet: agents look at start and every few minutes); "+
-				"remove the field to boot from the image instead", inst.Namespace, inst.Name)}
+		msg := fmt.Sprintf("spec.adoptQuarantinedDisk: no node keeps a quarantined disk of instance %s/%s", inst.Namespace, inst.Name)
+		if r.now().Sub(inst.CreationTimestamp.Time) < adoptionWait {
+			st.waiting = &lifecycle.Refusal{Reason: v1.ReasonQuarantinedDiskNotFound,
+				Message: msg + " (yet: agents look at start and every few minutes); remove the field to boot from the image instead"}
+			return false, nil
+		}
+		// Past the agents' sweeps, a person must decide; a disk reported later is still taken.
+		st.refusal = &lifecycle.Refusal{Reason: v1.ReasonQuarantinedDiskNotFound,
+			Message: msg + fmt.Sprintf(" after %s of looking; remove the field to boot from the image instead", adoptionWait)}
 		return false, nil
 	}
 	inst.Status.AdoptedDisk = found
