@@ -299,17 +299,22 @@ func hypervisorStateChanged(e event.UpdateEvent) bool {
 // never filters out every event of its kind.
 func never[E any](E) bool { return false }
 
+// requestsFor turns instances into reconcile requests.
+func requestsFor(items []v1.Instance) []reconcile.Request {
+	out := make([]reconcile.Request, 0, len(items))
+	for i := range items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&items[i])})
+	}
+	return out
+}
+
 // instancesOnNode lists the instances placed on the Hypervisor's node, from an index.
 func (r *InstanceReconciler) instancesOnNode(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1.InstanceList
 	if err := r.List(ctx, &list, client.MatchingFields{indexNode: o.GetName()}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
-	out := make([]reconcile.Request, 0, len(list.Items))
-	for i := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-	}
-	return out
+	return requestsFor(list.Items)
 }
 
 // nodePlacementChanged says whether a Node's change may let a waiting instance fit: its labels,
@@ -326,11 +331,7 @@ func (r *InstanceReconciler) waitingInstances(ctx context.Context, _ client.Obje
 	if err := r.List(ctx, &list, client.MatchingFields{indexWaiting: "true"}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
-	out := make([]reconcile.Request, 0, len(list.Items))
-	for i := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-	}
-	return out
+	return requestsFor(list.Items)
 }
 
 // instancesUsingImage lists the instances that name an image that changed: waiting to be
@@ -345,11 +346,7 @@ func (r *InstanceReconciler) instancesUsingImage(ctx context.Context, o client.O
 	if err := r.List(ctx, &list, opts...); err != nil {
 		return nil
 	}
-	out := make([]reconcile.Request, 0, len(list.Items))
-	for i := range list.Items {
-		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
-	}
-	return out
+	return requestsFor(list.Items)
 }
 
 // imageKey is how the spec.image index names an image.
