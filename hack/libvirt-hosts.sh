@@ -65,11 +65,14 @@ answers() {
 ns_of() { readlink "/proc/$1/ns/mnt" 2>/dev/null || true; }
 
 # host_pids HOSTDIR: the libvirtd and QEMU processes of one host, one pid per line.
-# A process belongs to the host when it is named in one of the host's pid files or lives in the
-# host's mount namespace, and in both cases only if it is a libvirtd or a QEMU (so a reused pid
-# or namespace id never makes us kill anything else).
+# A process is a candidate when it is named in one of the host's pid files or lives in the
+# host's last known mount namespace; it belongs to the host only if it is a libvirtd or a QEMU
+# and its /run/libvirt is this host's run directory. Pids and namespace ids are reused (the
+# kernel hands a freed namespace id to the next namespace made, for instance the one of another
+# work directory's host started meanwhile), so neither is proof on its own.
 host_pids() {
-  local hd=$1 ns="" pid exe f
+  local hd=$1 ns="" run pid exe f
+  run=$(stat -c %d:%i "$hd/run" 2>/dev/null) || return 0
   if [ -f "$hd/mntns" ]; then ns=$(cat "$hd/mntns"); fi
   {
     # run/qemu/driver.pid is the QEMU driver's lock file holding libvirtd's own pid.
@@ -97,8 +100,9 @@ host_pids() {
       libvirtd | qemu-system-*) ;;
       *) continue ;;
     esac
-    # A pid from a pid file must also be in the host's namespace when we know it.
-    if [ -n "$ns" ] && [ "$(ns_of "$pid")" != "$ns" ]; then continue; fi
+    # The proof: the process sees this host's run directory at /run/libvirt (a process
+    # that exits meanwhile fails the stat and counts as gone).
+    [ "$(stat -L -c %d:%i "/proc/$pid/root/run/libvirt" 2>/dev/null)" = "$run" ] || continue
     echo "$pid"
   done
   return 0
@@ -230,8 +234,9 @@ stop_host() { # HOSTDIR
       fi
     fi
   fi
-  # Stale runtime files of killed processes (all of them are gone now); disks and logs stay.
-  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid
+  # Stale runtime files of killed processes (all of them are gone now, and so is their
+  # namespace, whose id the kernel will give to another); disks and logs stay.
+  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/mntns"
 }
 
 kill_host() { # HOSTDIR
@@ -249,7 +254,7 @@ kill_host() { # HOSTDIR
     fi
     sleep 0.1
   done
-  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock"
+  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock" "$hd/mntns"
 }
 
 restart_daemon() { # DIR NAME

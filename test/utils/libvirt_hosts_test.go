@@ -1,0 +1,84 @@
+package utils
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Stopping the hosts of one work directory leaves another's alone, even when the first
+// directory's records name the other's processes: a libvirtd that died by itself leaves its
+// pid and its mount namespace's id behind, and the kernel gives both to the next comer (a
+// freed namespace id goes to the very next namespace made). This happened with the e2e
+// suite's two disruptive clusters: one cluster's stop killed the other's restarted host.
+func TestStopSparesAnotherDirectorysHostThatGotItsPidAndNamespace(t *testing.T) {
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, script, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("libvirt-hosts.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	// Not t.TempDir(): a socket's path must fit in 108 bytes.
+	base, err := os.MkdirTemp("", "hosts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	dead, alive := filepath.Join(base, "dead"), filepath.Join(base, "alive")
+	for _, dir := range []string{dead, alive} {
+		run("start", dir, "1")
+		t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+	}
+	read := func(path string) string {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+
+	deadPid, err := strconv.Atoi(read(filepath.Join(dead, "host-1", "run", "libvirtd.pid")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(deadPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Reaped by init; gone once signal 0 fails.
+	for syscall.Kill(deadPid, 0) == nil {
+		if ctx.Err() != nil {
+			t.Fatalf("libvirtd %d outlived SIGKILL", deadPid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// What the kernel does by chance, done on purpose: the dead host's records now name the
+	// live host's libvirtd and namespace.
+	for _, file := range []string{"mntns", "run/libvirtd.pid"} {
+		if err := os.WriteFile(filepath.Join(dead, "host-1", file), []byte(read(filepath.Join(alive, "host-1", file))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	run("stop", dead)
+	if out := run("status", alive); !strings.Contains(out, "host-1 running") {
+		t.Errorf("the other directory's host no longer answers after stop of %s: %s", dead, out)
+	}
+	// And stop still stops what is its own.
+	run("stop", alive)
+	out, err := exec.CommandContext(ctx, script, "status", alive).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "host-1 not-answering") {
+		t.Errorf("status after stop: %v: %s", err, out)
+	}
+}
