@@ -213,8 +213,8 @@ var _ = Describe("Instance controller", Ordered, func() {
 	})
 
 	It("puts an instance whose spawn fails in Error, with the fault, as Stalled", func(ctx SpecContext) {
-		fakeDriver.SetFailSpawn(errors.New("the disk is on fire"))
-		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })
+		fakeDriver.SetFail("Spawn", errors.New("the disk is on fire"))
+		DeferCleanup(func() { fakeDriver.SetFail("Spawn", nil) })
 		inst := createOnNodeA(ctx, "broken")
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
@@ -234,8 +234,8 @@ var _ = Describe("Instance controller", Ordered, func() {
 	It("gives a failed terminate a new task until the domain is gone, never dropping the object", func(ctx SpecContext) {
 		inst := createOnNodeA(ctx, "stubborn")
 		waitForVMState(ctx, inst, v1.VMStateActive)
-		fakeDriver.SetFailDestroy(errors.New("device busy"))
-		DeferCleanup(func() { fakeDriver.SetFailDestroy(nil) })
+		fakeDriver.SetFail("Destroy", errors.New("device busy"))
+		DeferCleanup(func() { fakeDriver.SetFail("Destroy", nil) })
 		Expect(k8s.Delete(ctx, inst)).To(Succeed())
 
 		var firstID int64
@@ -255,7 +255,7 @@ var _ = Describe("Instance controller", Ordered, func() {
 			return got.Status.Task.ID, nil
 		}).WithContext(ctx).Should(BeNumerically(">", firstID), "a new terminate task is given")
 
-		fakeDriver.SetFailDestroy(nil)
+		fakeDriver.SetFail("Destroy", nil)
 		Eventually(func() bool { _, err := get(ctx, inst)(); return apierrors.IsNotFound(err) }).
 			WithContext(ctx).WithTimeout(40 * time.Second).Should(BeTrue())
 	})

@@ -145,8 +145,8 @@ var _ = Describe("Resize", Ordered, func() {
 	It("rolls a resize that fails on its target back to the old flavor and disk, and keeps the fault", func(ctx SpecContext) {
 		inst, disk, oldDisk := activeWithDisk(ctx, "resize-fails")
 
-		fakeDriver.SetFailSpawn(errors.New("no room for another QEMU"))
-		DeferCleanup(func() { fakeDriver.SetFailSpawn(nil) })
+		fakeDriver.SetFail("Spawn", errors.New("no room for another QEMU"))
+		DeferCleanup(func() { fakeDriver.SetFail("Spawn", nil) })
 		update(ctx, inst, func(i *v1.Instance) { i.Spec.Flavor = "wide" })
 		Eventually(func(g Gomega) {
 			got, err := get(ctx, inst)()
@@ -155,7 +155,7 @@ var _ = Describe("Resize", Ordered, func() {
 			g.Expect(got.Status.Task.Action).To(Equal(v1.ActionRevertResize), "the failed finish rolls back")
 			g.Expect(got.Status.Resize.RollingBack).To(BeTrue())
 		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
-		fakeDriver.SetFailSpawn(nil)
+		fakeDriver.SetFail("Spawn", nil)
 
 		got := settledIn(ctx, inst, v1.VMStateActive, v1.ReasonTaskFailed)
 		Expect(got.Status.Flavor.Name).To(Equal("small"))

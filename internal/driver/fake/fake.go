@@ -19,12 +19,12 @@ import (
 // Driver keeps domains in a map. Its guests obey the ACPI power button at once unless told to
 // ignore it.
 type Driver struct {
-	mu          sync.Mutex
-	domains     map[string]*domain
-	failSpawn   error
-	failDestroy error
-	ignoreACPI  bool
-	calls       map[string]int
+	mu      sync.Mutex
+	domains map[string]*domain
+	// failures are the errors SetFail told methods to return, by method name.
+	failures   map[string]error
+	ignoreACPI bool
+	calls      map[string]int
 	lastRun     int64
 	events      chan driver.Event
 	host        driver.HostInfo
@@ -51,11 +51,22 @@ func New() *Driver {
 
 // NewHost returns an empty fake of the host that info describes.
 func NewHost(info driver.HostInfo) *Driver {
-	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}, events: make(chan driver.Event, 1024), host: info}
+	return &Driver{domains: map[string]*domain{}, calls: map[string]int{}, failures: map[string]error{},
+		events: make(chan driver.Event, 1024), host: info}
 }
 
-func (d *Driver) called(name string) {
+// called counts a call of a method and returns the error SetFail gave it, if any. Call with
+// d.mu held.
+func (d *Driver) called(name string) error {
 	d.calls[name]++
+	return d.failures[name]
+}
+
+// call is called for a method that takes the lock for nothing else.
+func (d *Driver) call(name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.called(name)
 }
 
 // set changes a domain's state and says so on Events, as libvirt's lifecycle events do.
@@ -76,18 +87,17 @@ func (d *Driver) set(uuid string, dom *domain, p v1.PowerState, reason string) {
 	}
 }
 
-// SetFailSpawn makes Spawn return err from now on; nil heals it.
-func (d *Driver) SetFailSpawn(err error) {
+// SetFail makes the driver method of that name (its name in driver.Driver, "Spawn") return
+// err from now on, before it does anything; nil heals it. Any method can fail, as a libvirtd
+// can refuse any call.
+func (d *Driver) SetFail(method string, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.failSpawn = err
-}
-
-// SetFailDestroy makes Destroy return err from now on; nil heals it.
-func (d *Driver) SetFailDestroy(err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.failDestroy = err
+	if err == nil {
+		delete(d.failures, method)
+		return
+	}
+	d.failures[method] = err
 }
 
 // SetIgnoreACPI makes the guests ignore the ACPI power button (true) or obey it (false).
@@ -116,9 +126,8 @@ func (d *Driver) Has(uuid string) bool {
 func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("Spawn")
-	if d.failSpawn != nil {
-		return d.failSpawn
+	if err := d.called("Spawn"); err != nil {
+		return err
 	}
 	if m.UUID == "" || m.RootDisk == "" {
 		return fmt.Errorf("spawn %s: machine lacks uuid or root disk", m.Name)
@@ -155,7 +164,9 @@ func (d *Driver) Machine(uuid string) (driver.Machine, bool) {
 func (d *Driver) Define(_ context.Context, m driver.Machine) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("Define")
+	if err := d.called("Define"); err != nil {
+		return err
+	}
 	if m.UUID == "" || m.RootDisk == "" {
 		return fmt.Errorf("define %s: machine lacks uuid or root disk", m.Name)
 	}
@@ -177,9 +188,8 @@ func (d *Driver) Define(_ context.Context, m driver.Machine) error {
 func (d *Driver) Destroy(_ context.Context, uuid string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("Destroy")
-	if d.failDestroy != nil {
-		return d.failDestroy
+	if err := d.called("Destroy"); err != nil {
+		return err
 	}
 	delete(d.domains, uuid)
 	return nil
@@ -189,7 +199,9 @@ func (d *Driver) Destroy(_ context.Context, uuid string) error {
 func (d *Driver) withDomain(method, uuid string, f func(dom *domain) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called(method)
+	if err := d.called(method); err != nil {
+		return err
+	}
 	dom, ok := d.domains[uuid]
 	if !ok {
 		return driver.ErrNotFound
@@ -213,7 +225,10 @@ func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
 // empty files, cannot snapshot.
 func (d *Driver) BackupDisk(ctx context.Context, uuid, target string) error {
 	d.mu.Lock()
-	d.called("BackupDisk")
+	if err := d.called("BackupDisk"); err != nil {
+		d.mu.Unlock()
+		return err
+	}
 	dom, ok := d.domains[uuid]
 	active := ok && dom.runID >= 0
 	var disk string
@@ -304,8 +319,10 @@ func (d *Driver) Resume(_ context.Context, uuid string) error {
 func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("State")
 	d.called("State " + uuid)
+	if err := d.called("State"); err != nil {
+		return driver.State{}, err
+	}
 	if dom, ok := d.domains[uuid]; ok {
 		return driver.State{Power: dom.power, Reason: dom.reason, RunID: dom.runID}, nil
 	}
@@ -328,7 +345,9 @@ func (d *Driver) Lease(mac, ip string) {
 func (d *Driver) InterfaceAddresses(_ context.Context, uuid string) ([]v1.ObservedInterface, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("InterfaceAddresses")
+	if err := d.called("InterfaceAddresses"); err != nil {
+		return nil, err
+	}
 	dom, ok := d.domains[uuid]
 	if !ok {
 		return nil, fmt.Errorf("domain %s: %w", uuid, driver.ErrNotFound)
@@ -354,6 +373,9 @@ func (d *Driver) SetPowerState(uuid string, p v1.PowerState, reason string) {
 func (d *Driver) List(_ context.Context) ([]driver.Domain, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.called("List"); err != nil {
+		return nil, err
+	}
 	out := make([]driver.Domain, 0, len(d.domains))
 	for uuid, dom := range d.domains {
 		out = append(out, driver.Domain{UUID: uuid, Name: dom.machine.Name, Power: dom.power,
@@ -365,11 +387,14 @@ func (d *Driver) List(_ context.Context) ([]driver.Domain, error) {
 
 // HostInfo implements driver.Driver.
 func (d *Driver) HostInfo(context.Context) (driver.HostInfo, error) {
+	if err := d.call("HostInfo"); err != nil {
+		return driver.HostInfo{}, err
+	}
 	return d.host, nil
 }
 
-// Ping implements driver.Driver: a simulated hypervisor always answers.
-func (d *Driver) Ping(context.Context) error { return nil }
+// Ping implements driver.Driver: a simulated hypervisor answers unless told to fail.
+func (d *Driver) Ping(context.Context) error { return d.call("Ping") }
 
 // Events implements driver.Driver.
 func (d *Driver) Events() <-chan driver.Event { return d.events }
@@ -387,6 +412,9 @@ func (d *Driver) Serve(uri string) { hosts.Store(uri, d) }
 // MigrateLive implements driver.Driver: the domain moves to the fake served at to.URI, running
 // as it ran here, its paths moved to the target's root.
 func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.MigrationTarget) error {
+	if err := d.call("MigrateLive"); err != nil {
+		return err
+	}
 	t, ok := hosts.Load(to.URI)
 	if !ok {
 		return fmt.Errorf("live-migrate domain %s: no hypervisor answers at %s", uuid, to.URI)
@@ -396,7 +424,6 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 		return fmt.Errorf("live-migrate domain %s: %s is this host", uuid, to.URI)
 	}
 	d.mu.Lock()
-	d.called("MigrateLive")
 	dom, ok := d.domains[uuid]
 	if !ok {
 		d.mu.Unlock()
@@ -429,16 +456,19 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 
 // MigrationProgress implements driver.Driver: a fake migration is over when MigrateLive returns.
 func (d *Driver) MigrationProgress(context.Context, string) (driver.MigrationStats, bool, error) {
-	return driver.MigrationStats{}, false, nil
+	return driver.MigrationStats{}, false, d.call("MigrationProgress")
 }
 
 // AbortMigration implements driver.Driver.
-func (d *Driver) AbortMigration(context.Context, string) error { return nil }
+func (d *Driver) AbortMigration(context.Context, string) error { return d.call("AbortMigration") }
 
 // ArrivedMigration implements driver.Driver.
 func (d *Driver) ArrivedMigration(_ context.Context, uuid string) (driver.MigrationStats, bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.called("ArrivedMigration"); err != nil {
+		return driver.MigrationStats{}, false, err
+	}
 	dom, ok := d.domains[uuid]
 	if !ok || !dom.arrived {
 		return driver.MigrationStats{}, false, nil
