@@ -2,6 +2,8 @@ package controllers
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -84,6 +86,30 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 		Eventually(func() bool {
 			return apierrors.IsNotFound(k8s.Get(ctx, types.NamespacedName{Namespace: inst.Namespace, Name: "first"}, &v1.Image{}))
 		}).WithContext(ctx).Should(BeTrue(), "deleteImageWithSnapshot deletes the image")
+	})
+
+	It("fails, saying why, a snapshot whose upload fails on every try, and the instance goes on running", func(ctx SpecContext) {
+		inst := createOnNodeA(ctx, "upload-fails")
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		agentImages.failPuts(errors.New("no space left on the image store"))
+		DeferCleanup(func() { agentImages.failPuts(nil) })
+		snap := &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: "doomed"},
+			Spec: v1.SnapshotSpec{InstanceName: inst.Name}}
+		Expect(k8s.Create(ctx, snap)).To(Succeed())
+		// The agent tries three times, 2 s and 4 s apart, then reports the task failed.
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(snap), snap)).To(Succeed())
+			g.Expect(snap.Status.Phase).To(Equal(v1.SnapshotFailed))
+		}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+		Expect(snap.Status.Message).To(ContainSubstring("no space left on the image store"))
+		Expect(agentImages.failedPuts()).To(Equal(3), "tried three times, not more")
+		got := current(ctx, inst)
+		Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
+		Expect(got.Status.TaskState).To(BeEmpty())
+		Expect(got.Status.SnapshotRequest.Result).To(Equal(v1.RequestFailed))
+		copyFile, err := agentStore.SnapshotFile(string(inst.UID))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(copyFile).NotTo(BeAnExistingFile(), "the failed task's copy is removed")
 	})
 
 	It("fails, saying why, a snapshot of a missing or locked instance (unless an administrator overrides the lock), or onto an image it did not make", func(ctx SpecContext) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,10 +43,12 @@ var (
 	fakeDriver *fake.Driver
 	agentStore *storage.Node
 	imageStore *imagestore.Dir
-	imageDir   string
-	imageFile  string
-	imageSum   string
-	cancel     context.CancelFunc
+	// agentImages is the image store as node-a's agent reaches it: its uploads can be made to fail.
+	agentImages *failingStore
+	imageDir    string
+	imageFile   string
+	imageSum    string
+	cancel      context.CancelFunc
 )
 
 const leaseNamespace = "kubenova-system"
@@ -101,7 +105,8 @@ var _ = BeforeSuite(func() {
 	})
 	Expect(err).NotTo(HaveOccurred())
 	fakeDriver = fake.New()
-	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: imageStore}
+	agentImages = &failingStore{Store: imageStore}
+	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: agentImages}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
 		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU,
 		Networks: nodeANetworks, UserDataNamespace: leaseNamespace}).SetupWithManager(agentMgr)).To(Succeed())
@@ -127,3 +132,38 @@ var _ = AfterSuite(func() {
 		Expect(env.Stop()).To(Succeed())
 	}
 })
+
+// failingStore is an image store whose uploads fail while putErr is set, as a full or
+// unreachable store's would.
+type failingStore struct {
+	imagestore.Store
+	mu     sync.Mutex
+	putErr error
+	puts   int
+}
+
+func (f *failingStore) failPuts(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.putErr, f.puts = err, 0
+}
+
+// failedPuts says how many uploads failed since failPuts.
+func (f *failingStore) failedPuts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.puts
+}
+
+func (f *failingStore) Put(ctx context.Context, key string, r io.Reader, check imagestore.Check) (imagestore.Object, string, error) {
+	f.mu.Lock()
+	err := f.putErr
+	if err != nil {
+		f.puts++
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return imagestore.Object{}, "", err
+	}
+	return f.Store.Put(ctx, key, r, check)
+}

@@ -163,16 +163,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		report.ConsoleLogPath = logPath
 	}
 
-	// checkpoint writes what status says so far in the middle of a task of several steps; a
-	// write that loses its race is left to the final one, which then retries the task.
-	checkpoint := func() {
-		if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
-			log.FromContext(ctx).V(1).Info("intermediate status write failed", "error", err.Error())
-			return
-		}
-		r.wrote(req.NamespacedName, orig.ResourceVersion)
-		orig = inst.DeepCopy()
-	}
+	// checkpoint writes what status says so far in the middle of a task of several steps.
+	checkpoint := func() { orig = r.writeProgress(ctx, orig, inst) }
 	next := resyncPeriod
 	finished := false
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
@@ -232,6 +224,23 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, fmt.Errorf("state of %s: %w", req.NamespacedName, stateErr)
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// writeProgress writes inst's status over orig in the middle of a task of several steps and
+// returns what the API server now holds; a write that loses its race is left to the final
+// one, which then retries the task.
+func (r *InstanceReconciler) writeProgress(ctx context.Context, orig, inst *v1.Instance) *v1.Instance {
+	// Nothing new to say (a task tried again reaches the same step): no write, and so no
+	// version replaced. Recording one would make the agent wait for its own write forever.
+	if !kube.Changed(orig, inst) {
+		return orig
+	}
+	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
+		log.FromContext(ctx).V(1).Info("intermediate status write failed", "error", err.Error())
+		return orig
+	}
+	r.wrote(client.ObjectKeyFromObject(inst), orig.ResourceVersion)
+	return inst.DeepCopy()
 }
 
 // carryOut performs one step of a task and says whether the task is done. Every branch is
