@@ -25,9 +25,9 @@ type Driver struct {
 	failures   map[string]error
 	ignoreACPI bool
 	calls      map[string]int
-	lastRun     int64
-	events      chan driver.Event
-	host        driver.HostInfo
+	lastRun    int64
+	events     chan driver.Event
+	host       driver.HostInfo
 	// leases are the addresses a simulated DHCP server gave, by MAC.
 	leases map[string][]string
 }
