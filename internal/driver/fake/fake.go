@@ -319,7 +319,7 @@ func (d *Driver) Resume(_ context.Context, uuid string) error {
 func (d *Driver) State(_ context.Context, uuid string) (driver.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.called("State " + uuid)
+	d.calls["State "+uuid]++ // the looks at one domain: counted, never failed
 	if err := d.called("State"); err != nil {
 		return driver.State{}, err
 	}
