@@ -34,7 +34,7 @@ func TestImportVerifiesAndStores(t *testing.T) {
 	images := t.TempDir()
 	plain := filepath.Join(images, "plain.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", plain, "16M")
-	im := &Importer{Store: &Dir{Root: t.TempDir()}, SourceDirs: []string{images}}
+	im := &Importer{Store: newDir(t), SourceDirs: []string{images}}
 	spec := fileSpec(t, plain, v1.DiskFormatQCOW2)
 	got, err := im.Import(context.Background(), keyA, spec)
 	if err != nil {
@@ -100,7 +100,7 @@ func TestImportRefusesBadImages(t *testing.T) {
 		{"a url that answers nothing", v1.ImageSpec{Source: v1.ImageSource{URL: closed.URL + "/img"}, SHA256: digest(nil)},
 			ReasonSourceUnreachable, true, "connection refused"},
 	}
-	store := &Dir{Root: t.TempDir()}
+	store := newDir(t)
 	im := &Importer{Store: store, SourceDirs: []string{images}}
 	for _, c := range cases {
 		_, err := im.Import(context.Background(), keyA, c.spec)
@@ -133,7 +133,7 @@ func TestImportEnforcesTheSizeLimit(t *testing.T) {
 	body := make([]byte, 4096)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) }))
 	defer srv.Close()
-	im := &Importer{Store: &Dir{Root: t.TempDir()}, MaxBytes: 1024}
+	im := &Importer{Store: newDir(t), MaxBytes: 1024}
 	_, err := im.Import(context.Background(), keyA, v1.ImageSpec{Source: v1.ImageSource{URL: srv.URL}, SHA256: digest(body), DiskFormat: v1.DiskFormatRaw})
 	var ie *ImportError
 	if !errors.As(err, &ie) || ie.Reason != ReasonImageTooLarge {

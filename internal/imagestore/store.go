@@ -22,6 +22,11 @@ import (
 // ErrNotFound is returned for a key the store does not hold.
 var ErrNotFound = errors.New("not in the image store")
 
+// ErrUnavailable is returned while the store cannot say what it holds: its directory is not
+// the store (an NFS mount not there yet shows an empty directory) or another store. Nothing
+// must conclude from it that an image is gone.
+var ErrUnavailable = errors.New("the image store is unavailable")
+
 // Object is what the store knows of the bytes under one key.
 type Object struct {
 	Key  string
@@ -54,10 +59,76 @@ var keyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 // Dir is the filesystem backend: one file per key under Root/images.
 //
+//	<root>/kubenova-image-store    the store's identity, written once by Create
 //	<root>/images/<key>            the bytes, read-only
 //	<root>/images/.put-<key>-*     a Put in progress (or cut short)
+//
+// Every call first reads the identity file: without it the directory is not the store (not
+// mounted yet, most likely), and the call fails with ErrUnavailable instead of reporting a key
+// missing or writing into the wrong filesystem.
 type Dir struct {
 	Root string
+	// ID is the identity the store must have; empty accepts any store Create made.
+	ID string
+}
+
+// IdentityFile is the name of the file under Root that holds the store's identity.
+const IdentityFile = "kubenova-image-store"
+
+// Identify returns the identity of the store at Root, or ErrUnavailable.
+func (d *Dir) Identify() (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.Root, IdentityFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%w: %s has no %s (is it mounted?)", ErrUnavailable, d.Root, IdentityFile)
+	} else if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("%w: %s is empty", ErrUnavailable, filepath.Join(d.Root, IdentityFile))
+	}
+	return id, nil
+}
+
+// available fails with ErrUnavailable unless Root holds the store (the one of ID, if set).
+func (d *Dir) available() error {
+	id, err := d.Identify()
+	if err != nil {
+		return err
+	}
+	if d.ID != "" && id != d.ID {
+		return fmt.Errorf("%w: %s holds image store %s, not %s", ErrUnavailable, d.Root, id, d.ID)
+	}
+	return nil
+}
+
+// Create makes Root a store with identity id, unless it is one already; it returns the
+// identity Root has. Only the first start of an installation may call it: later, an empty
+// Root is an unmounted store, not a new one.
+func (d *Dir) Create(id string) (string, error) {
+	if got, err := d.Identify(); err == nil {
+		return got, nil
+	}
+	if err := os.MkdirAll(d.Root, 0o755); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(filepath.Join(d.Root, IdentityFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if errors.Is(err, fs.ErrExist) {
+		return d.Identify() // another process created it meanwhile
+	} else if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString(id + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	return id, syncDir(d.Root)
 }
 
 var _ Store = (*Dir)(nil)
@@ -74,6 +145,9 @@ func (d *Dir) path(key string) (string, error) {
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader, check Check) (Object, string, error) {
 	path, err := d.path(key)
 	if err != nil {
+		return Object{}, "", err
+	}
+	if err := d.available(); err != nil {
 		return Object{}, "", err
 	}
 	dir := filepath.Dir(path)
@@ -120,6 +194,9 @@ func (d *Dir) Open(_ context.Context, key string) (io.ReadCloser, Object, error)
 	if err != nil {
 		return nil, Object{}, err
 	}
+	if err := d.available(); err != nil {
+		return nil, Object{}, err
+	}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, Object{}, fmt.Errorf("image %s: %w", key, ErrNotFound)
@@ -161,6 +238,9 @@ func (d *Dir) Stat(_ context.Context, key string) (Object, error) {
 	if err != nil {
 		return Object{}, err
 	}
+	if err := d.available(); err != nil {
+		return Object{}, err
+	}
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Object{}, fmt.Errorf("image %s: %w", key, ErrNotFound)
@@ -176,6 +256,9 @@ func (d *Dir) Delete(_ context.Context, key string) error {
 	if err != nil {
 		return err
 	}
+	if err := d.available(); err != nil {
+		return err
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete image %s from the store: %w", key, err)
 	}
@@ -186,6 +269,9 @@ func (d *Dir) Delete(_ context.Context, key string) error {
 // The age keeps it off the Puts of other processes that run now (an agent uploading a
 // snapshot while the manager starts).
 func (d *Dir) RemoveStalePuts(age time.Duration) error {
+	if err := d.available(); err != nil {
+		return err
+	}
 	entries, err := os.ReadDir(filepath.Join(d.Root, "images"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil

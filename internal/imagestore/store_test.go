@@ -19,9 +19,70 @@ func digest(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(
 
 const keyA = "6f1c1a52-3b0e-4d55-9a43-1f7b2f0b9a10"
 
+// newDir returns a store created in a fresh directory.
+func newDir(t *testing.T) *Dir {
+	t.Helper()
+	d := &Dir{Root: t.TempDir()}
+	if _, err := d.Create("store at " + d.Root); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// A directory without the store's identity (an NFS mount not there yet) is not an empty
+// store: every call fails with ErrUnavailable, and nothing is written into it.
+func TestUnmountedStoreIsUnavailableNotEmpty(t *testing.T) {
+	ctx := context.Background()
+	mounted := newDir(t)
+	if _, _, err := mounted.Put(ctx, keyA, strings.NewReader("bytes"), nil); err != nil {
+		t.Fatal(err)
+	}
+	id, err := mounted.Identify()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	unmounted := &Dir{Root: t.TempDir(), ID: id}
+	calls := map[string]func() error{
+		"Put":  func() error { _, _, err := unmounted.Put(ctx, keyA, strings.NewReader("bytes"), nil); return err },
+		"Open": func() error { _, _, err := unmounted.Open(ctx, keyA); return err },
+		"Stat": func() error { _, err := unmounted.Stat(ctx, keyA); return err },
+		"Verify": func() error {
+			_, _, err := unmounted.Verify(ctx, keyA, nil)
+			return err
+		},
+		"Delete":          func() error { return unmounted.Delete(ctx, keyA) },
+		"RemoveStalePuts": func() error { return unmounted.RemoveStalePuts(0) },
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
+			t.Errorf("%s on an unmounted store: %v, want ErrUnavailable", name, err)
+		}
+	}
+	if entries, err := os.ReadDir(unmounted.Root); err != nil || len(entries) != 0 {
+		t.Errorf("the unmounted directory got %v (%v)", entries, err)
+	}
+
+	// Another store mounted where this one should be is not this one either.
+	other := newDir(t)
+	other.ID = id
+	if _, err := other.Stat(ctx, keyA); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Stat on another store: %v, want ErrUnavailable", err)
+	}
+	// The store itself, with its identity expected, answers.
+	mounted.ID = id
+	if _, err := mounted.Stat(ctx, keyA); err != nil {
+		t.Errorf("Stat on the store: %v", err)
+	}
+	// Create keeps an identity made before.
+	if got, err := mounted.Create("another"); err != nil || got != id {
+		t.Errorf("Create on a store: %q, %v; want %q", got, err, id)
+	}
+}
+
 func TestPutThenOpenStatDelete(t *testing.T) {
 	ctx := context.Background()
-	d := &Dir{Root: t.TempDir()}
+	d := newDir(t)
 	body := []byte("image bytes")
 	obj, sum, err := d.Put(ctx, keyA, bytes.NewReader(body), nil)
 	if err != nil {
@@ -59,7 +120,7 @@ func TestPutThenOpenStatDelete(t *testing.T) {
 // what an earlier Put stored stays readable meanwhile.
 func TestPutIsAtomic(t *testing.T) {
 	ctx := context.Background()
-	d := &Dir{Root: t.TempDir()}
+	d := newDir(t)
 	if _, _, err := d.Put(ctx, keyA, strings.NewReader("old"), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +170,7 @@ func TestPutIsAtomic(t *testing.T) {
 // it: each reader gets one whole version, never a mix or a prefix.
 func TestReadersNeverSeeAHalfWrittenImage(t *testing.T) {
 	ctx := context.Background()
-	d := &Dir{Root: t.TempDir()}
+	d := newDir(t)
 	versions := [][]byte{bytes.Repeat([]byte("a"), 1<<20), bytes.Repeat([]byte("b"), 1<<20)}
 	if _, _, err := d.Put(ctx, keyA, bytes.NewReader(versions[0]), nil); err != nil {
 		t.Fatal(err)
@@ -153,7 +214,7 @@ func TestReadersNeverSeeAHalfWrittenImage(t *testing.T) {
 }
 
 func TestRemoveStalePutsKeepsRecentOnes(t *testing.T) {
-	d := &Dir{Root: t.TempDir()}
+	d := newDir(t)
 	dir := filepath.Join(d.Root, "images")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)

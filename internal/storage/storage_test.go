@@ -42,7 +42,11 @@ func (c *countingStore) Open(ctx context.Context, key string) (io.ReadCloser, im
 // hand out for it.
 func storedImage(t *testing.T, body []byte) (*countingStore, v1.AppliedImage) {
 	t.Helper()
-	store := &countingStore{Store: &imagestore.Dir{Root: t.TempDir()}}
+	dir := &imagestore.Dir{Root: t.TempDir()}
+	if _, err := dir.Create("test store"); err != nil {
+		t.Fatal(err)
+	}
+	store := &countingStore{Store: dir}
 	_, sum, err := store.Put(context.Background(), imageUID, bytes.NewReader(body), nil)
 	if err != nil {
 		t.Fatal(err)
