@@ -91,6 +91,7 @@ var _ = BeforeSuite(func() {
 		MissingInstanceTimeout: missingInstanceTimeout}).SetupWithManager(mgr)).To(Succeed())
 	imageDir = GinkgoT().TempDir()
 	imageStore = &imagestore.Dir{Root: GinkgoT().TempDir()}
+	Expect(EnsureImageStoreIdentity(ctx, k8s, leaseNamespace, imageStore)).To(Succeed())
 	importer := &imagestore.Importer{Store: imageStore, SourceDirs: []string{imageDir}}
 	for _, kind := range []v1.ImageKind{v1.KindImage, v1.KindClusterImage} {
 		Expect((&ImageReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-images"), Importer: importer,

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -96,6 +97,16 @@ func run() error {
 		return err
 	}
 	store := &imagestore.Dir{Root: *imageStore}
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	if err := controllers.EnsureImageStoreIdentity(context.Background(), direct, *leaseNamespace, store); err != nil {
+		return err
+	}
+	if _, err := store.Identify(); err != nil {
+		ctrl.Log.Error(err, "the image store is unavailable; imports, uploads and deletes wait for it", "path", store.Root, "id", store.ID)
+	}
 	if err := (&controllers.InstanceReconciler{
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
@@ -121,7 +132,7 @@ func run() error {
 	}
 	// What an import cut short by a crash left in the store; an hour spares the uploads that
 	// other processes have in flight.
-	if err := store.RemoveStalePuts(time.Hour); err != nil {
+	if err := store.RemoveStalePuts(time.Hour); err != nil && !errors.Is(err, imagestore.ErrUnavailable) {
 		return fmt.Errorf("image store %s: %w", *imageStore, err)
 	}
 	// A source that accepts a connection and then says nothing must not hold an import
