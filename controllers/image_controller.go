@@ -91,14 +91,18 @@ func (r *ImageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObject, writeStatus func() error) (ctrl.Result, error) {
 	spec, st := img.ImageSpec(), img.ImageStatus()
 	key := string(img.GetUID())
+	_, statErr := r.Importer.Store.Stat(ctx, key)
+	if errors.Is(statErr, imagestore.ErrUnavailable) {
+		return r.waitForStore(img, statErr), nil
+	}
 	switch st.Phase {
 	case v1.ImageAvailable:
-		_, err := r.Importer.Store.Stat(ctx, key)
-		if err == nil {
+		if statErr == nil {
+			r.attempts.forget(img.GetUID())
 			return ctrl.Result{}, nil
 		}
-		if !errors.Is(err, imagestore.ErrNotFound) {
-			return ctrl.Result{}, err
+		if !errors.Is(statErr, imagestore.ErrNotFound) {
+			return ctrl.Result{}, statErr
 		}
 		if uploaded(spec.Source) {
 			r.setPhase(img, v1.ImageError, ReasonImageLost, "the image store lost the uploaded bytes of this image, and they cannot be uploaded again")
@@ -159,6 +163,22 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 	r.event(img, corev1.EventTypeNormal, v1.ReasonAvailable, "Import", "imported %d bytes of %s from %s",
 		imported.Size, imported.Info.Format, describeSource(spec.Source))
 	return ctrl.Result{}, nil
+}
+
+// waitForStore leaves the image as it is while the store cannot say what it holds (not
+// mounted yet, most likely): an Available image stays Available, since nothing shows its
+// bytes are gone, and any other waits for the store. It looks again after a backoff.
+func (r *ImageReconciler) waitForStore(img v1.ImageObject, err error) ctrl.Result {
+	wait := r.backoff(img.GetUID())
+	msg := fmt.Sprintf("%v; looking again in %s", err, wait)
+	st := img.ImageStatus()
+	if ready := meta.FindStatusCondition(st.Conditions, v1.ConditionReady); ready == nil || ready.Reason != ReasonStoreUnavailable {
+		r.event(img, corev1.EventTypeWarning, ReasonStoreUnavailable, "Import", "%s", msg)
+	}
+	if st.Phase != v1.ImageAvailable {
+		r.setPhase(img, v1.ImagePending, ReasonStoreUnavailable, msg)
+	}
+	return ctrl.Result{RequeueAfter: wait}
 }
 
 // uploaded says whether an image's bytes are uploaded by a node (a snapshot's, a shelved

@@ -64,6 +64,76 @@ var _ = Describe("Image service", Ordered, func() {
 		Expect(errors.Is(err, imagestore.ErrNotFound)).To(BeTrue(), "the store still holds a deleted image's bytes")
 	})
 
+	It("takes a store whose directory is empty (not mounted yet) for unavailable, not empty: nothing is lost, nothing lands there, and all goes on once it is back", func(ctx SpecContext) {
+		ns := makeNamespace(ctx, "unmounted")
+		makeImage(ctx, ns, "img")
+		img := expectImage(ctx, ns, "img", func(g Gomega, img *v1.Image) { g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable)) })
+		running := newInstance(ns, "running", "small", "img")
+		running.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, running)).To(Succeed())
+		waitForVMState(ctx, running, v1.VMStateActive)
+
+		By("unmounting the store: its directory is an empty one")
+		mounted := imageStore.Root + ".mounted"
+		Expect(os.Rename(imageStore.Root, mounted)).To(Succeed())
+		Expect(os.Mkdir(imageStore.Root, 0o755)).To(Succeed())
+		remounted := false
+		remount := func() {
+			Expect(os.Remove(imageStore.Root)).To(Succeed(), "nothing was written into the unmounted directory")
+			Expect(os.Rename(mounted, imageStore.Root)).To(Succeed())
+			remounted = true
+		}
+		DeferCleanup(func() {
+			if !remounted {
+				_ = os.RemoveAll(imageStore.Root)
+				Expect(os.Rename(mounted, imageStore.Root)).To(Succeed())
+			}
+		})
+
+		touch(ctx, img)
+		fresh := &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "fresh"},
+			Spec: v1.ImageSpec{Source: v1.ImageSource{File: imageFile}, SHA256: imageSum, DiskFormat: v1.DiskFormatQCOW2}}
+		Expect(k8s.Create(ctx, fresh)).To(Succeed())
+		launched := newInstance(ns, "launched", "small", "fresh")
+		launched.Spec.NodeSelector = onNodeA
+		Expect(k8s.Create(ctx, launched)).To(Succeed())
+		snap := &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "while-unmounted"},
+			Spec: v1.SnapshotSpec{InstanceName: running.Name}}
+		Expect(k8s.Create(ctx, snap)).To(Succeed())
+
+		expectImage(ctx, ns, "fresh", func(g Gomega, img *v1.Image) {
+			g.Expect(img.Status.Phase).To(Equal(v1.ImagePending))
+			ready := meta.FindStatusCondition(img.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(ReasonStoreUnavailable))
+			g.Expect(ready.Message).To(ContainSubstring("is it mounted?"))
+		})
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(snap), snap)).To(Succeed())
+			g.Expect(snap.Status.Phase).To(BeElementOf(v1.SnapshotSnapshotting, v1.SnapshotUploading))
+		}).WithContext(ctx).Should(Succeed())
+		// Long enough for the agent's three quick attempts (2 s and 4 s apart) to have failed
+		// the snapshot, had it counted the store's absence as failures.
+		Consistently(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(img), img)).To(Succeed())
+			g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable), "an image whose bytes nobody can see is not lost")
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(snap), snap)).To(Succeed())
+			g.Expect(snap.Status.Phase).To(BeElementOf(v1.SnapshotSnapshotting, v1.SnapshotUploading), snap.Status.Message)
+			g.Expect(current(ctx, launched).Status.VMState).To(Equal(v1.VMStateBuilding))
+		}).WithContext(ctx).WithTimeout(8 * time.Second).Should(Succeed())
+		Expect(os.ReadDir(imageStore.Root)).To(BeEmpty(), "no import or upload went into the unmounted directory")
+
+		By("mounting it again")
+		remount()
+		expectImage(ctx, ns, "fresh", func(g Gomega, img *v1.Image) { g.Expect(img.Status.Phase).To(Equal(v1.ImageAvailable)) })
+		// The agent looks again every 10 s.
+		Eventually(func() v1.VMState { return current(ctx, launched).Status.VMState }).
+			WithContext(ctx).WithTimeout(30 * time.Second).Should(Equal(v1.VMStateActive))
+		expectSnapshotPhase(ctx, snap, v1.SnapshotSucceeded)
+		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(img), img)).To(Succeed())
+		Expect(img.Status.Phase).To(Equal(v1.ImageAvailable))
+	})
+
 	It("keeps an instance waiting, Stalled and unplaced, on an image that failed, and launches once spec.image names a good one", func(ctx SpecContext) {
 		ns := makeNamespace(ctx, "bad-image")
 		Expect(k8s.Create(ctx, &v1.Image{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tampered"},

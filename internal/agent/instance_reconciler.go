@@ -99,6 +99,9 @@ type InstanceReconciler struct {
 	// MigrationTimeoutPerGiB bounds a live migration's time per GiB it copies
 	// (DefaultMigrationTimeoutPerGiB when zero).
 	MigrationTimeoutPerGiB time.Duration
+	// ImageStoreWait is how long a task waits for an unavailable image store before it
+	// fails (DefaultImageStoreWait when zero).
+	ImageStoreWait time.Duration
 
 	mu sync.Mutex
 	// migrations are the live migrations this process started, by instance.
@@ -171,6 +174,10 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		done, err := r.carryOut(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:
+			if wait, ok := r.waitForImageStore(inst.UID, task.ID, err); ok {
+				log.FromContext(ctx).Info("waiting for the image store", "action", task.Action, "error", err.Error())
+				return ctrl.Result{RequeueAfter: wait}, nil
+			}
 			if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
 				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
 				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil

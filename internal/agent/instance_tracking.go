@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/storage"
 )
 
@@ -21,6 +23,35 @@ type taskProgress struct {
 	// waitingSince is when the agent started waiting for the guest; pressed is when it last
 	// pressed the power button.
 	waitingSince, pressed time.Time
+	// storeMissingSince is when the task first found the image store unavailable.
+	storeMissingSince time.Time
+}
+
+// DefaultImageStoreWait is how long a task waits for an unavailable image store (an NFS
+// mount not there yet) before its attempts count as failures.
+const DefaultImageStoreWait = 5 * time.Minute
+
+// imageStorePoll is how often a task waiting for the image store tries again.
+const imageStorePoll = 10 * time.Second
+
+// waitForImageStore says whether a task whose attempt failed with err waits for the image
+// store, and how long until it tries again: only while the store is unavailable, and for
+// ImageStoreWait from the first time it was.
+func (r *InstanceReconciler) waitForImageStore(uid types.UID, taskID int64, err error) (time.Duration, bool) {
+	if !errors.Is(err, imagestore.ErrUnavailable) {
+		return 0, false
+	}
+	limit := r.ImageStoreWait
+	if limit == 0 {
+		limit = DefaultImageStoreWait
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.progressOf(uid, taskID)
+	if p.storeMissingSince.IsZero() {
+		p.storeMissingSince = time.Now()
+	}
+	return imageStorePoll, time.Since(p.storeMissingSince) < limit
 }
 
 // taskMark returns the instance's mark for task taskID, a fresh one (fresh is true) when the

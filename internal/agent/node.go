@@ -54,8 +54,10 @@ type Node struct {
 	MigrationBandwidthMiBs uint64
 	// MigrationTimeoutPerGiB bounds a live migration's time per GiB copied.
 	MigrationTimeoutPerGiB time.Duration
-	AgentVersion           string
-	Reserved               v1.Resources
+	// ImageStoreWait bounds a task's wait for an unavailable image store.
+	ImageStoreWait time.Duration
+	AgentVersion   string
+	Reserved       v1.Resources
 
 	LeaseNamespace  string
 	LeaseDuration   time.Duration
@@ -128,6 +130,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	}
 	reconciler := &InstanceReconciler{
 		Incoming: incoming, MigrationTLS: n.MigrationTLS, SharedStorage: n.SharedStorage, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
+		ImageStoreWait:         n.ImageStoreWait,
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType, Networks: n.Networks,
