@@ -165,12 +165,15 @@ func (r *ImageReconciler) reconcileImport(ctx context.Context, img v1.ImageObjec
 	return ctrl.Result{}, nil
 }
 
+// storePoll is how often an image waiting for an unavailable store looks again: nothing
+// tells when a mount comes back, and a backoff would leave images waiting long after it did.
+const storePoll = 10 * time.Second
+
 // waitForStore leaves the image as it is while the store cannot say what it holds (not
 // mounted yet, most likely): an Available image stays Available, since nothing shows its
-// bytes are gone, and any other waits for the store. It looks again after a backoff.
+// bytes are gone, and any other waits for the store. It looks again every storePoll.
 func (r *ImageReconciler) waitForStore(img v1.ImageObject, err error) ctrl.Result {
-	wait := r.backoff(img.GetUID())
-	msg := fmt.Sprintf("%v; looking again in %s", err, wait)
+	msg := fmt.Sprintf("%v; looking again every %s", err, storePoll)
 	st := img.ImageStatus()
 	if ready := meta.FindStatusCondition(st.Conditions, v1.ConditionReady); ready == nil || ready.Reason != ReasonStoreUnavailable {
 		r.event(img, corev1.EventTypeWarning, ReasonStoreUnavailable, "Import", "%s", msg)
@@ -178,7 +181,7 @@ func (r *ImageReconciler) waitForStore(img v1.ImageObject, err error) ctrl.Resul
 	if st.Phase != v1.ImageAvailable {
 		r.setPhase(img, v1.ImagePending, ReasonStoreUnavailable, msg)
 	}
-	return ctrl.Result{RequeueAfter: wait}
+	return ctrl.Result{RequeueAfter: storePoll}
 }
 
 // uploaded says whether an image's bytes are uploaded by a node (a snapshot's, a shelved
