@@ -148,6 +148,12 @@ type HypervisorStatus struct {
 	// to use it wrote there: nodes with the same ID see the same disks (agent).
 	// +optional
 	StorageID string `json:"storageID,omitempty"`
+	// StorageUnavailable says why the agent refuses its storage root, empty while the root is
+	// the filesystem recorded in StorageID: a root without that ID (not mounted) or with
+	// another. The agent carries out no task and removes no file there meanwhile, and nothing
+	// is placed on the node (agent).
+	// +optional
+	StorageUnavailable string `json:"storageUnavailable,omitempty"`
 	// AgentVersion is the agent's build (agent).
 	// +optional
 	AgentVersion string `json:"agentVersion,omitempty"`

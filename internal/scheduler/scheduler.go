@@ -74,6 +74,10 @@ var DefaultFilters = []Filter{
 		hv := h.Hypervisor
 		return hv.Status.State == v1.HypervisorUp && !hv.Spec.Disabled && !hv.Spec.ForcedDown
 	}},
+	{Name: "StorageFilter", Passes: func(h Host, _ Request) bool {
+		// The agent refuses its storage root (not mounted, or another filesystem).
+		return h.Hypervisor.Status.StorageUnavailable == ""
+	}},
 	{Name: "NodeSchedulableFilter", Passes: func(h Host, _ Request) bool {
 		return h.Node != nil && !h.Node.Spec.Unschedulable && !outOfService(h.Node)
 	}},

@@ -54,6 +54,7 @@ func TestFilters(t *testing.T) {
 		{"never reported", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Status.State = "" }), small(), "ComputeFilter"},
 		{"disabled", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Spec.Disabled = true }), small(), "ComputeFilter"},
 		{"forced down", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Spec.ForcedDown = true }), small(), "ComputeFilter"},
+		{"storage refused", host("a", 4, 4096, 10, func(h *Host) { h.Hypervisor.Status.StorageUnavailable = "no .storage-id" }), small(), "StorageFilter"},
 		{"cordoned", host("a", 4, 4096, 10, func(h *Host) { h.Node.Spec.Unschedulable = true }), small(), "NodeSchedulableFilter"},
 		{"no node", host("a", 4, 4096, 10, func(h *Host) { h.Node = nil }), small(), "NodeSchedulableFilter"},
 		{"out of service", host("a", 4, 4096, 10, func(h *Host) {

@@ -9,7 +9,6 @@ package storage
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -40,6 +39,9 @@ type Node struct {
 	// (its name is its digest, and it is read-only), so a launch storm runs qemu-img info
 	// once per image instead of once per instance.
 	sizes sync.Map
+
+	// identity is what the last check of the root's identity found (identity.go).
+	identity identityState
 }
 
 var (
@@ -505,48 +507,6 @@ func (n *Node) RemoveStaleDownloads(olderThan time.Duration) error {
 		}
 	}
 	return nil
-}
-
-// storageIDFile holds the storage root's identity.
-const storageIDFile = ".storage-id"
-
-// StorageID identifies the filesystem the storage root is on: a random ID written into the
-// root by the first agent that asks, so that every node that mounts the same storage reads the
-// same ID, and nodes that merely use the same path do not.
-func (n *Node) StorageID() (string, error) {
-	path := filepath.Join(n.Root, storageIDFile)
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err := os.MkdirAll(n.Root, 0o755); err != nil {
-		return "", err
-	}
-	var raw [16]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", err
-	}
-	// Written aside and linked into place: link fails if another agent won the race, and then
-	// its ID is the root's.
-	tmp, err := os.CreateTemp(n.Root, ".storage-id-*")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if _, err := tmp.WriteString(hex.EncodeToString(raw[:]) + "\n"); err != nil {
-		_ = tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", err
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSpace(string(b)), nil
 }
 
 // CapacityGiB is the size of the filesystem holding the storage root.
