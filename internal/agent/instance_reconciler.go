@@ -171,6 +171,12 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	next := resyncPeriod
 	finished := false
 	if task := inst.Status.Task; task != nil && task.ID != report.TaskID && inst.Status.TaskState != v1.TaskStateScheduling {
+		if err := r.storageReady(ctx); err != nil {
+			// No task touches a root that is not the node's storage: it would find disks
+			// missing, or make them in the wrong place. The Hypervisor says why.
+			log.FromContext(ctx).Info("task waits for the storage root", "action", task.Action, "reason", err.Error())
+			return ctrl.Result{RequeueAfter: storageRecheck}, nil
+		}
 		done, err := r.carryOut(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:

@@ -450,7 +450,7 @@ const (
 )
 
 // storageRelationTo compares this node's storage with node's, from the storage IDs both
-// report (storage.Node.StorageID, written into the storage itself). An instance placed nowhere
+// report (storage.Node.StorageID, written into the storage itself once). An instance placed nowhere
 // ("") holds no node's storage.
 func (r *InstanceReconciler) storageRelationTo(ctx context.Context, node string) (storageRelation, error) {
 	return compareStorage(ctx, r.Reader, r.Storage, r.NodeName, node)
@@ -463,7 +463,8 @@ func compareStorage(ctx context.Context, reader client.Reader, own *storage.Node
 	case me:
 		return storageShared, nil
 	}
-	mine, err := own.StorageID()
+	// Read, never written: a root that lost its ID is refused, not given another.
+	mine, err := own.ReadStorageID()
 	if err != nil {
 		return storageUnknown, err
 	}
@@ -527,6 +528,10 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 		if err := r.Driver.Destroy(ctx, string(uid)); err != nil {
 			return err
 		}
+	}
+	if err := r.storageReady(ctx); err != nil {
+		log.FromContext(ctx).Info("the files an instance that moved away left here stay: the storage root is refused", "reason", err.Error())
+		return nil // the sweep looks again once the root is back
 	}
 	dir, err := r.Storage.InstanceDir(string(uid))
 	if err != nil {

@@ -113,6 +113,9 @@ func (r *Reporter) CleanImageCache(ctx context.Context) error {
 	if grace <= 0 {
 		grace = DefaultImageCacheGrace
 	}
+	if err := r.Storage.Ready(); err != nil {
+		return fmt.Errorf("no image cache cleanup: %w", err)
+	}
 	removed, err := r.Storage.RemoveUnusedBases(grace)
 	if len(removed) > 0 {
 		log.FromContext(ctx).Info("removed unused images from the cache", "sha256", removed, "grace", grace.String())
@@ -134,10 +137,6 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	storageID, err := r.Storage.StorageID()
-	if err != nil {
-		return err
-	}
 	hv := &v1.Hypervisor{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: r.NodeName}, hv); apierrors.IsNotFound(err) {
 		hv = &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
@@ -149,15 +148,19 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	}
 	orig := hv.DeepCopy()
 	s := &hv.Status
+	r.checkStorage(hv)
 	s.Capacity = v1.Resources{VCPUs: info.VCPUs, MemoryMiB: info.MemoryMiB, DiskGiB: disk}
 	s.Reserved = r.Reserved
 	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
-	s.StorageShared, s.StorageID = r.SharedStorage, storageID
+	s.StorageShared = r.SharedStorage
 	s.Networks = r.Networks
 	s.ConsoleLogService = r.ConsoleLogService
-	if err := r.reportQuarantine(s); err != nil {
-		return err
+	// A refused root's quarantine is not the node's: the last report of it stands.
+	if s.StorageUnavailable == "" {
+		if err := r.reportQuarantine(s); err != nil {
+			return err
+		}
 	}
 	if !kube.Changed(orig, hv) {
 		return nil
@@ -205,6 +208,10 @@ func (r *Reporter) RenewLease(ctx context.Context) error {
 // cost grows with the node, not with the cluster.
 func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 	logger := log.FromContext(ctx)
+	// A root that is not the node's storage (not mounted) shows files missing, or others'.
+	if err := verifyStorage(ctx, r.Reader, r.Storage, r.NodeName); err != nil {
+		return fmt.Errorf("no sweep: %w", err)
+	}
 	domains, err := r.Driver.List(ctx)
 	if err != nil {
 		return err

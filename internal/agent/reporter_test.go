@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,4 +265,72 @@ func TestMovedFilesAreRemovedOnlyWhenSafe(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A storage root that is not the one recorded for the node (an unmounted mount point, another
+// filesystem) is refused: the Hypervisor says why and keeps its record, and the sweep neither
+// stops a guest nor moves a file; all resumes once the recorded root is back.
+func TestNothingIsSweptFromARefusedStorageRoot(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	id, err := store.StorageID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := store.InstanceDir(uidDeleted)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "disk"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	drv := fake.New()
+	if err := drv.Spawn(ctx, driver.Machine{UUID: uidDeleted, Name: "d", Namespace: "ns", InstanceName: "i-c", RootDisk: "/x"}); err != nil {
+		t.Fatal(err)
+	}
+	hv := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: thisNodeName}, Status: v1.HypervisorStatus{StorageID: "the-recorded-one"}}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(hv).WithStatusSubresource(&v1.Hypervisor{}).Build()
+	r := &Reporter{Client: c, Reader: c, Driver: drv, Storage: store, NodeName: thisNodeName}
+
+	if err := r.ReportHypervisor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := &v1.Hypervisor{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(hv), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.StorageID != "the-recorded-one" || !strings.Contains(got.Status.StorageUnavailable, "not the-recorded-one") {
+		t.Errorf("refused root reported as %q, %q", got.Status.StorageID, got.Status.StorageUnavailable)
+	}
+	if err := r.CleanupOrphans(ctx); err == nil || !strings.Contains(err.Error(), "no sweep") {
+		t.Errorf("sweep of a refused root: %v", err)
+	}
+	if !drv.Has(uidDeleted) {
+		t.Error("the sweep of a refused root destroyed a domain")
+	}
+	if held, err := store.QuarantinedInstances(); err != nil || len(held) != 0 {
+		t.Errorf("the sweep of a refused root quarantined %v (%v)", held, err)
+	}
+
+	// The administrator says this root is the node's (or the right one is mounted again).
+	got.Status.StorageID = id
+	if err := c.Status().Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ReportHypervisor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(hv), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.StorageUnavailable != "" || got.Status.StorageID != id {
+		t.Errorf("accepted root reported as %q, %q", got.Status.StorageID, got.Status.StorageUnavailable)
+	}
+	if err := r.CleanupOrphans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if drv.Has(uidDeleted) {
+		t.Error("the vanished instance's domain survived the sweep of an accepted root")
+	}
+	expectQuarantined(t, store, false, uidDeleted)
 }
