@@ -274,17 +274,8 @@ func expectQuarantined(ctx context.Context, h utils.Host, inst *v1.Instance) {
 		g.Expect(hv.Status.Quarantined).To(ContainElement(And(HaveField("UID", uid),
 			HaveField("Namespace", inst.Namespace), HaveField("Name", inst.Name), HaveField("Bytes", BeNumerically(">", 0)))))
 	}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
-	Eventually(func(g Gomega) {
-		var list eventsv1.EventList
-		g.Expect(cluster.Client.List(ctx, &list)).To(Succeed())
-		var notes []string
-		for _, e := range list.Items {
-			if e.Regarding.Kind == "Hypervisor" && e.Regarding.Name == h.Name && e.Reason == "InstanceFilesQuarantined" {
-				notes = append(notes, e.Note)
-			}
-		}
-		g.Expect(notes).To(ContainElement(ContainSubstring(uid)))
-	}).WithContext(ctx).WithTimeout(30 * time.Second).Should(Succeed())
+	Eventually(func() ([]string, error) { return hypervisorEvents(ctx, h.Name, "InstanceFilesQuarantined") }).
+		WithContext(ctx).WithTimeout(30 * time.Second).Should(ContainElement(ContainSubstring(uid)))
 	out2, err := kubectlNovaAsCloudAdmin(ctx, "quarantine-list")
 	Expect(err).NotTo(HaveOccurred(), out2)
 	Expect(out2).To(MatchRegexp(`(?m)^%s\s+%s/%s\s+\S*%s`, uid, inst.Namespace, inst.Name, h.Name))
@@ -362,4 +353,19 @@ func mustRender(name string) string {
 		return string(b)
 	}
 	return strings.ReplaceAll(string(b), "namespace: default", "namespace: "+ns)
+}
+
+// hypervisorEvents returns the notes of the Events about a node's Hypervisor with the given reason.
+func hypervisorEvents(ctx context.Context, node, reason string) ([]string, error) {
+	var list eventsv1.EventList
+	if err := cluster.Client.List(ctx, &list); err != nil {
+		return nil, err
+	}
+	var notes []string
+	for _, e := range list.Items {
+		if e.Regarding.Kind == "Hypervisor" && e.Regarding.Name == node && e.Reason == reason {
+			notes = append(notes, e.Note)
+		}
+	}
+	return notes, nil
 }
