@@ -329,6 +329,12 @@ func (r *InstanceReconciler) serveResize(ctx context.Context, inst *v1.Instance,
 		}
 		ack := &v1.RequestStatus{RequestedAt: req.RequestedAt}
 		refusal := r.check(inst, action)
+		if refusal == nil && inst.Status.Resize != nil {
+			var err error
+			if refusal, err = r.lastCopyAtRisk(ctx, inst.Status.Resize, action); err != nil {
+				return nil, false, err
+			}
+		}
 		switch {
 		case predates(inst, req.RequestedAt):
 			ack.Result, ack.Reason = v1.RequestIgnored, v1.ReasonRequestPredatesInstance
@@ -372,6 +378,26 @@ func (r *InstanceReconciler) serveResize(ctx context.Context, inst *v1.Instance,
 	r.event(st, inst, corev1.EventTypeNormal, ReasonConfirmed, string(v1.ActionConfirmResize), "confirming the resize by itself: it waited %s (--resize-confirm-window)",
 		r.ResizeConfirmWindow.Round(time.Second))
 	return nil, true, nil
+}
+
+// lastCopyAtRisk refuses, with NodeDown, a confirmation while the target is down and a revert
+// while the source is: a confirmation deletes the source's copy of the disk, a revert the
+// target's, and either would leave only the copy on a node that does not answer.
+func (r *InstanceReconciler) lastCopyAtRisk(ctx context.Context, rs *v1.ResizeStatus, action v1.Action) (*lifecycle.Refusal, error) {
+	if rs.SourceNode == rs.TargetNode {
+		return nil, nil
+	}
+	needed, deleted, then := rs.TargetNode, rs.SourceNode, "or revert now"
+	if action == v1.ActionRevertResize {
+		needed, deleted, then = rs.SourceNode, rs.TargetNode, "or confirm now"
+	}
+	down, why, err := r.nodeDown(ctx, needed)
+	if err != nil || !down {
+		return nil, err
+	}
+	return &lifecycle.Refusal{Action: action, Reason: v1.ReasonNodeDown,
+		Message: fmt.Sprintf("node %s is down (%s): the %s would delete the copy of the disk on %s and leave only the one on %s; ask again once %s is back, %s",
+			needed, why, action, deleted, needed, needed, then)}, nil
 }
 
 // resizedWaiting says what a Resized instance waits for.

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,9 +13,12 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/internal/storage"
 	"github.com/kubenova/kubenova/test/gitops"
 )
@@ -189,5 +193,40 @@ func TestAnInstanceInErrorWithAResizeAllowsOnlyARevert(t *testing.T) {
 	inst.Status.Resize = nil
 	if refusal := r.check(inst, v1.ActionHardReboot); refusal != nil {
 		t.Errorf("a hard reboot of an instance in Error without a resize: %s", refusal.Message)
+	}
+}
+
+// A confirmation deletes the source's copy of the disk and a revert the target's: neither is
+// started while the other side, the one that would be left, is down.
+func TestAResizeIsNotEndedWhileTheCopyItKeepsIsOnANodeThatIsDown(t *testing.T) {
+	ctx := context.Background()
+	down := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "down"}, Status: v1.HypervisorStatus{State: v1.HypervisorDown,
+		Conditions: []metav1.Condition{{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: v1.ReasonHeartbeatLapsed}}}}
+	up := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "up"}, Status: v1.HypervisorStatus{State: v1.HypervisorUp}}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(down, up).Build()
+	r := &InstanceReconciler{Client: c}
+	for _, tc := range []struct {
+		source, target string
+		action         v1.Action
+		refused        bool
+	}{
+		{"up", "down", v1.ActionConfirmResize, true},
+		{"up", "down", v1.ActionRevertResize, false}, // the source boots its own copy
+		{"down", "up", v1.ActionRevertResize, true},
+		{"down", "up", v1.ActionConfirmResize, false}, // the down node's copy is the one given up
+		{"up", "up", v1.ActionConfirmResize, false},
+	} {
+		rs := &v1.ResizeStatus{SourceNode: tc.source, TargetNode: tc.target}
+		refusal, err := r.lastCopyAtRisk(ctx, rs, tc.action)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (refusal != nil) != tc.refused {
+			t.Errorf("%s from %s to %s: refusal %+v, want refused %v", tc.action, tc.source, tc.target, refusal, tc.refused)
+			continue
+		}
+		if refusal != nil && (refusal.Reason != v1.ReasonNodeDown || !strings.Contains(refusal.Message, "node down is down")) {
+			t.Errorf("%s from %s to %s: %+v", tc.action, tc.source, tc.target, refusal)
+		}
 	}
 }
