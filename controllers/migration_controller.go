@@ -282,7 +282,10 @@ func (r *MigrationReconciler) setConditions(mig *v1.Migration, out migrationOutc
 }
 
 // reconcileDelete lets a Migration go once no move of its runs: the instance controller sees
-// the deletion and has the source abort (task.migration.abort), and the task ends.
+// the deletion and has the source abort (task.migration.abort), and the task ends. When the
+// node that carries the move out is down, nothing can end it before the node is back: the
+// Migration goes anyway, and the instance keeps its task, whose outcome (the guest on one
+// side or the other) its agents settle when they report again.
 func (r *MigrationReconciler) reconcileDelete(ctx context.Context, mig *v1.Migration) (ctrl.Result, error) {
 	if !controllerutil.ContainsFinalizer(mig, v1.FinalizerMigration) {
 		return ctrl.Result{}, nil
@@ -294,7 +297,12 @@ func (r *MigrationReconciler) reconcileDelete(ctx context.Context, mig *v1.Migra
 	}
 	if err == nil {
 		if t := inst.Status.Task; t != nil && t.Migration != nil && t.Migration.UID == string(mig.UID) {
-			return ctrl.Result{}, nil // the instance's change brings us back
+			down, why, err := nodeDown(ctx, r.Client, inst.Status.NodeName)
+			if err != nil || !down {
+				return ctrl.Result{}, err // the instance's change brings us back
+			}
+			r.event(mig, corev1.EventTypeWarning, v1.ReasonNodeDown, "node %s is down (%s): the Migration goes, and the instance keeps its %s task until the node is back",
+				inst.Status.NodeName, why, t.Action)
 		}
 	}
 	controllerutil.RemoveFinalizer(mig, v1.FinalizerMigration)

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -11,8 +12,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/scheme"
 	"github.com/kubenova/kubenova/test/gitops"
 )
 
@@ -151,3 +154,32 @@ var _ = Describe("Migration controller", Ordered, func() {
 		}).WithContext(ctx).Should(BeTrue())
 	})
 })
+
+// A Migration whose move the instance's node still carries out waits for the move to end when
+// deleted; when that node is down nothing can end it, and the Migration goes (the instance
+// keeps its task for the node to settle).
+func TestAMigrationWhoseNodeIsDownCanBeDeleted(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		node string
+		gone bool
+	}{{"down", true}, {"up", false}} {
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "move", UID: "mig-uid",
+			Finalizers: []string{v1.FinalizerMigration}, DeletionTimestamp: &metav1.Time{Time: time.Now()}},
+			Spec: v1.MigrationSpec{InstanceName: "web", Type: v1.MigrationLive}}
+		inst := &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}, Status: v1.InstanceStatus{NodeName: tc.node,
+			Task: &v1.Task{ID: 3, Action: v1.ActionLiveMigrate, Migration: &v1.MigrationTask{UID: "mig-uid", TargetNode: "elsewhere"}}}}
+		down := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "down"}, Status: v1.HypervisorStatus{State: v1.HypervisorDown,
+			Conditions: []metav1.Condition{{Type: v1.ConditionReady, Status: metav1.ConditionFalse, Reason: v1.ReasonHeartbeatLapsed}}}}
+		up := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "up"}, Status: v1.HypervisorStatus{State: v1.HypervisorUp}}
+		c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(mig, inst, down, up).Build()
+		r := &MigrationReconciler{Client: c}
+		if _, err := r.reconcileDelete(ctx, mig); err != nil {
+			t.Fatal(err)
+		}
+		err := c.Get(ctx, client.ObjectKeyFromObject(mig), &v1.Migration{})
+		if gone := apierrors.IsNotFound(err); gone != tc.gone {
+			t.Errorf("instance on node %s: Migration gone %v (%v), want %v", tc.node, gone, err, tc.gone)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -16,8 +17,12 @@ import (
 // still has an agent that acts and reports: nothing new is placed there, but its instances
 // are known and its agent carries out their deletes.
 func (r *InstanceReconciler) nodeDown(ctx context.Context, node string) (bool, string, error) {
+	return nodeDown(ctx, r.Client, node)
+}
+
+func nodeDown(ctx context.Context, c client.Reader, node string) (bool, string, error) {
 	hv := &v1.Hypervisor{}
-	if err := r.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
+	if err := c.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
 		return true, "no Hypervisor object", nil
 	} else if err != nil {
 		return false, "", err
