@@ -70,6 +70,7 @@ func run() error {
 		storeWait      = flag.Duration("image-store-wait", agent.DefaultImageStoreWait, "how long a task waits for an unavailable image store (its directory without the store's identity file: an NFS mount not there yet) before it fails")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
+		sweepEvery     = flag.Duration("orphan-sweep-interval", agent.DefaultSweepInterval, "how often the agent looks for the domains and files of instances that vanished or moved away, and for unused cached images, besides at its start (Nova's running_deleted_instance_poll_interval)")
 		quarantineWait = flag.Duration("quarantine-grace", agent.DefaultQuarantineGrace, "how long the files of an instance that vanished without its terminate are kept in quarantine before they are deleted; 0 keeps them until an administrator removes them")
 		leaseNamespace = flag.String("lease-namespace", "kubenova-system", "namespace of the agents' heartbeat Leases")
 		leaseDuration  = flag.Duration("lease-duration", 40*time.Second, "how long one heartbeat vouches for the node")
@@ -119,7 +120,7 @@ func run() error {
 		Name: *nodeName, MigrationURI: *migrationURI, AgentVersion: version.Version,
 		Reserved:       v1.Resources{VCPUs: *reservedVCPUs, MemoryMiB: *reservedMemory, DiskGiB: *reservedDisk},
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
-		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, QuarantineGrace: *quarantineWait, Workers: *workers,
+		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, QuarantineGrace: *quarantineWait, SweepInterval: *sweepEvery, Workers: *workers,
 		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
 		MigrationTimeoutPerGiB: *migrationWait, ImageStoreWait: *storeWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 		ConsoleAddr: *consoleAddr, ConsoleAdvertise: consoleHost, ConsoleClients: strings.FieldsFunc(*consoleClients, func(r rune) bool { return r == ',' || r == ' ' }),

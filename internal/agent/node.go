@@ -66,8 +66,11 @@ type Node struct {
 	ImageCacheGrace time.Duration
 	// QuarantineGrace is how long a vanished instance's files are kept (Reporter.QuarantineGrace).
 	QuarantineGrace time.Duration
-	Workers         int
-	MetricsAddr     string
+	// SweepInterval is how often the agent looks for orphaned domains and files and unused
+	// cached images (DefaultSweepInterval when zero).
+	SweepInterval time.Duration
+	Workers       int
+	MetricsAddr   string
 	// MetricsSecure serves the metrics over HTTPS to callers with the metrics-reader role.
 	MetricsSecure bool
 	ProbeAddr     string
@@ -152,7 +155,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
 		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
-		ReportPeriod: time.Minute, CleanupPeriod: 5 * time.Minute, ImageCacheGrace: n.ImageCacheGrace,
+		ReportPeriod: time.Minute, CleanupPeriod: sweepInterval(n.SweepInterval), ImageCacheGrace: n.ImageCacheGrace,
 		QuarantineGrace: n.QuarantineGrace, Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 	}
 	if n.ConsoleAddr != "" && n.ConsoleAddr != "0" {
@@ -194,4 +197,16 @@ func libvirtCheck(d driver.Driver) healthz.Checker {
 			return fmt.Errorf("libvirtd did not answer within %s", libvirtProbeTimeout)
 		}
 	}
+}
+
+// DefaultSweepInterval is how often the agent sweeps for orphans (Nova's
+// running_deleted_instance_poll_interval, 30 minutes there; shorter here, since the sweep is
+// also what notices a vanished instance's guest, which holds the scheduler's resources).
+const DefaultSweepInterval = 5 * time.Minute
+
+func sweepInterval(d time.Duration) time.Duration {
+	if d <= 0 {
+		return DefaultSweepInterval
+	}
+	return d
 }
