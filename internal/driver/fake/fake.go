@@ -22,7 +22,9 @@ type Driver struct {
 	mu      sync.Mutex
 	domains map[string]*domain
 	// failures are the errors SetFail told methods to return, by method name.
-	failures   map[string]error
+	failures map[string]error
+	// hung are the methods SetHang made block until their context ends.
+	hung       map[string]bool
 	ignoreACPI bool
 	calls      map[string]int
 	lastRun    int64
@@ -100,6 +102,31 @@ func (d *Driver) SetFail(method string, err error) {
 	d.failures[method] = err
 }
 
+// SetHang makes the driver method of that name block until its caller's context ends (and
+// then return the context's error), as a call into a hung libvirtd or storage would; false
+// heals it. Only the calls a task makes that can take long (Spawn, Define, Destroy, PowerOff,
+// BackupDisk) hang.
+func (d *Driver) SetHang(method string, hang bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.hung == nil {
+		d.hung = map[string]bool{}
+	}
+	d.hung[method] = hang
+}
+
+// hang blocks while method is hung and ctx lasts; it returns ctx's error if it ended.
+func (d *Driver) hang(ctx context.Context, method string) error {
+	d.mu.Lock()
+	hung := d.hung[method]
+	d.mu.Unlock()
+	if !hung {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
 // SetIgnoreACPI makes the guests ignore the ACPI power button (true) or obey it (false).
 func (d *Driver) SetIgnoreACPI(ignore bool) {
 	d.mu.Lock()
@@ -123,7 +150,10 @@ func (d *Driver) Has(uuid string) bool {
 }
 
 // Spawn implements driver.Driver.
-func (d *Driver) Spawn(_ context.Context, m driver.Machine) error {
+func (d *Driver) Spawn(ctx context.Context, m driver.Machine) error {
+	if err := d.hang(ctx, "Spawn"); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.called("Spawn"); err != nil {
@@ -161,7 +191,10 @@ func (d *Driver) Machine(uuid string) (driver.Machine, bool) {
 }
 
 // Define implements driver.Driver.
-func (d *Driver) Define(_ context.Context, m driver.Machine) error {
+func (d *Driver) Define(ctx context.Context, m driver.Machine) error {
+	if err := d.hang(ctx, "Define"); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.called("Define"); err != nil {
@@ -185,7 +218,10 @@ func (d *Driver) Define(_ context.Context, m driver.Machine) error {
 }
 
 // Destroy implements driver.Driver.
-func (d *Driver) Destroy(_ context.Context, uuid string) error {
+func (d *Driver) Destroy(ctx context.Context, uuid string) error {
+	if err := d.hang(ctx, "Destroy"); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.called("Destroy"); err != nil {
@@ -224,6 +260,9 @@ func (d *Driver) RequestShutdown(_ context.Context, uuid string) error {
 // the image store in a test is still a real standalone image. Simulated nodes, whose disks are
 // empty files, cannot snapshot.
 func (d *Driver) BackupDisk(ctx context.Context, uuid, target string) error {
+	if err := d.hang(ctx, "BackupDisk"); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	if err := d.called("BackupDisk"); err != nil {
 		d.mu.Unlock()
@@ -250,7 +289,10 @@ func (d *Driver) BackupDisk(ctx context.Context, uuid, target string) error {
 }
 
 // PowerOff implements driver.Driver.
-func (d *Driver) PowerOff(_ context.Context, uuid string) error {
+func (d *Driver) PowerOff(ctx context.Context, uuid string) error {
+	if err := d.hang(ctx, "PowerOff"); err != nil {
+		return err
+	}
 	return d.withDomain("PowerOff", uuid, func(dom *domain) error {
 		if dom.runID >= 0 || dom.power == v1.PowerStateSuspended {
 			d.set(uuid, dom, v1.PowerStateShutdown, "Destroyed")

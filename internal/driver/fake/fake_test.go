@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/kubenova/kubenova/internal/driver"
 )
@@ -40,5 +41,24 @@ func TestEveryMethodFailsWhenTold(t *testing.T) {
 				t.Errorf("%s still fails after SetFail(nil)", method.Name)
 			}
 		})
+	}
+}
+
+// A hung call returns when its caller gives up, and not before.
+func TestHungCallsEndWithTheirContext(t *testing.T) {
+	d := New()
+	d.SetHang("Destroy", true)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := d.Destroy(ctx, "x"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hung Destroy returned %v", err)
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Errorf("hung Destroy returned after %s, before its deadline", waited)
+	}
+	d.SetHang("Destroy", false)
+	if err := d.Destroy(context.Background(), "x"); err != nil {
+		t.Errorf("healed Destroy: %v", err)
 	}
 }
