@@ -112,6 +112,28 @@ var _ = Describe("Snapshot controller", Ordered, func() {
 		Expect(copyFile).NotTo(BeAnExistingFile(), "the failed task's copy is removed")
 	})
 
+	It("fails a snapshot whose disk copy hangs once each attempt's deadline has passed three times, and the instance goes on", func(ctx SpecContext) {
+		inst := createOnNodeA(ctx, "copy-hangs")
+		waitForVMState(ctx, inst, v1.VMStateActive)
+		fakeDriver.SetHang("BackupDisk", true)
+		DeferCleanup(func() { fakeDriver.SetHang("BackupDisk", false) })
+		snap := &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: "stuck"},
+			Spec: v1.SnapshotSpec{InstanceName: inst.Name}}
+		start := time.Now()
+		Expect(k8s.Create(ctx, snap)).To(Succeed())
+		// Three attempts of 5 s, 2 s and 4 s apart.
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(snap), snap)).To(Succeed())
+			g.Expect(snap.Status.Phase).To(Equal(v1.SnapshotFailed))
+		}).WithContext(ctx).WithTimeout(60 * time.Second).Should(Succeed())
+		Expect(time.Since(start)).To(BeNumerically(">=", 3*taskAttemptTimeout), "each attempt waited for its deadline")
+		Expect(snap.Status.Message).To(ContainSubstring("did not finish within 5s (--task-attempt-timeout)"))
+		got := current(ctx, inst)
+		Expect(got.Status.VMState).To(Equal(v1.VMStateActive))
+		Expect(got.Status.TaskState).To(BeEmpty())
+		Expect(got.Status.PowerState).To(Equal(v1.PowerStateRunning))
+	})
+
 	It("fails, saying why, a snapshot of a missing or locked instance (unless an administrator overrides the lock), or onto an image it did not make", func(ctx SpecContext) {
 		inst := createOnNodeA(ctx, "refused-snapshots")
 		waitForVMState(ctx, inst, v1.VMStateActive)

@@ -37,6 +37,10 @@ import (
 // missingInstanceTimeout is the Snapshot and Migration controllers' --missing-instance-timeout.
 const missingInstanceTimeout = 4 * time.Second
 
+// taskAttemptTimeout bounds an attempt of node-a's agent: short, so that a spec sees a hung
+// call cut short; ample for the fake driver's calls and qemu-img on small images.
+const taskAttemptTimeout = 5 * time.Second
+
 var (
 	env        *utils.Env
 	k8s        client.Client
@@ -110,7 +114,7 @@ var _ = BeforeSuite(func() {
 	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: agentImages}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
 		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU,
-		Networks: nodeANetworks, UserDataNamespace: leaseNamespace}).SetupWithManager(agentMgr)).To(Succeed())
+		Networks: nodeANetworks, UserDataNamespace: leaseNamespace, TaskAttemptTimeout: taskAttemptTimeout}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.
 	imageFile = filepath.Join(imageDir, "image.qcow2")

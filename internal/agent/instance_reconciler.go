@@ -102,6 +102,9 @@ type InstanceReconciler struct {
 	// ImageStoreWait is how long a task waits for an unavailable image store before it
 	// fails (DefaultImageStoreWait when zero).
 	ImageStoreWait time.Duration
+	// TaskAttemptTimeout bounds one attempt of a task step (DefaultTaskAttemptTimeout when
+	// zero).
+	TaskAttemptTimeout time.Duration
 
 	mu sync.Mutex
 	// migrations are the live migrations this process started, by instance.
@@ -177,7 +180,7 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			log.FromContext(ctx).Info("task waits for the storage root", "action", task.Action, "reason", err.Error())
 			return ctrl.Result{RequeueAfter: storageRecheck}, nil
 		}
-		done, err := r.carryOut(ctx, inst, task, checkpoint)
+		done, err := r.attempt(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:
 			if wait, ok := r.waitForImageStore(inst.UID, task.ID, err); ok {
@@ -237,6 +240,27 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, fmt.Errorf("state of %s: %w", req.NamespacedName, stateErr)
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// DefaultTaskAttemptTimeout bounds one attempt of a task step: an image fetch, a disk copy,
+// an upload, a libvirt call. Waits for the guest are not attempts: they return and look again.
+const DefaultTaskAttemptTimeout = 30 * time.Minute
+
+// attempt carries out one step of a task within TaskAttemptTimeout. A step cut short by it
+// fails like any other (three attempts, then the task fails), saying so: a hung storage mount
+// or libvirt call holds one worker for that long, not for ever.
+func (r *InstanceReconciler) attempt(ctx context.Context, inst *v1.Instance, task *v1.Task, checkpoint func()) (bool, error) {
+	limit := r.TaskAttemptTimeout
+	if limit <= 0 {
+		limit = DefaultTaskAttemptTimeout
+	}
+	attemptCtx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	done, err := r.carryOut(attemptCtx, inst, task, checkpoint)
+	if err != nil && errors.Is(attemptCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		err = fmt.Errorf("%s did not finish within %s (--task-attempt-timeout): %w", task.Action, limit, err)
+	}
+	return done, err
 }
 
 // writeProgress writes inst's status over orig in the middle of a task of several steps and

@@ -56,8 +56,10 @@ type Node struct {
 	MigrationTimeoutPerGiB time.Duration
 	// ImageStoreWait bounds a task's wait for an unavailable image store.
 	ImageStoreWait time.Duration
-	AgentVersion   string
-	Reserved       v1.Resources
+	// TaskAttemptTimeout bounds one attempt of a task step.
+	TaskAttemptTimeout time.Duration
+	AgentVersion       string
+	Reserved           v1.Resources
 
 	LeaseNamespace  string
 	LeaseDuration   time.Duration
