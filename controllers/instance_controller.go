@@ -76,6 +76,9 @@ type InstanceReconciler struct {
 	// ResizeConfirmWindow confirms a resize that waited this long in Resized (Nova's
 	// resize_confirm_window); 0 waits for a person.
 	ResizeConfirmWindow time.Duration
+	// BuildTimeout fails a launch that has not finished this long after it began (Nova's
+	// instance_build_timeout); zero waits as long as the node keeps at it.
+	BuildTimeout time.Duration
 	// Images is the image store, where a resize between nodes that do not share storage leaves
 	// its copy of the disk until the resize ends; nil leaves such copies alone.
 	Images imagestore.Store
@@ -108,6 +111,16 @@ type reconcileState struct {
 	// afterWrite holds what waits for the status write, Events and metrics (see event and
 	// observe): a reconcile whose write fails tells nothing of what did not happen.
 	afterWrite []func()
+	// lookAgainIn is when a step wants the instance looked at again though nothing changes
+	// (a deadline), without stopping the steps after it; zero for no such wish.
+	lookAgainIn time.Duration
+}
+
+// lookAgain asks for the instance to be reconciled again within d.
+func (st *reconcileState) lookAgain(d time.Duration) {
+	if d > 0 && (st.lookAgainIn == 0 || d < st.lookAgainIn) {
+		st.lookAgainIn = d
+	}
 }
 
 // Reconcile reads like a table of contents: initialise, place, collect the agent's answer,
@@ -146,6 +159,9 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	r.setConditions(inst, st)
 	if perr := r.sendAfter(st, r.patchStatus(ctx, orig, inst)); perr != nil {
 		return kube.RetryIfStale(ctrl.Result{}, perr)
+	}
+	if st.lookAgainIn > 0 && (result.RequeueAfter == 0 || st.lookAgainIn < result.RequeueAfter) {
+		result.RequeueAfter = st.lookAgainIn
 	}
 	return result, err
 }

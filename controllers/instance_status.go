@@ -37,10 +37,29 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 	}
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
 		followStep(inst)
+		r.enforceBuildTimeout(ctx, inst, st)
 		return nil, nil // the agent is still at it; its report brings us back
 	}
 	r.finishTask(ctx, inst, st, report.TaskResult == v1.TaskSucceeded, report.NodeName, report.Message)
 	return nil, nil
+}
+
+// enforceBuildTimeout fails a launch the node has not finished within BuildTimeout, as Nova's
+// instance_build_timeout does: the instance goes to Error with a fault a person can act on
+// (delete it, or rebuild it). A spawn the agent still finishes afterwards is not undone; the
+// instance's power state shows it.
+func (r *InstanceReconciler) enforceBuildTimeout(ctx context.Context, inst *v1.Instance, st *reconcileState) {
+	task := inst.Status.Task
+	if r.BuildTimeout <= 0 || task.Action != v1.ActionLaunch {
+		return
+	}
+	left := task.StartedAt.Add(r.BuildTimeout).Sub(r.now())
+	if left > 0 {
+		st.lookAgain(left)
+		return
+	}
+	r.finishTask(ctx, inst, st, false, inst.Status.NodeName,
+		fmt.Sprintf("the build did not finish within %s (--instance-build-timeout) on node %s", r.BuildTimeout, inst.Status.NodeName))
 }
 
 // finishTask ends the task in flight with the outcome a node's agent reported: the vm state

@@ -55,6 +55,7 @@ func run() error {
 		maxImageBytes  = flag.Int64("max-image-bytes", imagestore.DefaultMaxImageBytes, "largest image the image service imports")
 		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
 		sameHost       = flag.Bool("allow-resize-to-same-host", true, "let a resize stay on its node when both flavors fit there (Nova's allow_resize_to_same_host); false always moves it to another node")
+		buildTimeout   = flag.Duration("instance-build-timeout", 0, "fail a launch that has not finished this long after it began, the instance going to Error (Nova's instance_build_timeout); 0 waits as long as the node keeps at it (each of its attempts is bounded by the agent's --task-attempt-timeout)")
 		confirmWindow  = flag.Duration("resize-confirm-window", 0, "confirm a resize or cold migration by itself once it has waited this long in Resized (Nova's resize_confirm_window); 0 waits for a person")
 		missingWait    = flag.Duration("missing-instance-timeout", controllers.DefaultMissingInstanceTimeout, "how long a Snapshot or Migration waits for the instance it names to exist (a GitOps sync applies them in any order) before it fails with InstanceNotFound")
 		apiAddr        = flag.String("subresources-bind-address", "0", "address of the aggregated API (subresources.compute.kubenova.io: instances/log, the console logs), which kube-apiserver proxies to; 0 disables it")
@@ -120,6 +121,7 @@ func run() error {
 
 		AllowResizeToSameHost: *sameHost,
 		ResizeConfirmWindow:   *confirmWindow,
+		BuildTimeout:          *buildTimeout,
 		Images:                store,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("instance controller: %w", err)
