@@ -328,6 +328,10 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 	if tr.TaskID == task.ID || (tr.StepTaskID == task.ID && tr.Step == v1.StepMigrated) {
 		return ctrl.Result{}, nil // answered
 	}
+	if err := r.storageReady(ctx); err != nil {
+		log.FromContext(ctx).Info("the incoming move waits for the storage root", "reason", err.Error())
+		return ctrl.Result{RequeueAfter: storageRecheck}, nil
+	}
 	if tr.StepTaskID == task.ID && tr.Step == v1.StepPrepared {
 		return r.reportArrival(ctx, orig, inst)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -321,6 +323,19 @@ func (r *InstanceReconciler) reconcilePeerConfirm(ctx context.Context, inst *v1.
 	if pr.TaskID == task.ID {
 		return ctrl.Result{}, nil
 	}
+	// The copy this node deletes is the last one that answers while the instance's node does
+	// not: the manager refuses a confirmation then, and one given before the node went away
+	// waits here until it is back.
+	if up, err := hypervisorUp(ctx, r.Reader, inst.Status.NodeName); err != nil || !up {
+		if err == nil {
+			log.FromContext(ctx).Info("the confirmation waits: the resized instance's node is not up, and this node's copy may be the only one left", "node", inst.Status.NodeName)
+		}
+		return ctrl.Result{RequeueAfter: storageRecheck}, err
+	}
+	if err := r.storageReady(ctx); err != nil {
+		log.FromContext(ctx).Info("the confirmation waits for the storage root", "reason", err.Error())
+		return ctrl.Result{RequeueAfter: storageRecheck}, nil
+	}
 	if _, err := r.confirmResize(ctx, inst); err != nil {
 		if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
 			log.FromContext(ctx).Error(err, "confirming a resize failed; retrying", "attempt", attempt)
@@ -336,4 +351,15 @@ func (r *InstanceReconciler) reconcilePeerConfirm(ctx context.Context, inst *v1.
 	}
 	r.wrote(client.ObjectKeyFromObject(inst), orig.ResourceVersion)
 	return ctrl.Result{}, nil
+}
+
+// hypervisorUp says whether the manager counts node up (its agent reports).
+func hypervisorUp(ctx context.Context, reader client.Reader, node string) (bool, error) {
+	hv := &v1.Hypervisor{}
+	if err := reader.Get(ctx, types.NamespacedName{Name: node}, hv); apierrors.IsNotFound(err) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	return hv.Status.State == v1.HypervisorUp, nil
 }

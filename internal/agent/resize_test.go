@@ -1,0 +1,71 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver/fake"
+	"github.com/kubenova/kubenova/internal/scheme"
+	"github.com/kubenova/kubenova/internal/storage"
+)
+
+// The source of a resize deletes its copy of the disk on confirmation only while the node the
+// instance runs on now is up: otherwise that copy may be the only one that answers.
+func TestAConfirmationWaitsWhileTheResizedInstancesNodeIsDown(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	dir, _ := store.InstanceDir(uidMoved)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk")
+	if err := os.WriteFile(disk, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inst := instance(uidMoved, "node-2")
+	inst.Status.Resize = &v1.ResizeStatus{Action: v1.ActionMigrate, SourceNode: thisNodeName, TargetNode: "node-2"}
+	inst.Status.Task = &v1.Task{ID: 9, Action: v1.ActionConfirmResize, PeerNode: thisNodeName}
+	target := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Status: v1.HypervisorStatus{State: v1.HypervisorDown, StorageID: "its-own"}}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(inst, target).
+		WithStatusSubresource(&v1.Instance{}, &v1.Hypervisor{}).Build()
+	r := &InstanceReconciler{Client: c, Reader: c, Driver: fake.New(), Storage: store, NodeName: thisNodeName}
+
+	res, err := r.reconcilePeerConfirm(ctx, inst.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &v1.Instance{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(inst), got); err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter == 0 || got.Status.PeerReport != nil {
+		t.Errorf("with the target down: requeue %s, peer report %+v", res.RequeueAfter, got.Status.PeerReport)
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Errorf("the source's copy went while the target was down: %v", err)
+	}
+
+	target.Status.State = v1.HypervisorUp
+	if err := c.Status().Update(ctx, target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.reconcilePeerConfirm(ctx, got.DeepCopy()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(inst), got); err != nil {
+		t.Fatal(err)
+	}
+	if pr := got.Status.PeerReport; pr == nil || pr.TaskID != 9 || pr.TaskResult != v1.TaskSucceeded {
+		t.Errorf("with the target up: peer report %+v", got.Status.PeerReport)
+	}
+	if _, err := os.Stat(disk); !os.IsNotExist(err) {
+		t.Errorf("the confirmed source's copy is still there: %v", err)
+	}
+}
