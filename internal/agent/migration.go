@@ -585,7 +585,7 @@ func (r *InstanceReconciler) evacuate(ctx context.Context, inst *v1.Instance, ta
 	if mark.Step != rebuildBooted {
 		if m.FromImage {
 			if fresh {
-				if err := r.setAsideOldFiles(ctx, uid, m.SourceNode, task.ID); err != nil {
+				if err := r.setAsideOldFiles(ctx, inst, m.SourceNode, task.ID); err != nil {
 					return false, err
 				}
 				if err := r.Storage.WriteTaskMark(uid, mark); err != nil {
@@ -616,10 +616,12 @@ func (r *InstanceReconciler) evacuate(ctx context.Context, inst *v1.Instance, ta
 }
 
 // setAsideOldFiles clears the way for an evacuation's fresh disk: whatever this node kept of
-// the instance is older than the image. It is deleted only from storage this node does not
-// share and does not share with the fenced node; elsewhere it is renamed aside
+// the instance is older than the image, and nothing says it is unwanted (it may be the newest
+// copy left if the fenced node's disk is lost). On storage this node does not share, and does
+// not share with the fenced node, it goes to quarantine; elsewhere it is renamed aside
 // (instances/<uid>.replaced-<task>), for people to look at: it may be the disk the old node ran.
-func (r *InstanceReconciler) setAsideOldFiles(ctx context.Context, uid, source string, taskID int64) error {
+func (r *InstanceReconciler) setAsideOldFiles(ctx context.Context, inst *v1.Instance, source string, taskID int64) error {
+	uid := string(inst.UID)
 	dir, err := r.Storage.InstanceDir(uid)
 	if err != nil {
 		return err
@@ -635,7 +637,8 @@ func (r *InstanceReconciler) setAsideOldFiles(ctx context.Context, uid, source s
 		return finalError{fmt.Errorf("this node shares its storage with %s: the evacuation was to boot the instance's own disk", source)}
 	}
 	if rel == storageSeparate && !r.SharedStorage {
-		return r.Storage.DeleteInstanceFiles(uid)
+		return r.Storage.QuarantineInstanceFiles(uid, storage.QuarantineRecord{Namespace: inst.Namespace, Name: inst.Name,
+			Node: r.NodeName, Reason: reasonReplacedByEvacuation, Since: time.Now().UTC()})
 	}
 	return os.Rename(dir, fmt.Sprintf("%s.replaced-%d", dir, taskID))
 }

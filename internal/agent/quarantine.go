@@ -40,6 +40,10 @@ const reasonVanished = "InstanceVanished: no Instance with this UID exists and i
 // behind when it rebuilt the instance from its image on another node.
 const reasonEvacuatedFromImage = "EvacuatedFromImage: the instance was rebuilt from its image on another node while this one was down; this is the last copy of its old disk"
 
+// reasonReplacedByEvacuation is the quarantine record's reason for the older files an
+// evacuation found on its target, where it rebuilt the instance from its image.
+const reasonReplacedByEvacuation = "ReplacedByEvacuation: an evacuation rebuilt the instance from its image on this node, which held older files of it"
+
 // lastCopyAfterEvacuation says whether this node's files of inst hold the last copy of a disk:
 // the instance's served evacuation left this node and rebuilt it from its image elsewhere.
 func lastCopyAfterEvacuation(inst *v1.Instance, node string) bool {

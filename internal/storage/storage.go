@@ -228,25 +228,21 @@ func (n *Node) basesInUse() (map[string]bool, error) {
 	return used, nil
 }
 
-// diskDirs lists every directory that may hold an instance's disks: the instances' and the
-// quarantined ones.
+// diskDirs lists every directory that may hold an instance's disks: every directory under
+// instances/ (an instance's, and one an evacuation set aside as <uid>.replaced-<task>) and
+// under quarantine/. Whatever its name, a directory there may hold the last copy of a
+// guest's data, so a base it names stays.
 func (n *Node) diskDirs() ([]string, error) {
-	uids, err := n.InstanceUIDs()
-	if err != nil {
-		return nil, err
-	}
 	var dirs []string
-	for _, uid := range uids {
-		dir, _ := n.InstanceDir(uid)
-		dirs = append(dirs, dir)
-	}
-	quarantined, err := os.ReadDir(filepath.Join(n.Root, quarantineDir))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	for _, e := range quarantined {
-		if e.IsDir() && uidPattern.MatchString(e.Name()) {
-			dirs = append(dirs, filepath.Join(n.Root, quarantineDir, e.Name()))
+	for _, parent := range []string{"instances", quarantineDir} {
+		entries, err := os.ReadDir(filepath.Join(n.Root, parent))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(n.Root, parent, e.Name()))
+			}
 		}
 	}
 	return dirs, nil

@@ -165,6 +165,17 @@ func TestRemoveUnusedBases(t *testing.T) {
 	if _, err := os.Stat(usedPath); err != nil {
 		t.Error("the base of a running instance's disk was removed")
 	}
+	// A disk an evacuation set aside (instances/<uid>.replaced-<task>) keeps its base too.
+	live, _ := n.InstanceDir(uidA)
+	if err := os.Rename(live, live+".replaced-7"); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := n.RemoveUnusedBases(time.Hour); err != nil || len(removed) != 0 {
+		t.Fatalf("the base of a disk set aside by an evacuation was removed: %v, %v", removed, err)
+	}
+	if err := os.Rename(live+".replaced-7", live); err != nil {
+		t.Fatal(err)
+	}
 	// A quarantined disk keeps its base: without it the overlay is worth nothing.
 	if err := n.QuarantineInstanceFiles(uidA, QuarantineRecord{Node: "n", Reason: "test", Since: time.Now()}); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,5 +68,38 @@ func TestAConfirmationWaitsWhileTheResizedInstancesNodeIsDown(t *testing.T) {
 	}
 	if _, err := os.Stat(disk); !os.IsNotExist(err) {
 		t.Errorf("the confirmed source's copy is still there: %v", err)
+	}
+}
+
+// An evacuation that rebuilds from the image on a node holding older files of the instance
+// keeps those files in quarantine: nothing says they are unwanted.
+func TestAnEvacuationQuarantinesTheOlderFilesItReplaces(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	if _, err := store.StorageID(); err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := store.InstanceDir(uidMoved)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "disk"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fenced := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "fenced"}, Status: v1.HypervisorStatus{StorageID: "its-own"}}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(fenced).Build()
+	r := &InstanceReconciler{Client: c, Reader: c, Driver: fake.New(), Storage: store, NodeName: thisNodeName}
+	if err := r.setAsideOldFiles(ctx, instance(uidMoved, thisNodeName), "fenced", 4); err != nil {
+		t.Fatal(err)
+	}
+	held, err := store.QuarantinedInstances()
+	if err != nil || len(held) != 1 || held[0].UID != uidMoved || !strings.HasPrefix(held[0].Reason, "ReplacedByEvacuation") {
+		t.Fatalf("quarantine holds %+v (%v)", held, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(held[0].Path, "disk")); err != nil || string(b) != "data" {
+		t.Errorf("the quarantined disk: %q, %v", b, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the instance's directory is still in the way of the fresh disk: %v", err)
 	}
 }
