@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -244,3 +246,67 @@ func asidesOn(node string, inst *v1.Instance) []string {
 	Expect(err).NotTo(HaveOccurred())
 	return asides
 }
+
+// A confirmation deletes the source's copy of the disk: while the target, where the resized
+// guest runs, is down, the source's is the only copy that answers, and it stays.
+var _ = Describe("A resize whose target is down", Ordered, disruptive, func() {
+	inNamespace("resize-target-down")
+	const name = "two-copies"
+
+	It("refuses a confirmation with NodeDown and keeps the source's disk; confirms once the target is back", func(ctx SpecContext) {
+		expectHypervisorsUp(ctx)
+		applySample(ctx, "image.yaml")
+		launchPinned(ctx, name, "host-1")
+		out, err := kubectlNovaAsCloudAdmin(ctx, "migrate", name, "--node", "host-3", "--wait", "--timeout=3m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		inst := expectInstance(ctx, name, func(g Gomega, i *v1.Instance) {
+			g.Expect(i.Status.VMState).To(Equal(v1.VMStateResized))
+			g.Expect(i.Status.TaskState).To(BeEmpty())
+			g.Expect(i.Status.NodeName).To(Equal("host-3"))
+		})
+		source := fmt.Sprintf("%s.resize-%d", diskOf("host-1", inst), inst.Status.Resize.TaskID)
+		Expect(source).To(BeAnExistingFile(), "the source keeps its disk, set aside, until the confirmation")
+
+		By("stopping the target's agent until the manager counts host-3 down")
+		h := host("host-3")
+		Expect(cluster.StopAgent(h)).To(Succeed())
+		agentUp := false
+		DeferCleanup(func() {
+			if !agentUp {
+				Expect(cluster.StartAgent(h)).To(Succeed())
+			}
+		})
+		Eventually(func(g Gomega) {
+			hv := &v1.Hypervisor{}
+			g.Expect(cluster.Client.Get(ctx, client.ObjectKey{Name: h.Name}, hv)).To(Succeed())
+			g.Expect(hv.Status.State).To(Equal(v1.HypervisorDown))
+			ready := apimeta.FindStatusCondition(hv.Status.Conditions, v1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1.ReasonHeartbeatLapsed))
+		}).WithContext(ctx).WithTimeout(90 * time.Second).Should(Succeed())
+
+		out, err = kubectlNova(ctx, "resize", name, "--confirm", "--wait", "--timeout=1m")
+		Expect(err).To(HaveOccurred(), out)
+		refused := expectInstance(ctx, name, func(g Gomega, i *v1.Instance) {
+			g.Expect(i.Status.ResizeRequest).NotTo(BeNil())
+			g.Expect(i.Status.ResizeRequest.Result).To(Equal(v1.RequestRefused))
+		})
+		Expect(refused.Status.ResizeRequest.Reason).To(Equal(v1.ReasonNodeDown))
+		Expect(refused.Status.ResizeRequest.Message).To(ContainSubstring("delete the copy of the disk on host-1"))
+		Expect(refused.Status.VMState).To(Equal(v1.VMStateResized))
+		Expect(source).To(BeAnExistingFile(), "the only copy that answers stays")
+
+		By("starting the target's agent: the confirmation goes through")
+		Expect(cluster.StartAgent(h)).To(Succeed())
+		agentUp = true
+		expectHypervisorsUp(ctx)
+		out, err = kubectlNova(ctx, "resize", name, "--confirm", "--wait", "--timeout=2m")
+		Expect(err).NotTo(HaveOccurred(), out)
+		after := expectInstance(ctx, name, settled(v1.VMStateActive))
+		Expect(after.Status.NodeName).To(Equal("host-3"))
+		Eventually(source).WithTimeout(30 * time.Second).ShouldNot(BeAnExistingFile(), "confirmed: the source's copy goes")
+		dom, err := h.Virsh(ctx, "domstate", after.Status.AgentReport.DomainName)
+		Expect(err).NotTo(HaveOccurred(), dom)
+		Expect(strings.TrimSpace(dom)).To(Equal("running"))
+	}, NodeTimeout(8*time.Minute))
+})
