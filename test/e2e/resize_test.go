@@ -304,7 +304,7 @@ var _ = Describe("A resize whose target is down", Ordered, disruptive, func() {
 		Expect(err).NotTo(HaveOccurred(), out)
 		after := expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(after.Status.NodeName).To(Equal("host-3"))
-		Eventually(source).WithTimeout(30 * time.Second).ShouldNot(BeAnExistingFile(), "confirmed: the source's copy goes")
+		Eventually(source).WithTimeout(30*time.Second).ShouldNot(BeAnExistingFile(), "confirmed: the source's copy goes")
 		dom, err := h.Virsh(ctx, "domstate", after.Status.AgentReport.DomainName)
 		Expect(err).NotTo(HaveOccurred(), dom)
 		Expect(strings.TrimSpace(dom)).To(Equal("running"))
