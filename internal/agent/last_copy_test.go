@@ -103,3 +103,52 @@ func TestAnEvacuationQuarantinesTheOlderFilesItReplaces(t *testing.T) {
 		t.Errorf("the instance's directory is still in the way of the fresh disk: %v", err)
 	}
 }
+
+// The target of a resize removes its copy on a revert only while the source, which boots its
+// own copy next, is up.
+func TestARevertWaitsWhileTheSourceIsDown(t *testing.T) {
+	ctx := context.Background()
+	store := &storage.Node{Root: t.TempDir()}
+	if _, err := store.StorageID(); err != nil {
+		t.Fatal(err)
+	}
+	disk, err := store.RootDisk(uidHere)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(disk), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(disk, []byte("resized"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inst := instance(uidHere, thisNodeName)
+	inst.Status.Resize = &v1.ResizeStatus{Action: v1.ActionMigrate, SourceNode: "node-2", TargetNode: thisNodeName, TaskID: 5}
+	inst.Status.AgentReport = &v1.AgentReport{NodeName: thisNodeName}
+	task := &v1.Task{ID: 6, Action: v1.ActionRevertResize}
+	source := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "node-2"}, Status: v1.HypervisorStatus{State: v1.HypervisorDown, StorageID: "its-own"}}
+	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(source).WithStatusSubresource(&v1.Hypervisor{}).Build()
+	drv := fake.New()
+	r := &InstanceReconciler{Client: c, Reader: c, Driver: drv, Storage: store, NodeName: thisNodeName}
+
+	if done, err := r.removeResized(ctx, inst, task); err != nil || done {
+		t.Fatalf("with the source down: done %v, %v", done, err)
+	}
+	if _, err := os.Stat(disk); err != nil || inst.Status.AgentReport.Step == v1.StepRemoved {
+		t.Fatalf("the copy here went while the source was down: %v, step %q", err, inst.Status.AgentReport.Step)
+	}
+	if drv.CallCount("Destroy") != 0 {
+		t.Error("the resized guest was destroyed while the source was down")
+	}
+
+	source.Status.State = v1.HypervisorUp
+	if err := c.Status().Update(ctx, source); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.removeResized(ctx, inst, task); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(disk); !os.IsNotExist(err) || inst.Status.AgentReport.Step != v1.StepRemoved {
+		t.Errorf("with the source up: disk %v, step %q", err, inst.Status.AgentReport.Step)
+	}
+}

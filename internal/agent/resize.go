@@ -252,6 +252,15 @@ func (r *InstanceReconciler) removeResized(ctx context.Context, inst *v1.Instanc
 	if report.StepTaskID == task.ID && report.Step == v1.StepRemoved {
 		return false, nil
 	}
+	// The source boots its own copy next; while it is not up, the copy here is the one that
+	// answers, and the guest keeps it. The manager refuses a revert then; one given before the
+	// source went down waits here.
+	if up, err := hypervisorUp(ctx, r.Reader, rs.SourceNode); err != nil || !up {
+		if err == nil {
+			log.FromContext(ctx).Info("the revert waits: the source is not up, and the copy here may be the only one left", "source", rs.SourceNode)
+		}
+		return false, err
+	}
 	uid := string(inst.UID)
 	if err := r.Driver.Destroy(ctx, uid); err != nil {
 		return false, err
