@@ -152,3 +152,42 @@ func TestARevertWaitsWhileTheSourceIsDown(t *testing.T) {
 		t.Errorf("with the source up: disk %v, step %q", err, inst.Status.AgentReport.Step)
 	}
 }
+
+// A running guest of an instance recorded on another node is destroyed only with a record
+// that its guest is elsewhere.
+func TestAStaleGuestIsDestroyedOnlyWithARecordThatItRunsElsewhere(t *testing.T) {
+	recorded := func(mutate func(*v1.Instance)) *v1.Instance {
+		inst := instance(uidMoved, "node-2")
+		mutate(inst)
+		return inst
+	}
+	for _, tc := range []struct {
+		what  string
+		inst  *v1.Instance
+		power v1.PowerState
+		may   bool
+	}{
+		{"nothing runs here", recorded(func(*v1.Instance) {}), v1.PowerStateShutdown, true},
+		{"no record at all", recorded(func(*v1.Instance) {}), v1.PowerStateRunning, false},
+		{"paused here, no record", recorded(func(*v1.Instance) {}), v1.PowerStatePaused, false},
+		{"node-2's agent reports it running", recorded(func(i *v1.Instance) {
+			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStateRunning
+		}), v1.PowerStateRunning, true},
+		{"node-2's agent reports it paused (a move that failed halfway)", recorded(func(i *v1.Instance) {
+			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStatePaused
+		}), v1.PowerStateRunning, false},
+		{"an old report of this node", recorded(func(i *v1.Instance) {
+			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: thisNodeName}, v1.PowerStateRunning
+		}), v1.PowerStateRunning, false},
+		{"a move from here succeeded", recorded(func(i *v1.Instance) {
+			i.Status.MigrationRequest = &v1.ObjectRequestStatus{SourceNode: thisNodeName, TargetNode: "node-2", Result: v1.RequestSucceeded}
+		}), v1.PowerStateRunning, true},
+		{"a move to here failed", recorded(func(i *v1.Instance) {
+			i.Status.MigrationRequest = &v1.ObjectRequestStatus{SourceNode: "node-2", TargetNode: thisNodeName, Result: v1.RequestFailed}
+		}), v1.PowerStateRunning, false},
+	} {
+		if got := mayDestroyStaleGuest(tc.inst, thisNodeName, tc.power); got != tc.may {
+			t.Errorf("%s: may destroy %v, want %v", tc.what, got, tc.may)
+		}
+	}
+}

@@ -527,6 +527,12 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 	if err != nil {
 		return err
 	}
+	if !mayDestroyStaleGuest(inst, r.NodeName, st.Power) {
+		log.FromContext(ctx).Info("keeping a running guest of an instance recorded elsewhere: nothing says its guest runs there", "node", inst.Status.NodeName)
+		r.event(inst, corev1.EventTypeWarning, ReasonStaleGuestKept, "Cleanup",
+			"its guest runs on %s, yet it is recorded on %s without a record that its guest runs there: kept for a person to decide", r.NodeName, inst.Status.NodeName)
+		return nil
+	}
 	if st.Power != v1.PowerStateNoState {
 		log.FromContext(ctx).Info("destroying at once the domain of an instance that now lives elsewhere; its disks stay", "node", inst.Status.NodeName)
 		if err := r.Driver.Destroy(ctx, string(uid)); err != nil {

@@ -244,6 +244,13 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			}
 		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName:
 			// (A migration's target holds the domain before status.nodeName names it.)
+			if !mayDestroyStaleGuest(inst, r.NodeName, d.Power) {
+				logger.Info("keeping a running guest of an instance recorded elsewhere: nothing says its guest runs there", "domain", d.Name, "node", inst.Status.NodeName)
+				r.event(ctx, corev1.EventTypeWarning, ReasonStaleGuestKept, "Sweep",
+					"a guest of instance %s/%s runs on %s, which is recorded on %s without a record that its guest runs there: kept for a person to decide",
+					inst.Namespace, inst.Name, r.NodeName, inst.Status.NodeName)
+				continue
+			}
 			logger.Info("destroying the domain of an instance that now lives elsewhere; its disks stay", "domain", d.Name, "node", inst.Status.NodeName)
 			if err := r.Driver.Destroy(ctx, d.UUID); err != nil {
 				return err

@@ -70,8 +70,11 @@ func testCleanupOrphans(t *testing.T, owners bool) {
 		}
 	}
 	lists := 0
+	// The instance that moved runs on node-2, as node-2's agent reports.
+	moved := instance(uidMoved, "node-2")
+	moved.Status.AgentReport, moved.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStateRunning
 	c := clientfake.NewClientBuilder().WithScheme(scheme.New()).
-		WithObjects(instance(uidHere, thisNodeName), instance(uidMoved, "node-2")).
+		WithObjects(instance(uidHere, thisNodeName), moved).
 		WithInterceptorFuncs(interceptor.Funcs{List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
 			lists++
 			return c.List(ctx, list, opts...)
