@@ -354,13 +354,16 @@ func (r *InstanceReconciler) collectMigration(ctx context.Context, inst *v1.Inst
 		if tr != nil && (tr.NodeName != m.TargetNode || (tr.TaskID != task.ID && tr.StepTaskID != task.ID)) {
 			tr = nil // another node's, or another task's
 		}
-		if tr != nil && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
-			r.finishTask(ctx, inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
-			return true, nil
-		}
 		rep := inst.Status.AgentReport
 		if rep != nil && (rep.NodeName != m.SourceNode || (rep.TaskID != task.ID && rep.StepTaskID != task.ID)) {
 			rep = nil
+		}
+		if moveEndedOnSource(task, rep, tr) {
+			return r.settleEndedMove(ctx, inst, st, rep, tr)
+		}
+		if tr != nil && tr.TaskID == task.ID && tr.TaskResult == v1.TaskFailed {
+			r.finishTask(ctx, inst, st, false, m.TargetNode, "the target could not prepare: "+tr.Message)
+			return true, nil
 		}
 		if rep != nil && rep.TaskID == task.ID && rep.TaskResult == v1.TaskSucceeded {
 			r.moveToTarget(inst, st, "the domain left %s and runs on %s", m.SourceNode, m.TargetNode)

@@ -50,6 +50,10 @@ const (
 	ReasonInstanceError = "InstanceError"
 	// ReasonNodeDown: the instance's node has stopped answering.
 	ReasonNodeDown = "NodeDown"
+	// ReasonGuestOnTwoNodes: a live migration ended with an error while its guest ran on both
+	// nodes (libvirt's Finish reply was lost); the copy on the node not recorded is paused for
+	// a person to decide.
+	ReasonGuestOnTwoNodes = "GuestOnTwoNodes"
 	// ReasonPowerStateChanged: the hypervisor changed the power state while no task ran (the
 	// guest powered off, QEMU died, someone used virsh); kubenova does not undo it by itself.
 	ReasonPowerStateChanged = "PowerStateChanged"

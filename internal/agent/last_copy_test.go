@@ -154,40 +154,53 @@ func TestARevertWaitsWhileTheSourceIsDown(t *testing.T) {
 }
 
 // A running guest of an instance recorded on another node is destroyed only with a record
-// that its guest is elsewhere.
+// that its guest is elsewhere, and paused (never destroyed) once the manager found the guest
+// running on two nodes.
 func TestAStaleGuestIsDestroyedOnlyWithARecordThatItRunsElsewhere(t *testing.T) {
 	recorded := func(mutate func(*v1.Instance)) *v1.Instance {
 		inst := instance(uidMoved, "node-2")
 		mutate(inst)
 		return inst
 	}
+	onTwoNodes := func(i *v1.Instance) {
+		i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStateRunning
+		i.Status.VMState = v1.VMStateError
+		i.Status.Fault = &v1.InstanceFault{Reason: v1.ReasonGuestOnTwoNodes, Message: "on node-2 and " + thisNodeName}
+	}
 	for _, tc := range []struct {
 		what  string
 		inst  *v1.Instance
 		power v1.PowerState
-		may   bool
+		want  staleGuestAction
 	}{
-		{"nothing runs here", recorded(func(*v1.Instance) {}), v1.PowerStateShutdown, true},
-		{"no record at all", recorded(func(*v1.Instance) {}), v1.PowerStateRunning, false},
-		{"paused here, no record", recorded(func(*v1.Instance) {}), v1.PowerStatePaused, false},
+		{"nothing runs here", recorded(func(*v1.Instance) {}), v1.PowerStateShutdown, destroyStaleGuest},
+		{"no record at all", recorded(func(*v1.Instance) {}), v1.PowerStateRunning, keepStaleGuest},
+		{"paused here, no record", recorded(func(*v1.Instance) {}), v1.PowerStatePaused, keepStaleGuest},
 		{"node-2's agent reports it running", recorded(func(i *v1.Instance) {
 			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStateRunning
-		}), v1.PowerStateRunning, true},
+		}), v1.PowerStateRunning, destroyStaleGuest},
 		{"node-2's agent reports it paused (a move that failed halfway)", recorded(func(i *v1.Instance) {
 			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: "node-2"}, v1.PowerStatePaused
-		}), v1.PowerStateRunning, false},
+		}), v1.PowerStateRunning, keepStaleGuest},
 		{"an old report of this node", recorded(func(i *v1.Instance) {
 			i.Status.AgentReport, i.Status.PowerState = &v1.AgentReport{NodeName: thisNodeName}, v1.PowerStateRunning
-		}), v1.PowerStateRunning, false},
+		}), v1.PowerStateRunning, keepStaleGuest},
 		{"a move from here succeeded", recorded(func(i *v1.Instance) {
 			i.Status.MigrationRequest = &v1.ObjectRequestStatus{SourceNode: thisNodeName, TargetNode: "node-2", Result: v1.RequestSucceeded}
-		}), v1.PowerStateRunning, true},
+		}), v1.PowerStateRunning, destroyStaleGuest},
 		{"a move to here failed", recorded(func(i *v1.Instance) {
 			i.Status.MigrationRequest = &v1.ObjectRequestStatus{SourceNode: "node-2", TargetNode: thisNodeName, Result: v1.RequestFailed}
-		}), v1.PowerStateRunning, false},
+		}), v1.PowerStateRunning, keepStaleGuest},
+		{"the guest ran on two nodes, running here", recorded(onTwoNodes), v1.PowerStateRunning, pauseStaleGuest},
+		{"the guest ran on two nodes, paused here", recorded(onTwoNodes), v1.PowerStatePaused, keepStaleGuest},
+		{"the guest ran on two nodes, shut off here", recorded(onTwoNodes), v1.PowerStateShutdown, destroyStaleGuest},
+		{"repaired on node-2 (a hard reboot cleared the Error)", recorded(func(i *v1.Instance) {
+			onTwoNodes(i)
+			i.Status.VMState, i.Status.Fault = v1.VMStateActive, nil
+		}), v1.PowerStatePaused, destroyStaleGuest},
 	} {
-		if got := mayDestroyStaleGuest(tc.inst, thisNodeName, tc.power); got != tc.may {
-			t.Errorf("%s: may destroy %v, want %v", tc.what, got, tc.may)
+		if got := staleGuestActionFor(tc.inst, thisNodeName, tc.power); got != tc.want {
+			t.Errorf("%s: action %d, want %d", tc.what, got, tc.want)
 		}
 	}
 }

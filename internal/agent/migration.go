@@ -121,9 +121,9 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 		case run.err == nil:
 			return false, nil // moved: the domain is about to be gone here; look again
 		case run.timedOut:
-			return false, finalError{fmt.Errorf("aborted at %s, the completion timeout: the guest runs on here", deadline.UTC().Format(time.RFC3339))}
+			return false, moveEndedHere(st, fmt.Errorf("aborted at %s, the completion timeout", deadline.UTC().Format(time.RFC3339)))
 		}
-		return false, run.err
+		return false, moveEndedHere(st, run.err)
 	}
 	// A migration that an earlier run of this agent started: libvirtd carries it on, and the
 	// deadline counts from the task's start.
@@ -137,6 +137,12 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 			}
 		}
 		return false, r.followMigration(ctx, inst, task)
+	}
+	if report.Step == v1.StepMigrating && report.StepTaskID == task.ID {
+		// This node began the move, and it ended while this agent was away: its outcome is
+		// not this node's to know (and never to begin again); the target says where the
+		// guest runs.
+		return false, moveEndedHere(st, errors.New("the move this node began ended while its agent was away"))
 	}
 	if !st.Active() {
 		return false, finalError{fmt.Errorf("the domain is %s (%s), not running: only a running guest migrates live", st.Power, st.Reason)}
@@ -163,6 +169,14 @@ func (r *InstanceReconciler) liveMigrate(ctx context.Context, inst *v1.Instance,
 	r.startMigration(ctx, inst, task, deadline)
 	report.Step, report.StepTaskID = v1.StepMigrating, task.ID
 	return false, nil
+}
+
+// moveEndedHere is the source's report of a live migration that ended with its domain still
+// here, st: final, since a move that libvirt ended with an error may still have left the
+// guest running on the target (its reply to the source lost), where a second attempt would
+// meet it. The manager records the outcome only once the target has said what it has.
+func moveEndedHere(st driver.State, err error) error {
+	return finalError{fmt.Errorf("%w; the domain is still here, %s", err, describeDomain(st))}
 }
 
 // migrationDeadline is when a live migration is aborted if it has not ended: the completion
@@ -362,22 +376,61 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 
 // reportArrival says in status.peerReport when the guest runs on this node while its source
 // has not said it left: should the source's node fail right then, the manager still knows
-// where the guest is. It looks every few seconds while the move runs.
+// where the guest is. It looks every few seconds while the move runs. Once the source says the
+// move ended with its domain still there, this node's word decides the outcome: the guest runs
+// here (libvirt's reply to the source was lost: the manager finds it on both nodes, or only
+// here), or it did not arrive.
 func (r *InstanceReconciler) reportArrival(ctx context.Context, orig, inst *v1.Instance) (ctrl.Result, error) {
 	st, err := r.Driver.State(ctx, string(inst.UID))
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	// An incoming domain is paused until the switch-over; it runs once it arrived.
-	if st.Power != v1.PowerStateRunning {
+	task, tr := inst.Status.Task, inst.Status.PeerReport
+	switch {
+	case ranHere(st):
+		tr.Step = v1.StepMigrated
+	case sourceEndedMove(inst, task):
+		tr.TaskID, tr.TaskResult = task.ID, v1.TaskFailed
+		tr.Message = fmt.Sprintf("the guest did not arrive on %s: its domain there is %s", r.NodeName, describeDomain(st))
+	default:
 		return ctrl.Result{RequeueAfter: arrivalPoll}, nil
 	}
-	inst.Status.PeerReport.Step = v1.StepMigrated
 	if err := kube.PatchStatus(ctx, r.Client, orig, inst); err != nil {
 		return kube.RetryIfStale(ctrl.Result{}, err)
 	}
 	r.wrote(client.ObjectKeyFromObject(inst), orig.ResourceVersion)
 	return ctrl.Result{}, nil
+}
+
+// ranHere says whether an incoming guest has run on this node: libvirt starts its vCPUs only
+// once the move is complete, so a copy that is paused for the move (or starting up) never ran,
+// while one running, or paused for any other reason, did.
+func ranHere(st driver.State) bool {
+	switch st.Power {
+	case v1.PowerStateRunning:
+		return true
+	case v1.PowerStatePaused:
+		return st.Reason != driver.ReasonPausedForMigration && st.Reason != driver.ReasonStartingUp
+	}
+	return false
+}
+
+// sourceEndedMove says whether the source's agent reported the live migration of task over
+// with the domain still on the source (a failure from its own view).
+func sourceEndedMove(inst *v1.Instance, task *v1.Task) bool {
+	rep := inst.Status.AgentReport
+	return rep != nil && rep.NodeName == task.Migration.SourceNode && rep.TaskID == task.ID && rep.TaskResult == v1.TaskFailed
+}
+
+// describeDomain says what a domain state is, for people.
+func describeDomain(st driver.State) string {
+	if st.Power == v1.PowerStateNoState {
+		return "absent"
+	}
+	if st.Reason == "" {
+		return string(st.Power)
+	}
+	return fmt.Sprintf("%s (%s)", st.Power, st.Reason)
 }
 
 // arrivalPoll is how often a target looks for the guest it prepared for.
@@ -527,7 +580,16 @@ func (r *InstanceReconciler) cleanUpLeftBehind(ctx context.Context, key types.Na
 	if err != nil {
 		return err
 	}
-	if !mayDestroyStaleGuest(inst, r.NodeName, st.Power) {
+	switch staleGuestActionFor(inst, r.NodeName, st.Power) {
+	case pauseStaleGuest:
+		log.FromContext(ctx).Info("pausing the copy of a guest that ran on two nodes; the instance is recorded elsewhere", "node", inst.Status.NodeName)
+		if err := r.Driver.Pause(ctx, string(uid)); err != nil {
+			return err
+		}
+		r.event(inst, corev1.EventTypeWarning, ReasonStaleGuestKept, "Cleanup",
+			"its guest ran on %s and on %s after a failed live migration: the copy on %s is paused and kept for a person to decide", r.NodeName, inst.Status.NodeName, r.NodeName)
+		return nil
+	case keepStaleGuest:
 		log.FromContext(ctx).Info("keeping a running guest of an instance recorded elsewhere: nothing says its guest runs there", "node", inst.Status.NodeName)
 		r.event(inst, corev1.EventTypeWarning, ReasonStaleGuestKept, "Cleanup",
 			"its guest runs on %s, yet it is recorded on %s without a record that its guest runs there: kept for a person to decide", r.NodeName, inst.Status.NodeName)

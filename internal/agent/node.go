@@ -135,7 +135,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	}
 	reconciler := &InstanceReconciler{
 		Incoming: incoming, MigrationTLS: n.MigrationTLS, SharedStorage: n.SharedStorage, MigrationTimeoutPerGiB: n.MigrationTimeoutPerGiB,
-		ImageStoreWait:         n.ImageStoreWait,
+		ImageStoreWait: n.ImageStoreWait, TaskAttemptTimeout: n.TaskAttemptTimeout,
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
 		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType, Networks: n.Networks,

@@ -244,7 +244,17 @@ func (r *Reporter) CleanupOrphans(ctx context.Context) error {
 			}
 		case inst.Status.NodeName != "" && inst.Status.NodeName != r.NodeName && scheduler.MigrationTarget(inst) != r.NodeName:
 			// (A migration's target holds the domain before status.nodeName names it.)
-			if !mayDestroyStaleGuest(inst, r.NodeName, d.Power) {
+			switch staleGuestActionFor(inst, r.NodeName, d.Power) {
+			case pauseStaleGuest:
+				logger.Info("pausing the copy of a guest that ran on two nodes; the instance is recorded elsewhere", "domain", d.Name, "node", inst.Status.NodeName)
+				if err := r.Driver.Pause(ctx, d.UUID); err != nil {
+					return err
+				}
+				r.event(ctx, corev1.EventTypeWarning, ReasonStaleGuestKept, "Sweep",
+					"a guest of instance %s/%s ran on %s and on %s after a failed live migration: the copy on %s is paused and kept for a person to decide",
+					inst.Namespace, inst.Name, r.NodeName, inst.Status.NodeName, r.NodeName)
+				continue
+			case keepStaleGuest:
 				logger.Info("keeping a running guest of an instance recorded elsewhere: nothing says its guest runs there", "domain", d.Name, "node", inst.Status.NodeName)
 				r.event(ctx, corev1.EventTypeWarning, ReasonStaleGuestKept, "Sweep",
 					"a guest of instance %s/%s runs on %s, which is recorded on %s without a record that its guest runs there: kept for a person to decide",

@@ -80,6 +80,13 @@ func (s State) Active() bool { return s.RunID >= 0 }
 // runs on the target, and the source's definition is about to be undefined.
 const ReasonMigrated = "Migrated"
 
+// ReasonPausedForMigration and ReasonStartingUp are the reasons of a paused incoming domain
+// whose live migration has not completed: libvirt starts its vCPUs only then.
+const (
+	ReasonPausedForMigration = "Migration"
+	ReasonStartingUp         = "StartingUp"
+)
+
 // Departed says whether the domain left this node by a live migration that succeeded.
 func (s State) Departed() bool {
 	return s.Power == v1.PowerStateNoState || (s.Power == v1.PowerStateShutdown && s.Reason == ReasonMigrated)

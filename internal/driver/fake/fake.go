@@ -32,6 +32,8 @@ type Driver struct {
 	host       driver.HostInfo
 	// leases are the addresses a simulated DHCP server gave, by MAC.
 	leases map[string][]string
+	// replyLost is the power state SetMigrateReplyLost leaves the next migrated source in.
+	replyLost v1.PowerState
 }
 
 type domain struct {
@@ -475,9 +477,18 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 		d.mu.Unlock()
 		return fmt.Errorf("live-migrate domain %s: it is not running", uuid)
 	}
-	moved := *dom
-	delete(d.domains, uuid)
-	d.set(uuid, &domain{}, v1.PowerStateNoState, driver.ReasonMigrated)
+	moved, lost := *dom, d.replyLost
+	d.replyLost = ""
+	if lost != "" {
+		reason := "MigrationCanceled"
+		if lost == v1.PowerStatePaused {
+			reason = "APIError"
+		}
+		d.set(uuid, dom, lost, reason)
+	} else {
+		delete(d.domains, uuid)
+		d.set(uuid, &domain{}, v1.PowerStateNoState, driver.ReasonMigrated)
+	}
 	d.mu.Unlock()
 
 	m := moved.machine
@@ -493,7 +504,20 @@ func (d *Driver) MigrateLive(_ context.Context, uuid string, to driver.Migration
 	arrived := &domain{machine: m, runID: -1, arrived: true}
 	target.domains[uuid] = arrived
 	target.set(uuid, arrived, moved.power, driver.ReasonMigrated)
+	if lost != "" {
+		return fmt.Errorf("live-migrate domain %s: the connection to %s closed before the Finish reply", uuid, to.URI)
+	}
 	return nil
+}
+
+// SetMigrateReplyLost makes the next MigrateLive end as one whose Finish reply libvirt lost:
+// the guest runs on the target, the source's domain stays, in power (Running: libvirt resumed
+// it, as its Confirm phase does after an error; Paused: that resume failed), and the call
+// returns an error.
+func (d *Driver) SetMigrateReplyLost(power v1.PowerState) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.replyLost = power
 }
 
 // MigrationProgress implements driver.Driver: a fake migration is over when MigrateLive returns.

@@ -33,12 +33,12 @@ var (
 		golibvirt.DOMAIN_RUNNING_CRASHED: "Crashed",
 	}
 	pausedReasons = map[golibvirt.DomainPausedReason]string{
-		golibvirt.DOMAIN_PAUSED_USER: "User", golibvirt.DOMAIN_PAUSED_MIGRATION: "Migration",
+		golibvirt.DOMAIN_PAUSED_USER: "User", golibvirt.DOMAIN_PAUSED_MIGRATION: driver.ReasonPausedForMigration,
 		golibvirt.DOMAIN_PAUSED_SAVE: "Save", golibvirt.DOMAIN_PAUSED_DUMP: "Dump",
 		golibvirt.DOMAIN_PAUSED_IOERROR: "IOError", golibvirt.DOMAIN_PAUSED_WATCHDOG: "Watchdog",
 		golibvirt.DOMAIN_PAUSED_FROM_SNAPSHOT: "FromSnapshot", golibvirt.DOMAIN_PAUSED_SHUTTING_DOWN: "ShuttingDown",
 		golibvirt.DOMAIN_PAUSED_SNAPSHOT: "Snapshot", golibvirt.DOMAIN_PAUSED_CRASHED: "Crashed",
-		golibvirt.DOMAIN_PAUSED_STARTING_UP: "StartingUp", golibvirt.DOMAIN_PAUSED_POSTCOPY: "PostCopy",
+		golibvirt.DOMAIN_PAUSED_STARTING_UP: driver.ReasonStartingUp, golibvirt.DOMAIN_PAUSED_POSTCOPY: "PostCopy",
 		golibvirt.DOMAIN_PAUSED_POSTCOPY_FAILED: "PostCopyFailed", golibvirt.DOMAIN_PAUSED_API_ERROR: "APIError",
 	}
 	shutoffReasons = map[golibvirt.DomainShutoffReason]string{
