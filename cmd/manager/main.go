@@ -3,34 +3,19 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/client-go/kubernetes"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/controllers"
-	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/metrics"
-	"github.com/kubenova/kubenova/internal/scheduler"
-	kubescheme "github.com/kubenova/kubenova/internal/scheme"
-	"github.com/kubenova/kubenova/internal/subresources"
 )
 
 func main() {
@@ -68,136 +53,20 @@ func run() error {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                  kubescheme.New(),
-		Metrics:                 metrics.ServerOptions(*metricsAddr, *metricsSecure),
-		HealthProbeBindAddress:  *probeAddr,
-		LeaderElection:          *leaderElect,
-		LeaderElectionID:        "kubenova-manager",
-		LeaderElectionNamespace: *leaseNamespace,
-		// A manager that stops cleanly hands over at once instead of after the lease expires.
-		LeaderElectionReleaseOnCancel: true,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{*leaseNamespace: {}}},
-		}},
+	mgr, err := controllers.NewManager(ctrl.GetConfigOrDie(), controllers.ManagerOptions{
+		LeaderElect: *leaderElect, LeaseNamespace: *leaseNamespace, NodeDownGrace: *nodeDownGrace, AutoEvacuate: *autoEvacuate,
+		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, Workers: *workers,
+		ImageStore: *imageStore, ImageSourceDirs: splitList(*sourceDirs), MaxImageBytes: *maxImageBytes,
+		ShelvedOffloadTime: *offloadTime, AllowResizeToSameHost: *sameHost, InstanceBuildTimeout: *buildTimeout,
+		ResizeConfirmWindow: *confirmWindow, MissingInstanceTimeout: *missingWait,
+		SubresourcesAddr: *apiAddr, SubresourcesService: *apiService, SubresourcesSecret: *apiSecret,
+		DefaultRescueImage: *rescueImage,
 	})
 	if err != nil {
-		return fmt.Errorf("create manager: %w", err)
+		return err
 	}
 	// kubenova_instances, counted from the cache at each scrape, by the leader only.
 	if err := crmetrics.Registry.Register(&metrics.InstanceCollector{Reader: mgr.GetCache(), Elected: mgr.Elected()}); err != nil {
-		return err
-	}
-	if err := controllers.IndexInstances(context.Background(), mgr); err != nil {
-		return err
-	}
-	if err := controllers.IndexSnapshots(context.Background(), mgr); err != nil {
-		return err
-	}
-	if err := controllers.IndexMigrations(context.Background(), mgr); err != nil {
-		return err
-	}
-	store := &imagestore.Dir{Root: *imageStore}
-	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
-	if err != nil {
-		return err
-	}
-	if err := controllers.EnsureImageStoreIdentity(context.Background(), direct, *leaseNamespace, store); err != nil {
-		return err
-	}
-	if _, err := store.Identify(); err != nil {
-		ctrl.Log.Error(err, "the image store is unavailable; imports, uploads and deletes wait for it", "path", store.Root, "id", store.ID)
-	}
-	if err := (&controllers.InstanceReconciler{
-		Client:    mgr.GetClient(),
-		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
-		Placement: scheduler.NewPlacement(),
-		Workers:   *workers,
-
-		APIReader:          mgr.GetAPIReader(),
-		SystemNamespace:    *leaseNamespace,
-		DefaultRescueImage: *rescueImage,
-		ShelvedOffloadTime: *offloadTime,
-
-		AllowResizeToSameHost: *sameHost,
-		ResizeConfirmWindow:   *confirmWindow,
-		BuildTimeout:          *buildTimeout,
-		Images:                store,
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("instance controller: %w", err)
-	}
-	if err := (&controllers.HypervisorReconciler{
-		Client: mgr.GetClient(), LeaseNamespace: *leaseNamespace, Grace: *nodeDownGrace,
-		AutoEvacuateAfter: *autoEvacuate, Recorder: mgr.GetEventRecorder("kubenova-hypervisors"),
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("hypervisor controller: %w", err)
-	}
-	// What an import cut short by a crash left in the store; an hour spares the uploads that
-	// other processes have in flight.
-	if err := store.RemoveStalePuts(time.Hour); err != nil && !errors.Is(err, imagestore.ErrUnavailable) {
-		return fmt.Errorf("image store %s: %w", *imageStore, err)
-	}
-	// A source that accepts a connection and then says nothing must not hold an import
-	// worker for ever: connecting and the response's headers are bounded, the whole import
-	// by the controller's ImportTimeout.
-	httpClient := &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   30 * time.Second,
-		ResponseHeaderTimeout: time.Minute,
-	}}
-	importer := &imagestore.Importer{Store: store, SourceDirs: splitList(*sourceDirs), MaxBytes: *maxImageBytes, HTTPClient: httpClient}
-	// Puts cut short by a crash (the manager's imports, the agents' uploads) leave temporary
-	// files: sweep those older than an hour now and then.
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		ticker := time.NewTicker(30 * time.Minute)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ticker.C:
-				if err := store.RemoveStalePuts(time.Hour); err != nil {
-					ctrl.Log.Error(err, "sweep the image store's temporary files")
-				}
-			}
-		}
-	})); err != nil {
-		return err
-	}
-	for _, kind := range []v1.ImageKind{v1.KindImage, v1.KindClusterImage} {
-		if err := (&controllers.ImageReconciler{
-			Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-images"), Importer: importer, Kind: kind,
-		}).SetupWithManager(mgr); err != nil {
-			return fmt.Errorf("%s controller: %w", kind, err)
-		}
-	}
-	if err := (&controllers.SnapshotReconciler{
-		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-snapshots"),
-		MissingInstanceTimeout: *missingWait,
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("snapshot controller: %w", err)
-	}
-	if err := (&controllers.MigrationReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-migrations"),
-		MissingInstanceTimeout: *missingWait,
-	}).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("migration controller: %w", err)
-	}
-	if *apiAddr != "0" && *apiAddr != "" {
-		clientset, err := kubernetes.NewForConfig(mgr.GetConfig())
-		if err != nil {
-			return err
-		}
-		if err := mgr.Add(&subresources.Server{Addr: *apiAddr, Namespace: *leaseNamespace, ServiceName: *apiService, SecretName: *apiSecret,
-			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clientset: clientset, Agents: &consolelog.AgentClient{}}); err != nil {
-			return err
-		}
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return err
-	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())
