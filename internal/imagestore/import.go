@@ -33,6 +33,9 @@ const (
 	// ReasonInspectFailed: qemu-img could not read the image (it failed to run, or the file
 	// could not be read). Tried again: a passing failure must not condemn an image.
 	ReasonInspectFailed = "InspectFailed"
+	// ReasonCorruptImage: qemu-img check found the image's tables inconsistent, whatever its
+	// digest says.
+	ReasonCorruptImage = "CorruptImage"
 )
 
 // ImportError is a failed import: a reason for the Image's conditions, a message for people,
@@ -96,6 +99,12 @@ func (im *Importer) Import(ctx context.Context, key string, spec v1.ImageSpec) (
 		}
 		if err := CheckStandalone(info, spec.DiskFormat); err != nil {
 			return &ImportError{Reason: ReasonInvalidImage, Message: err.Error()}
+		}
+		if err := CheckConsistent(ctx, path, info.Format); errors.Is(err, ErrCorrupt) {
+			return &ImportError{Reason: ReasonCorruptImage, Message: fmt.Sprintf("the image from %s: %v", from, err)}
+		} else if err != nil {
+			return &ImportError{Reason: ReasonInspectFailed, Retryable: true,
+				Message: fmt.Sprintf("qemu-img could not check the image from %s: %v", from, err)}
 		}
 		return nil
 	})

@@ -2,6 +2,7 @@ package imagestore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -61,6 +62,9 @@ func TestImportRefusesBadImages(t *testing.T) {
 	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+victim+".data", withDataFile, "1M")
 	plain := filepath.Join(images, "plain.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", plain, "1M")
+	corrupt := filepath.Join(images, "corrupt.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", corrupt, "1M")
+	corruptL1(t, corrupt)
 	notAnImage := filepath.Join(images, "notes.txt")
 	if err := os.WriteFile(notAnImage, []byte("just text"), 0o644); err != nil {
 		t.Fatal(err)
@@ -88,6 +92,7 @@ func TestImportRefusesBadImages(t *testing.T) {
 		{"a qcow2 backed by another disk", fileSpec(t, backed, v1.DiskFormatQCOW2), ReasonInvalidImage, false, "backing file"},
 		{"a qcow2 with an external data file", fileSpec(t, withDataFile, v1.DiskFormatQCOW2), ReasonInvalidImage, false, "external data file"},
 		{"a qcow2 declared raw", fileSpec(t, plain, v1.DiskFormatRaw), ReasonInvalidImage, false, "is qcow2, not raw"},
+		{"a qcow2 whose digest matches but whose tables are corrupt", fileSpec(t, corrupt, v1.DiskFormatQCOW2), ReasonCorruptImage, false, "corrupt"},
 		{"text declared qcow2", fileSpec(t, notAnImage, v1.DiskFormatQCOW2), ReasonInvalidImage, false, "is raw, not qcow2"},
 		{"a file outside the source directories", fileSpec(t, outside, v1.DiskFormatQCOW2), ReasonSourceNotAllowed, false, "outside the directories"},
 		{"a link out of the source directories", v1.ImageSpec{Source: v1.ImageSource{File: filepath.Join(images, "link.qcow2")},
@@ -138,5 +143,26 @@ func TestImportEnforcesTheSizeLimit(t *testing.T) {
 	var ie *ImportError
 	if !errors.As(err, &ie) || ie.Reason != ReasonImageTooLarge {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// corruptL1 points the first entry of a qcow2's L1 table at an L2 table far past the file's
+// end: qemu-img info still reads the header well; qemu-img check finds two errors.
+func corruptL1(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }()
+	header := make([]byte, 48)
+	if _, err := f.ReadAt(header, 0); err != nil {
+		t.Fatal(err)
+	}
+	l1 := binary.BigEndian.Uint64(header[40:48])
+	entry := make([]byte, 8)
+	binary.BigEndian.PutUint64(entry, 1<<63|0x7fff0000)
+	if _, err := f.WriteAt(entry, int64(l1)); err != nil {
+		t.Fatal(err)
 	}
 }
