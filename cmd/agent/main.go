@@ -68,6 +68,7 @@ func run() error {
 		migrationTLS   = flag.Bool("migration-tls", false, "encrypt the data of outgoing live migrations with libvirt's TLS certificates (VIR_MIGRATE_TLS); use with a qemu+tls:// --migration-uri")
 		networks       = flag.String("networks", "", "the networks this node has, which instances' NICs are plugged into: comma-separated NAME=bridge:BRIDGE (a Linux bridge) or NAME=network:NAME (a libvirt network), as Neutron's bridge_mappings")
 		attemptWait    = flag.Duration("task-attempt-timeout", agent.DefaultTaskAttemptTimeout, "how long one attempt of a task step may take (an image fetch, a disk copy, an upload, a libvirt call) before it counts as failed; a task fails after three")
+		libvirtWait    = flag.Duration("hypervisor-wait", agent.DefaultHypervisorWait, "how long a task whose attempts fail while libvirtd does not answer (restarting) waits for it before its attempts count as failures")
 		storeWait      = flag.Duration("image-store-wait", agent.DefaultImageStoreWait, "how long a task waits for an unavailable image store (its directory without the store's identity file: an NFS mount not there yet) before it fails")
 		imageStore     = flag.String("image-store", "/var/lib/kubenova-images", "directory of the image store, shared with the manager and the other nodes (Glance's filesystem store)")
 		imageGrace     = flag.Duration("image-cache-grace", agent.DefaultImageCacheGrace, "how long a cached image no instance of the node uses is kept (Nova's remove_unused_original_minimum_age_seconds)")
@@ -123,7 +124,7 @@ func run() error {
 		LeaseNamespace: *leaseNamespace, LeaseDuration: *leaseDuration,
 		ShutdownTimeout: *shutdownWait, RebootTimeout: *rebootWait, ImageCacheGrace: *imageGrace, QuarantineGrace: *quarantineWait, SweepInterval: *sweepEvery, Workers: *workers,
 		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, SharedStorage: *sharedStorage, MigrationTLS: *migrationTLS,
-		MigrationTimeoutPerGiB: *migrationWait, ImageStoreWait: *storeWait, TaskAttemptTimeout: *attemptWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
+		MigrationTimeoutPerGiB: *migrationWait, ImageStoreWait: *storeWait, HypervisorWait: *libvirtWait, TaskAttemptTimeout: *attemptWait, MigrationBandwidthMiBs: *migrationRate, Networks: nodeNetworks,
 		ConsoleAddr: *consoleAddr, ConsoleAdvertise: consoleHost, ConsoleClients: strings.FieldsFunc(*consoleClients, func(r rune) bool { return r == ',' || r == ' ' }),
 	}
 	ctx := ctrl.SetupSignalHandler()

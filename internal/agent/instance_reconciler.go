@@ -102,6 +102,9 @@ type InstanceReconciler struct {
 	// ImageStoreWait is how long a task waits for an unavailable image store before it
 	// fails (DefaultImageStoreWait when zero).
 	ImageStoreWait time.Duration
+	// HypervisorWait is how long a task waits for a hypervisor that does not answer before its
+	// failed attempts count (DefaultHypervisorWait when zero).
+	HypervisorWait time.Duration
 	// TaskAttemptTimeout bounds one attempt of a task step (DefaultTaskAttemptTimeout when
 	// zero).
 	TaskAttemptTimeout time.Duration
@@ -183,8 +186,8 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		done, err := r.attempt(ctx, inst, task, checkpoint)
 		switch {
 		case err != nil:
-			if wait, ok := r.waitForImageStore(inst.UID, task.ID, err); ok {
-				log.FromContext(ctx).Info("waiting for the image store", "action", task.Action, "error", err.Error())
+			if wait, what, ok := r.waitInsteadOfFailing(ctx, inst.UID, task.ID, err); ok {
+				log.FromContext(ctx).Info("waiting for "+what, "action", task.Action, "error", err.Error())
 				return ctrl.Result{RequeueAfter: wait}, nil
 			}
 			if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {

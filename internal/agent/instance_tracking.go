@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -23,8 +24,9 @@ type taskProgress struct {
 	// waitingSince is when the agent started waiting for the guest; pressed is when it last
 	// pressed the power button.
 	waitingSince, pressed time.Time
-	// storeMissingSince is when the task first found the image store unavailable.
-	storeMissingSince time.Time
+	// storeMissingSince is when the task first found the image store unavailable;
+	// hypervisorDownSince when a failed attempt first found the hypervisor not answering.
+	storeMissingSince, hypervisorDownSince time.Time
 }
 
 // DefaultImageStoreWait is how long a task waits for an unavailable image store (an NFS
@@ -52,6 +54,51 @@ func (r *InstanceReconciler) waitForImageStore(uid types.UID, taskID int64, err 
 		p.storeMissingSince = time.Now()
 	}
 	return imageStorePoll, time.Since(p.storeMissingSince) < limit
+}
+
+// DefaultHypervisorWait is how long a task whose attempts fail while the hypervisor does not
+// answer (libvirtd restarting) waits for it before its attempts count as failures: a daemon
+// restart must not send an instance to Error.
+const DefaultHypervisorWait = 5 * time.Minute
+
+// hypervisorPoll is how often a task waiting for the hypervisor tries again.
+const hypervisorPoll = 2 * time.Second
+
+// waitForHypervisor says whether a task whose attempt just failed waits for the hypervisor,
+// and how long until it tries again: only while the hypervisor does not answer a ping, and
+// for HypervisorWait from the first failed attempt that found it so.
+func (r *InstanceReconciler) waitForHypervisor(ctx context.Context, uid types.UID, taskID int64) (time.Duration, bool) {
+	pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if r.Driver.Ping(pingCtx) == nil {
+		return 0, false
+	}
+	limit := r.HypervisorWait
+	if limit == 0 {
+		limit = DefaultHypervisorWait
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.progressOf(uid, taskID)
+	if p.hypervisorDownSince.IsZero() {
+		p.hypervisorDownSince = time.Now()
+	}
+	return hypervisorPoll, time.Since(p.hypervisorDownSince) < limit
+}
+
+// waitInsteadOfFailing says whether a task whose attempt failed with err waits for the image
+// store or the hypervisor to come back rather than count the attempt, and for how long.
+func (r *InstanceReconciler) waitInsteadOfFailing(ctx context.Context, uid types.UID, taskID int64, err error) (time.Duration, string, bool) {
+	if wait, ok := r.waitForImageStore(uid, taskID, err); ok {
+		return wait, "the image store", true
+	}
+	if isFinal(err) {
+		return 0, "", false
+	}
+	if wait, ok := r.waitForHypervisor(ctx, uid, taskID); ok {
+		return wait, "the hypervisor", true
+	}
+	return 0, "", false
 }
 
 // taskMark returns the instance's mark for task taskID, a fresh one (fresh is true) when the

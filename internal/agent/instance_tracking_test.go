@@ -2,13 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	clientfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/driver/fake"
 	"github.com/kubenova/kubenova/internal/scheme"
 )
 
@@ -48,5 +51,30 @@ func TestProgressWithNothingNewIsNotAwaited(t *testing.T) {
 	}
 	if r.cacheBehind(&written) {
 		t.Error("the agent waits for a newer version after a write it did not make")
+	}
+}
+
+// A task whose attempt fails while the hypervisor does not answer waits for it (libvirtd
+// restarting) instead of counting the attempt, for HypervisorWait; one that fails while the
+// hypervisor answers counts.
+func TestATaskWaitsForAHypervisorThatDoesNotAnswer(t *testing.T) {
+	ctx := context.Background()
+	d := fake.New()
+	r := &InstanceReconciler{Driver: d, HypervisorWait: time.Hour}
+	failure := errors.New("cannot connect to libvirtd")
+	if _, _, ok := r.waitInsteadOfFailing(ctx, "u-1", 1, failure); ok {
+		t.Fatal("waits though the hypervisor answers")
+	}
+	d.SetFail("Ping", failure)
+	wait, what, ok := r.waitInsteadOfFailing(ctx, "u-1", 1, failure)
+	if !ok || wait != hypervisorPoll || what != "the hypervisor" {
+		t.Fatalf("with libvirtd down: %s %q %v", wait, what, ok)
+	}
+	if _, _, ok := r.waitInsteadOfFailing(ctx, "u-1", 1, finalError{failure}); ok {
+		t.Error("waits on a final failure")
+	}
+	r.HypervisorWait = time.Nanosecond
+	if _, _, ok := r.waitInsteadOfFailing(ctx, "u-1", 1, failure); ok {
+		t.Error("still waits past HypervisorWait")
 	}
 }

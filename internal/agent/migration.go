@@ -353,6 +353,10 @@ func (r *InstanceReconciler) reconcileIncoming(ctx context.Context, inst *v1.Ins
 	ready, err := r.prepareIncoming(ctx, inst, task)
 	switch {
 	case err != nil:
+		if wait, what, ok := r.waitInsteadOfFailing(ctx, inst.UID, task.ID, err); ok {
+			log.FromContext(ctx).Info("waiting for "+what, "action", task.Action, "error", err.Error())
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
 		if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
 			log.FromContext(ctx).Error(err, "preparing for an incoming migration failed; retrying", "attempt", attempt)
 			return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil

@@ -56,6 +56,8 @@ type Node struct {
 	MigrationTimeoutPerGiB time.Duration
 	// ImageStoreWait bounds a task's wait for an unavailable image store.
 	ImageStoreWait time.Duration
+	// HypervisorWait bounds a task's wait for a hypervisor that does not answer.
+	HypervisorWait time.Duration
 	// TaskAttemptTimeout bounds one attempt of a task step.
 	TaskAttemptTimeout time.Duration
 	AgentVersion       string

@@ -346,6 +346,10 @@ func (r *InstanceReconciler) reconcilePeerConfirm(ctx context.Context, inst *v1.
 		return ctrl.Result{RequeueAfter: storageRecheck}, nil
 	}
 	if _, err := r.confirmResize(ctx, inst); err != nil {
+		if wait, what, ok := r.waitInsteadOfFailing(ctx, inst.UID, task.ID, err); ok {
+			log.FromContext(ctx).Info("waiting for "+what, "action", task.Action, "error", err.Error())
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
 		if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
 			log.FromContext(ctx).Error(err, "confirming a resize failed; retrying", "attempt", attempt)
 			return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
