@@ -83,6 +83,10 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
 	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... ./test/utils/... -count=1 -timeout=10m
 
+.PHONY: test-chaos
+test-chaos: ## Kill the manager and each agent at each step of each operation; an API server outage of a minute; libvirtd down (test/chaos, fake hypervisors, real API server and disks). CHAOS_REPORT=FILE writes the matrix.
+	KUBEBUILDER_ASSETS=$(BIN) go test ./test/chaos -count=1 -timeout=30m
+
 .PHONY: test-e2e
 test-e2e: build $(GINKGO) ## End-to-end on real libvirt guests: E2E_PROCS specs at a time on one cluster, the disruptive ones beside them on another (hack/e2e.sh); then the manager against a simulated fleet.
 	KUBENOVA_BIN=$(BIN) hack/e2e.sh $(GINKGO) $(WORK_DIR) $(E2E_PROCS) $(E2E_FLAGS)
@@ -106,7 +110,7 @@ bench-guests: libvirt control-plane test-guest build ## Launch, power and image 
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/resize --runs 5 --work-dir $(WORK_DIR)/bench-resize
 
 .PHONY: test
-test: libvirt control-plane test-guest manifests generate vet test-unit test-e2e ## Everything: install what is missing, generate, vet, unit, envtest and e2e.
+test: libvirt control-plane test-guest manifests generate vet test-unit test-chaos test-e2e ## Everything: install what is missing, generate, vet, unit, envtest, chaos and e2e.
 
 ##@ Build
 

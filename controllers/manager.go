@@ -11,9 +11,11 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
@@ -49,6 +51,10 @@ type ManagerOptions struct {
 	// SubresourcesAddr is where the aggregated API listens ("" or "0": nowhere).
 	SubresourcesAddr, SubresourcesService, SubresourcesSecret string
 	DefaultRescueImage                                        string
+	// RestartableInProcess lets one process build the manager again after a stop (a test
+	// that kills and restarts it in process): controller-runtime refuses a second controller
+	// of a name otherwise.
+	RestartableInProcess bool
 }
 
 // NewManager builds the controller-runtime manager of kubenova's control loop: the instance,
@@ -67,6 +73,7 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{o.LeaseNamespace: {}}},
 		}},
+		Controller: config.Controller{SkipNameValidation: ptr.To(o.RestartableInProcess)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create manager: %w", err)
