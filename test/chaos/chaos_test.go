@@ -117,6 +117,7 @@ func recordSteps(t *testing.T, c *cluster, op operation) map[string][]string {
 	for _, p := range c.processes() {
 		out[p.name] = p.current().steps()
 	}
+	restore(t, c, op, target)
 	addRow(row{operation: op.name, process: "(none)", step: "-", result: outcome})
 	t.Logf("%s untouched: %s; steps %v", op.name, outcome, out)
 	tearDown(t, c, target)
@@ -160,6 +161,10 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 	}); err != nil {
 		t.Fatalf("%v\n%s", err, c.tail(30))
 	}
+	// Disarmed before anything else happens: a step of the tear-down must not kill anyone.
+	for _, p := range c.processes() {
+		p.current().arm("", nil)
+	}
 	reached := run.killed()
 	if reached {
 		if err := victim.stop(30 * time.Second); err != nil {
@@ -181,6 +186,7 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 			t.Fatalf("%v\n%s", err, c.tail(40))
 		}
 	}
+	restore(t, c, op, target)
 	result := outcome
 	if !reached {
 		result = "not reached; " + outcome
@@ -196,6 +202,16 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 	tearDown(t, c, target)
 }
 
+// restore undoes what the operation's set-up did to the cluster.
+func restore(t *testing.T, c *cluster, op operation, target *v1.Instance) {
+	if op.restore == nil {
+		return
+	}
+	if err := op.restore(context.Background(), c, target); err != nil {
+		t.Fatalf("%v\n%s", err, c.tail(30))
+	}
+}
+
 // prepare makes the case's namespace and brings its instance to where the operation begins,
 // every process alive and disarmed.
 func prepare(t *testing.T, c *cluster, op operation) (string, *v1.Instance) {
@@ -204,13 +220,18 @@ func prepare(t *testing.T, c *cluster, op operation) (string, *v1.Instance) {
 		// A step armed in the last case may have been reached after its operation ended.
 		run := p.current()
 		run.arm("", nil)
-		if run.killed() {
+		if run.killed() || run.ended() {
 			if err := p.stop(30 * time.Second); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.start(); err != nil {
 				t.Fatal(err)
 			}
+		}
+	}
+	for _, node := range nodes {
+		if err := setForcedDown(ctx, c, node, false); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ns := fmt.Sprintf("chaos-%03d", namespaces.Add(1))

@@ -43,6 +43,9 @@ const (
 // nodes are the cluster's two compute nodes, each with storage of its own.
 var nodes = []string{"chaos-node-1", "chaos-node-2"}
 
+// sweepInterval is how often the agents look for orphaned and stale domains and files.
+const sweepInterval = 5 * time.Second
+
 // smallNode's storage root is a filesystem of smallNodeMiB.
 const (
 	smallNode    = "chaos-node-2"
@@ -63,6 +66,8 @@ type cluster struct {
 	proxy *apiProxy
 	// mounts are the filesystems the cluster mounted, unmounted when it stops.
 	mounts []string
+	// sources is the directory the image service imports files from.
+	sources string
 }
 
 // startCluster starts the control plane and the processes, and waits until both nodes are up
@@ -85,6 +90,7 @@ func startCluster(ctx context.Context, workDir string) (*cluster, error) {
 	}
 	store := filepath.Join(workDir, "images")
 	sources := filepath.Join(workDir, "sources")
+	c.sources = sources
 	for _, dir := range []string{store, sources} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return c, err
@@ -131,7 +137,9 @@ func startCluster(ctx context.Context, workDir string) (*cluster, error) {
 				VirtType: v1.VirtTypeQEMU, MigrationURI: uri, AgentVersion: "chaos",
 				LeaseNamespace: systemNamespace, LeaseDuration: 4 * time.Second,
 				ShutdownTimeout: 5 * time.Second, RebootTimeout: 5 * time.Second, TaskAttemptTimeout: 20 * time.Second,
-				ImageStoreWait: time.Minute, MetricsAddr: "0", ProbeAddr: "0", Workers: 2})
+				ImageStoreWait: time.Minute, MetricsAddr: "0", ProbeAddr: "0", Workers: 2,
+				// Sweeps often, so that stale guests and files meet it within a case.
+				SweepInterval: sweepInterval})
 		}}
 	}
 	for _, p := range c.processes() {
