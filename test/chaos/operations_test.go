@@ -22,6 +22,8 @@ type operation struct {
 	setup   func(ctx context.Context, c *cluster, ns string) (*v1.Instance, error)
 	act     func(ctx context.Context, c *cluster, inst *v1.Instance) error
 	settled settledFunc
+	// restore, if set, undoes what the set-up did to the cluster once the operation ended.
+	restore func(ctx context.Context, c *cluster, inst *v1.Instance) error
 }
 
 // operations are the operations the suite kills processes in, each with the vm states it may
@@ -45,6 +47,8 @@ var operations = []operation{
 	{name: "rescue", setup: launched, act: rescue(true), settled: instanceIn(v1.VMStateRescued)},
 	{name: "unrescue", setup: then(launched, rescue(true), v1.VMStateRescued), act: rescue(false), settled: instanceIn(v1.VMStateActive)},
 	{name: "terminate", setup: launched, act: terminate, settled: terminated},
+	{name: "evacuation", setup: then(launched, fenceFirstNode, v1.VMStateActive), act: migrate(v1.MigrationEvacuate),
+		settled: migrationDone(instanceIn(v1.VMStateActive)), restore: unfenceFirstNode},
 }
 
 // settledFunc says how an operation ended, "" while it goes on.
@@ -260,4 +264,64 @@ func terminated(ctx context.Context, c *cluster, inst *v1.Instance) (string, err
 		return "Deleted", nil
 	}
 	return "", err
+}
+
+// fenceFirstNode stops the first node's agent and its guests (the node lost power) and fences
+// the node, as an administrator does before evacuating it, and waits until it is down.
+func fenceFirstNode(ctx context.Context, c *cluster, inst *v1.Instance) error {
+	node := nodes[0]
+	if err := c.agents[node].stop(30 * time.Second); err != nil {
+		return err
+	}
+	c.hosts[node].SetPowerState(string(inst.UID), v1.PowerStateShutdown, "Crashed")
+	if err := setForcedDown(ctx, c, node, true); err != nil {
+		return err
+	}
+	return waitFor(ctx, time.Minute, node+" down", func() (bool, error) {
+		hv := &v1.Hypervisor{}
+		err := c.k8s.Get(ctx, client.ObjectKey{Name: node}, hv)
+		return err == nil && hv.Status.State == v1.HypervisorDown, err
+	})
+}
+
+// unfenceFirstNode brings the first node's agent back, unfenced; its copy of the evacuated
+// guest must never run again.
+func unfenceFirstNode(ctx context.Context, c *cluster, inst *v1.Instance) error {
+	node := nodes[0]
+	if err := setForcedDown(ctx, c, node, false); err != nil {
+		return err
+	}
+	if run := c.agents[node].current(); run.ended() {
+		if err := c.agents[node].start(); err != nil {
+			return err
+		}
+	}
+	if err := waitFor(ctx, time.Minute, node+" up again", func() (bool, error) {
+		hv := &v1.Hypervisor{}
+		err := c.k8s.Get(ctx, client.ObjectKey{Name: node}, hv)
+		return err == nil && hv.Status.State == v1.HypervisorUp, err
+	}); err != nil {
+		return err
+	}
+	if st, err := c.hosts[node].State(ctx, string(inst.UID)); err != nil || st.Power == v1.PowerStateRunning || st.Power == v1.PowerStatePaused {
+		return fmt.Errorf("the evacuated node's copy is %s once its agent is back (%v)", st.Power, err)
+	}
+	return nil
+}
+
+func setForcedDown(ctx context.Context, c *cluster, node string, down bool) error {
+	for {
+		hv := &v1.Hypervisor{}
+		if err := c.k8s.Get(ctx, client.ObjectKey{Name: node}, hv); err != nil {
+			return err
+		}
+		if hv.Spec.ForcedDown == down {
+			return nil
+		}
+		hv.Spec.ForcedDown = down
+		err := c.k8s.Update(ctx, hv)
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+	}
 }

@@ -128,6 +128,16 @@ func (r *processRun) steps() []string {
 	return append([]string(nil), r.trace...)
 }
 
+// ended says whether this life is over (killed or stopped, its manager returned).
+func (r *processRun) ended() bool {
+	select {
+	case <-r.stopped:
+		return true
+	default:
+		return false
+	}
+}
+
 // killed says whether the armed step was reached.
 func (r *processRun) killed() bool {
 	select {
