@@ -79,6 +79,9 @@ type InstanceReconciler struct {
 	// BuildTimeout fails a launch that has not finished this long after it began (Nova's
 	// instance_build_timeout); zero waits as long as the node keeps at it.
 	BuildTimeout time.Duration
+	// TaskTimeout fails a task of one node that its agent has not answered this long after it
+	// began (DefaultTaskTimeout when zero, never when negative).
+	TaskTimeout time.Duration
 	// Images is the image store, where a resize between nodes that do not share storage leaves
 	// its copy of the disk until the resize ends; nil leaves such copies alone.
 	Images imagestore.Store

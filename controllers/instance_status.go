@@ -38,6 +38,7 @@ func (r *InstanceReconciler) collectReport(ctx context.Context, inst *v1.Instanc
 	if report == nil || report.TaskID != task.ID || report.NodeName != inst.Status.NodeName {
 		followStep(inst)
 		r.enforceBuildTimeout(ctx, inst, st)
+		r.enforceTaskTimeout(ctx, inst, st)
 		return nil, nil // the agent is still at it; its report brings us back
 	}
 	r.finishTask(ctx, inst, st, report.TaskResult == v1.TaskSucceeded, report.NodeName, report.Message)

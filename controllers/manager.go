@@ -46,6 +46,7 @@ type ManagerOptions struct {
 	ShelvedOffloadTime     time.Duration
 	AllowResizeToSameHost  bool
 	InstanceBuildTimeout   time.Duration
+	TaskTimeout            time.Duration
 	ResizeConfirmWindow    time.Duration
 	MissingInstanceTimeout time.Duration
 	// SubresourcesAddr is where the aggregated API listens ("" or "0": nowhere).
@@ -112,6 +113,7 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		AllowResizeToSameHost: o.AllowResizeToSameHost,
 		ResizeConfirmWindow:   o.ResizeConfirmWindow,
 		BuildTimeout:          o.InstanceBuildTimeout,
+		TaskTimeout:           o.TaskTimeout,
 		Images:                store,
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("instance controller: %w", err)

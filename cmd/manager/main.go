@@ -41,6 +41,7 @@ func run() error {
 		offloadTime    = flag.Duration("shelved-offload-time", 0, "how long a shelved instance keeps its domain and disks on its node before they are offloaded (Nova's shelved_offload_time): 0 at once, negative never")
 		sameHost       = flag.Bool("allow-resize-to-same-host", true, "let a resize stay on its node when both flavors fit there (Nova's allow_resize_to_same_host); false always moves it to another node")
 		buildTimeout   = flag.Duration("instance-build-timeout", 0, "fail a launch that has not finished this long after it began, the instance going to Error (Nova's instance_build_timeout); 0 waits as long as the node keeps at it (each of its attempts is bounded by the agent's --task-attempt-timeout)")
+		taskTimeout    = flag.Duration("task-timeout", controllers.DefaultTaskTimeout, "fail a task of one node (not a move between two, not a terminate) that the node's agent has not answered this long after it began, though the agent keeps its heartbeat; negative never does")
 		confirmWindow  = flag.Duration("resize-confirm-window", 0, "confirm a resize or cold migration by itself once it has waited this long in Resized (Nova's resize_confirm_window); 0 waits for a person")
 		missingWait    = flag.Duration("missing-instance-timeout", controllers.DefaultMissingInstanceTimeout, "how long a Snapshot or Migration waits for the instance it names to exist (a GitOps sync applies them in any order) before it fails with InstanceNotFound")
 		apiAddr        = flag.String("subresources-bind-address", "0", "address of the aggregated API (subresources.compute.kubenova.io: instances/log, the console logs), which kube-apiserver proxies to; 0 disables it")
@@ -57,7 +58,7 @@ func run() error {
 		LeaderElect: *leaderElect, LeaseNamespace: *leaseNamespace, NodeDownGrace: *nodeDownGrace, AutoEvacuate: *autoEvacuate,
 		MetricsAddr: *metricsAddr, MetricsSecure: *metricsSecure, ProbeAddr: *probeAddr, Workers: *workers,
 		ImageStore: *imageStore, ImageSourceDirs: splitList(*sourceDirs), MaxImageBytes: *maxImageBytes,
-		ShelvedOffloadTime: *offloadTime, AllowResizeToSameHost: *sameHost, InstanceBuildTimeout: *buildTimeout,
+		ShelvedOffloadTime: *offloadTime, AllowResizeToSameHost: *sameHost, InstanceBuildTimeout: *buildTimeout, TaskTimeout: *taskTimeout,
 		ResizeConfirmWindow: *confirmWindow, MissingInstanceTimeout: *missingWait,
 		SubresourcesAddr: *apiAddr, SubresourcesService: *apiService, SubresourcesSecret: *apiSecret,
 		DefaultRescueImage: *rescueImage,
