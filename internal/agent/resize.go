@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -180,7 +179,7 @@ func (r *InstanceReconciler) buildResizedDisk(ctx context.Context, rs *v1.Resize
 	}
 	tmp := disk + resizeCopySuffix
 	_ = os.Remove(tmp)
-	if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", aside, tmp).CombinedOutput(); err != nil {
+	if out, err := storage.Command(ctx, "cp", "--sparse=always", aside, tmp).CombinedOutput(); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("copy the disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -202,7 +201,7 @@ func growDisk(ctx context.Context, path string, sizeGiB int32) error {
 	if sizeGiB <= 0 || size >= want {
 		return nil
 	}
-	if out, err := exec.CommandContext(ctx, "qemu-img", "resize", "-q", path, fmt.Sprint(want)).CombinedOutput(); err != nil {
+	if out, err := storage.Command(ctx, "qemu-img", "resize", "-q", path, fmt.Sprint(want)).CombinedOutput(); err != nil {
 		return fmt.Errorf("qemu-img resize: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil

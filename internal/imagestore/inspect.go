@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -27,7 +28,9 @@ type Info struct {
 func Inspect(ctx context.Context, path string) (Info, error) {
 	var info Info
 	// -U: a base image may be open read-only by running guests.
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", path).Output()
+	cmd := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", path)
+	cmd.WaitDelay = 10 * time.Second // a qemu-img stuck on a hung mount does not die when killed
+	out, err := cmd.Output()
 	if err != nil {
 		msg := err.Error()
 		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
@@ -74,6 +77,7 @@ func CheckConsistent(ctx context.Context, path, format string) error {
 		return nil // raw images have no metadata to check
 	}
 	cmd := exec.CommandContext(ctx, "qemu-img", "check", "-U", "-f", format, path)
+	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	switch {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The storage root's identity. A root whose filesystem is not mounted (yet) is an empty
@@ -27,6 +28,10 @@ var ErrStorageUnavailable = errors.New("the storage root is unavailable")
 var ErrStorageUnverified = errors.New("the storage root's identity has not been checked yet")
 
 type identityState struct {
+	// probe reads the identity file; readFile is how (os.ReadFile unless a test says).
+	probe    rootProbe
+	readFile func(string) ([]byte, error)
+
 	mu sync.Mutex
 	// accepted is the ID the root was found to have, once it matched its record.
 	accepted string
@@ -74,9 +79,11 @@ func (n *Node) StorageID() (string, error) {
 // it holds none.
 func (n *Node) ReadStorageID() (string, error) {
 	path := filepath.Join(n.Root, storageIDFile)
-	b, err := os.ReadFile(path)
+	b, err := n.identity.probe.read(path, n.identity.readFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("%w: %s has no %s (is it mounted?)", ErrStorageUnavailable, n.Root, storageIDFile)
+	} else if errors.Is(err, ErrStorageUnavailable) {
+		return "", err
 	} else if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrStorageUnavailable, err)
 	}
@@ -135,4 +142,58 @@ func (n *Node) Ready() error {
 		return fmt.Errorf("%w: %s now holds storage %s, not %s", ErrStorageUnavailable, n.Root, id, accepted)
 	}
 	return nil
+}
+
+// probeTimeout is how long a caller waits for the identity file to be read before it takes the
+// root for unavailable (a variable for tests).
+var probeTimeout = 5 * time.Second
+
+// rootProbe reads the identity file in a goroutine of its own, one read at a time: a read that
+// a hung mount (an NFS server gone) holds in the kernel holds only that goroutine, and while it
+// hangs every caller learns within probeTimeout that the root does not answer, without starting
+// another. Since every task and sweep asks first, one hung mount takes none of the node's
+// workers: they wait for the root the way they wait for an unmounted one.
+type rootProbe struct {
+	mu      sync.Mutex
+	current *probeRead
+}
+
+type probeRead struct {
+	started time.Time
+	done    chan struct{}
+	data    []byte
+	err     error
+}
+
+func (p *rootProbe) read(path string, readFile func(string) ([]byte, error)) ([]byte, error) {
+	if readFile == nil {
+		readFile = os.ReadFile
+	}
+	p.mu.Lock()
+	r := p.current
+	if r == nil || isDone(r.done) {
+		r = &probeRead{started: time.Now(), done: make(chan struct{})}
+		p.current = r
+		go func() {
+			r.data, r.err = readFile(path)
+			close(r.done)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.data, r.err
+	case <-time.After(probeTimeout):
+		return nil, fmt.Errorf("%w: reading %s has not returned for %s (a hung mount?)", ErrStorageUnavailable, path,
+			time.Since(r.started).Round(time.Second))
+	}
+}
+
+func isDone(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // The root's ID is made once, at the node's first start; afterwards a root without it (not
@@ -56,5 +59,45 @@ func TestStorageRootIsCheckedAgainstItsRecord(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mounted.Root, storageIDFile)); !os.IsNotExist(err) {
 		t.Errorf("Verify with a record wrote an ID: %v", err)
+	}
+}
+
+// A read of the identity file that a hung mount holds makes the root unavailable within
+// probeTimeout, and while it hangs no caller starts another read: one stuck goroutine per
+// root, however many tasks ask. Once the read returns, the root answers again.
+func TestAHungRootIsUnavailableWithoutPilingUpReads(t *testing.T) {
+	n := &Node{Root: t.TempDir()}
+	id, err := n.StorageID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Verify(id); err != nil {
+		t.Fatal(err)
+	}
+	defer func(was time.Duration) { probeTimeout = was }(probeTimeout)
+	probeTimeout = 200 * time.Millisecond
+	release := make(chan struct{})
+	var reads atomic.Int32
+	n.identity.readFile = func(path string) ([]byte, error) {
+		reads.Add(1)
+		<-release // held in the kernel, as on an NFS mount whose server went away
+		return os.ReadFile(path)
+	}
+	began := time.Now()
+	for range 3 {
+		if err := n.Ready(); !errors.Is(err, ErrStorageUnavailable) || !strings.Contains(err.Error(), "hung mount") {
+			t.Fatalf("with the read hung: %v", err)
+		}
+	}
+	if took := time.Since(began); took > 4*probeTimeout {
+		t.Errorf("three callers took %s", took)
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d reads started while the first hung, want 1", n)
+	}
+	close(release)
+	n.identity.readFile = nil
+	if err := n.Ready(); err != nil {
+		t.Errorf("once the mount answers: %v", err)
 	}
 }

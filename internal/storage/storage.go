@@ -316,7 +316,7 @@ func (n *Node) CreateDisk(ctx context.Context, path, base string, format v1.Disk
 	if sizeGiB > 0 {
 		args = append(args, fmt.Sprintf("%dG", sizeGiB))
 	}
-	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+	if out, err := Command(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img create root disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -375,7 +375,7 @@ func (n *Node) WriteConfigDrive(ctx context.Context, uid string, files map[strin
 	if err := os.Truncate(tmp, configDriveBytes); err != nil {
 		return "", err
 	}
-	if out, err := exec.CommandContext(ctx, "mkfs.vfat", "-n", "CIDATA", tmp).CombinedOutput(); err != nil {
+	if out, err := Command(ctx, "mkfs.vfat", "-n", "CIDATA", tmp).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("mkfs.vfat: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	staging, err := os.MkdirTemp(filepath.Dir(path), ".config-drive-")
@@ -391,7 +391,7 @@ func (n *Node) WriteConfigDrive(ctx context.Context, uid string, files map[strin
 		names = append(names, filepath.Join(staging, name))
 	}
 	args := append([]string{"-i", tmp}, names...)
-	cmd := exec.CommandContext(ctx, "mcopy", append(args, "::")...)
+	cmd := Command(ctx, "mcopy", append(args, "::")...)
 	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("mcopy: %w: %s", err, strings.TrimSpace(string(out)))
@@ -415,7 +415,7 @@ func (n *Node) ConvertStandalone(ctx context.Context, disk, target string) error
 	tmp := target + ".converting"
 	_ = os.Remove(tmp)
 	// -U: a suspended domain's disk may still carry QEMU's lock.
-	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-U", "-O", "qcow2", disk, tmp).CombinedOutput(); err != nil {
+	if out, err := Command(ctx, "qemu-img", "convert", "-q", "-U", "-O", "qcow2", disk, tmp).CombinedOutput(); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -545,9 +545,23 @@ func (n *Node) CreateBlankDisk(ctx context.Context, path string, sizeBytes int64
 	}
 	tmp := path + ".creating"
 	_ = os.Remove(tmp)
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", tmp, fmt.Sprint(sizeBytes)).CombinedOutput(); err != nil {
+	if out, err := Command(ctx, "qemu-img", "create", "-q", "-f", "qcow2", tmp, fmt.Sprint(sizeBytes)).CombinedOutput(); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img create: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return os.Rename(tmp, path)
+}
+
+// commandWaitDelay is how long a command whose context ended may take to exit once killed (a
+// variable for tests).
+var commandWaitDelay = 10 * time.Second
+
+// Command is exec.CommandContext for the node's storage tools (qemu-img, cp, mkfs): a tool
+// stuck in the kernel on a hung mount does not die when killed, and without a WaitDelay its
+// Wait, and the worker that called it, would wait as long as the mount hangs. With it, the
+// call returns commandWaitDelay after its context ended, the tool left behind.
+func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = commandWaitDelay
+	return cmd
 }
