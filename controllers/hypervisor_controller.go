@@ -41,6 +41,8 @@ type HypervisorReconciler struct {
 	// such as Masakari add it).
 	AutoEvacuateAfter time.Duration
 	Recorder          events.EventRecorder
+	// Contact follows whether the manager reaches the API server; nil judges leases alone.
+	Contact *APIContact
 
 	renewalsMu sync.Mutex
 	renewals   map[string]renewal
@@ -214,6 +216,18 @@ func (r *HypervisorReconciler) heartbeat(ctx context.Context, hv *v1.Hypervisor)
 	}
 	cond := metav1.Condition{Type: v1.ConditionReady, ObservedGeneration: hv.Generation}
 	var recheck time.Duration
+	if renewedEver && !now.Before(expires) && hv.Status.State == v1.HypervisorUp {
+		// A lease that lapsed while the manager could not see the API server, or before the
+		// agents had a full lease to renew since it can again, is no evidence against the node.
+		since, reached := r.Contact.Since()
+		floor := since.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second + r.Grace)
+		if !reached {
+			return time.Second, nil
+		}
+		if now.Before(floor) {
+			return floor.Sub(now) + time.Second, nil
+		}
+	}
 	if now.Before(expires) {
 		hv.Status.State = v1.HypervisorUp
 		cond.Status, cond.Reason = metav1.ConditionTrue, v1.ReasonHeartbeatCurrent

@@ -118,9 +118,13 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("instance controller: %w", err)
 	}
+	contact := &APIContact{Reader: mgr.GetAPIReader(), Namespace: o.LeaseNamespace}
+	if err := mgr.Add(contact); err != nil {
+		return nil, err
+	}
 	if err := (&HypervisorReconciler{
 		Client: mgr.GetClient(), LeaseNamespace: o.LeaseNamespace, Grace: o.NodeDownGrace,
-		AutoEvacuateAfter: o.AutoEvacuate, Recorder: mgr.GetEventRecorder("kubenova-hypervisors"),
+		AutoEvacuateAfter: o.AutoEvacuate, Recorder: mgr.GetEventRecorder("kubenova-hypervisors"), Contact: contact,
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("hypervisor controller: %w", err)
 	}

@@ -13,6 +13,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -81,7 +82,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestKillEachProcessAtEachStep is the matrix: operation x process x step.
+// TestKillEachProcessAtEachStep is the matrix: operation x process x step, and libvirtd
+// restarting at each call an agent makes to it.
 func TestKillEachProcessAtEachStep(t *testing.T) {
 	c := theCluster
 	for _, op := range operations {
@@ -89,7 +91,17 @@ func TestKillEachProcessAtEachStep(t *testing.T) {
 			steps := recordSteps(t, c, op)
 			for _, p := range c.processes() {
 				for _, step := range steps[p.name] {
-					t.Run(p.name+" at "+step, func(t *testing.T) { killAt(t, c, op, p, step) })
+					t.Run(p.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, killing(p), step) })
+				}
+			}
+			// libvirtd restarting at each call an agent makes to it.
+			for _, node := range nodes {
+				for _, step := range steps[c.agents[node].name] {
+					if strings.HasPrefix(step, "PATCH ") || strings.HasPrefix(step, "PUT ") || strings.HasPrefix(step, "POST ") || strings.HasPrefix(step, "DELETE ") {
+						continue
+					}
+					d := libvirtdRestart(node)
+					t.Run(d.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, d, step) })
 				}
 			}
 		})
@@ -124,19 +136,105 @@ func recordSteps(t *testing.T, c *cluster, op operation) map[string][]string {
 	return out
 }
 
-// killAt runs the operation, kills p at step, starts it again, and checks the end.
-func killAt(t *testing.T, c *cluster, op operation, victim *process, step string) {
+// A disturbance strikes at a step of an operation: a process killed there, or a node's
+// libvirtd restarting there.
+type disturbance struct {
+	name string
+	// arm makes it strike at step, with every process counting the case's steps.
+	arm func(c *cluster, step string, concerns func(string) bool)
+	// struck says whether it did.
+	struck func() bool
+	// recover undoes it once it struck: the process started again, libvirtd back.
+	recover func() error
+}
+
+// killing kills victim at the step, and starts it again.
+func killing(victim *process) disturbance {
+	var run *processRun
+	return disturbance{
+		name: victim.name,
+		arm: func(c *cluster, step string, concerns func(string) bool) {
+			for _, p := range c.processes() {
+				crash := ""
+				if p == victim {
+					crash = step
+				}
+				p.current().arm(crash, concerns)
+			}
+			run = victim.current()
+		},
+		struck: func() bool { return run.killed() },
+		recover: func() error {
+			if err := victim.stop(30 * time.Second); err != nil {
+				return err
+			}
+			return victim.start()
+		},
+	}
+}
+
+// libvirtdRestart has node's hypervisor refuse every call for libvirtdDown from the moment its
+// agent reaches the step (a call made "before" is refused; one made "after" went through).
+func libvirtdRestart(node string) disturbance {
+	var mu sync.Mutex
+	var back chan struct{}
+	return disturbance{
+		name: "libvirtd " + node,
+		arm: func(c *cluster, step string, concerns func(string) bool) {
+			mu.Lock()
+			back = nil
+			mu.Unlock()
+			for _, p := range c.processes() {
+				p.current().arm("", concerns)
+			}
+			c.agents[node].current().onStep(func(reached string) {
+				mu.Lock()
+				defer mu.Unlock()
+				if reached != step || back != nil {
+					return
+				}
+				back = make(chan struct{})
+				done := back
+				host := c.hosts[node]
+				for _, m := range driverMethods() {
+					host.SetFail(m, errLibvirtdDown)
+				}
+				time.AfterFunc(libvirtdDown, func() {
+					for _, m := range driverMethods() {
+						host.SetFail(m, nil)
+					}
+					close(done)
+				})
+			})
+		},
+		struck: func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return back != nil
+		},
+		recover: func() error {
+			mu.Lock()
+			done := back
+			mu.Unlock()
+			select {
+			case <-done:
+				return nil
+			case <-time.After(time.Minute):
+				return errors.New("libvirtd did not come back")
+			}
+		},
+	}
+}
+
+// libvirtdDown is how long a libvirtd restart in the matrix lasts.
+const libvirtdDown = 2 * time.Second
+
+// disturbAt runs the operation, has d strike at step, recovers, and checks the end.
+func disturbAt(t *testing.T, c *cluster, op operation, d disturbance, step string) {
 	ctx := context.Background()
 	ns, inst := prepare(t, c, op)
 	concerns := concerning(ns, inst)
-	for _, p := range c.processes() {
-		crash := ""
-		if p == victim {
-			crash = step
-		}
-		p.current().arm(crash, concerns.match)
-	}
-	run := victim.current()
+	d.arm(c, step, concerns.match)
 	began := time.Now()
 	target := actOn(t, c, op, ns, inst, concerns)
 	var twice []string
@@ -148,11 +246,11 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 		return err
 	}
 	outcome := ""
-	if err := waitFor(ctx, opBound, "the kill or the end", func() (bool, error) {
+	if err := waitFor(ctx, opBound, "the disturbance or the end", func() (bool, error) {
 		if err := watch(); err != nil {
 			return false, err
 		}
-		if run.killed() {
+		if d.struck() {
 			return true, nil
 		}
 		var err error
@@ -161,20 +259,17 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 	}); err != nil {
 		t.Fatalf("%v\n%s", err, c.tail(30))
 	}
-	// Disarmed before anything else happens: a step of the tear-down must not kill anyone.
+	// Disarmed before anything else happens: a step of the tear-down must not strike.
 	for _, p := range c.processes() {
 		p.current().arm("", nil)
 	}
-	reached := run.killed()
+	reached := d.struck()
 	if reached {
-		if err := victim.stop(30 * time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if err := victim.start(); err != nil {
+		if err := d.recover(); err != nil {
 			t.Fatal(err)
 		}
 		outcome = ""
-		if err := waitFor(ctx, settleBound, op.name+" after the restart", func() (bool, error) {
+		if err := waitFor(ctx, settleBound, op.name+" after the recovery", func() (bool, error) {
 			if err := watch(); err != nil {
 				return false, err
 			}
@@ -182,7 +277,7 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 			outcome, err = op.settled(ctx, c, target)
 			return outcome != "", err
 		}); err != nil {
-			addRow(row{operation: op.name, process: victim.name, step: step, result: "NOT SETTLED", took: time.Since(began)})
+			addRow(row{operation: op.name, process: d.name, step: step, result: "NOT SETTLED", took: time.Since(began)})
 			t.Fatalf("%v\n%s", err, c.tail(40))
 		}
 	}
@@ -191,7 +286,7 @@ func killAt(t *testing.T, c *cluster, op operation, victim *process, step string
 	if !reached {
 		result = "not reached; " + outcome
 	}
-	addRow(row{operation: op.name, process: victim.name, step: step, result: result, took: time.Since(began)})
+	addRow(row{operation: op.name, process: d.name, step: step, result: result, took: time.Since(began)})
 	if twice != nil {
 		t.Errorf("the guest ran on %v at once", twice)
 	}
