@@ -183,30 +183,25 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			log.FromContext(ctx).Info("task waits for the storage root", "action", task.Action, "reason", err.Error())
 			return ctrl.Result{RequeueAfter: storageRecheck}, nil
 		}
-		done, err := r.attempt(ctx, inst, task, checkpoint)
-		switch {
-		case err != nil:
-			if wait, what, ok := r.waitInsteadOfFailing(ctx, inst.UID, task.ID, err); ok {
-				log.FromContext(ctx).Info("waiting for "+what, "action", task.Action, "error", err.Error())
-				return ctrl.Result{RequeueAfter: wait}, nil
-			}
-			if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
-				log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
-				return ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}, nil
-			}
-			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskFailed, err.Error()
+		if held, ok := r.heldOutcome(inst.UID, task.ID); ok {
+			// Carried out already; its report waited for a power state to go with it.
+			report.TaskID, report.TaskResult, report.Message = task.ID, held.result, held.message
 			finished = true
-			r.removeTaskLeftovers(ctx, inst)
-		case done:
-			report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskSucceeded, ""
-			finished = true
-		default:
-			next = guestPoll
+		} else {
+			var again time.Duration
+			var stop *ctrl.Result
+			finished, again, stop = r.carryOutTask(ctx, inst, task, checkpoint)
+			if stop != nil {
+				return *stop, nil
+			}
+			if again > 0 {
+				next = again
+			}
 		}
 	}
 
-	// A failure to read the domain's state must not hold back the task's result: report what
-	// is known, then try again.
+	// A failure to read the domain's state holds back only a finished task's result (below);
+	// otherwise what is known is reported, and the state looked at again.
 	looked := time.Now()
 	state, stateErr := r.Driver.State(ctx, string(inst.UID))
 	if stateErr == nil {
@@ -222,6 +217,15 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 	stateLookedAt := time.Now()
+	if finished && stateErr != nil {
+		// The task is over, but the power state it left cannot be read (libvirtd just went
+		// away): reported with it, the power state from before the task (a start reported as
+		// shut off) would read to the manager as a change outside kubenova. The outcome waits in
+		// memory for a state to go with it; the task is not carried out again.
+		r.holdOutcome(inst.UID, report.TaskID, report.TaskResult, report.Message)
+		log.FromContext(ctx).Info("the task's outcome waits for the domain's state", "task", report.TaskID, "error", stateErr.Error())
+		return ctrl.Result{RequeueAfter: hypervisorPoll}, nil
+	}
 	writing := kube.Changed(orig, inst)
 	if writing {
 		now := metav1.Now()
@@ -243,6 +247,32 @@ func (r *InstanceReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, fmt.Errorf("state of %s: %w", req.NamespacedName, stateErr)
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
+}
+
+// carryOutTask makes one attempt at the task and records its outcome in the report. It says
+// whether the task finished, when to look again while it goes on, and, when the reconcile must
+// stop here (waiting for the image store or libvirtd, or retrying), what to return.
+func (r *InstanceReconciler) carryOutTask(ctx context.Context, inst *v1.Instance, task *v1.Task, checkpoint func()) (finished bool, next time.Duration, stop *ctrl.Result) {
+	report := inst.Status.AgentReport
+	done, err := r.attempt(ctx, inst, task, checkpoint)
+	switch {
+	case err != nil:
+		if wait, what, ok := r.waitInsteadOfFailing(ctx, inst.UID, task.ID, err); ok {
+			log.FromContext(ctx).Info("waiting for "+what, "action", task.Action, "error", err.Error())
+			return false, 0, &ctrl.Result{RequeueAfter: wait}
+		}
+		if attempt, again := r.failed(inst.UID, task.ID); again && !isFinal(err) {
+			log.FromContext(ctx).Error(err, "task failed; retrying", "action", task.Action, "attempt", attempt)
+			return false, 0, &ctrl.Result{RequeueAfter: time.Duration(attempt) * retryStep}
+		}
+		report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskFailed, err.Error()
+		r.removeTaskLeftovers(ctx, inst)
+		return true, 0, nil
+	case done:
+		report.TaskID, report.TaskResult, report.Message = task.ID, v1.TaskSucceeded, ""
+		return true, 0, nil
+	}
+	return false, guestPoll, nil
 }
 
 // DefaultTaskAttemptTimeout bounds one attempt of a task step: an image fetch, a disk copy,

@@ -27,6 +27,31 @@ type taskProgress struct {
 	// storeMissingSince is when the task first found the image store unavailable;
 	// hypervisorDownSince when a failed attempt first found the hypervisor not answering.
 	storeMissingSince, hypervisorDownSince time.Time
+	// held is the outcome of a task carried out whose report waits for the domain's state.
+	held *heldOutcome
+}
+
+// heldOutcome is a finished task's result, kept until it can be reported with a power state.
+type heldOutcome struct {
+	result  v1.TaskResult
+	message string
+}
+
+// holdOutcome keeps a finished task's outcome until the report can say the domain's state.
+func (r *InstanceReconciler) holdOutcome(uid types.UID, taskID int64, result v1.TaskResult, message string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.progressOf(uid, taskID).held = &heldOutcome{result: result, message: message}
+}
+
+// heldOutcome returns the outcome holdOutcome kept for the task, if any.
+func (r *InstanceReconciler) heldOutcome(uid types.UID, taskID int64) (heldOutcome, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.progressOf(uid, taskID); p.held != nil {
+		return *p.held, true
+	}
+	return heldOutcome{}, false
 }
 
 // DefaultImageStoreWait is how long a task waits for an unavailable image store (an NFS

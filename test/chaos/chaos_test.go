@@ -74,7 +74,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		code = 1
 	}
-	if code == 0 {
+	if code == 0 && os.Getenv("CHAOS_KEEP") == "" {
 		_ = os.RemoveAll(work)
 	} else {
 		fmt.Fprintln(os.Stderr, "the processes' log and storage are kept in", work)
@@ -88,10 +88,10 @@ func TestKillEachProcessAtEachStep(t *testing.T) {
 	c := theCluster
 	for _, op := range operations {
 		t.Run(op.name, func(t *testing.T) {
-			steps := recordSteps(t, c, op)
+			steps, untouched := recordSteps(t, c, op)
 			for _, p := range c.processes() {
 				for _, step := range steps[p.name] {
-					t.Run(p.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, killing(p), step) })
+					t.Run(p.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, killing(p), step, untouched) })
 				}
 			}
 			// libvirtd restarting at each call an agent makes to it.
@@ -101,15 +101,16 @@ func TestKillEachProcessAtEachStep(t *testing.T) {
 						continue
 					}
 					d := libvirtdRestart(node)
-					t.Run(d.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, d, step) })
+					t.Run(d.name+" at "+step, func(t *testing.T) { disturbAt(t, c, op, d, step, untouched) })
 				}
 			}
 		})
 	}
 }
 
-// recordSteps runs the operation untouched and lists the steps each process took.
-func recordSteps(t *testing.T, c *cluster, op operation) map[string][]string {
+// recordSteps runs the operation untouched, lists the steps each process took, and says how
+// it ended.
+func recordSteps(t *testing.T, c *cluster, op operation) (map[string][]string, string) {
 	ctx := context.Background()
 	ns, inst := prepare(t, c, op)
 	concerns := concerning(ns, inst)
@@ -133,7 +134,7 @@ func recordSteps(t *testing.T, c *cluster, op operation) map[string][]string {
 	addRow(row{operation: op.name, process: "(none)", step: "-", result: outcome})
 	t.Logf("%s untouched: %s; steps %v", op.name, outcome, out)
 	tearDown(t, c, target)
-	return out
+	return out, outcome
 }
 
 // A disturbance strikes at a step of an operation: a process killed there, or a node's
@@ -146,6 +147,9 @@ type disturbance struct {
 	struck func() bool
 	// recover undoes it once it struck: the process started again, libvirtd back.
 	recover func() error
+	// waitedOut says the operation must end as it does undisturbed (a passing libvirtd
+	// restart is waited out), unless the operation fails on a refused hypervisor call.
+	waitedOut bool
 }
 
 // killing kills victim at the step, and starts it again.
@@ -179,7 +183,8 @@ func libvirtdRestart(node string) disturbance {
 	var mu sync.Mutex
 	var back chan struct{}
 	return disturbance{
-		name: "libvirtd " + node,
+		name:      "libvirtd " + node,
+		waitedOut: true,
 		arm: func(c *cluster, step string, concerns func(string) bool) {
 			mu.Lock()
 			back = nil
@@ -230,7 +235,7 @@ func libvirtdRestart(node string) disturbance {
 const libvirtdDown = 2 * time.Second
 
 // disturbAt runs the operation, has d strike at step, recovers, and checks the end.
-func disturbAt(t *testing.T, c *cluster, op operation, d disturbance, step string) {
+func disturbAt(t *testing.T, c *cluster, op operation, d disturbance, step, untouched string) {
 	ctx := context.Background()
 	ns, inst := prepare(t, c, op)
 	concerns := concerning(ns, inst)
@@ -289,6 +294,9 @@ func disturbAt(t *testing.T, c *cluster, op operation, d disturbance, step strin
 	addRow(row{operation: op.name, process: d.name, step: step, result: result, took: time.Since(began)})
 	if twice != nil {
 		t.Errorf("the guest ran on %v at once", twice)
+	}
+	if d.waitedOut && reached && outcome != untouched && !(op.failsOnRefusedCall && strings.Contains(outcome, "Failed")) {
+		t.Errorf("after %s at %s: %s; undisturbed it ends %s", d.name, step, outcome, untouched)
 	}
 	checkDisk(t, c, target)
 	if n, err := panics(); err != nil || n != 0 {

@@ -24,6 +24,10 @@ type operation struct {
 	settled settledFunc
 	// restore, if set, undoes what the set-up did to the cluster once the operation ended.
 	restore func(ctx context.Context, c *cluster, inst *v1.Instance) error
+	// failsOnRefusedCall: the operation fails, rather than waits, when the hypervisor refuses
+	// its call: a live migration libvirt refuses is over (never begun again: the guest may
+	// be on the target), the guest running on at its source, as Nova's rollback leaves it.
+	failsOnRefusedCall bool
 }
 
 // operations are the operations the suite kills processes in, each with the vm states it may
@@ -41,7 +45,8 @@ var operations = []operation{
 	{name: "resize", setup: launched, act: resize, settled: instanceIn(v1.VMStateResized)},
 	{name: "confirm resize", setup: then(launched, resize, v1.VMStateResized), act: decide(v1.ResizeConfirm), settled: instanceIn(v1.VMStateActive)},
 	{name: "revert resize", setup: then(launched, resize, v1.VMStateResized), act: decide(v1.ResizeRevert), settled: instanceIn(v1.VMStateActive)},
-	{name: "live migration", setup: launched, act: migrate(v1.MigrationLive), settled: migrationDone(instanceIn(v1.VMStateActive))},
+	{name: "live migration", setup: launched, act: migrate(v1.MigrationLive), settled: migrationDone(instanceIn(v1.VMStateActive)),
+		failsOnRefusedCall: true},
 	{name: "cold migration", setup: launched, act: migrate(v1.MigrationCold), settled: migrationDone(instanceIn(v1.VMStateResized, v1.VMStateActive))},
 	{name: "rebuild", setup: launched, act: rebuild, settled: answered(rebuildAnswer, instanceIn(v1.VMStateActive))},
 	{name: "rescue", setup: launched, act: rescue(true), settled: instanceIn(v1.VMStateRescued)},
