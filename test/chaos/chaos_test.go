@@ -295,7 +295,8 @@ func disturbAt(t *testing.T, c *cluster, op operation, d disturbance, step, unto
 	if twice != nil {
 		t.Errorf("the guest ran on %v at once", twice)
 	}
-	if d.waitedOut && reached && outcome != untouched && !(op.failsOnRefusedCall && strings.Contains(outcome, "Failed")) {
+	failedAsAllowed := op.failsOnRefusedCall && strings.Contains(outcome, "Failed")
+	if d.waitedOut && reached && outcome != untouched && !failedAsAllowed {
 		t.Errorf("after %s at %s: %s; undisturbed it ends %s", d.name, step, outcome, untouched)
 	}
 	checkDisk(t, c, target)
