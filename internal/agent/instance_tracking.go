@@ -68,17 +68,8 @@ func (r *InstanceReconciler) waitForImageStore(uid types.UID, taskID int64, err 
 	if !errors.Is(err, imagestore.ErrUnavailable) {
 		return 0, false
 	}
-	limit := r.ImageStoreWait
-	if limit == 0 {
-		limit = DefaultImageStoreWait
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p := r.progressOf(uid, taskID)
-	if p.storeMissingSince.IsZero() {
-		p.storeMissingSince = time.Now()
-	}
-	return imageStorePoll, time.Since(p.storeMissingSince) < limit
+	return imageStorePoll, r.stillWaiting(uid, taskID, r.ImageStoreWait, DefaultImageStoreWait,
+		func(p *taskProgress) *time.Time { return &p.storeMissingSince })
 }
 
 // DefaultHypervisorWait is how long a task whose attempts fail while the hypervisor does not
@@ -98,17 +89,23 @@ func (r *InstanceReconciler) waitForHypervisor(ctx context.Context, uid types.UI
 	if r.Driver.Ping(pingCtx) == nil {
 		return 0, false
 	}
-	limit := r.HypervisorWait
+	return hypervisorPoll, r.stillWaiting(uid, taskID, r.HypervisorWait, DefaultHypervisorWait,
+		func(p *taskProgress) *time.Time { return &p.hypervisorDownSince })
+}
+
+// stillWaiting starts a task's wait clock (the field since picks) if it has not started, and
+// says whether limit (fallback when zero) has not passed since.
+func (r *InstanceReconciler) stillWaiting(uid types.UID, taskID int64, limit, fallback time.Duration, since func(*taskProgress) *time.Time) bool {
 	if limit == 0 {
-		limit = DefaultHypervisorWait
+		limit = fallback
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p := r.progressOf(uid, taskID)
-	if p.hypervisorDownSince.IsZero() {
-		p.hypervisorDownSince = time.Now()
+	began := since(r.progressOf(uid, taskID))
+	if began.IsZero() {
+		*began = time.Now()
 	}
-	return hypervisorPoll, time.Since(p.hypervisorDownSince) < limit
+	return time.Since(*began) < limit
 }
 
 // waitInsteadOfFailing says whether a task whose attempt failed with err waits for the image
