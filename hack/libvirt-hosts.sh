@@ -30,7 +30,9 @@
 # The hosts share one network namespace (this machine's), so they share one provider network
 # too, as compute nodes plugged into one switch do: start makes a Linux bridge for DIR with one
 # DHCP server on it (dnsmasq), and stop removes both. Nothing leaves the machine: the bridge has
-# no uplink and the server answers only there. start writes DIR/network/bridge (its name),
+# no uplink and the server answers only there. The bridge gets a free /24 of 10.254.0.0/16 (the
+# one DIR's path hashes to unless another interface holds it) and an alias naming DIR, by which a
+# later start removes it if DIR is gone and nothing is attached. start writes DIR/network/bridge (its name),
 # DIR/network/cidr (the subnet), DIR/network/gateway (the bridge's own address) and keeps the
 # leases in DIR/network/leases.
 #
@@ -288,13 +290,77 @@ restart_daemon() { # DIR NAME
   wait_answers "$hd"
 }
 
-# network_names DIR: sets bridge (a name of at most 15 characters) and subnet (the first three
-# octets of a /24) for DIR, both derived from its path so that two directories' networks differ.
+# network_names DIR: sets bridge (a name of at most 15 characters, derived from DIR's path so
+# that two directories' bridges differ) and first (the third octet DIR's subnet is sought from).
 network_names() {
   local h
   h=$(printf '%s' "$1" | sha1sum | cut -c1-8)
   bridge="knbr$h"
-  subnet="10.254.$((0x${h:0:2} % 250 + 1))"
+  first=$((0x${h:0:2} % 250 + 1))
+}
+
+# The alias every bridge of ours carries: it names the work directory the bridge serves, so that
+# a bridge left behind by a run that died can be told from one in use.
+alias_prefix="kubenova-libvirt-hosts:"
+
+# subnet_free OCTET: true when no interface but our bridge holds an address in 10.254.OCTET.0/24.
+subnet_free() {
+  [ -z "$(ip -o -4 addr show to "10.254.$1.0/24" | awk -v b="$bridge" '$2 != b {print $2}')" ]
+}
+
+# reap_left_bridges: deletes the bridges of ours whose work directory is gone and to which
+# nothing is attached (a run killed before its stop leaves them), and the DHCP servers they had.
+# Only on that evidence: a bridge without our alias, or with a port, is never touched.
+reap_left_bridges() {
+  local b owner pid
+  for b in $(ip -o link show type bridge | awk -F': ' '{print $2}' | grep '^knbr' || true); do
+    owner=$(cat "/sys/class/net/$b/ifalias" 2>/dev/null || true)
+    case "$owner" in "$alias_prefix"/*) ;; *) continue ;; esac
+    owner=${owner#"$alias_prefix"}
+    [ ! -e "$owner" ] || continue
+    [ -z "$(ls "/sys/class/net/$b/brif" 2>/dev/null)" ] || continue
+    for pid in $(pgrep -x dnsmasq || true); do
+      if ours_dnsmasq "$pid" "$owner/network"; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    log "removing bridge $b: its work directory $owner is gone"
+    ip link del "$b" 2>/dev/null || true
+  done
+}
+
+# claim_subnet DIR: sets subnet for DIR and puts the bridge on it. The subnet DIR had before is
+# kept when still free; otherwise the first free /24 from DIR's octet on (two directories may
+# hash alike, and a killed run may have left a bridge behind). Under a machine-wide lock, so two
+# starts at once never pick the same one.
+claim_subnet() {
+  local dir=$1 nd=$1/network i octet="" lock
+  exec {lock}>/run/kubenova-libvirt-hosts.lock
+  if ! flock -w "$timeout_s" "$lock"; then
+    log "another start held /run/kubenova-libvirt-hosts.lock for ${timeout_s}s"
+    return 1
+  fi
+  reap_left_bridges
+  if [ -s "$nd/cidr" ]; then
+    i=$(cut -d. -f3 "$nd/cidr")
+    if subnet_free "$i"; then octet=$i; fi
+  fi
+  for ((i = 0; i < 250; i++)); do
+    [ -z "$octet" ] || break
+    if subnet_free $(((first - 1 + i) % 250 + 1)); then octet=$(((first - 1 + i) % 250 + 1)); fi
+  done
+  if [ -z "$octet" ]; then
+    log "no free /24 left in 10.254.0.0/16 for $dir"
+    exec {lock}>&-
+    return 1
+  fi
+  subnet=10.254.$octet
+  ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
+  ip link set "$bridge" alias "$alias_prefix$dir"
+  if ! ip -o -4 addr show dev "$bridge" | grep -qF " $subnet.1/24 "; then
+    ip addr flush dev "$bridge"
+    ip addr add "$subnet.1/24" dev "$bridge"
+  fi
+  ip link set "$bridge" up
+  exec {lock}>&-
 }
 
 # ours_dnsmasq PID NETDIR: true when PID is the dnsmasq started for NETDIR (its pid file is
@@ -306,17 +372,8 @@ ours_dnsmasq() {
 start_network() { # DIR
   local dir=$1 nd=$1/network pid
   network_names "$dir"
-  # Two work directories whose names hash alike would share a subnet on two bridges: refuse.
-  local taken
-  taken=$(ip -o -4 addr show to "$subnet.0/24" | awk -v b="$bridge" '$2 != b {print $2}')
-  if [ -n "$taken" ]; then
-    log "subnet $subnet.0/24 of $dir is already on $taken: use another work directory"
-    return 1
-  fi
   mkdir -p "$nd"
-  ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
-  ip addr replace "$subnet.1/24" dev "$bridge"
-  ip link set "$bridge" up
+  claim_subnet "$dir"
   echo "$bridge" >"$nd/bridge"
   echo "$subnet.0/24" >"$nd/cidr"
   echo "$subnet.1" >"$nd/gateway"

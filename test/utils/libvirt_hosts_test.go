@@ -2,6 +2,8 @@ package utils
 
 import (
 	"context"
+	"crypto/sha1"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,4 +83,57 @@ func TestStopSparesAnotherDirectorysHostThatGotItsPidAndNamespace(t *testing.T) 
 	if err == nil || !strings.Contains(string(out), "host-1 not-answering") {
 		t.Errorf("status after stop: %v: %s", err, out)
 	}
+}
+
+// A work directory whose subnet is already held elsewhere gets another one, and a bridge left by
+// a run that died (its work directory gone, nothing attached) is removed; one whose directory is
+// still there is not. The first failed a CI run: a killed run's bridge held the subnet that a new
+// temporary directory's name hashed to, and start refused.
+func TestStartFindsAFreeSubnetAndRemovesOnlyLeftBridges(t *testing.T) {
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sh := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	base, err := os.MkdirTemp("", "hosts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	dir := filepath.Join(base, "d")
+	sum := sha1.Sum([]byte(dir))
+	hashed := fmt.Sprintf("10.254.%d", int(sum[0])%250+1)
+
+	suffix := strconv.Itoa(os.Getpid() % 100000)
+	holder, left, kept := "kntake"+suffix, "knbrleft"+suffix, "knbrkept"+suffix
+	for _, link := range []string{holder, left, kept} {
+		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", link).Run() })
+	}
+	sh("ip", "link", "add", holder, "type", "bridge") // no dummy driver on every machine
+	sh("ip", "addr", "add", hashed+".1/24", "dev", holder)
+	sh("ip", "link", "add", left, "type", "bridge")
+	sh("ip", "link", "set", left, "alias", "kubenova-libvirt-hosts:"+filepath.Join(base, "gone"))
+	sh("ip", "link", "add", kept, "type", "bridge")
+	sh("ip", "link", "set", kept, "alias", "kubenova-libvirt-hosts:"+base)
+
+	sh(script, "start", dir, "1")
+	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+	cidr, err := os.ReadFile(filepath.Join(dir, "network", "cidr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(cidr)); got == hashed+".0/24" || !strings.HasPrefix(got, "10.254.") {
+		t.Errorf("subnet %s: want one in 10.254.0.0/16 other than %s.0/24, which %s holds", got, hashed, holder)
+	}
+	if err := exec.CommandContext(ctx, "ip", "link", "show", left).Run(); err == nil {
+		t.Errorf("bridge %s, whose work directory is gone, is still there", left)
+	}
+	sh("ip", "link", "show", kept)
+	sh("ip", "link", "show", holder)
 }
