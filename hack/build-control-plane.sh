@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, etcd and kubectl from Go modules into bin/.
+# Builds etcd and the Kubernetes binaries (below) from Go modules into bin/.
 #
 # setup-envtest cannot download its binaries here, so the control plane for envtest, the e2e
 # harness and `make dev` is compiled from the published modules. Each binary is built in a
@@ -35,9 +35,10 @@ kube_module() {
       while read -r m; do
         go mod edit -replace "${m}=${m}@${staging_version}"
       done
-    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" >/dev/null
-    go get -tool "k8s.io/kubernetes/cmd/kubectl@${KUBE_VERSION}" >/dev/null
-    go get -tool "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}" >/dev/null
+    local name
+    for name in "${kube_binaries[@]}"; do
+      go get -tool "k8s.io/kubernetes/cmd/${name}@${KUBE_VERSION}" >/dev/null
+    done
   )
 }
 
@@ -50,19 +51,24 @@ kube_ldflags() {
   echo "$flags"
 }
 
-# build_kube builds kube-apiserver, kube-controller-manager and kubectl of one version. kubectl
-# is built rather than taken from the machine so that its version matches the API server's on
-# every machine. The e2e suite runs kube-controller-manager with only the controllers that its
-# identities need (ClusterRole aggregation: the built-in view, edit and admin roles take in
-# kubenova's rules through it).
+# The Kubernetes binaries built: the control plane of the envtest, e2e and `make dev` clusters
+# (kube-apiserver, kube-controller-manager, kubectl), and what a real node and a whole cluster
+# add for the deployed profile (kubelet, kube-scheduler, kube-proxy).
+kube_binaries=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+
+# build_kube builds every missing binary of kube_binaries, of one version. kubectl is built rather
+# than taken from the machine so that its version matches the API server's on every machine.
+# All are static (CGO_ENABLED=0): the kubelet needs no cgo for cgroupfs and the CRI.
 build_kube() {
-  local work name
-  up_to_date kube-apiserver "$KUBE_VERSION" && up_to_date kubectl "$KUBE_VERSION" &&
-    up_to_date kube-controller-manager "$KUBE_VERSION" && return 0
-  echo "building kube-apiserver, kube-controller-manager and kubectl $KUBE_VERSION (cold: several minutes)" >&2
+  local work name missing=()
+  for name in "${kube_binaries[@]}"; do
+    up_to_date "$name" "$KUBE_VERSION" || missing+=("$name")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  echo "building ${missing[*]} $KUBE_VERSION (cold: several minutes)" >&2
   work=$(mktemp -d)
   kube_module "$work"
-  for name in kube-apiserver kube-controller-manager kubectl; do
+  for name in "${missing[@]}"; do
     (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags "$(kube_ldflags)" -o "$bin/$name" "k8s.io/kubernetes/cmd/$name")
     echo "$KUBE_VERSION" >"$bin/.$name.version"
   done
