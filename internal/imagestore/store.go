@@ -133,6 +133,31 @@ func (d *Dir) Create(id string) (string, error) {
 
 var _ Store = (*Dir)(nil)
 
+// sharedDirMode is the mode of the store's directories: the manager (uid 65532) and the agents
+// (root) both write there, so they are group-writable and pass the group of the store's root on
+// to what is made in them (setgid). The installation makes the root the manager's group's with
+// the same mode; whoever makes a directory below it first, the other can still write there.
+const sharedDirMode = fs.ModeDir | fs.ModeSetgid | 0o775
+
+// makeSharedDir makes dir with sharedDirMode, or gives it that mode if its maker was another
+// process that may not have (the umask takes group write away from a new directory).
+func makeSharedDir(dir string) error {
+	if err := os.MkdirAll(dir, sharedDirMode.Perm()|fs.ModeSetgid); err != nil {
+		return err
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if info.Mode()&(fs.ModeSetgid|fs.ModePerm) == sharedDirMode&(fs.ModeSetgid|fs.ModePerm) {
+		return nil
+	}
+	if err := os.Chmod(dir, sharedDirMode&(fs.ModeSetgid|fs.ModePerm)); err != nil {
+		return fmt.Errorf("make %s group-writable for the manager and the agents: %w", dir, err)
+	}
+	return nil
+}
+
 func (d *Dir) path(key string) (string, error) {
 	if !keyPattern.MatchString(key) {
 		return "", fmt.Errorf("%q is not an image store key", key)
@@ -151,7 +176,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader, check Check) (Ob
 		return Object{}, "", err
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := makeSharedDir(dir); err != nil {
 		return Object{}, "", err
 	}
 	tmp, err := os.CreateTemp(dir, ".put-"+key+"-*")

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -263,3 +265,50 @@ func assertOnly(t *testing.T, d *Dir, want string) {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// The manager (uid 65532) and the agents (root) share the store. Installed as the README says
+// (the root owned by the manager's uid and group, mode 2775), a directory an agent makes first is
+// still one the manager can write and delete in: it takes the root's group and is
+// group-writable.
+func TestADirectoryTheAgentMakesIsTheManagersToWriteIn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: it plays the agent (root) and the manager (uid 65532)")
+	}
+	const manager = 65532
+	root := t.TempDir()
+	if err := os.Chown(root, manager, manager); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o775|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	// t.TempDir's parent is root's and 0700: open the way to root for the manager's process.
+	if err := os.Chmod(filepath.Dir(root), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := &Dir{Root: root}
+	if _, err := d.Create("store at " + root); err != nil {
+		t.Fatal(err)
+	}
+	// The agent, root with a umask of 022, stores the first image.
+	if _, _, err := d.Put(context.Background(), keyA, bytes.NewReader([]byte("snapshot")), nil); err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(root, "images")
+	info, err := os.Stat(images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode()&(os.ModeSetgid|os.ModePerm) != os.ModeSetgid|0o775 {
+		t.Errorf("images/ has mode %v, want setgid and 0775", info.Mode())
+	}
+	// The manager writes a file there and deletes the agent's image.
+	cmd := exec.Command("/bin/sh", "-c", `touch "$1/manager-was-here" && rm -f "$1/`+keyA+`"`, "sh", images)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: manager, Gid: manager}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the manager cannot write in images/ the agent made: %v: %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(images, keyA)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the agent's image is still there after the manager removed it: %v", err)
+	}
+}
