@@ -29,6 +29,9 @@ LDFLAGS := -X github.com/kubenova/kubenova/internal/version.Version=$(VERSION)
 MANAGER_IMG ?= kubenova/manager:$(VERSION)
 AGENT_IMG ?= kubenova/agent:$(VERSION)
 
+# The sandbox image of the test nodes' containerd (make images builds it; no registry serves one).
+PAUSE_IMG ?= kubenova.local/pause:1
+
 # Where the e2e suite and `make dev` keep their libvirt hosts, disks and logs.
 WORK_DIR ?= /var/lib/kubenova-dev
 
@@ -68,8 +71,12 @@ verify-generated: manifests generate ## Fail if generated files are stale.
 ##@ Test
 
 .PHONY: control-plane
-control-plane: ## Build kube-apiserver, etcd and kubectl into bin/ (cached).
+control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, kubelet, kube-scheduler and kube-proxy into bin/ (cached).
 	hack/build-control-plane.sh
+
+.PHONY: node-packages
+node-packages: ## Install containerd, runc, the CNI plugins and debootstrap from Debian packages (real test nodes, images).
+	hack/install-node.sh
 
 .PHONY: libvirt
 libvirt: ## Install libvirt and QEMU from Debian packages.
@@ -81,11 +88,15 @@ test-guest: ## Build the tiny test guest image into bin/guest.
 
 .PHONY: test-unit
 test-unit: ## Unit tests and controller suites against a real kube-apiserver (envtest).
-	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./test/manifests/... ./test/gitops/... ./test/utils/... -count=1 -timeout=10m
+	KUBEBUILDER_ASSETS=$(BIN) go test ./api/... ./internal/... ./controllers/... ./hack/... ./test/manifests/... ./test/gitops/... ./test/utils/... -count=1 -timeout=10m
 
 .PHONY: test-chaos
 test-chaos: ## Kill the manager and each agent at each step of each operation; an API server outage of a minute; libvirtd down (test/chaos, fake hypervisors, real API server and disks). CHAOS_REPORT=FILE writes the matrix.
 	KUBEBUILDER_ASSETS=$(BIN) go test ./test/chaos -count=1 -timeout=30m
+
+.PHONY: test-deployed
+test-deployed: images control-plane libvirt ## The deployed profile: make images in real nodes' containerd, make deploy's manifests run by real kubelets (test/deployed).
+	DEPLOYED_WORK_DIR=$(WORK_DIR)/deployed KUBENOVA_BIN=$(BIN) go test ./test/deployed -count=1 -timeout=20m -v
 
 .PHONY: test-e2e
 test-e2e: build $(GINKGO) ## End-to-end on real libvirt guests: E2E_PROCS specs at a time on one cluster, the disruptive ones beside them on another (hack/e2e.sh); then the manager against a simulated fleet.
@@ -110,7 +121,7 @@ bench-guests: libvirt control-plane test-guest build ## Launch, power and image 
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/resize --runs 5 --work-dir $(WORK_DIR)/bench-resize
 
 .PHONY: test
-test: libvirt control-plane test-guest manifests generate vet test-unit test-chaos test-e2e ## Everything: install what is missing, generate, vet, unit, envtest, chaos and e2e.
+test: libvirt control-plane test-guest manifests generate vet test-unit test-chaos test-e2e test-deployed ## Everything: install what is missing, generate, vet, unit, envtest, chaos, e2e and the deployed profile.
 
 ##@ Build
 
@@ -119,6 +130,17 @@ build: ## Build the manager, the agent and kubectl-nova into bin/.
 	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(BIN)/manager ./cmd/manager
 	CGO_ENABLED=1 go build -ldflags "$(LDFLAGS)" -o $(BIN)/agent ./cmd/agent
 	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-nova ./cmd/kubectl-nova
+
+# images assembles the images without a registry or a container engine (hack/imagebuild replays
+# the Dockerfile's stages on a debootstrap root filesystem), as docker-archive tarballs that
+# `ctr -n k8s.io images import` loads into a node's containerd, and the test nodes' pause image.
+.PHONY: images
+images: build node-packages ## Build the manager's and the agent's images (and a pause image) into bin/images, with no registry and no engine.
+	CGO_ENABLED=0 go build -o $(BIN)/pause ./hack/pause
+	go build -o $(BIN)/imagebuild ./hack/imagebuild
+	$(BIN)/imagebuild --target manager --bin $(BIN) --tag $(MANAGER_IMG) --out $(BIN)/images/manager.tar
+	$(BIN)/imagebuild --target agent --bin $(BIN) --tag $(AGENT_IMG) --out $(BIN)/images/agent.tar
+	$(BIN)/imagebuild --scratch --file $(BIN)/pause=/pause --entrypoint /pause --user 65535:65535 --tag $(PAUSE_IMG) --out $(BIN)/images/pause.tar
 
 .PHONY: docker-build
 docker-build: ## Build the manager's and the agent's images (needs a container engine; none runs on the CI machines).

@@ -38,6 +38,9 @@ type Cluster struct {
 	// fleet (one process playing many nodes has no single node's identity).
 	AdminKubeconfig string
 	Hosts           []Host
+	// Nodes are the hosts as real nodes, in a cluster StartDeployedCluster started; empty in
+	// the others, whose agents run as processes beside Node objects that no kubelet keeps.
+	Nodes []DeployedNode
 	// Network is the provider network every host has (hack/libvirt-hosts.sh).
 	Network ProviderNetwork
 	// ImageStore is the image store's directory, shared by the manager and every agent as
@@ -420,10 +423,15 @@ func (c *Cluster) Stop() {
 	if c.attached {
 		return
 	}
+	// Kubelets first, so that nothing restarts the pods the stop ends.
+	c.stopNodes()
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		stopProcess(c.procs[i])
 	}
 	c.procs = nil
+	if len(c.Nodes) > 0 {
+		cleanUpKubeProxy()
+	}
 	if len(c.Hosts) > 0 || fileExists(filepath.Join(c.WorkDir, "hosts", "hosts")) {
 		script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
 		if out, err := exec.Command(script, "stop", filepath.Join(c.WorkDir, "hosts")).CombinedOutput(); err != nil {
