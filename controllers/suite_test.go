@@ -113,7 +113,7 @@ var _ = BeforeSuite(func() {
 	agentImages = &failingStore{Store: imageStore}
 	agentStore = &storage.Node{Root: GinkgoT().TempDir(), Images: agentImages}
 	Expect((&agent.InstanceReconciler{Client: agentMgr.GetClient(), Reader: agentMgr.GetAPIReader(),
-		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtType: v1.VirtTypeQEMU,
+		Driver: fakeDriver, Storage: agentStore, NodeName: "node-a", VirtTypes: agent.FixedVirtType(v1.VirtTypeQEMU),
 		Networks: nodeANetworks, UserDataNamespace: leaseNamespace, TaskAttemptTimeout: taskAttemptTimeout}).SetupWithManager(agentMgr)).To(Succeed())
 
 	// A real (empty) qcow2 image, since the agent's storage makes real overlays with qemu-img.

@@ -15,7 +15,7 @@ import (
 // must keep agents from writing it.
 var (
 	agentInstanceFields   = map[string]bool{"powerState": true, "agentReport": true, "peerReport": true}
-	agentHypervisorFields = map[string]bool{"capacity": true, "reserved": true, "virtType": true, "libvirtVersion": true,
+	agentHypervisorFields = map[string]bool{"capacity": true, "reserved": true, "virtType": true, "virtTypeReason": true, "libvirtVersion": true,
 		"qemuVersion": true, "hostUUID": true, "migrationURI": true, "storageRoot": true, "storageShared": true,
 		"storageID": true, "storageUnavailable": true, "agentVersion": true, "networks": true, "consoleLogService": true,
 		"quarantined": true, "quarantinedCount": true}

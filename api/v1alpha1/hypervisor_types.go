@@ -124,6 +124,9 @@ type HypervisorStatus struct {
 	// VirtType the agent runs guests with (agent).
 	// +optional
 	VirtType VirtType `json:"virtType,omitempty"`
+	// VirtTypeReason says why the agent chose VirtType (--virt-type, or what "auto" found).
+	// +optional
+	VirtTypeReason string `json:"virtTypeReason,omitempty"`
 	// LibvirtVersion of the node's libvirtd (agent).
 	// +optional
 	LibvirtVersion string `json:"libvirtVersion,omitempty"`

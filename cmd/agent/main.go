@@ -60,7 +60,7 @@ func run() error {
 		driverName     = flag.String("driver", "libvirt", "libvirt, or fake to simulate the node: no hypervisor, no disks")
 		libvirtURI     = flag.String("libvirt-uri", "qemu:///system", "libvirt connection URI of this node")
 		migrationURI   = flag.String("migration-uri", "", "libvirt URI other nodes reach this node's libvirtd at (default: --libvirt-uri)")
-		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto (KVM on bare metal with a usable /dev/kvm)")
+		virtTypeFlag   = flag.String("virt-type", "auto", "kvm, qemu (TCG) or auto: KVM where the node's libvirtd offers it and the node is bare metal, TCG otherwise (the Hypervisor says which and why)")
 		storageRoot    = flag.String("storage-root", "/var/lib/kubenova", "directory for the image cache and instance disks")
 		sharedStorage  = flag.Bool("shared-storage", false, "the storage root is on storage other nodes mount at the same path (NFS, CephFS): live migrations between such nodes move only memory, and evacuations keep the disk")
 		migrationWait  = flag.Duration("live-migration-completion-timeout", agent.DefaultMigrationTimeoutPerGiB, "how long a live migration may take per GiB it copies (memory, and disk in a block migration) before it is aborted, the guest running on at the source (Nova's live_migration_completion_timeout)")
@@ -134,11 +134,10 @@ func run() error {
 		if sim.nodes > 0 {
 			return errors.New("--simulate-nodes needs --driver=fake")
 		}
-		virtType, why, err := agent.DetectVirtType(*virtTypeFlag, "/proc/cpuinfo")
+		virtTypes, err := agent.NewVirtTypeChooser(*virtTypeFlag, "/proc/cpuinfo")
 		if err != nil {
 			return err
 		}
-		logger.Info("virt type chosen", "virtType", virtType, "why", why, "node", *nodeName)
 		drv, err := libvirt.New(*libvirtURI)
 		if err != nil {
 			return err
@@ -148,7 +147,7 @@ func run() error {
 		if err := store.RemoveStaleDownloads(10 * time.Minute); err != nil {
 			return err
 		}
-		base.Driver, base.Storage, base.VirtType = drv, store, virtType
+		base.Driver, base.Storage, base.VirtTypes = drv, store, virtTypes
 		mgr, err := agent.NewManager(cfg, base)
 		if err != nil {
 			return err
@@ -182,7 +181,7 @@ func simulate(ctx context.Context, cfg *rest.Config, base agent.Node, sim simula
 	for _, name := range names {
 		n := base
 		n.Name = name
-		n.VirtType = v1.VirtTypeQEMU
+		n.VirtTypes = agent.FixedVirtType(v1.VirtTypeQEMU)
 		host := fake.NewHost(driver.HostInfo{Hostname: name, HostUUID: "simulated-" + name,
 			VCPUs: sim.vcpus, MemoryMiB: sim.memoryMiB, LibvirtVersion: "simulated", QEMUVersion: "simulated"})
 		// The simulated nodes of one process migrate to one another.

@@ -66,9 +66,9 @@ type InstanceReconciler struct {
 	Driver   driver.Driver
 	Storage  *storage.Node
 	// Disks fetches images and makes root disks; nil means Storage.
-	Disks    Disks
-	NodeName string
-	VirtType v1.VirtType
+	Disks     Disks
+	NodeName  string
+	VirtTypes *VirtTypeChooser
 	// Networks are the networks this node has, by the names instances use.
 	Networks []v1.HypervisorNetwork
 	// UserDataNamespace is where the manager keeps the copies of the instances' user data

@@ -105,10 +105,14 @@ func (r *InstanceReconciler) machine(ctx context.Context, inst *v1.Instance, res
 	if err != nil {
 		return driver.Machine{}, err
 	}
+	virtType, _, err := r.VirtTypes.Choose(ctx, r.Driver)
+	if err != nil {
+		return driver.Machine{}, err
+	}
 	return driver.Machine{
 		UUID: uid, Name: DomainName(inst.UID), Namespace: inst.Namespace, InstanceName: inst.Name,
 		VCPUs: inst.Status.Flavor.VCPUs, MemoryMiB: inst.Status.Flavor.MemoryMiB,
-		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: r.VirtType,
+		RootDisk: disk, RescueDisk: rescueDisk, ConfigDrive: configDrive, ConsoleLog: consoleLog, VirtType: virtType,
 		NICs: nics,
 	}, nil
 }

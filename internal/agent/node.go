@@ -42,7 +42,7 @@ type Node struct {
 	Driver       driver.Driver
 	Storage      *storage.Node
 	Disks        Disks
-	VirtType     v1.VirtType
+	VirtTypes    *VirtTypeChooser
 	MigrationURI string
 	// SharedStorage declares that the storage root is on storage other nodes mount too.
 	SharedStorage bool
@@ -140,7 +140,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 		ImageStoreWait: n.ImageStoreWait, TaskAttemptTimeout: n.TaskAttemptTimeout,
 		MigrationBandwidthMiBs: n.MigrationBandwidthMiBs,
 		Client:                 mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),
-		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtType: n.VirtType, Networks: n.Networks,
+		Driver: n.Driver, Storage: n.Storage, Disks: n.Disks, NodeName: n.Name, VirtTypes: n.VirtTypes, Networks: n.Networks,
 		UserDataNamespace: n.LeaseNamespace,
 		ShutdownTimeout:   n.ShutdownTimeout, RebootTimeout: n.RebootTimeout, Workers: n.Workers,
 	}
@@ -157,7 +157,7 @@ func NewManager(cfg *rest.Config, n Node) (manager.Manager, error) {
 	}
 	reporter := &Reporter{
 		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Driver: n.Driver, Storage: n.Storage, Disks: n.Disks,
-		NodeName: n.Name, VirtType: n.VirtType, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
+		NodeName: n.Name, VirtTypes: n.VirtTypes, MigrationURI: n.MigrationURI, AgentVersion: n.AgentVersion, SharedStorage: n.SharedStorage,
 		Reserved: n.Reserved, LeaseNamespace: n.LeaseNamespace, LeaseDuration: n.LeaseDuration, Networks: n.Networks,
 		ReportPeriod: time.Minute, CleanupPeriod: sweepInterval(n.SweepInterval), ImageCacheGrace: n.ImageCacheGrace,
 		QuarantineGrace: n.QuarantineGrace, Recorder: mgr.GetEventRecorder("kubenova-agent-" + n.Name),

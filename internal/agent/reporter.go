@@ -35,7 +35,7 @@ type Reporter struct {
 	// Disks reports the node's disk capacity; nil means Storage.
 	Disks        Disks
 	NodeName     string
-	VirtType     v1.VirtType
+	VirtTypes    *VirtTypeChooser
 	MigrationURI string
 	// SharedStorage declares that the storage root is on storage other nodes mount too.
 	SharedStorage bool
@@ -151,7 +151,11 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	r.checkStorage(hv)
 	s.Capacity = v1.Resources{VCPUs: info.VCPUs, MemoryMiB: info.MemoryMiB, DiskGiB: disk}
 	s.Reserved = r.Reserved
-	s.VirtType, s.LibvirtVersion, s.QEMUVersion = r.VirtType, info.LibvirtVersion, info.QEMUVersion
+	virtType, why, err := r.VirtTypes.Choose(ctx, r.Driver)
+	if err != nil {
+		return err
+	}
+	s.VirtType, s.VirtTypeReason, s.LibvirtVersion, s.QEMUVersion = virtType, why, info.LibvirtVersion, info.QEMUVersion
 	s.HostUUID, s.MigrationURI, s.StorageRoot, s.AgentVersion = info.HostUUID, r.MigrationURI, r.Storage.Root, r.AgentVersion
 	s.StorageShared = r.SharedStorage
 	s.Networks = r.Networks
@@ -164,6 +168,10 @@ func (r *Reporter) ReportHypervisor(ctx context.Context) error {
 	}
 	if !kube.Changed(orig, hv) {
 		return nil
+	}
+	if orig.Status.VirtType != s.VirtType && r.Recorder != nil {
+		r.Recorder.Eventf(hv, nil, corev1.EventTypeNormal, ReasonVirtTypeChosen, "ChooseVirtType",
+			"guests run with %s: %s", s.VirtType, s.VirtTypeReason)
 	}
 	// A plain merge patch carries only the fields changed here, all of them the agent's, so it
 	// cannot undo what the manager writes into the same status.

@@ -100,6 +100,9 @@ type HostInfo struct {
 	MemoryMiB      int64
 	LibvirtVersion string
 	QEMUVersion    string
+	// KVM: the hypervisor offers KVM guests for the host's own architecture (libvirt lists a
+	// kvm domain type in its capabilities only where /dev/kvm works for it).
+	KVM bool
 }
 
 // MigrationTarget is where a live migration goes and how.

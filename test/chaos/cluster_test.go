@@ -133,8 +133,8 @@ func startCluster(ctx context.Context, workDir string) (*cluster, error) {
 		c.hosts[node], c.roots[node] = host, root
 		c.agents[node] = &process{name: "agent " + node, cfg: cfg, build: func(cfg *rest.Config, run *processRun) (manager.Manager, error) {
 			return agent.NewManager(cfg, agent.Node{Name: node, Driver: &stepDriver{Driver: host, run: run},
-				Storage:  &storage.Node{Root: root, Images: &imagestore.Dir{Root: store}},
-				VirtType: v1.VirtTypeQEMU, MigrationURI: uri, AgentVersion: "chaos",
+				Storage:   &storage.Node{Root: root, Images: &imagestore.Dir{Root: store}},
+				VirtTypes: agent.FixedVirtType(v1.VirtTypeQEMU), MigrationURI: uri, AgentVersion: "chaos",
 				LeaseNamespace: systemNamespace, LeaseDuration: 4 * time.Second,
 				ShutdownTimeout: 5 * time.Second, RebootTimeout: 5 * time.Second, TaskAttemptTimeout: 20 * time.Second,
 				ImageStoreWait: time.Minute, MetricsAddr: "0", ProbeAddr: "0", Workers: 2,

@@ -18,9 +18,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/agent"
 	"github.com/kubenova/kubenova/test/utils"
 )
 
@@ -196,7 +198,23 @@ func TestEachAgentReachesItsNodesLibvirtd(t *testing.T) {
 			if got := hv.Status.HostUUID; got != strings.TrimSpace(string(want)) {
 				return fmt.Errorf("host UUID %q, want %q (that host's libvirtd)", got, strings.TrimSpace(string(want)))
 			}
+			// --virt-type is auto in config/agent: this machine is a virtual machine, so TCG.
+			if hv.Status.VirtType != v1.VirtTypeQEMU || !strings.Contains(hv.Status.VirtTypeReason, "virtual machine") {
+				return fmt.Errorf("virt type %q (%q), want qemu because the node is a virtual machine", hv.Status.VirtType, hv.Status.VirtTypeReason)
+			}
 			return nil
+		})
+		eventually(t, time.Minute, "Event "+agent.ReasonVirtTypeChosen+" on Hypervisor "+n.Name, func() error {
+			list := &eventsv1.EventList{}
+			if err := cluster.Client.List(ctx, list); err != nil {
+				return err
+			}
+			for _, e := range list.Items {
+				if e.Regarding.Kind == "Hypervisor" && e.Regarding.Name == n.Name && e.Reason == agent.ReasonVirtTypeChosen {
+					return nil
+				}
+			}
+			return fmt.Errorf("none among %d Events", len(list.Items))
 		})
 	}
 }

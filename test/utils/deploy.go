@@ -46,7 +46,7 @@ func ImageTag(tarball string) (string, error) {
 
 // Deploy installs kubenova as `make deploy` does (kubectl apply --server-side -k), through an
 // overlay of config/default that sets the images and the test flags and nothing else. The
-// agents' flags: QEMU's TCG (no KVM here), the hosts' provider network, and their listeners
+// agents' flags: the hosts' provider network, and their listeners
 // on the node's own address, since the nodes share this machine's network namespace (on
 // separate machines the defaults, every address, do).
 func (c *Cluster) Deploy(ctx context.Context, managerImage, agentImage string) error {
@@ -58,7 +58,7 @@ func (c *Cluster) Deploy(ctx context.Context, managerImage, agentImage string) e
 	if err != nil {
 		return err
 	}
-	agentArgs := []string{"--virt-type=qemu", "--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge,
+	agentArgs := []string{"--networks=" + c.Network.Name + "=bridge:" + c.Network.Bridge,
 		"--health-probe-bind-address=$(NODE_IP):8082", "--metrics-bind-address=$(NODE_IP):8444",
 		"--console-bind-address=$(NODE_IP):8445"}
 	var patch strings.Builder

@@ -724,10 +724,27 @@ func (d *Driver) HostInfo(_ context.Context) (driver.HostInfo, error) {
 			Hostname: hostname, HostUUID: caps.Host.UUID,
 			VCPUs: int64(node.Cpus), MemoryMiB: int64(node.Memory / 1024),
 			LibvirtVersion: version(libVersion), QEMUVersion: version(qemuVersion),
+			KVM: offersKVM(&caps),
 		}
 		return nil
 	})
 	return info, err
+}
+
+// offersKVM: libvirt's capabilities list a kvm domain type for a guest of the host's own
+// architecture, which the QEMU driver does only where it can open /dev/kvm.
+func offersKVM(caps *libvirtxml.Caps) bool {
+	for _, g := range caps.Guests {
+		if g.Arch.Name != caps.Host.CPU.Arch {
+			continue
+		}
+		for _, d := range g.Arch.Domains {
+			if d.Type == "kvm" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // InterfaceAddresses implements driver.Driver with the leases of libvirt's own networks' DHCP

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/onsi/gomega"
+	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/driver"
@@ -187,6 +188,38 @@ func TestHostInfo(t *testing.T) {
 	if info.Hostname != "host-1" || info.HostUUID == "" || info.VCPUs < 1 || info.MemoryMiB < 256 ||
 		!regexp.MustCompile(`^\d+\.\d+\.\d+$`).MatchString(info.LibvirtVersion) || info.QEMUVersion == "" {
 		t.Errorf("host info %+v", info)
+	}
+	// KVM is what the host's libvirtd lists in its capabilities, read apart here with virsh.
+	caps, err := exec.Command("virsh", "-c", hostURI, "capabilities").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Contains(string(caps), "<domain type='kvm'"); info.KVM != want {
+		t.Errorf("HostInfo.KVM %v, but virsh capabilities lists a kvm domain: %v", info.KVM, want)
+	}
+}
+
+// offersKVM reads the host architecture's guests only.
+func TestOffersKVM(t *testing.T) {
+	for _, tc := range []struct {
+		name, xml string
+		want      bool
+	}{
+		{"kvm for the host's arch", `<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
+			<guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>`, true},
+		{"qemu only", `<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
+			<guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>`, false},
+		{"kvm for another arch", `<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
+			<guest><os_type>hvm</os_type><arch name='i686'><domain type='kvm'/></arch></guest>
+			<guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>`, false},
+	} {
+		var caps libvirtxml.Caps
+		if err := caps.Unmarshal(tc.xml); err != nil {
+			t.Fatal(err)
+		}
+		if got := offersKVM(&caps); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 
