@@ -95,7 +95,7 @@ test-chaos: ## Kill the manager and each agent at each step of each operation; a
 	KUBEBUILDER_ASSETS=$(BIN) go test ./test/chaos -count=1 -timeout=30m
 
 .PHONY: test-deployed
-test-deployed: images control-plane libvirt ## The deployed profile: make images in real nodes' containerd, make deploy's manifests run by real kubelets (test/deployed).
+test-deployed: images control-plane libvirt test-guest ## The deployed profile: make images in real nodes' containerd, make deploy's manifests run by real kubelets (test/deployed).
 	DEPLOYED_WORK_DIR=$(WORK_DIR)/deployed KUBENOVA_BIN=$(BIN) go test ./test/deployed -count=1 -timeout=20m -v
 
 .PHONY: test-e2e

@@ -11,9 +11,10 @@
 # has its own directories, bind-mounted from DIR/HOST/node/ (kubelet/, containerd/, run/,
 # cni/, log/, netns/) at the usual paths (/var/lib/kubelet, /var/lib/containerd,
 # /run/containerd, /etc/cni/net.d and /var/lib/cni, /var/log/pods and /var/log/containers,
-# /run/netns), and the host's storage root DIR/HOST/storage at /var/lib/kubenova and
+# /run/netns), and the host's storage root DIR/HOST/storage at /var/lib/kubenova,
 # KUBE_NODE_IMAGE_STORE (shared by the nodes, as an NFS export would be) at
-# /var/lib/kubenova-images. All are shared mounts, so that HostToContainer propagation works.
+# /var/lib/kubenova-images and KUBE_NODE_IMAGE_SOURCES at /var/lib/kubenova-image-sources.
+# All are shared mounts, so that HostToContainer propagation works.
 #
 # Processes: containerd and the kubelet run in the cgroup /kubenova-HOST/system of every cgroup
 # v1 hierarchy, and the kubelet puts the pods under /kubenova-HOST/kubepods (cgroupRoot), so
@@ -27,6 +28,7 @@
 #   KUBE_NODE_IP            the node's address; not loopback, which the kubelet refuses (required)
 #   KUBE_NODE_POD_CIDR      the node's pods' subnet (required)
 #   KUBE_NODE_IMAGE_STORE   the directory mounted at /var/lib/kubenova-images (required)
+#   KUBE_NODE_IMAGE_SOURCES the directory mounted at /var/lib/kubenova-image-sources (required)
 #   KUBE_NODE_LABELS        labels the node registers with (k=v,k=v)
 #   KUBE_NODE_IMAGES        docker-archive tarballs to import before the kubelet starts
 #   KUBE_NODE_SANDBOX_IMAGE the pause image (kubenova.local/pause:1; hack/imagebuild makes it)
@@ -146,6 +148,7 @@ $nd/log/pods /var/log/pods
 $nd/log/containers /var/log/containers
 $hd/storage /var/lib/kubenova
 ${KUBE_NODE_IMAGE_STORE:-} /var/lib/kubenova-images
+${KUBE_NODE_IMAGE_SOURCES:-} /var/lib/kubenova-image-sources
 EOM
 }
 
@@ -165,14 +168,14 @@ wait_for() { # WHAT CMD...: retry CMD until it succeeds, for timeout_s
 
 start_node() { # DIR HOST
   local dir=$1 name=$2 hd=$1/$2 nd=$1/$2/node src dst pid
-  : "${KUBE_NODE_KUBECONFIG:?} ${KUBE_NODE_CLIENT_CA:?} ${KUBE_NODE_IP:?} ${KUBE_NODE_POD_CIDR:?} ${KUBE_NODE_IMAGE_STORE:?}"
+  : "${KUBE_NODE_KUBECONFIG:?} ${KUBE_NODE_CLIENT_CA:?} ${KUBE_NODE_IP:?} ${KUBE_NODE_POD_CIDR:?} ${KUBE_NODE_IMAGE_STORE:?} ${KUBE_NODE_IMAGE_SOURCES:?}"
   [ -x "$bin/kubelet" ] || { log "$bin/kubelet missing: run make control-plane"; return 1; }
   if [ -n "$(node_pids "$name")" ]; then
     log "$name: already running"
     return 0
   fi
   host_pid "$hd" >/dev/null || { log "$name: its libvirtd is not running (start it with libvirt-hosts.sh)"; return 1; }
-  mkdir -p "$nd"/{kubelet,containerd,run,netns,cni/net.d,cni/lib,log/pods,log/containers} "$KUBE_NODE_IMAGE_STORE"
+  mkdir -p "$nd"/{kubelet,containerd,run,netns,cni/net.d,cni/lib,log/pods,log/containers} "$KUBE_NODE_IMAGE_STORE" "$KUBE_NODE_IMAGE_SOURCES"
   save_sysctls "$dir"
 
   # The mount points exist on the machine (they are empty there); the binds are the host's only.

@@ -268,7 +268,7 @@ func (c *Cluster) startNode(ctx context.Context, node DeployedNode, imageStore b
 		filepath.Join(c.WorkDir, "hosts"), node.Name)
 	cmd.Env = append(os.Environ(), "BIN_DIR="+BinDir(), "KUBE_NODE_KUBECONFIG="+kubeconfig,
 		"KUBE_NODE_CLIENT_CA="+pki.kubeletClientCA, "KUBE_NODE_IP="+node.IP, "KUBE_NODE_POD_CIDR="+node.PodCIDR,
-		"KUBE_NODE_IMAGE_STORE="+c.ImageStore, "KUBE_NODE_LABELS="+labels, "KUBE_NODE_IMAGES="+strings.Join(images, " "))
+		"KUBE_NODE_IMAGE_STORE="+c.ImageStore, "KUBE_NODE_IMAGE_SOURCES="+c.ImageSources, "KUBE_NODE_LABELS="+labels, "KUBE_NODE_IMAGES="+strings.Join(images, " "))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("start node %s: %w: %s", node.Name, err, out)
 	}
