@@ -185,9 +185,13 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := mgr.Add(&subresources.Server{Addr: o.SubresourcesAddr, Namespace: o.LeaseNamespace, ServiceName: o.SubresourcesService,
+		srv := &subresources.Server{Addr: o.SubresourcesAddr, Namespace: o.LeaseNamespace, ServiceName: o.SubresourcesService,
 			SecretName: o.SubresourcesSecret, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clientset: clientset,
-			Agents: &consolelog.AgentClient{}}); err != nil {
+			Agents: &consolelog.AgentClient{}}
+		if err := mgr.Add(srv); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("aggregated-api", srv.ReadyCheck); err != nil {
 			return nil, err
 		}
 	}

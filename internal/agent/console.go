@@ -181,7 +181,7 @@ func (s *ConsoleServer) Start(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+consolelog.AgentPath+"{namespace}/{name}", s.serveConsole)
 	log.FromContext(ctx).Info("serving console logs to the manager", "address", s.Addr, "url", s.Published().URL)
-	err = consolelog.ServeTLS(ctx, s.Addr, mux, &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12})
+	err = consolelog.ServeTLS(ctx, s.Addr, mux, &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12}, nil)
 	if err != nil {
 		return fmt.Errorf("console-log service: %w", err)
 	}

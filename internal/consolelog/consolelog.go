@@ -259,12 +259,15 @@ func (e *AgentError) Error() string {
 // ServeTLS serves handler over TLS at addr until ctx ends; the requests' contexts end with it,
 // so that followed logs stop. Both ends of the relay, the manager's and the agents', serve
 // this way.
-func ServeTLS(ctx context.Context, addr string, handler http.Handler, config *tls.Config) error {
+func ServeTLS(ctx context.Context, addr string, handler http.Handler, config *tls.Config, listening func()) error {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		BaseContext: func(net.Listener) context.Context { return ctx }, TLSConfig: config}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
+	}
+	if listening != nil {
+		listening()
 	}
 	go func() {
 		<-ctx.Done()

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -262,4 +265,43 @@ func BenchmarkTail(b *testing.B) {
 			}
 		}
 	})
+}
+
+// ServeTLS says when its listener is open: a connection made at that moment is accepted (the
+// manager's readiness waits for it).
+func TestServeTLSSaysWhenItListens(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dialed := make(chan error, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- ServeTLS(ctx, addr, http.NotFoundHandler(), &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, errors.New("no handshake here") }}, func() {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				_ = c.Close()
+			}
+			dialed <- err
+		})
+	}()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			t.Fatalf("a connection when ServeTLS said it listens: %v", err)
+		}
+	case err := <-served:
+		t.Fatalf("ServeTLS returned before it listened: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeTLS never said it listens")
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("ServeTLS after its context ended: %v", err)
+	}
 }

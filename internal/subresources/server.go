@@ -66,11 +66,23 @@ type Server struct {
 	// again (five minutes when zero).
 	RefreshPeriod time.Duration
 
+	// listening: the listener is open, with what it serves with (ReadyCheck).
+	listening  atomic.Bool
 	frontProxy atomic.Pointer[frontProxyConfig]
 	serving    atomic.Pointer[tls.Certificate]
 	authn      authenticator.Request
 	authz      authorizer.Authorizer
 	tokens     *agentTokens
+}
+
+// ReadyCheck is a readiness check (healthz.Checker): a replica is ready once its aggregated API
+// listens, its serving certificate and the front proxy's settings in hand. Until then the
+// Service sends kube-apiserver's requests to other replicas, not to a closed port.
+func (s *Server) ReadyCheck(*http.Request) error {
+	if !s.listening.Load() {
+		return errors.New("the aggregated API does not listen yet (its certificate or the front proxy's settings are missing; see the log)")
+	}
+	return nil
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every replica serves.
@@ -116,7 +128,7 @@ func (s *Server) Start(ctx context.Context) error {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serving.Load(), nil },
 		// The front proxy's certificate is checked by the authenticator, against the CA
 		// kube-apiserver publishes.
-		ClientAuth: tls.RequestClientCert})
+		ClientAuth: tls.RequestClientCert}, func() { s.listening.Store(true) })
 	if err != nil {
 		return fmt.Errorf("aggregated API: %w", err)
 	}

@@ -225,3 +225,16 @@ func TestServingCertificate(t *testing.T) {
 		t.Errorf("the renewed bundle holds %d CAs, want 2", cas)
 	}
 }
+
+// A replica is not ready before its aggregated API listens: the Service would send
+// kube-apiserver's requests to a closed port.
+func TestNotReadyBeforeItListens(t *testing.T) {
+	s := &Server{}
+	if err := s.ReadyCheck(nil); err == nil {
+		t.Error("ready before listening")
+	}
+	s.listening.Store(true)
+	if err := s.ReadyCheck(nil); err != nil {
+		t.Errorf("not ready while listening: %v", err)
+	}
+}

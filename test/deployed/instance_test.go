@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/test/utils"
 )
 
@@ -96,6 +97,16 @@ func TestAnInstanceBootsOnARealNode(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The console log through the manager's aggregated API: kube-apiserver reaches the
+	// manager's pod by its Service (kube-proxy's rules, no aggregator routing), the manager the
+	// node's agent.
+	path := fmt.Sprintf("/apis/%s/%s/namespaces/%s/instances/%s/%s", consolelog.APIGroup, consolelog.APIVersion,
+		inst.Namespace, inst.Name, consolelog.Subresource)
+	out, err = cluster.KubectlWith(ctx, cluster.AdminKubeconfig, "get", "--raw", path)
+	if err != nil || !utils.BootCount.MatchString(out) {
+		t.Errorf("kubectl get --raw %s: %v; want the guest's boot line in:\n%s", path, err, out)
+	}
 }
 
 func copyFile(from, to string) error {
