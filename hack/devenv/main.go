@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/kubenova/kubenova/test/utils"
 )
@@ -41,6 +42,11 @@ func run(workDir string, hosts, shared int) error {
 		cluster.Stop()
 	}()
 
+	// The scheduler places only on nodes whose Hypervisor is Up: applied before the last agent
+	// reported, every sample would land on the first nodes.
+	if err := cluster.WaitHypervisorsUp(ctx, 2*time.Minute); err != nil {
+		return err
+	}
 	var manifests []byte
 	for _, name := range []string{"flavors.yaml", "image.yaml", "instance.yaml", "instance-network.yaml"} {
 		b, err := utils.RenderSample(name)
@@ -90,6 +96,7 @@ Logs of the manager and agents: %s/logs. Press Ctrl-C to tear everything down.
 	watch := exec.CommandContext(ctx, kubectl, "get", "instances", "--watch")
 	watch.Env = append(os.Environ(), "KUBECONFIG="+cluster.CloudAdminKubeconfig)
 	watch.Stdout, watch.Stderr = os.Stdout, os.Stderr
+	// Ctrl-C ends the watch too (same terminal); the error it returns for that is no failure.
 	_ = watch.Run()
 	<-ctx.Done()
 	return nil

@@ -16,7 +16,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
 
 // Cluster is kubenova running for real on one machine: kube-apiserver and etcd, the manager,
@@ -558,4 +561,31 @@ func RenderSample(name string) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(strings.NewReplacer("${GUEST_IMAGE}", img, "${GUEST_SHA256}", sha).Replace(string(b))), nil
+}
+
+// WaitHypervisorsUp waits until every host's Hypervisor is Up with capacity reported: until
+// then the scheduler does not see the node, and what is applied before lands on the others.
+func (c *Cluster) WaitHypervisorsUp(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var notUp []string
+		for _, h := range c.Hosts {
+			hv := &v1.Hypervisor{}
+			if err := c.Client.Get(ctx, client.ObjectKey{Name: h.Name}, hv); err != nil ||
+				hv.Status.State != v1.HypervisorUp || hv.Status.Capacity.VCPUs == 0 {
+				notUp = append(notUp, h.Name)
+			}
+		}
+		if len(notUp) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("hypervisors %v not Up within %s (logs/agent-*.log)", notUp, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond): // polling the API server
+		}
+	}
 }
