@@ -109,6 +109,7 @@ func run() error {
 	if *migrationURI == "" {
 		*migrationURI = *libvirtURI
 	}
+	*migrationURI = agent.BracketIPv6Host(*migrationURI)
 	consoleHost := consoleAdvertise(*consoleAddr, *advertise)
 	if ip := net.ParseIP(consoleHost); *consoleAddr != "0" && *consoleAddr != "" && (consoleHost == "" || ip != nil && ip.IsUnspecified()) {
 		return errors.New("--console-bind-address listens on every address: say which one the manager reaches with --advertise-address")
