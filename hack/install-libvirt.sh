@@ -57,6 +57,15 @@ if ! getent passwd libvirt-qemu >/dev/null; then
 fi
 getent group libvirt >/dev/null || groupadd --system libvirt
 
+# /dev/kvm as Debian's udev rules make it (root:kvm, 0660), which machines without udev lack:
+# libvirt's QEMU capability cache checks whether the QEMU user (libvirt-qemu, in group kvm) can
+# open it, and a device only root can open makes every API call of a host whose QEMU runs as
+# libvirt-qemu probe QEMU again (seconds each; hack/libvirt-hosts.sh's production profile).
+if [ -c /dev/kvm ]; then
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
+
 # libvirtd -d exits early if its log directory is missing.
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt /etc/libvirt
 

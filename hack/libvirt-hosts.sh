@@ -44,11 +44,20 @@
 # Environment:
 #   LIBVIRT_HOST_NAMES    space-separated names instead of host-1 .. host-N (N must match)
 #   LIBVIRT_HOST_TIMEOUT  seconds to wait for a daemon to answer / processes to exit (60)
+#   LIBVIRT_HOST_PROFILE  test (QEMU as root, no security driver, logs written by libvirtd) or
+#                         production (as Debian installs it: QEMU as libvirt-qemu with libvirt's
+#                         ownership handling, logs through a virtlogd per host)
 #
 # Needs root and hack/install-libvirt.sh. Domains must use <domain type='qemu'> (TCG).
 set -euo pipefail
 
 timeout_s=${LIBVIRT_HOST_TIMEOUT:-60}
+profile=${LIBVIRT_HOST_PROFILE:-test}
+case $profile in test | production) ;; *)
+  echo "libvirt-hosts.sh: LIBVIRT_HOST_PROFILE must be test or production, not $profile" >&2
+  exit 2
+  ;;
+esac
 
 usage() {
   echo "usage: $0 start DIR N | stop DIR | status DIR | restart-daemon DIR HOST | kill-host DIR HOST | start-host DIR HOST" >&2
@@ -78,7 +87,7 @@ host_pids() {
   if [ -f "$hd/mntns" ]; then ns=$(cat "$hd/mntns"); fi
   {
     # run/qemu/driver.pid is the QEMU driver's lock file holding libvirtd's own pid.
-    for f in "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid; do
+    for f in "$hd/run/libvirtd.pid" "$hd/run/virtlogd.pid" "$hd"/run/qemu/*.pid; do
       # (libvirt's pid files have no trailing newline)
       if [ -f "$f" ]; then
         head -n1 "$f"
@@ -99,7 +108,7 @@ host_pids() {
     # in this sandbox. A zombie has an empty command line and counts as gone.
     exe=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n1) || continue
     case ${exe##*/} in
-      libvirtd | qemu-system-*) ;;
+      libvirtd | virtlogd | qemu-system-*) ;;
       *) continue ;;
     esac
     # The proof: the process sees this host's run directory at /run/libvirt (a process
@@ -148,11 +157,30 @@ auth_unix_rw = "none"
 auth_unix_ro = "none"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
-  # QEMU runs as root without security driver and cgroups (none of those work here); libvirtd
-  # writes QEMU's stdout/stderr log itself (stdio_handler = "file"), so there is no virtlogd.
   # namespaces = [ ]: QEMU stays in the host's mount namespace (instead of a private one with
-  # its own /dev), which is how stop finds every QEMU of a host.
-  cat >"$hd/etc/qemu.conf" <<'EOF'
+  # its own /dev), which is how stop finds every QEMU of a host. cgroup_controllers = [ ]:
+  # libvirt's cgroup handling does not work in this sandbox.
+  if [ "$profile" = production ]; then
+    # As Debian installs it: QEMU runs as libvirt-qemu, libvirt hands it each disk and gives it
+    # back (dynamic_ownership, the DAC security driver; no MAC driver is forced off), and
+    # QEMU's logs and the serial console's go through virtlogd (stdio_handler's default).
+    cat >"$hd/etc/qemu.conf" <<'EOF'
+# Written by hack/libvirt-hosts.sh (production profile).
+user = "libvirt-qemu"
+group = "libvirt-qemu"
+dynamic_ownership = 1
+remember_owner = 1
+cgroup_controllers = [ ]
+namespaces = [ ]
+EOF
+    cat >"$hd/etc/virtlogd.conf" <<'EOF'
+# Written by hack/libvirt-hosts.sh (production profile).
+log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
+EOF
+  else
+    # QEMU runs as root without security driver; libvirtd writes QEMU's stdout/stderr log
+    # itself (stdio_handler = "file"), so there is no virtlogd.
+    cat >"$hd/etc/qemu.conf" <<'EOF'
 # Written by hack/libvirt-hosts.sh.
 user = "root"
 group = "root"
@@ -162,6 +190,7 @@ cgroup_controllers = [ ]
 stdio_handler = "file"
 namespaces = [ ]
 EOF
+  fi
   # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
   # libvirt's hostname lookups answer at once instead of waiting for an unreachable DNS.
   {
@@ -173,7 +202,7 @@ EOF
   # The namespace lives as long as a process is in it: libvirtd (which daemonizes with -d,
   # writing its pid to DIR/<host>/run/libvirtd.pid) and the QEMUs it starts.
   # shellcheck disable=SC2016 # expanded by the inner shell
-  HD=$hd NAME=$name unshare --mount --uts --propagation private -- /bin/sh -ec '
+  HD=$hd NAME=$name PROFILE=$profile unshare --mount --uts --propagation private -- /bin/sh -ec '
     mount --bind "$HD/run" /run/libvirt
     mount --bind "$HD/lib" /var/lib/libvirt
     mount --bind "$HD/etc" /etc/libvirt
@@ -181,6 +210,9 @@ EOF
     mount --bind "$HD/cache" /var/cache/libvirt
     mount --bind "$HD/hosts" /etc/hosts
     hostname "$NAME"
+    if [ "$PROFILE" = production ]; then
+      virtlogd -d -p "$HD/run/virtlogd.pid" -f /etc/libvirt/virtlogd.conf
+    fi
     exec libvirtd -d -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
   ' </dev/null >>"$hd/log/start.log" 2>&1 || {
     log "$name: libvirtd failed to start; $hd/log/start.log:"
@@ -238,7 +270,7 @@ stop_host() { # HOSTDIR
   fi
   # Stale runtime files of killed processes (all of them are gone now, and so is their
   # namespace, whose id the kernel will give to another); disks and logs stay.
-  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/mntns"
+  rm -f "$hd/run/libvirtd.pid" "$hd/run/virtlogd.pid" "$hd"/run/qemu/*.pid "$hd/mntns"
 }
 
 kill_host() { # HOSTDIR
@@ -256,7 +288,7 @@ kill_host() { # HOSTDIR
     fi
     sleep 0.1
   done
-  rm -f "$hd/run/libvirtd.pid" "$hd"/run/qemu/*.pid "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock" "$hd/mntns"
+  rm -f "$hd/run/libvirtd.pid" "$hd/run/virtlogd.pid" "$hd"/run/qemu/*.pid "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock" "$hd/mntns"
 }
 
 restart_daemon() { # DIR NAME

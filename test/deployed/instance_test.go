@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/internal/agent"
 	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/test/utils"
 )
@@ -77,6 +79,15 @@ func TestAnInstanceBootsOnARealNode(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "running" {
 		t.Errorf("virsh domstate on %s: %q, %v; want running", node.Name, out, err)
 	}
+	// Production libvirt: QEMU runs as libvirt-qemu, not root, and the serial console's log is
+	// written by the host's virtlogd, which holds it open.
+	qemuPID, err := os.ReadFile(filepath.Join(cluster.WorkDir, "hosts", node.Name, "run", "qemu", agent.DomainName(inst.UID)+".pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid, err := processUID(strings.TrimSpace(string(qemuPID))); err != nil || uid != libvirtQEMUUID(t) {
+		t.Errorf("QEMU %s runs as uid %q (%v), want libvirt-qemu's %q", strings.TrimSpace(string(qemuPID)), uid, err, libvirtQEMUUID(t))
+	}
 	// The agent reports the log at its path on the node; the node's storage root is
 	// hosts/<node>/storage here.
 	if inst.Status.AgentReport == nil {
@@ -97,6 +108,13 @@ func TestAnInstanceBootsOnARealNode(t *testing.T) {
 		}
 		return nil
 	})
+	virtlogd, err := os.ReadFile(filepath.Join(cluster.WorkDir, "hosts", node.Name, "run", "virtlogd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !holdsOpen(strings.TrimSpace(string(virtlogd)), logPath) {
+		t.Errorf("virtlogd %s does not hold the console log %s open: QEMU writes it itself", strings.TrimSpace(string(virtlogd)), logPath)
+	}
 
 	// The console log through the manager's aggregated API: kube-apiserver reaches the
 	// manager's pod by its Service (kube-proxy's rules, no aggregator routing), the manager the
@@ -124,4 +142,47 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// processUID is the real uid of a process, from /proc/PID/status.
+func processUID(pid string) (string, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				return f[0], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no Uid line in /proc/%s/status", pid)
+}
+
+func libvirtQEMUUID(t *testing.T) string {
+	t.Helper()
+	u, err := user.Lookup("libvirt-qemu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Uid
+}
+
+// holdsOpen: one of process pid's file descriptors is path (the same file, by device and inode).
+func holdsOpen(pid, path string) bool {
+	want, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	fds, err := os.ReadDir(filepath.Join("/proc", pid, "fd"))
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if got, err := os.Stat(filepath.Join("/proc", pid, "fd", fd.Name())); err == nil && os.SameFile(got, want) {
+			return true
+		}
+	}
+	return false
 }

@@ -96,6 +96,8 @@ type ClusterOption func(*clusterLayout)
 
 type clusterLayout struct {
 	sharedHosts int
+	// libvirtProfile is hack/libvirt-hosts.sh's LIBVIRT_HOST_PROFILE: "" (test) or production.
+	libvirtProfile string
 }
 
 // WithSharedStorage has the first n hosts share one storage root (DIR/hosts/shared-storage),
@@ -267,7 +269,11 @@ func (c *Cluster) startHosts(ctx context.Context, n int, layout clusterLayout) e
 	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
 	// A previous run cut short may have left hosts running; stop them before starting anew.
 	_ = exec.CommandContext(ctx, script, "stop", dir).Run()
-	out, err := exec.CommandContext(ctx, script, "start", dir, fmt.Sprint(n)).CombinedOutput()
+	start := exec.CommandContext(ctx, script, "start", dir, fmt.Sprint(n))
+	if layout.libvirtProfile != "" {
+		start.Env = append(os.Environ(), "LIBVIRT_HOST_PROFILE="+layout.libvirtProfile)
+	}
+	out, err := start.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("start libvirt hosts: %w: %s", err, out)
 	}

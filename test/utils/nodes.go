@@ -67,7 +67,19 @@ func StartDeployedCluster(ctx context.Context, workDir string, n int, images []s
 	if err := prepareImageStore(c.ImageStore); err != nil {
 		return c, err
 	}
-	if err := c.startHosts(ctx, n, clusterLayout{}); err != nil {
+	// A new cluster starts with nothing of an earlier one's: its nodes and hosts stopped (a run
+	// kept with DEPLOYED_KEEP, or cut short), their disks and state removed.
+	hostsDir := filepath.Join(workDir, "hosts")
+	for i := 1; i <= n; i++ {
+		_ = exec.CommandContext(ctx, filepath.Join(RepoRoot(), "hack", "kube-node.sh"), "stop", hostsDir, fmt.Sprintf("host-%d", i)).Run()
+	}
+	_ = exec.CommandContext(ctx, filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh"), "stop", hostsDir).Run()
+	if err := os.RemoveAll(hostsDir); err != nil {
+		return c, err
+	}
+	// The nodes' libvirt is set up as a distribution installs it (QEMU unprivileged, libvirt's
+	// ownership handling, virtlogd), not as the other suites' hosts are.
+	if err := c.startHosts(ctx, n, clusterLayout{libvirtProfile: "production"}); err != nil {
 		return c, err
 	}
 	gateway := net.ParseIP(c.Network.Gateway).To4()
@@ -254,10 +266,6 @@ func (c *Cluster) startNode(ctx context.Context, node DeployedNode, imageStore b
 	}
 	kubeconfig := filepath.Join(c.WorkDir, "identities", node.Name+".kubeconfig")
 	if err := writeFile(kubeconfig, kc); err != nil {
-		return err
-	}
-	// A new cluster's node starts with nothing of an earlier one's (pods, images, networks).
-	if err := os.RemoveAll(filepath.Join(c.WorkDir, "hosts", node.Name, "node")); err != nil {
 		return err
 	}
 	labels := ComputeNodeLabel + "=true"
