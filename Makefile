@@ -160,8 +160,19 @@ deploy: ## Install kubenova on the current kubeconfig's cluster, with MANAGER_IM
 	kubectl apply --server-side --field-manager=kubenova-deploy -k $(BIN)/deploy
 
 .PHONY: undeploy
-undeploy: ## Remove kubenova from the cluster; delete every Instance first (their finalizers need the manager and agents).
-	kubectl delete --ignore-not-found -k config/default
+undeploy: ## Remove kubenova's manager, agents, RBAC and policies; users' instances (objects, guests, disks) and the CRDs stay.
+	kubectl delete --ignore-not-found -k config/app
+
+# undeploy-crds deletes the CRDs, which deletes every kubenova object there is: only when asked
+# in so many words, and only once no Instance is left (deleted while kubenova ran, its guest and
+# disks went with it; deleted with the CRD, the guest would run on with nothing to manage it).
+.PHONY: undeploy-crds
+undeploy-crds: ## Delete kubenova's CRDs and every object of theirs: CONFIRM=delete-every-kubenova-object, and no Instance left.
+	@if [ "$(CONFIRM)" != delete-every-kubenova-object ]; then \
+		echo "undeploy-crds deletes every Flavor, Image, Snapshot, Migration and Hypervisor: run it with CONFIRM=delete-every-kubenova-object" >&2; exit 1; fi
+	@left=$$(kubectl get instances -A --no-headers 2>/dev/null | wc -l); if [ "$$left" -gt 0 ]; then \
+		echo "$$left Instance(s) left: delete them while kubenova runs (their guests and disks go with them), then undeploy" >&2; exit 1; fi
+	kubectl delete --ignore-not-found -k config/crd
 
 .PHONY: dev
 dev: libvirt control-plane test-guest build ## Run a local control plane, the manager and two agents on real libvirt, with sample VMs.
