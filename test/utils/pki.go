@@ -49,16 +49,17 @@ type certRequest struct {
 	IPs           []net.IP
 }
 
-var serial int64 = 1
-
 // issue makes a key and a certificate of the CA for req, both PEM-encoded.
 func (ca *testCA) issue(req certRequest) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	serial++
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial),
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial,
 		Subject:   pkix.Name{CommonName: req.CommonName, Organization: req.Organizations},
 		NotBefore: ca.cert.NotBefore, NotAfter: ca.cert.NotAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{req.Usage},
