@@ -159,7 +159,11 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
   # namespaces = [ ]: QEMU stays in the host's mount namespace (instead of a private one with
   # its own /dev), which is how stop finds every QEMU of a host. cgroup_controllers = [ ]:
-  # libvirt's cgroup handling does not work in this sandbox.
+  # libvirt's cgroup handling does not work in this sandbox. migration_port_min/max: libvirt's
+  # default, 49152-49215, lies in the kernel's ephemeral range (32768-60999), where any client
+  # connection on the machine may take the port libvirt just found free ("migrate-incoming:
+  # Failed to find an available port", a failed block migration in CI); every host of every
+  # work directory shares this range, which libvirt's allocator handles (it binds to check).
   if [ "$profile" = production ]; then
     # As Debian installs it: QEMU runs as libvirt-qemu, libvirt hands it each disk and gives it
     # back (dynamic_ownership, the DAC security driver; no MAC driver is forced off), and
@@ -172,6 +176,8 @@ dynamic_ownership = 1
 remember_owner = 1
 cgroup_controllers = [ ]
 namespaces = [ ]
+migration_port_min = 20000
+migration_port_max = 20255
 EOF
     cat >"$hd/etc/virtlogd.conf" <<'EOF'
 # Written by hack/libvirt-hosts.sh (production profile).
@@ -189,6 +195,8 @@ security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "file"
 namespaces = [ ]
+migration_port_min = 20000
+migration_port_max = 20255
 EOF
   fi
   # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
