@@ -127,6 +127,20 @@ host_dirs() { # DIR: the host directories listed in DIR/hosts
   done <"$1/hosts"
 }
 
+# migration_ports DIR NAME ALLNAMES...: qemu.conf's migration port range of one host, 32 ports
+# from 20000 on: the host's place among ALLNAMES, in a block of 256 chosen by DIR's subnet.
+migration_ports() {
+  local dir=$1 name=$2 i=0 octet=0 n
+  shift 2
+  for n in "$@"; do
+    [ "$n" = "$name" ] && break
+    i=$((i + 1))
+  done
+  if [ -s "$dir/network/cidr" ]; then octet=$(cut -d. -f3 "$dir/network/cidr"); fi
+  local min=$((20000 + (octet % 40) * 256 + (i % 8) * 32))
+  printf 'migration_port_min = %d\nmigration_port_max = %d\n' "$min" $((min + 31))
+}
+
 start_host() { # DIR NAME ALLNAMES...
   local dir=$1 name=$2 hd pid uuid i
   shift 2
@@ -162,8 +176,11 @@ EOF
   # libvirt's cgroup handling does not work in this sandbox. migration_port_min/max: libvirt's
   # default, 49152-49215, lies in the kernel's ephemeral range (32768-60999), where any client
   # connection on the machine may take the port libvirt just found free ("migrate-incoming:
-  # Failed to find an available port", a failed block migration in CI); every host of every
-  # work directory shares this range, which libvirt's allocator handles (it binds to check).
+  # Failed to find an available port", a failed block migration in CI). Each host gets 32 ports
+  # of its own (migration_ports): hosts of one work directory never pick the same port, those
+  # of two directories only if their subnets match modulo 40.
+  local ports
+  ports=$(migration_ports "$dir" "$name" "$@")
   if [ "$profile" = production ]; then
     # As Debian installs it: QEMU runs as libvirt-qemu, libvirt hands it each disk and gives it
     # back (dynamic_ownership, the DAC security driver; no MAC driver is forced off), and
@@ -176,9 +193,8 @@ dynamic_ownership = 1
 remember_owner = 1
 cgroup_controllers = [ ]
 namespaces = [ ]
-migration_port_min = 20000
-migration_port_max = 20255
 EOF
+    echo "$ports" >>"$hd/etc/qemu.conf"
     cat >"$hd/etc/virtlogd.conf" <<'EOF'
 # Written by hack/libvirt-hosts.sh (production profile).
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
@@ -195,9 +211,8 @@ security_driver = "none"
 cgroup_controllers = [ ]
 stdio_handler = "file"
 namespaces = [ ]
-migration_port_min = 20000
-migration_port_max = 20255
 EOF
+    echo "$ports" >>"$hd/etc/qemu.conf"
   fi
   # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
   # libvirt's hostname lookups answer at once instead of waiting for an unreachable DNS.
