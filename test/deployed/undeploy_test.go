@@ -12,7 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
@@ -66,20 +65,36 @@ func stillTheSameGuest(ctx context.Context, t *testing.T, node utils.DeployedNod
 	}
 }
 
-// waitAgentReports waits until an agent reports the instance after since: the agent that runs
-// now has taken it over.
-func waitAgentReports(ctx context.Context, t *testing.T, since time.Time) {
+// pauseAndUnpause has the instance paused and running again: only the agent now running can do
+// it, so it is the proof that the agent took the guest over (an agent that adopts a guest in the
+// state its spec asks writes nothing). virsh confirms each state on the node.
+func pauseAndUnpause(ctx context.Context, t *testing.T, node utils.DeployedNode, uid string) {
 	t.Helper()
-	eventually(t, 2*time.Minute, "an agent reports the instance after "+since.Format(time.RFC3339), func() error {
+	for _, step := range []struct {
+		ask   v1.DesiredPowerState
+		state v1.VMState
+		virsh string
+	}{{v1.DesiredPaused, v1.VMStatePaused, "paused"}, {v1.DesiredRunning, v1.VMStateActive, "running"}} {
 		inst := &v1.Instance{}
 		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "on-a-real-node"}, inst); err != nil {
-			return err
+			t.Fatal(err)
 		}
-		if r := inst.Status.AgentReport; r == nil || !r.LastSyncTime.After(since) {
-			return fmt.Errorf("last report %v", r)
+		orig := inst.DeepCopy()
+		inst.Spec.PowerState = step.ask
+		if err := cluster.Client.Patch(ctx, inst, client.MergeFrom(orig)); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+		eventually(t, 2*time.Minute, fmt.Sprintf("instance %s, virsh %s", step.state, step.virsh), func() error {
+			if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(inst), inst); err != nil {
+				return err
+			}
+			out, err := node.Virsh(ctx, "domstate", uid)
+			if err != nil || strings.TrimSpace(out) != step.virsh || inst.Status.VMState != step.state || inst.Status.TaskState != "" {
+				return fmt.Errorf("vm state %q, task %q, virsh %q (%v)", inst.Status.VMState, inst.Status.TaskState, out, err)
+			}
+			return nil
+		})
+	}
 }
 
 // kubectl delete pod of the agent whose node runs the guest: the DaemonSet's new pod takes the
@@ -96,7 +111,6 @@ func TestAnAgentPodReplacedAdoptsItsGuest(t *testing.T) {
 	if old.Name == "" {
 		t.Fatalf("no agent pod on %s", node.Name)
 	}
-	replaced := time.Now()
 	if out, err := cluster.KubectlWith(ctx, cluster.AdminKubeconfig, "-n", utils.SystemNamespace, "delete", "pod", old.Name); err != nil {
 		t.Fatalf("kubectl delete pod %s: %v: %s", old.Name, err, out)
 	}
@@ -108,7 +122,7 @@ func TestAnAgentPodReplacedAdoptsItsGuest(t *testing.T) {
 		}
 		return fmt.Errorf("not yet")
 	})
-	waitAgentReports(ctx, t, replaced)
+	pauseAndUnpause(ctx, t, node, string(inst.UID))
 	stillTheSameGuest(ctx, t, node, string(inst.UID), pid)
 }
 
@@ -146,10 +160,9 @@ func TestUndeployLeavesInstancesAndARedeployTakesThemOver(t *testing.T) {
 		}
 	}
 
-	redeployed := metav1.Now()
 	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent")); err != nil {
 		t.Fatal(err)
 	}
-	waitAgentReports(ctx, t, redeployed.Time)
+	pauseAndUnpause(ctx, t, node, string(inst.UID))
 	stillTheSameGuest(ctx, t, node, string(inst.UID), pid)
 }
