@@ -71,8 +71,12 @@ verify-generated: manifests generate ## Fail if generated files are stale.
 ##@ Test
 
 .PHONY: control-plane
-control-plane: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, kubelet, kube-scheduler and kube-proxy into bin/ (cached).
+control-plane: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl into bin/ (cached).
 	hack/build-control-plane.sh
+
+.PHONY: node-binaries
+node-binaries: ## Build the kubelet, kube-scheduler and kube-proxy into bin/ (cached): the deployed profile's real nodes.
+	KUBE_BINARIES="kubelet kube-scheduler kube-proxy" hack/build-control-plane.sh
 
 .PHONY: node-packages
 node-packages: ## Install containerd, runc, the CNI plugins and debootstrap from Debian packages (real test nodes, images).
@@ -95,7 +99,7 @@ test-chaos: ## Kill the manager and each agent at each step of each operation; a
 	KUBEBUILDER_ASSETS=$(BIN) go test ./test/chaos -count=1 -timeout=30m
 
 .PHONY: test-deployed
-test-deployed: images control-plane libvirt test-guest ## The deployed profile: make images in real nodes' containerd, make deploy's manifests run by real kubelets (test/deployed).
+test-deployed: images control-plane node-binaries libvirt test-guest ## The deployed profile: make images in real nodes' containerd, make deploy's manifests run by real kubelets (test/deployed).
 	DEPLOYED_WORK_DIR=$(WORK_DIR)/deployed KUBENOVA_BIN=$(BIN) go test ./test/deployed -count=1 -timeout=20m -v
 
 .PHONY: test-e2e

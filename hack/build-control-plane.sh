@@ -51,10 +51,11 @@ kube_ldflags() {
   echo "$flags"
 }
 
-# The Kubernetes binaries built: the control plane of the envtest, e2e and `make dev` clusters
-# (kube-apiserver, kube-controller-manager, kubectl), and what a real node and a whole cluster
-# add for the deployed profile (kubelet, kube-scheduler, kube-proxy).
-kube_binaries=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+# The Kubernetes binaries built (KUBE_BINARIES): by default the control plane of the envtest,
+# e2e and `make dev` clusters (kube-apiserver, kube-controller-manager, kubectl); `make
+# node-binaries` asks for what real nodes and a whole cluster add for the deployed profile
+# (kubelet, kube-scheduler, kube-proxy). etcd is always built.
+read -r -a kube_binaries <<<"${KUBE_BINARIES:-kube-apiserver kube-controller-manager kubectl}"
 
 # build_kube builds every missing binary of kube_binaries, of one version. kubectl is built rather
 # than taken from the machine so that its version matches the API server's on every machine.
