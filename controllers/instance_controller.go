@@ -301,13 +301,17 @@ func instanceOfSnapshot(_ context.Context, o client.Object) []reconcile.Request 
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: snap.Namespace, Name: snap.Spec.InstanceName}}}
 }
 
-// hypervisorMayTakeMore says whether a Hypervisor's change may let a waiting instance fit: not
-// the many changes in which it only takes on more instances.
+// hypervisorMayTakeMore says whether a Hypervisor's change may let a waiting instance fit: a
+// change of anything the scheduler's filters read (internal/scheduler), but not the many changes
+// in which it only takes on more instances. A field left out here leaves a waiting instance to
+// its backoff, up to minutes after the node could take it.
 func hypervisorMayTakeMore(e event.UpdateEvent) bool {
 	old, hv := e.ObjectOld.(*v1.Hypervisor), e.ObjectNew.(*v1.Hypervisor)
 	return old.Generation != hv.Generation || old.Status.State != hv.Status.State ||
+		old.Status.StorageUnavailable != hv.Status.StorageUnavailable ||
 		old.Status.Capacity != hv.Status.Capacity || old.Status.Reserved != hv.Status.Reserved ||
-		hv.Status.Instances < old.Status.Instances || !slices.Equal(old.Status.Networks, hv.Status.Networks)
+		hv.Status.Instances < old.Status.Instances || !slices.Equal(old.Status.Networks, hv.Status.Networks) ||
+		!slices.Equal(old.Status.Quarantined, hv.Status.Quarantined)
 }
 
 // hypervisorStateChanged says whether a Hypervisor went down or came back up.
