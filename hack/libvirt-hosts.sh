@@ -41,12 +41,24 @@
 # line), and prints "<host> <uri>" per host once every daemon answers. Nothing uses the machine's /run/libvirt,
 # so a system libvirtd, if any, is not disturbed.
 #
+# A host with a DIR/<host>/tls directory at its start is set up as the README's "Live migration"
+# asks of a production node: its libvirtd listens with TLS on the address in
+# DIR/<host>/tls/address (port 16514, no plain TCP), QEMU receives migrations on that address and
+# encrypts them (migrate_tls_x509_cert_dir), and DIR/<host>/tls/pki is bind-mounted on /etc/pki in
+# the host's namespace: CA/cacert.pem, libvirt/{server,client}cert.pem,
+# libvirt/private/{server,client}key.pem, and qemu/ with ca-cert.pem, server-cert.pem,
+# server-key.pem, client-cert.pem and client-key.pem (readable by the user QEMU runs as). The
+# machine gets an empty /etc/pki as the mount point if it has none. restart-daemon on a host
+# without guests starts it afresh, so writing the directory and then restarting sets a running
+# host up.
+#
 # Environment:
 #   LIBVIRT_HOST_NAMES    space-separated names instead of host-1 .. host-N (N must match)
 #   LIBVIRT_HOST_TIMEOUT  seconds to wait for a daemon to answer / processes to exit (60)
 #   LIBVIRT_HOST_PROFILE  test (QEMU as root, no security driver, logs written by libvirtd) or
 #                         production (as Debian installs it: QEMU as libvirt-qemu with libvirt's
-#                         ownership handling, logs through a virtlogd per host)
+#                         ownership handling, logs through a virtlogd per host); a host started
+#                         again keeps its first start's (DIR/<host>/profile) unless this is set
 #
 # Needs root and hack/install-libvirt.sh. Domains must use <domain type='qemu'> (TCG).
 set -euo pipefail
@@ -141,11 +153,70 @@ migration_ports() {
   printf 'migration_port_min = %d\nmigration_port_max = %d\n' "$min" $((min + 31))
 }
 
+# ns_holder HOSTDIR: a process still in the host's mount namespace, if any: one that sees this
+# host's run directory at /run/libvirt (the proof; pids and namespace ids are reused). With
+# libvirtd gone, a QEMU of the host, or the node's containerd and kubelet (hack/kube-node.sh),
+# keep the namespace and every mount made in it.
+ns_holder() {
+  local run p
+  run=$(stat -c %d:%i "$1/run" 2>/dev/null) || return 0
+  for p in /proc/[0-9]*/root/run/libvirt; do
+    if [ "$(stat -L -c %d:%i "$p" 2>/dev/null)" = "$run" ]; then
+      p=${p#/proc/}
+      echo "${p%%/*}"
+      return 0
+    fi
+  done
+}
+
+# launch_daemons HOSTDIR NAME PROFILE LISTEN: starts the host's virtlogd (production profile,
+# unless it runs) and libvirtd in the host's mount and UTS namespaces: the ones a process still
+# holds (ns_holder), so that a libvirtd started again sees what the node mounted there (its
+# storage root), or new ones. The mounts are made only where missing.
+launch_daemons() {
+  local hd=$1 holder virtlogd=""
+  holder=$(ns_holder "$hd")
+  if [ "$3" = production ]; then
+    virtlogd=yes
+    local pid
+    pid=$(head -n1 "$hd/run/virtlogd.pid" 2>/dev/null || true)
+    # One that runs already (restart-daemon with guests running) serves on.
+    if [ -n "$pid" ] && [ "$(stat -L -c %d:%i "/proc/$pid/root/run/libvirt" 2>/dev/null)" = "$(stat -c %d:%i "$hd/run")" ]; then
+      virtlogd=""
+    fi
+  fi
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  local script='
+    bind() { [ "$(stat -c %d:%i "$2")" = "$(stat -c %d:%i "$1")" ] || mount --bind "$1" "$2"; }
+    bind "$HD/run" /run/libvirt
+    bind "$HD/lib" /var/lib/libvirt
+    bind "$HD/etc" /etc/libvirt
+    bind "$HD/log" /var/log/libvirt
+    bind "$HD/cache" /var/cache/libvirt
+    bind "$HD/hosts" /etc/hosts
+    if [ -n "$LISTEN" ]; then bind "$HD/tls/pki" /etc/pki; fi
+    hostname "$NAME"
+    if [ -n "$VIRTLOGD" ]; then virtlogd -d -p "$HD/run/virtlogd.pid" -f /etc/libvirt/virtlogd.conf; fi
+    exec libvirtd -d $LISTEN -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
+  '
+  if [ -n "$holder" ]; then
+    HD=$hd NAME=$2 LISTEN=$4 VIRTLOGD=$virtlogd nsenter --mount --uts --target "$holder" -- /bin/sh -ec "$script"
+  else
+    # A new namespace lives as long as a process is in it: libvirtd (which daemonizes with -d,
+    # writing its pid to DIR/<host>/run/libvirtd.pid) and the QEMUs it starts.
+    HD=$hd NAME=$2 LISTEN=$4 VIRTLOGD=$virtlogd unshare --mount --uts --propagation private -- /bin/sh -ec "$script"
+  fi
+}
+
 start_host() { # DIR NAME ALLNAMES...
-  local dir=$1 name=$2 hd pid uuid i
+  local dir=$1 name=$2 hd pid uuid i profile=$profile
   shift 2
   hd=$dir/$name
   mkdir -p "$hd"/{run,lib,etc,log/qemu,cache,storage}
+  # A host keeps the profile of its first start (start-host and restart-daemon after kill-host
+  # or a TLS set-up), unless LIBVIRT_HOST_PROFILE names one.
+  if [ -z "${LIBVIRT_HOST_PROFILE:-}" ] && [ -s "$hd/profile" ]; then profile=$(cat "$hd/profile"); fi
+  echo "$profile" >"$hd/profile"
 
   if answers "$hd"; then
     log "$name already running"
@@ -214,6 +285,26 @@ namespaces = [ ]
 EOF
     echo "$ports" >>"$hd/etc/qemu.conf"
   fi
+  # A node set up for live migrations over TLS (see the header).
+  local listen=""
+  if [ -d "$hd/tls" ]; then
+    local addr
+    addr=$(cat "$hd/tls/address")
+    cat >>"$hd/etc/libvirtd.conf" <<EOF
+# Live migrations reach this host's libvirtd over TLS only, on the node's address.
+listen_tls = 1
+listen_tcp = 0
+listen_addr = "$addr"
+EOF
+    cat >>"$hd/etc/qemu.conf" <<EOF
+# Incoming migrations on the node's address (the hosts share one network namespace), encrypted.
+migration_address = "$addr"
+migration_host = "$addr"
+migrate_tls_x509_cert_dir = "/etc/pki/qemu"
+EOF
+    listen=--listen
+    mkdir -p /etc/pki
+  fi
   # /etc/hosts of the namespace: the machine's, plus every host name of this start, so that
   # libvirt's hostname lookups answer at once instead of waiting for an unreachable DNS.
   {
@@ -222,22 +313,7 @@ EOF
   } >"$hd/hosts"
 
   mkdir -p /run/libvirt /var/lib/libvirt /etc/libvirt /var/log/libvirt /var/cache/libvirt
-  # The namespace lives as long as a process is in it: libvirtd (which daemonizes with -d,
-  # writing its pid to DIR/<host>/run/libvirtd.pid) and the QEMUs it starts.
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  HD=$hd NAME=$name PROFILE=$profile unshare --mount --uts --propagation private -- /bin/sh -ec '
-    mount --bind "$HD/run" /run/libvirt
-    mount --bind "$HD/lib" /var/lib/libvirt
-    mount --bind "$HD/etc" /etc/libvirt
-    mount --bind "$HD/log" /var/log/libvirt
-    mount --bind "$HD/cache" /var/cache/libvirt
-    mount --bind "$HD/hosts" /etc/hosts
-    hostname "$NAME"
-    if [ "$PROFILE" = production ]; then
-      virtlogd -d -p "$HD/run/virtlogd.pid" -f /etc/libvirt/virtlogd.conf
-    fi
-    exec libvirtd -d -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
-  ' </dev/null >>"$hd/log/start.log" 2>&1 || {
+  launch_daemons "$hd" "$name" "$profile" "$listen" </dev/null >>"$hd/log/start.log" 2>&1 || {
     log "$name: libvirtd failed to start; $hd/log/start.log:"
     tail -n 20 "$hd/log/start.log" >&2
     return 1
@@ -335,12 +411,13 @@ restart_daemon() { # DIR NAME
   fi
   rm -f "$hd/run/libvirtd.pid" "$hd/run/libvirt-sock" "$hd/run/libvirt-sock-ro" "$hd/run/libvirt-admin-sock"
   if [ -z "$qemu" ]; then
-    # No guest holds the namespace: start the host afresh (its definitions are on disk).
+    # No guest holds the namespace: start the host afresh (its definitions are on disk), in
+    # the node's namespace if a node runs on it.
     start_host "$1" "$2" $(cat "$1/hosts")
   else
-    HD=$hd nsenter --mount --uts --target "$qemu" -- /bin/sh -ec '
-      exec libvirtd -d -p "$HD/run/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
-    ' </dev/null >>"$hd/log/start.log" 2>&1
+    local listen=""
+    if [ -d "$hd/tls" ]; then listen=--listen; fi
+    launch_daemons "$hd" "$2" "$(cat "$hd/profile" 2>/dev/null || echo "$profile")" "$listen" </dev/null >>"$hd/log/start.log" 2>&1
   fi
   wait_answers "$hd"
 }

@@ -137,3 +137,91 @@ func TestStartFindsAFreeSubnetAndRemovesOnlyLeftBridges(t *testing.T) {
 	sh("ip", "link", "show", kept)
 	sh("ip", "link", "show", holder)
 }
+
+// A host started again after kill-host (a test's "power failure" of libvirt) is the host it was:
+// its first start's profile (production: QEMU as libvirt-qemu, virtlogd), and, while another
+// process holds its mount namespace (the node's containerd and kubelet, hack/kube-node.sh), that
+// namespace with what was mounted there. A libvirtd in a new namespace did not see the node's
+// storage root: the deployed profile's next launch on that node failed on its console log.
+func TestAHostStartedAgainKeepsItsProfileAndItsNodesNamespace(t *testing.T) {
+	script := filepath.Join(RepoRoot(), "hack", "libvirt-hosts.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	base, err := os.MkdirTemp("", "hosts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	dir := filepath.Join(base, "d")
+	start := exec.CommandContext(ctx, script, "start", dir, "1")
+	start.Env = append(os.Environ(), "LIBVIRT_HOST_PROFILE=production")
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("start: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+	hd := filepath.Join(dir, "host-1")
+	pid := func(file string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(hd, "run", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+
+	// The "node": a process in the host's namespace that mounted something there (a marker
+	// over the host's storage directory, seen only inside).
+	marker := filepath.Join(base, "marker")
+	if err := os.MkdirAll(marker, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(marker, "mounted-by-the-node"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	storage := filepath.Join(hd, "storage")
+	node := exec.Command("nsenter", "--target", pid("libvirtd.pid"), "--mount", "--",
+		"sh", "-c", `mount --bind "$0" "$1" && exec sleep 600`, marker, storage)
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Process.Kill(); _ = node.Wait() })
+	seen := func(p string) bool {
+		_, err := os.Stat(filepath.Join("/proc", p, "root", storage, "mounted-by-the-node"))
+		return err == nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !seen(strconv.Itoa(node.Process.Pid)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node's mount did not appear in the host's namespace")
+		}
+		time.Sleep(50 * time.Millisecond) // the mount command runs
+	}
+
+	for _, cmd := range []string{"kill-host", "start-host"} { // without LIBVIRT_HOST_PROFILE
+		if out, err := exec.CommandContext(ctx, script, cmd, dir, "host-1").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+	}
+	if !seen(pid("libvirtd.pid")) {
+		t.Error("the libvirtd started again does not see what the node mounted: it is in another namespace")
+	}
+	conf, err := os.ReadFile(filepath.Join(hd, "etc", "qemu.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(conf), `user = "libvirt-qemu"`) {
+		t.Errorf("qemu.conf after start-host is not the production profile's:\n%s", conf)
+	}
+	if err := syscall.Kill(mustAtoi(t, pid("virtlogd.pid")), 0); err != nil {
+		t.Errorf("no virtlogd after start-host: %v", err)
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
