@@ -93,6 +93,11 @@ func StartDeployedCluster(ctx context.Context, workDir string, n int, images []s
 		}
 		c.Nodes = append(c.Nodes, DeployedNode{Host: h, IP: ip, PodCIDR: fmt.Sprintf("10.200.%d.0/24", i)})
 	}
+	// Before the nodes join: a host restarted now starts a new namespace, which the node's
+	// containerd and kubelet then enter.
+	if err := c.setUpMigrationTLS(ctx); err != nil {
+		return c, err
+	}
 	pki, err := c.startDeployedControlPlane(ctx)
 	if err != nil {
 		return c, err

@@ -62,8 +62,11 @@ func (ca *testCA) issue(req certRequest) (certPEM, keyPEM []byte, err error) {
 	tmpl := &x509.Certificate{SerialNumber: serial,
 		Subject:   pkix.Name{CommonName: req.CommonName, Organization: req.Organizations},
 		NotBefore: ca.cert.NotBefore, NotAfter: ca.cert.NotAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{req.Usage},
-		DNSNames: req.DNSNames, IPAddresses: req.IPs}
+		// Key encipherment too: libvirt and QEMU (GnuTLS) refuse a certificate whose critical
+		// key usage lacks it, whatever the key's type.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{req.Usage},
+		DNSNames:    req.DNSNames, IPAddresses: req.IPs}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return nil, nil, err
