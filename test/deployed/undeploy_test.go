@@ -68,7 +68,7 @@ func stillTheSameGuest(ctx context.Context, t *testing.T, node utils.DeployedNod
 // pauseAndUnpause has the instance paused and running again: only the agent now running can do
 // it, so it is the proof that the agent took the guest over (an agent that adopts a guest in the
 // state its spec asks writes nothing). virsh confirms each state on the node.
-func pauseAndUnpause(ctx context.Context, t *testing.T, node utils.DeployedNode, uid string) {
+func pauseAndUnpause(ctx context.Context, t *testing.T, node utils.DeployedNode, name, uid string) {
 	t.Helper()
 	for _, step := range []struct {
 		ask   v1.DesiredPowerState
@@ -76,7 +76,7 @@ func pauseAndUnpause(ctx context.Context, t *testing.T, node utils.DeployedNode,
 		virsh string
 	}{{v1.DesiredPaused, v1.VMStatePaused, "paused"}, {v1.DesiredRunning, v1.VMStateActive, "running"}} {
 		inst := &v1.Instance{}
-		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "on-a-real-node"}, inst); err != nil {
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, inst); err != nil {
 			t.Fatal(err)
 		}
 		orig := inst.DeepCopy()
@@ -122,7 +122,7 @@ func TestAnAgentPodReplacedAdoptsItsGuest(t *testing.T) {
 		}
 		return fmt.Errorf("not yet")
 	})
-	pauseAndUnpause(ctx, t, node, string(inst.UID))
+	pauseAndUnpause(ctx, t, node, inst.Name, string(inst.UID))
 	stillTheSameGuest(ctx, t, node, string(inst.UID), pid)
 }
 
@@ -163,6 +163,6 @@ func TestUndeployLeavesInstancesAndARedeployTakesThemOver(t *testing.T) {
 	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent")); err != nil {
 		t.Fatal(err)
 	}
-	pauseAndUnpause(ctx, t, node, string(inst.UID))
+	pauseAndUnpause(ctx, t, node, inst.Name, string(inst.UID))
 	stillTheSameGuest(ctx, t, node, string(inst.UID), pid)
 }
