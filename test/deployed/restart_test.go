@@ -165,9 +165,19 @@ func managerPod(ctx context.Context, t *testing.T) corev1.Pod {
 	return pods.Items[0]
 }
 
-// killContainer sends SIGKILL to every process of the pod's first container, found through the
-// container's cgroup on its node (the kubelet's cgroupfs layout under the node's cgroup).
+// killContainer sends SIGKILL to every process of the pod's first container.
 func killContainer(t *testing.T, pod corev1.Pod) {
+	t.Helper()
+	for _, pid := range containerPIDs(t, pod) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill -9 %d: %v", pid, err)
+		}
+	}
+}
+
+// containerPIDs are the processes of the pod's first container, found through the container's
+// cgroup on its node (the kubelet's cgroupfs layout under the node's cgroup, hack/kube-node.sh).
+func containerPIDs(t *testing.T, pod corev1.Pod) []int {
 	t.Helper()
 	id, ok := strings.CutPrefix(pod.Status.ContainerStatuses[0].ContainerID, "containerd://")
 	if !ok {
@@ -188,17 +198,16 @@ func killContainer(t *testing.T, pod corev1.Pod) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pids := strings.Fields(string(b))
-	if len(pids) == 0 {
-		t.Fatalf("no process in %s", procs[0])
-	}
-	for _, p := range pids {
+	var pids []int
+	for _, p := range strings.Fields(string(b)) {
 		pid, err := strconv.Atoi(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill -9 %d: %v", pid, err)
-		}
+		pids = append(pids, pid)
 	}
+	if len(pids) == 0 {
+		t.Fatalf("no process in %s", procs[0])
+	}
+	return pids
 }
