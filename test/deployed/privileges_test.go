@@ -79,11 +79,20 @@ func statusFields(status string) map[string]string {
 }
 
 // checkBoundToken reads the service account token the process sees and checks that it is the
-// kubelet's projected one: bound to this pod and its node, with an expiry.
+// kubelet's projected one: bound to this pod and its node, with an expiry and the time the kubelet
+// rotates it.
 func checkBoundToken(t *testing.T, pod corev1.Pod, pid int) {
 	t.Helper()
-	path := filepath.Join(fmt.Sprintf("/proc/%d/root", pid), "var/run/secrets/kubernetes.io/serviceaccount/token")
-	token, err := os.ReadFile(path)
+	// The kubelet mounts it at /var/run/secrets/...; in the images /var/run is a symbolic link to
+	// /run, which must be followed inside the container's root, not this machine's.
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	var token []byte
+	var err error
+	for _, dir := range []string{"var/run", "run"} {
+		if token, err = os.ReadFile(filepath.Join(root, dir, "secrets/kubernetes.io/serviceaccount/token")); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Errorf("%s: its token: %v", pod.Name, err)
 		return
@@ -101,7 +110,10 @@ func checkBoundToken(t *testing.T, pod corev1.Pod, pid int) {
 	var claims struct {
 		Exp        int64 `json:"exp"`
 		Kubernetes struct {
-			Pod struct {
+			// WarnAfter is when the kubelet replaces the token (the API server may extend an
+			// expiry for old clients; the kubelet still rotates it at its requested lifetime).
+			WarnAfter int64 `json:"warnafter"`
+			Pod       struct {
 				Name string `json:"name"`
 				UID  string `json:"uid"`
 			} `json:"pod"`
@@ -118,9 +130,9 @@ func checkBoundToken(t *testing.T, pod corev1.Pod, pid int) {
 		return
 	}
 	k := claims.Kubernetes
-	if claims.Exp == 0 || k.Pod.Name != pod.Name || k.Pod.UID != string(pod.UID) || k.Node.Name != pod.Spec.NodeName ||
+	if claims.Exp == 0 || k.WarnAfter == 0 || k.Pod.Name != pod.Name || k.Pod.UID != string(pod.UID) || k.Node.Name != pod.Spec.NodeName ||
 		k.ServiceAccount.Name != pod.Spec.ServiceAccountName {
-		t.Errorf("%s: token claims %s: want bound to the pod %s (%s) on %s, service account %s, with an expiry",
+		t.Errorf("%s: token claims %s: want bound to the pod %s (%s) on %s, service account %s, with an expiry and a rotation time",
 			pod.Name, payload, pod.Name, pod.UID, pod.Spec.NodeName, pod.Spec.ServiceAccountName)
 	}
 }
