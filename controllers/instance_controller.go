@@ -94,7 +94,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=instances/finalizers,verbs=update
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
-// +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots;migrations,verbs=get;list;watch
+// +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots;migrations;servergroups,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;delete,namespace=kubenova-system
@@ -261,8 +261,8 @@ func (r *InstanceReconciler) observeOperation(st *reconcileState, task *v1.Task,
 	r.observe(st, func() { metrics.OperationDuration.WithLabelValues(string(task.Action), outcome).Observe(took) })
 }
 
-// SetupWithManager watches Instances, and the Flavors, Images, Hypervisors and Nodes that can
-// unblock an instance waiting to be placed. The Placement follows the Instance informer.
+// SetupWithManager watches Instances, and the Flavors, ServerGroups, Images, Hypervisors and
+// Nodes that can unblock an instance waiting to be placed. The Placement follows the Instance informer.
 func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	informer, err := mgr.GetCache().GetInformer(context.Background(), &v1.Instance{})
 	if err != nil {
@@ -283,6 +283,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&v1.Instance{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
+		Watches(&v1.ServerGroup{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: never[event.UpdateEvent]})).
 		Watches(&v1.Image{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
 		Watches(&v1.ClusterImage{}, handler.EnqueueRequestsFromMapFunc(r.instancesUsingImage)).
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(instanceOfSnapshot)).

@@ -62,6 +62,10 @@ func (r *InstanceReconciler) schedule(ctx context.Context, inst *v1.Instance, st
 		st.waiting = missing
 		return &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, err
 	}
+	if missing, err := r.serverGroupMissing(ctx, inst); err != nil || missing != nil {
+		st.waiting = missing
+		return &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, err
+	}
 	if msg := flavorTooSmall(flavor, image); msg != "" {
 		// Nova refuses these at the API (FlavorDiskSmallerThanMinDisk, FlavorMemoryTooSmall);
 		// only a change of spec.flavor or of the image helps, so the instance is Stalled.
@@ -210,10 +214,19 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 	if !r.Placement.Synced() {
 		return "", errors.New("the placement has not seen every instance yet; trying again")
 	}
+	group, err := r.groupRequest(ctx, inst)
+	if err != nil {
+		return "", err
+	}
 	for attempt := 1; ; attempt++ {
 		hosts, err := r.candidates(ctx)
 		if err != nil {
 			return "", err
+		}
+		if group != nil {
+			g := *group
+			g.Members = r.Placement.GroupMembers(inst.UID, g.Key)
+			request.Group = &g
 		}
 		used := r.Placement.Usage(inst.UID)
 		for i := range hosts {

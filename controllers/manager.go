@@ -88,6 +88,9 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	if err := IndexMigrations(context.Background(), mgr); err != nil {
 		return nil, err
 	}
+	if err := IndexServerGroupMembers(context.Background(), mgr); err != nil {
+		return nil, err
+	}
 	store := &imagestore.Dir{Root: o.ImageStore}
 	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
 	if err != nil {
@@ -179,6 +182,9 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		MissingInstanceTimeout: o.MissingInstanceTimeout,
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("migration controller: %w", err)
+	}
+	if err := (&ServerGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("server group controller: %w", err)
 	}
 	if o.SubresourcesAddr != "0" && o.SubresourcesAddr != "" {
 		clientset, err := kubernetes.NewForConfig(mgr.GetConfig())

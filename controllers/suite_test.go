@@ -82,6 +82,8 @@ var _ = BeforeSuite(func() {
 	Expect(IndexInstances(ctx, mgr)).To(Succeed())
 	Expect(IndexSnapshots(ctx, mgr)).To(Succeed())
 	Expect(IndexMigrations(ctx, mgr)).To(Succeed())
+	Expect(IndexServerGroupMembers(ctx, mgr)).To(Succeed())
+	Expect((&ServerGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"), APIReader: mgr.GetAPIReader(),
 		SystemNamespace: leaseNamespace,
 		Placement:       scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,

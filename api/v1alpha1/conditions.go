@@ -32,6 +32,8 @@ const (
 	// ReasonQuarantinedDiskNotFound: spec.adoptQuarantinedDisk asks for a quarantined disk of
 	// the instance's namespace and name, and no node reports one (yet).
 	ReasonQuarantinedDiskNotFound = "QuarantinedDiskNotFound"
+	// ReasonServerGroupNotFound: spec.serverGroup names no ServerGroup of the namespace.
+	ReasonServerGroupNotFound = "ServerGroupNotFound"
 	// ReasonScheduled: a node was chosen.
 	ReasonScheduled = "Scheduled"
 	// ReasonFlavorNotFound: spec.flavor names no Flavor.

@@ -277,6 +277,7 @@ type UserDataSource struct {
 // InstanceSpec is the desired state of a virtual machine.
 // +kubebuilder:validation:XValidation:rule="!has(self.lockedReason) || (has(self.locked) && self.locked)",message="lockedReason may only be set when locked is true"
 // +kubebuilder:validation:XValidation:rule="has(self.networks) == has(oldSelf.networks)",message="networks cannot change once the instance exists (interface attach and detach are not built)"
+// +kubebuilder:validation:XValidation:rule="has(self.serverGroup) == has(oldSelf.serverGroup)",message="serverGroup is fixed at creation, as Nova's group hint"
 type InstanceSpec struct {
 	// Flavor names the cluster-scoped Flavor that sizes the instance. Changing it resizes.
 	// +kubebuilder:validation:MinLength=1
@@ -330,6 +331,15 @@ type InstanceSpec struct {
 	// +kubebuilder:validation:MaxLength=63
 	// +optional
 	AvailabilityZone string `json:"availabilityZone,omitempty"`
+
+	// ServerGroup names a ServerGroup of the instance's namespace whose policy places it relative
+	// to the group's other members, at launch and at every later placement (resize, migration,
+	// evacuation, unshelve), as Nova's group scheduler hint does. Fixed at creation. A launch
+	// waits, with reason ServerGroupNotFound, while the group does not exist.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="serverGroup is fixed at creation, as Nova's group hint"
+	// +optional
+	ServerGroup string `json:"serverGroup,omitempty"`
 
 	// UserData is cloud-init user data from a Secret, given to the guest on a NoCloud drive
 	// (Nova's user_data). It is read when the drive is made: the first boot on a node.

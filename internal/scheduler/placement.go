@@ -110,6 +110,8 @@ func Involves(inst *v1.Instance, node string) bool {
 type claim struct {
 	node      string
 	resources v1.Resources
+	// group is the instance's server group (GroupKey), if any.
+	group string
 	// decidedOn is the resourceVersion of the instance the decision was made from.
 	decidedOn string
 }
@@ -133,6 +135,8 @@ type Placement struct {
 	observed map[types.UID]claims
 	// used sums observed per node.
 	used map[string]v1.Resources
+	// groups counts observed members per server group and node.
+	groups map[string]map[string]int
 	// pending are decisions the informer does not show yet.
 	pending map[types.UID]claim
 	synced  func() bool
@@ -140,7 +144,8 @@ type Placement struct {
 
 // NewPlacement returns an empty Placement.
 func NewPlacement() *Placement {
-	return &Placement{observed: map[types.UID]claims{}, used: map[string]v1.Resources{}, pending: map[types.UID]claim{}}
+	return &Placement{observed: map[types.UID]claims{}, used: map[string]v1.Resources{}, groups: map[string]map[string]int{},
+		pending: map[types.UID]claim{}}
 }
 
 // Observe records what the informer shows of an instance now. A pending claim that the
@@ -150,9 +155,16 @@ func (p *Placement) Observe(inst *v1.Instance) {
 	defer p.mu.Unlock()
 	p.unobserve(inst.UID)
 	var held claims
+	group := GroupKey(inst)
 	for _, c := range Claims(inst) {
-		held = append(held, claim{node: c.Node, resources: c.Resources})
+		held = append(held, claim{node: c.Node, resources: c.Resources, group: group})
 		p.used[c.Node] = Add(p.used[c.Node], c.Resources)
+		if group != "" {
+			if p.groups[group] == nil {
+				p.groups[group] = map[string]int{}
+			}
+			p.groups[group][c.Node]++
+		}
 	}
 	if len(held) > 0 {
 		p.observed[inst.UID] = held
@@ -183,6 +195,14 @@ func (p *Placement) unobserve(uid types.UID) {
 	}
 	delete(p.observed, uid)
 	for _, c := range held {
+		if c.group != "" {
+			if p.groups[c.group][c.node]--; p.groups[c.group][c.node] <= 0 {
+				delete(p.groups[c.group], c.node)
+			}
+			if len(p.groups[c.group]) == 0 {
+				delete(p.groups, c.group)
+			}
+		}
 		left := Sub(p.used[c.node], c.resources)
 		if left == (v1.Resources{}) {
 			delete(p.used, c.node)
@@ -263,11 +283,58 @@ func (p *Placement) Reserve(uid types.UID, decidedOn string, h Host, r Request) 
 			h.Used = Add(h.Used, c.resources)
 		}
 	}
+	if r.Group != nil {
+		g := *r.Group
+		g.Members = p.groupMembers(uid, g.Key)
+		r.Group = &g
+	}
 	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
 		return false
 	}
-	p.pending[uid] = claim{node: h.Name(), resources: r.Resources, decidedOn: decidedOn}
+	c := claim{node: h.Name(), resources: r.Resources, decidedOn: decidedOn}
+	if r.Group != nil {
+		c.group = r.Group.Key
+	}
+	p.pending[uid] = c
 	return true
+}
+
+// GroupMembers counts, node by node, the members of server group key other than self: what the
+// informer shows and the claims it does not show yet. It is the snapshot a decision starts from;
+// Reserve counts again.
+func (p *Placement) GroupMembers(self types.UID, key string) map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.groupMembers(self, key)
+}
+
+// groupMembers is GroupMembers with p.mu held.
+func (p *Placement) groupMembers(self types.UID, key string) map[string]int {
+	members := make(map[string]int, len(p.groups[key]))
+	for node, n := range p.groups[key] {
+		members[node] = n
+	}
+	for _, c := range p.observed[self] {
+		if c.group == key {
+			if members[c.node]--; members[c.node] <= 0 {
+				delete(members, c.node)
+			}
+		}
+	}
+	for uid, c := range p.pending {
+		if uid != self && c.group == key {
+			members[c.node]++
+		}
+	}
+	return members
+}
+
+// GroupKey names an instance's server group (namespace/name), or "" when it has none.
+func GroupKey(inst *v1.Instance) string {
+	if inst.Spec.ServerGroup == "" {
+		return ""
+	}
+	return inst.Namespace + "/" + inst.Spec.ServerGroup
 }
 
 // Release drops a claim, for an instance whose placement was not written.

@@ -43,6 +43,28 @@ type Request struct {
 	// AdoptDisk, when set, is the UID of a quarantined disk the launch boots: only hosts whose
 	// storage holds it (their Hypervisor lists it) may be chosen.
 	AdoptDisk string
+	// Group, when set, is the instance's server group.
+	Group *GroupRequest
+}
+
+// GroupRequest is the server group of the instance being placed: its policy and where its other
+// members are.
+type GroupRequest struct {
+	// Key names the group: namespace/name.
+	Key        string
+	Policy     v1.ServerGroupPolicy
+	MaxPerHost int
+	// Members counts the group's other members on each node: a member counts on every node it
+	// holds (both ends of a move in flight), as it does against the node's resources.
+	Members map[string]int
+}
+
+// membersOn is how many other members of the request's group node has.
+func (r Request) membersOn(node string) int {
+	if r.Group == nil {
+		return 0
+	}
+	return r.Group.Members[node]
 }
 
 // Filter rejects hosts that cannot take a request.
@@ -84,6 +106,20 @@ var DefaultFilters = []Filter{
 	PlacementFilters[0],
 	PlacementFilters[1],
 	PlacementFilters[2],
+	{Name: "ServerGroupAffinityFilter", Passes: func(h Host, r Request) bool {
+		// The first member goes anywhere; the others where the members are (Nova's
+		// ServerGroupAffinityFilter).
+		if r.Group == nil || r.Group.Policy != v1.ServerGroupAffinity || len(r.Group.Members) == 0 {
+			return true
+		}
+		return r.membersOn(h.Name()) > 0
+	}},
+	{Name: "ServerGroupAntiAffinityFilter", Passes: func(h Host, r Request) bool {
+		if r.Group == nil || r.Group.Policy != v1.ServerGroupAntiAffinity {
+			return true
+		}
+		return r.membersOn(h.Name()) < r.Group.MaxPerHost
+	}},
 	{Name: "VCPUFilter", Passes: func(h Host, r Request) bool {
 		return r.Resources.VCPUs <= Free(h).VCPUs
 	}},
@@ -234,14 +270,27 @@ func Select(hosts []Host, r Request, filters []Filter) (string, error) {
 	if len(passed) == 0 {
 		return "", nvh
 	}
-	// RAMWeigher with a positive multiplier: spread, the host with the most free memory wins.
-	// Ties go to the name so that the same inputs always give the same answer. One pass, each
-	// host's free memory computed once: a decision runs this over every host.
-	best, bestFree := 0, Free(passed[0]).MemoryMiB
+	// A soft server group policy weighs first (Nova's ServerGroupSoft(Anti)AffinityWeigher,
+	// whose multiplier outweighs the others): the most members for soft-affinity, the fewest for
+	// soft-anti-affinity. Then the RAMWeigher with a positive multiplier: spread, the host with
+	// the most free memory wins. Ties go to the name so that the same inputs always give the same
+	// answer. One pass, each host's free memory computed once: a decision runs this over every
+	// host.
+	groupWeight := func(Host) int { return 0 }
+	if g := r.Group; g != nil {
+		switch g.Policy {
+		case v1.ServerGroupSoftAffinity:
+			groupWeight = func(h Host) int { return g.Members[h.Name()] }
+		case v1.ServerGroupSoftAntiAffinity:
+			groupWeight = func(h Host) int { return -g.Members[h.Name()] }
+		}
+	}
+	best, bestGroup, bestFree := 0, groupWeight(passed[0]), Free(passed[0]).MemoryMiB
 	for i := 1; i < len(passed); i++ {
-		free := Free(passed[i]).MemoryMiB
-		if free > bestFree || (free == bestFree && passed[i].Name() < passed[best].Name()) {
-			best, bestFree = i, free
+		group, free := groupWeight(passed[i]), Free(passed[i]).MemoryMiB
+		if group > bestGroup || (group == bestGroup && (free > bestFree ||
+			(free == bestFree && passed[i].Name() < passed[best].Name()))) {
+			best, bestGroup, bestFree = i, group, free
 		}
 	}
 	return passed[best].Name(), nil
