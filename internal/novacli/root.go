@@ -101,6 +101,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o), newResizeCommand(o),
 		newRescueCommand(o), newUnrescueCommand(o))
 	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o), newEvacuateCommand(o), newQuarantineListCommand(o))
+	root.AddCommand(newServerGroupCreateCommand(o), newServerGroupListCommand(o), newServerGroupDeleteCommand(o))
 	return root
 }
 

@@ -86,6 +86,9 @@ func showProperties(inst *v1.Instance) []property {
 		{"locked", lockedValue(&inst.Spec)},
 		{"spec powerState", string(lifecycle.Desired(&inst.Spec))},
 	}
+	if g := inst.Spec.ServerGroup; g != "" {
+		props = append(props, property{"serverGroup", g})
+	}
 	// One line per NIC, as the guest names them (eth0 first): network, MAC and addresses.
 	for i, nic := range st.Networks {
 		addrs := "no address seen yet"
