@@ -45,6 +45,8 @@ type InstanceReconciler struct {
 	client.Client
 	Recorder  events.EventRecorder
 	Placement *scheduler.Placement
+	// Pods sums, per node, what the pods bound there request; nil counts no pods.
+	Pods *scheduler.PodLoad
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 	// MaxSchedulingBackoff caps the wait between attempts to place an instance.
@@ -95,6 +97,7 @@ type InstanceReconciler struct {
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=flavors;images;clusterimages,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=hypervisors,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=snapshots;migrations;servergroups,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=compute.kubenova.io,resources=images,verbs=create;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;delete,namespace=kubenova-system
@@ -273,13 +276,28 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	r.Placement.SetSynced(registration.HasSynced)
+	podsWatch := func(b *builder.Builder) *builder.Builder { return b }
+	if r.Pods != nil {
+		pods, err := mgr.GetCache().GetInformer(context.Background(), &corev1.Pod{})
+		if err != nil {
+			return err
+		}
+		if _, err := pods.AddEventHandler(r.Pods.EventHandler()); err != nil {
+			return err
+		}
+		// A pod that goes (or ends) frees room on its node for an instance that waits.
+		podsWatch = func(b *builder.Builder) *builder.Builder {
+			return b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.waitingInstances),
+				builder.WithPredicates(predicate.Funcs{CreateFunc: never[event.CreateEvent], UpdateFunc: podEnded, GenericFunc: never[event.GenericEvent]}))
+		}
+	}
 
 	waiting := handler.EnqueueRequestsFromMapFunc(r.waitingInstances)
 	workers := r.Workers
 	if workers <= 0 {
 		workers = DefaultInstanceWorkers
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	return podsWatch(ctrl.NewControllerManagedBy(mgr)).
 		For(&v1.Instance{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Watches(&v1.Flavor{}, waiting).
@@ -313,6 +331,15 @@ func hypervisorMayTakeMore(e event.UpdateEvent) bool {
 		old.Status.Capacity != hv.Status.Capacity || old.Status.Reserved != hv.Status.Reserved ||
 		hv.Status.Instances < old.Status.Instances || !slices.Equal(old.Status.Networks, hv.Status.Networks) ||
 		!slices.Equal(old.Status.Quarantined, hv.Status.Quarantined)
+}
+
+// podEnded says whether a pod's update ended it (Succeeded or Failed): kube-scheduler stops
+// counting it then, and so does PodLoad.
+func podEnded(e event.UpdateEvent) bool {
+	ended := func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	}
+	return !ended(e.ObjectOld.(*corev1.Pod)) && ended(e.ObjectNew.(*corev1.Pod))
 }
 
 // hypervisorStateChanged says whether a Hypervisor went down or came back up.

@@ -231,6 +231,7 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 		used := r.Placement.Usage(inst.UID)
 		for i := range hosts {
 			hosts[i].Used = used[hosts[i].Name()]
+			hosts[i].Pods = r.Pods.On(hosts[i].Name())
 		}
 		node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -73,6 +74,8 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		LeaderElectionReleaseOnCancel: true,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{o.LeaseNamespace: {}}},
+			// Every pod of the cluster, for what they request of their nodes: only that is kept.
+			&corev1.Pod{}: {Transform: scheduler.StripPod},
 		}},
 		Controller: config.Controller{SkipNameValidation: ptr.To(o.RestartableInProcess)},
 	})
@@ -106,6 +109,7 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		Client:    mgr.GetClient(),
 		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
 		Placement: scheduler.NewPlacement(),
+		Pods:      scheduler.NewPodLoad(),
 		Workers:   o.Workers,
 
 		APIReader:          mgr.GetAPIReader(),

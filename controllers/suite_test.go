@@ -86,7 +86,7 @@ var _ = BeforeSuite(func() {
 	Expect((&ServerGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"), APIReader: mgr.GetAPIReader(),
 		SystemNamespace: leaseNamespace,
-		Placement:       scheduler.NewPlacement(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
+		Placement:       scheduler.NewPlacement(), Pods: scheduler.NewPodLoad(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	// A Snapshot or Migration waits briefly for a missing instance here: the specs see both the

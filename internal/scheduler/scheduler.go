@@ -24,6 +24,8 @@ type Host struct {
 	Node *corev1.Node
 	// Used is the sum of the flavors placed here, claims not yet visible included.
 	Used v1.Resources
+	// Pods is what the pods bound to the node request (PodLoad).
+	Pods PodRequests
 }
 
 // Name is the host's node name.
@@ -129,6 +131,35 @@ var DefaultFilters = []Filter{
 	{Name: "DiskFilter", Passes: func(h Host, r Request) bool {
 		return r.Resources.DiskGiB <= Free(h).DiskGiB
 	}},
+	{Name: "PodsFitFilter", Passes: podsFit},
+}
+
+// podsFit says whether the node's allocatable, less what its pods request, holds its guests
+// with this one: their memory whole (a pod must never be promised memory a guest holds, whatever
+// the memory allocation ratio lets guests share among themselves), their vCPUs at the CPU
+// allocation ratio's share. A node that reports no allocatable (no kubelet) is not judged.
+func podsFit(h Host, r Request) bool {
+	if h.Node == nil {
+		return true
+	}
+	alloc := h.Node.Status.Allocatable
+	if mem, ok := alloc[corev1.ResourceMemory]; ok {
+		guests := (h.Used.MemoryMiB + r.Resources.MemoryMiB) << 20
+		if mem.Value()-h.Pods.MemoryBytes < guests {
+			return false
+		}
+	}
+	if cpu, ok := alloc[corev1.ResourceCPU]; ok {
+		ratio, err := strconv.ParseFloat(h.Hypervisor.Spec.CPUAllocationRatio, 64)
+		if err != nil || ratio <= 0 {
+			ratio = 16.0
+		}
+		guests := int64(float64((h.Used.VCPUs+r.Resources.VCPUs)*1000) / ratio)
+		if cpu.MilliValue()-h.Pods.MilliCPU < guests {
+			return false
+		}
+	}
+	return true
 }
 
 // PlacementFilters are the filters that depend only on the spec's placement constraints; the
