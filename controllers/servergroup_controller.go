@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/internal/kube"
+	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
 // ServerGroupReconciler lists each ServerGroup's members and their nodes in its status, as
@@ -31,18 +32,11 @@ const indexServerGroup = "spec.serverGroup"
 // IndexServerGroupMembers adds the index by spec.serverGroup to the manager's cache.
 func IndexServerGroupMembers(ctx context.Context, mgr ctrl.Manager) error {
 	return mgr.GetFieldIndexer().IndexField(ctx, &v1.Instance{}, indexServerGroup, func(o client.Object) []string {
-		if key := groupKeyOf(o.(*v1.Instance)); key != "" {
+		if key := scheduler.GroupKey(o.(*v1.Instance)); key != "" {
 			return []string{key}
 		}
 		return nil
 	})
-}
-
-func groupKeyOf(inst *v1.Instance) string {
-	if inst.Spec.ServerGroup == "" {
-		return ""
-	}
-	return inst.Namespace + "/" + inst.Spec.ServerGroup
 }
 
 // Reconcile writes the group's members when they changed.
@@ -63,7 +57,7 @@ func (r *ServerGroupReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		}
 	}
 	slices.SortFunc(members, func(a, b v1.ServerGroupMember) int { return strings.Compare(a.Name, b.Name) })
-	if slices.Equal(members, group.Status.Members) || (len(members) == 0 && len(group.Status.Members) == 0) {
+	if slices.Equal(members, group.Status.Members) {
 		return ctrl.Result{}, nil
 	}
 	orig := group.DeepCopy()

@@ -149,6 +149,17 @@ func waitConsole(t *testing.T, node utils.DeployedNode, inst *v1.Instance, what 
 	})
 }
 
+// waitFilesGone waits until the instance's directory is gone from node's storage.
+func waitFilesGone(t *testing.T, node utils.DeployedNode, inst *v1.Instance, what string) {
+	t.Helper()
+	eventually(t, time.Minute, what, func() error {
+		if _, err := os.Stat(instanceDir(node, inst)); !os.IsNotExist(err) {
+			return fmt.Errorf("%s: %v", instanceDir(node, inst), err)
+		}
+		return nil
+	})
+}
+
 // runsOnlyOn checks with virsh that the instance's domain runs on node and is not defined on
 // the other one.
 func runsOnlyOn(ctx context.Context, t *testing.T, node utils.DeployedNode, inst *v1.Instance) {
@@ -275,12 +286,7 @@ func TestLiveMigrationOverTLSBetweenRealNodes(t *testing.T) {
 	if c := consoleOn(t, target, inst); c.Boots() != 0 {
 		t.Errorf("the guest booted on %s: %d boot lines", target.Name, c.Boots())
 	}
-	eventually(t, time.Minute, "the source's copy removed once the guest runs on the target", func() error {
-		if _, err := os.Stat(instanceDir(source, inst)); !os.IsNotExist(err) {
-			return fmt.Errorf("%s: %v", instanceDir(source, inst), err)
-		}
-		return nil
-	})
+	waitFilesGone(t, source, inst, "the source's copy removed once the guest runs on the target")
 }
 
 // A cold migration back: the guest is powered off, its disk copied, and it boots on the other
@@ -309,12 +315,7 @@ func TestColdMigrationBetweenRealNodes(t *testing.T) {
 	waitConsole(t, target, inst, "the guest's second boot, from its own disk, on "+target.Name, func(c utils.Console) bool {
 		return c.Last(utils.BootCount) == 2
 	})
-	eventually(t, time.Minute, "the source's copy removed once the move is confirmed", func() error {
-		if _, err := os.Stat(instanceDir(source, inst)); !os.IsNotExist(err) {
-			return fmt.Errorf("%s: %v", instanceDir(source, inst), err)
-		}
-		return nil
-	})
+	waitFilesGone(t, source, inst, "the source's copy removed once the move is confirmed")
 }
 
 // A resize to the bigger flavor: the guest boots with its memory and disk, from its own disk.
@@ -370,12 +371,7 @@ func TestSnapshotShelveAndUnshelveOnRealNodes(t *testing.T) {
 	if out, err := node.Virsh(ctx, "list", "--all", "--uuid"); err != nil || strings.Contains(out, string(inst.UID)) {
 		t.Errorf("virsh list on %s after the offload: %v\n%s", node.Name, err, out)
 	}
-	eventually(t, time.Minute, "the offloaded instance's files gone from "+node.Name, func() error {
-		if _, err := os.Stat(instanceDir(node, inst)); !os.IsNotExist(err) {
-			return fmt.Errorf("%s: %v", instanceDir(node, inst), err)
-		}
-		return nil
-	})
+	waitFilesGone(t, node, inst, "the offloaded instance's files gone from "+node.Name)
 
 	started = time.Now()
 	mustNova(ctx, t, "unshelve", mover, "--wait", "--timeout=5m")
