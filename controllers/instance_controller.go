@@ -88,6 +88,12 @@ type InstanceReconciler struct {
 	// its copy of the disk until the resize ends; nil leaves such copies alone.
 	Images imagestore.Store
 
+	// Reservations writes the reservation pods; nil leaves Kubernetes uncounted (no quotas
+	// judged, no kubelet waited for).
+	Reservations *ReservationReconciler
+	// reservationWaits holds when each launch began waiting for its reservation's admission.
+	reservationWaits sync.Map
+
 	attempts attempts
 }
 
@@ -288,7 +294,9 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// A pod that goes (or ends) frees room on its node for an instance that waits.
 		podsWatch = func(b *builder.Builder) *builder.Builder {
 			return b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.waitingInstances),
-				builder.WithPredicates(predicate.Funcs{CreateFunc: never[event.CreateEvent], UpdateFunc: podEnded, GenericFunc: never[event.GenericEvent]}))
+				builder.WithPredicates(predicate.Funcs{CreateFunc: never[event.CreateEvent], UpdateFunc: podEnded, GenericFunc: never[event.GenericEvent]})).
+				// A reservation pod admitted (or refused) lets the launches it carries go on.
+				Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.instancesAwaitingReservation))
 		}
 	}
 
@@ -311,6 +319,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Hypervisor{}, handler.EnqueueRequestsFromMapFunc(r.instancesOnNode),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorStateChanged, CreateFunc: never[event.CreateEvent], GenericFunc: never[event.GenericEvent]})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
+		Watches(&corev1.ResourceQuota{}, handler.EnqueueRequestsFromMapFunc(r.instancesWaitingInNamespace)).
 		Complete(r)
 }
 

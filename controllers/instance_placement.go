@@ -141,11 +141,49 @@ func (r *InstanceReconciler) placeOrWait(ctx context.Context, inst *v1.Instance,
 		r.observe(st, func() { metrics.CountNoValidHost(nvh.Blamed()) })
 		return "", &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}, nil
 	}
+	if res, err := r.admitOnNode(ctx, inst, st, node); res != nil || err != nil {
+		return "", res, err
+	}
 	r.attempts.forget(inst.UID)
 	meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
 		Status: metav1.ConditionTrue, Reason: v1.ReasonScheduled, Message: "placed on " + node,
 		ObservedGeneration: inst.Generation})
 	return node, nil, nil
+}
+
+// admitOnNode holds a launch placed on node until its namespace's quotas have room for it and
+// the node's kubelet has admitted its reservation (instance_reservation.go); the result to
+// return while it must wait, nil when it may go on.
+func (r *InstanceReconciler) admitOnNode(ctx context.Context, inst *v1.Instance, st *reconcileState, node string) (*ctrl.Result, error) {
+	refuse := func(why *lifecycle.Refusal) *ctrl.Result {
+		r.Placement.Release(inst.UID)
+		r.reservationWaits.Delete(inst.UID)
+		st.waiting = why
+		meta.SetStatusCondition(&inst.Status.Conditions, metav1.Condition{Type: v1.ConditionScheduled,
+			Status: metav1.ConditionFalse, Reason: why.Reason, Message: why.Message, ObservedGeneration: inst.Generation})
+		r.event(st, inst, corev1.EventTypeWarning, why.Reason, "Schedule", "%s", why.Message)
+		return &ctrl.Result{RequeueAfter: r.backoff(inst.UID)}
+	}
+	exceeded, err := r.quotaExceeded(ctx, inst)
+	if err != nil {
+		r.Placement.Release(inst.UID)
+		return nil, err
+	}
+	if exceeded != nil {
+		return refuse(exceeded), nil
+	}
+	wait, refused, err := r.reservationPending(ctx, inst, node)
+	switch {
+	case err != nil:
+		return nil, err
+	case refused != nil:
+		return refuse(refused), nil
+	case wait != nil:
+		// The reservation pod's changes wake the instance; the look again is for the deadline.
+		st.waiting = wait
+		return &ctrl.Result{RequeueAfter: reservationAdmissionTimeout / 8}, nil
+	}
+	return nil, nil
 }
 
 // flavorTooSmall says why a flavor cannot boot an image, or "" when it can.
@@ -218,6 +256,11 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 	if err != nil {
 		return "", err
 	}
+	request.Owner = client.ObjectKeyFromObject(inst)
+	// A placed instance's claim is the far end of a move; one with no node is placed at home.
+	request.Move = inst.Status.NodeName != ""
+	// A launch that waits for its reservation keeps the node it was given while it still fits.
+	keep := r.Placement.PendingNode(inst.UID)
 	for attempt := 1; ; attempt++ {
 		hosts, err := r.candidates(ctx)
 		if err != nil {
@@ -228,10 +271,17 @@ func (r *InstanceReconciler) place(ctx context.Context, inst *v1.Instance, reque
 			g.Members = r.Placement.GroupMembers(inst.UID, g.Key)
 			request.Group = &g
 		}
-		used := r.Placement.Usage(inst.UID)
+		used, overhead := r.Placement.Usage(inst.UID), r.Placement.OverheadUsage(inst.UID)
 		for i := range hosts {
-			hosts[i].Used = used[hosts[i].Name()]
+			hosts[i].Used, hosts[i].OverheadMiB = used[hosts[i].Name()], overhead[hosts[i].Name()]
 			hosts[i].Pods = r.Pods.On(hosts[i].Name())
+		}
+		if i := slices.IndexFunc(hosts, func(h scheduler.Host) bool { return h.Name() == keep }); keep != "" && i >= 0 {
+			if _, err := scheduler.Select(hosts[i:i+1], request, scheduler.DefaultFilters); err == nil &&
+				r.Placement.Reserve(inst.UID, inst.ResourceVersion, hosts[i], request) {
+				return keep, nil
+			}
+			keep = ""
 		}
 		node, err := scheduler.Select(hosts, request, scheduler.DefaultFilters)
 		if err != nil {

@@ -53,6 +53,9 @@ type ManagerOptions struct {
 	// SubresourcesAddr is where the aggregated API listens ("" or "0": nowhere).
 	SubresourcesAddr, SubresourcesService, SubresourcesSecret string
 	DefaultRescueImage                                        string
+	// ReservationImage is the reservation pods' container image; "" writes no reservation
+	// pods (Kubernetes then does not count the guests, nor quotas limit them).
+	ReservationImage string
 	// RestartableInProcess lets one process build the manager again after a stop (a test
 	// that kills and restarts it in process): controller-runtime refuses a second controller
 	// of a name otherwise.
@@ -105,12 +108,25 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	if _, err := store.Identify(); err != nil {
 		ctrl.Log.Error(err, "the image store is unavailable; imports, uploads and deletes wait for it", "path", store.Root, "id", store.ID)
 	}
+	var reservations *ReservationReconciler
+	placement := scheduler.NewPlacement()
+	if o.ReservationImage != "" {
+		if err := EnsureReservationPriorityClass(context.Background(), direct, DefaultReservationPriorityClass); err != nil {
+			return nil, err
+		}
+		reservations = &ReservationReconciler{Client: mgr.GetClient(), Placement: placement, SystemNamespace: o.LeaseNamespace,
+			Image: o.ReservationImage, PriorityClass: DefaultReservationPriorityClass}
+		if err := reservations.SetupWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("reservation controller: %w", err)
+		}
+	}
 	if err := (&InstanceReconciler{
-		Client:    mgr.GetClient(),
-		Recorder:  mgr.GetEventRecorder("kubenova-manager"),
-		Placement: scheduler.NewPlacement(),
-		Pods:      scheduler.NewPodLoad(),
-		Workers:   o.Workers,
+		Client:       mgr.GetClient(),
+		Recorder:     mgr.GetEventRecorder("kubenova-manager"),
+		Placement:    placement,
+		Pods:         scheduler.NewPodLoad(),
+		Reservations: reservations,
+		Workers:      o.Workers,
 
 		APIReader:          mgr.GetAPIReader(),
 		SystemNamespace:    o.LeaseNamespace,

@@ -84,9 +84,14 @@ var _ = BeforeSuite(func() {
 	Expect(IndexMigrations(ctx, mgr)).To(Succeed())
 	Expect(IndexServerGroupMembers(ctx, mgr)).To(Succeed())
 	Expect((&ServerGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr)).To(Succeed())
+	placement := scheduler.NewPlacement()
+	Expect(EnsureReservationPriorityClass(ctx, k8s, DefaultReservationPriorityClass)).To(Succeed())
+	reservations := &ReservationReconciler{Client: mgr.GetClient(), Placement: placement, SystemNamespace: leaseNamespace,
+		Image: "pause", PriorityClass: DefaultReservationPriorityClass}
+	Expect(reservations.SetupWithManager(mgr)).To(Succeed())
 	Expect((&InstanceReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("kubenova-manager"), APIReader: mgr.GetAPIReader(),
-		SystemNamespace: leaseNamespace,
-		Placement:       scheduler.NewPlacement(), Pods: scheduler.NewPodLoad(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
+		SystemNamespace: leaseNamespace, Reservations: reservations,
+		Placement: placement, Pods: scheduler.NewPodLoad(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	// A Snapshot or Migration waits briefly for a missing instance here: the specs see both the

@@ -34,6 +34,15 @@ const (
 	ReasonQuarantinedDiskNotFound = "QuarantinedDiskNotFound"
 	// ReasonServerGroupNotFound: spec.serverGroup names no ServerGroup of the namespace.
 	ReasonServerGroupNotFound = "ServerGroupNotFound"
+	// ReasonQuotaExceeded: the instance's vCPUs or memory would take its namespace past a
+	// ResourceQuota (the message names it); it goes on when room appears.
+	ReasonQuotaExceeded = "QuotaExceeded"
+	// ReasonAwaitingReservation: the instance is placed and waits for its node's kubelet to
+	// admit the reservation pod that carries its vCPUs and memory.
+	ReasonAwaitingReservation = "AwaitingReservation"
+	// ReasonReservationRefused: the node's kubelet refused the reservation pod (a pod took the
+	// room first), or did not admit it in time: the instance is placed again.
+	ReasonReservationRefused = "ReservationRefused"
 	// ReasonScheduled: a node was chosen.
 	ReasonScheduled = "Scheduled"
 	// ReasonFlavorNotFound: spec.flavor names no Flavor.

@@ -47,6 +47,7 @@ func run() error {
 		apiAddr        = flag.String("subresources-bind-address", "0", "address of the aggregated API (subresources.compute.kubenova.io: instances/log, the console logs), which kube-apiserver proxies to; 0 disables it")
 		apiService     = flag.String("subresources-service", "kubenova-manager-subresources", "the Service in --lease-namespace that kube-apiserver reaches the aggregated API through, which its certificate names")
 		apiSecret      = flag.String("subresources-secret", "kubenova-manager-subresources-tls", "the Secret in --lease-namespace that keeps the aggregated API's certificate, made by the manager")
+		reserveImage   = flag.String("reservation-image", controllers.DefaultReservationImage, "image of the reservation pods, which carry the instances' vCPUs and memory for kube-scheduler, the kubelet and ResourceQuotas (a pause container); empty writes none, leaving Kubernetes blind to the guests")
 		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
@@ -61,7 +62,7 @@ func run() error {
 		ShelvedOffloadTime: *offloadTime, AllowResizeToSameHost: *sameHost, InstanceBuildTimeout: *buildTimeout, TaskTimeout: *taskTimeout,
 		ResizeConfirmWindow: *confirmWindow, MissingInstanceTimeout: *missingWait,
 		SubresourcesAddr: *apiAddr, SubresourcesService: *apiService, SubresourcesSecret: *apiSecret,
-		DefaultRescueImage: *rescueImage,
+		DefaultRescueImage: *rescueImage, ReservationImage: *reserveImage,
 	})
 	if err != nil {
 		return err

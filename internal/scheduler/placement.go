@@ -110,6 +110,10 @@ func Involves(inst *v1.Instance, node string) bool {
 type claim struct {
 	node      string
 	resources v1.Resources
+	// key is the reservation pod that carries the claim (ReservationKey).
+	key ReservationKey
+	// owner is the instance, for waking it when its reservation is admitted.
+	owner types.NamespacedName
 	// group is the instance's server group (GroupKey), if any.
 	group string
 	// decidedOn is the resourceVersion of the instance the decision was made from.
@@ -137,28 +141,58 @@ type Placement struct {
 	used map[string]v1.Resources
 	// groups counts observed members per server group and node.
 	groups map[string]map[string]int
+	// overheadMiB sums per node the memory overhead of the guests observed there.
+	overheadMiB map[string]int64
+	// reserved sums observed claims per reservation pod.
+	reserved map[ReservationKey]Reserved
 	// pending are decisions the informer does not show yet.
 	pending map[types.UID]claim
 	synced  func() bool
+	// onChange, when set, hears of every reservation whose sum may have changed; it is called
+	// without the lock held.
+	onChange func(keys []ReservationKey)
 }
 
 // NewPlacement returns an empty Placement.
 func NewPlacement() *Placement {
 	return &Placement{observed: map[types.UID]claims{}, used: map[string]v1.Resources{}, groups: map[string]map[string]int{},
-		pending: map[types.UID]claim{}}
+		overheadMiB: map[string]int64{}, reserved: map[ReservationKey]Reserved{}, pending: map[types.UID]claim{}}
+}
+
+// OnReservationChange sets what hears of reservations whose sums may have changed (the
+// ReservationReconciler's queue).
+func (p *Placement) OnReservationChange(f func(keys []ReservationKey)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onChange = f
+}
+
+// tell passes keys to onChange; call without the lock.
+func (p *Placement) tell(f func([]ReservationKey), keys []ReservationKey) {
+	if f != nil && len(keys) > 0 {
+		f(keys)
+	}
 }
 
 // Observe records what the informer shows of an instance now. A pending claim that the
 // instance shows is retired: from now on the instance itself counts.
 func (p *Placement) Observe(inst *v1.Instance) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	before := p.observed[inst.UID]
 	p.unobserve(inst.UID)
 	var held claims
 	group := GroupKey(inst)
-	for _, c := range Claims(inst) {
-		held = append(held, claim{node: c.Node, resources: c.Resources, group: group})
+	owner := types.NamespacedName{Namespace: inst.Namespace, Name: inst.Name}
+	for i, c := range Claims(inst) {
+		// The first claim is the instance's own node; the others are the far ends of moves.
+		key := ReservationKey{Namespace: inst.Namespace, Node: c.Node}
+		if i > 0 {
+			key = ReservationKey{Node: c.Node, Moves: true}
+		}
+		held = append(held, claim{node: c.Node, resources: c.Resources, group: group, key: key, owner: owner})
 		p.used[c.Node] = Add(p.used[c.Node], c.Resources)
+		p.overheadMiB[c.Node] += MemoryOverheadMiB(c.Resources)
+		p.reserved[key] = p.reserved[key].plus(ReservedFor(c.Resources))
 		if group != "" {
 			if p.groups[group] == nil {
 				p.groups[group] = map[string]int{}
@@ -173,18 +207,57 @@ func (p *Placement) Observe(inst *v1.Instance) {
 	// other write to the instance in between makes that one fail (it is made over the version
 	// it read), and its claim is released then. (Without this, an instance resized on its own
 	// node would retire its claim with the first event of its old version.)
+	var changed []ReservationKey
 	if c, ok := p.pending[inst.UID]; ok && inst.Status.Flavor != nil && inst.ResourceVersion != c.decidedOn &&
 		(inst.Status.NodeName == c.node || Involves(inst, c.node)) {
 		delete(p.pending, inst.UID)
+		changed = append(changed, c.key)
 	}
+	if !sameClaims(before, held) {
+		for _, c := range append(before, held...) {
+			changed = append(changed, c.key)
+		}
+	}
+	f := p.onChange
+	p.mu.Unlock()
+	p.tell(f, changed)
+}
+
+// sameClaims says whether two lists of claims hold the same amounts on the same reservations.
+func sameClaims(a, b claims) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].key != b[i].key || a[i].resources != b[i].resources {
+			return false
+		}
+	}
+	return true
 }
 
 // Forget drops an instance that is gone, with any claim it held.
 func (p *Placement) Forget(uid types.UID) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	changed := p.keysOf(uid)
 	p.unobserve(uid)
 	delete(p.pending, uid)
+	f := p.onChange
+	p.mu.Unlock()
+	p.tell(f, changed)
+}
+
+// keysOf lists the reservations an instance's claims, observed and pending, count in. Call with
+// p.mu held.
+func (p *Placement) keysOf(uid types.UID) []ReservationKey {
+	var keys []ReservationKey
+	for _, c := range p.observed[uid] {
+		keys = append(keys, c.key)
+	}
+	if c, ok := p.pending[uid]; ok {
+		keys = append(keys, c.key)
+	}
+	return keys
 }
 
 // unobserve takes an instance's observed allocation out of the sums. Call with p.mu held.
@@ -202,6 +275,14 @@ func (p *Placement) unobserve(uid types.UID) {
 			if len(p.groups[c.group]) == 0 {
 				delete(p.groups, c.group)
 			}
+		}
+		if p.overheadMiB[c.node] -= MemoryOverheadMiB(c.resources); p.overheadMiB[c.node] <= 0 {
+			delete(p.overheadMiB, c.node)
+		}
+		if r := p.reserved[c.key].minus(ReservedFor(c.resources)); r == (Reserved{}) {
+			delete(p.reserved, c.key)
+		} else {
+			p.reserved[c.key] = r
 		}
 		left := Sub(p.used[c.node], c.resources)
 		if left == (v1.Resources{}) {
@@ -271,16 +352,32 @@ func (p *Placement) Usage(self types.UID) map[string]v1.Resources {
 	return used
 }
 
+// OverheadUsage is, per node, the memory overhead of the guests Usage counts (self left out).
+func (p *Placement) OverheadUsage(self types.UID) map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	overhead := make(map[string]int64, len(p.overheadMiB))
+	for node, o := range p.overheadMiB {
+		overhead[node] = o
+	}
+	for uid, c := range p.pending {
+		if uid != self {
+			overhead[c.node] += MemoryOverheadMiB(c.resources)
+		}
+	}
+	return overhead
+}
+
 // Reserve claims h for uid if h still passes every filter for r, given every allocation and
 // claim known now; false means another decision took the room and the caller should decide
 // again. decidedOn is the resourceVersion of the instance the decision was made from.
 func (p *Placement) Reserve(uid types.UID, decidedOn string, h Host, r Request) bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	h.Used = p.used[h.Name()]
+	h.Used, h.OverheadMiB = p.used[h.Name()], p.overheadMiB[h.Name()]
 	for other, c := range p.pending {
 		if other != uid && c.node == h.Name() {
 			h.Used = Add(h.Used, c.resources)
+			h.OverheadMiB += MemoryOverheadMiB(c.resources)
 		}
 	}
 	if r.Group != nil {
@@ -289,14 +386,81 @@ func (p *Placement) Reserve(uid types.UID, decidedOn string, h Host, r Request) 
 		r.Group = &g
 	}
 	if _, err := Select([]Host{h}, r, DefaultFilters); err != nil {
+		p.mu.Unlock()
 		return false
 	}
-	c := claim{node: h.Name(), resources: r.Resources, decidedOn: decidedOn}
+	key := ReservationKey{Namespace: r.Owner.Namespace, Node: h.Name()}
+	if r.Move {
+		key = ReservationKey{Node: h.Name(), Moves: true}
+	}
+	c := claim{node: h.Name(), resources: r.Resources, decidedOn: decidedOn, key: key, owner: r.Owner}
 	if r.Group != nil {
 		c.group = r.Group.Key
 	}
+	changed := []ReservationKey{key}
+	if old, ok := p.pending[uid]; ok && old.key != key {
+		changed = append(changed, old.key)
+	}
 	p.pending[uid] = c
+	f := p.onChange
+	p.mu.Unlock()
+	p.tell(f, changed)
 	return true
+}
+
+// PendingNode is the node of uid's claim that the informer does not show yet, "" when none: a
+// launch that waits for its reservation keeps the node it was given.
+func (p *Placement) PendingNode(uid types.UID) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pending[uid].node
+}
+
+// Reservation is what a reservation pod must carry: the claims the informer shows and those it
+// does not show yet.
+func (p *Placement) Reservation(key ReservationKey) Reserved {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sum := p.reserved[key]
+	for _, c := range p.pending {
+		if c.key == key {
+			sum = sum.plus(ReservedFor(c.resources))
+		}
+	}
+	return sum
+}
+
+// HomeReservations is, node by node, what namespace's instances hold (Reservation of each of its
+// home keys).
+func (p *Placement) HomeReservations(namespace string) map[string]Reserved {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]Reserved{}
+	for key, r := range p.reserved {
+		if !key.Moves && key.Namespace == namespace {
+			out[key.Node] = out[key.Node].plus(r)
+		}
+	}
+	for _, c := range p.pending {
+		if !c.key.Moves && c.key.Namespace == namespace {
+			out[c.key.Node] = out[c.key.Node].plus(ReservedFor(c.resources))
+		}
+	}
+	return out
+}
+
+// WaitingOn lists the instances whose pending claims count in a reservation: those a change of
+// its pod may let go on.
+func (p *Placement) WaitingOn(key ReservationKey) []types.NamespacedName {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var owners []types.NamespacedName
+	for _, c := range p.pending {
+		if c.key == key && c.owner.Name != "" {
+			owners = append(owners, c.owner)
+		}
+	}
+	return owners
 }
 
 // GroupMembers counts, node by node, the members of server group key other than self: what the
@@ -340,6 +504,12 @@ func GroupKey(inst *v1.Instance) string {
 // Release drops a claim, for an instance whose placement was not written.
 func (p *Placement) Release(uid types.UID) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	var changed []ReservationKey
+	if c, ok := p.pending[uid]; ok {
+		changed = append(changed, c.key)
+	}
 	delete(p.pending, uid)
+	f := p.onChange
+	p.mu.Unlock()
+	p.tell(f, changed)
 }

@@ -40,7 +40,8 @@ func (l *PodLoad) Observe(pod *corev1.Pod) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.forget(pod.UID)
-	if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	// Placement counts the guests a reservation pod carries.
+	if pod.Labels[ReservationLabel] != "" || pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return
 	}
 	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{UseStatusResources: true})
@@ -107,10 +108,14 @@ func (l *PodLoad) EventHandler() toolscache.ResourceEventHandler {
 	}
 }
 
+// ReservationLabel marks kubenova's reservation pods (controllers/reservation_controller.go);
+// its value says which kind.
+const ReservationLabel = "compute.kubenova.io/reservation"
+
 // StripPod is the cache transform of the manager's Pod informer: it keeps what PodRequests
 // reads (the node, the phase, the containers' and the pod's resources, the overhead) and drops
 // the rest, so that caching every pod of the cluster costs little and holds none of their
-// environment.
+// environment. Of kubenova's reservation pods it keeps their labels and conditions too.
 func StripPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -118,6 +123,11 @@ func StripPod(obj any) (any, error) {
 	}
 	stripped := &corev1.Pod{}
 	stripped.Name, stripped.Namespace, stripped.UID, stripped.ResourceVersion = pod.Name, pod.Namespace, pod.UID, pod.ResourceVersion
+	stripped.DeletionTimestamp = pod.DeletionTimestamp
+	if kind := pod.Labels[ReservationLabel]; kind != "" {
+		stripped.Labels = map[string]string{ReservationLabel: kind}
+		stripped.Status.Conditions, stripped.Status.Reason, stripped.Status.Message = pod.Status.Conditions, pod.Status.Reason, pod.Status.Message
+	}
 	stripped.Spec.NodeName, stripped.Spec.Overhead, stripped.Spec.Resources = pod.Spec.NodeName, pod.Spec.Overhead, pod.Spec.Resources
 	keep := func(in []corev1.Container) []corev1.Container {
 		out := make([]corev1.Container, len(in))

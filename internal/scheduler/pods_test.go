@@ -76,8 +76,15 @@ func TestPodsFitFilter(t *testing.T) {
 		req  Request
 		fits bool
 	}{
-		{"room left", withNode("4", "8Gi", PodRequests{MemoryBytes: 3 << 30}, v1.Resources{MemoryMiB: 4096}), req(1, 1024), true},
-		{"the pods hold the memory", withNode("4", "8Gi", PodRequests{MemoryBytes: 3 << 30}, v1.Resources{MemoryMiB: 4096}), req(1, 2048), false},
+		// 5 GiB left by the pods; 3.5 GiB taken by guests; 1 GiB more with its overhead
+		// (160 + 8 + 16 MiB) fits, 2 GiB does not.
+		{"room left", withNode("4", "8Gi", PodRequests{MemoryBytes: 3 << 30}, v1.Resources{MemoryMiB: 3584}), req(1, 1024), true},
+		{"the pods hold the memory", withNode("4", "8Gi", PodRequests{MemoryBytes: 3 << 30}, v1.Resources{MemoryMiB: 3584}), req(1, 2048), false},
+		{"the guests' QEMU overhead holds the rest", func() Host {
+			h := withNode("4", "8Gi", PodRequests{MemoryBytes: 3 << 30}, v1.Resources{MemoryMiB: 3584})
+			h.OverheadMiB = 400
+			return h
+		}(), req(1, 1024), false},
 		// host() sets a CPU allocation ratio of 1.0: a vCPU is a whole CPU's share.
 		{"the pods hold the CPU", withNode("2", "8Gi", PodRequests{MilliCPU: 1500}, v1.Resources{}), req(1, 256), false},
 		{"half a CPU left for a vCPU at 2:1", func() Host {

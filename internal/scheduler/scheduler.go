@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 )
@@ -24,6 +25,8 @@ type Host struct {
 	Node *corev1.Node
 	// Used is the sum of the flavors placed here, claims not yet visible included.
 	Used v1.Resources
+	// OverheadMiB is the memory overhead of the guests Used counts (MemoryOverheadMiB).
+	OverheadMiB int64
 	// Pods is what the pods bound to the node request (PodLoad).
 	Pods PodRequests
 }
@@ -47,6 +50,11 @@ type Request struct {
 	AdoptDisk string
 	// Group, when set, is the instance's server group.
 	Group *GroupRequest
+	// Owner is the instance being placed, whose namespace's reservation pod carries the claim.
+	Owner types.NamespacedName
+	// Move says the claim is the far end of a move (a migration's target, a resize's new
+	// flavor): it is carried by the node's reservation pod of moves, not by the namespace's.
+	Move bool
 }
 
 // GroupRequest is the server group of the instance being placed: its policy and where its other
@@ -144,17 +152,13 @@ func podsFit(h Host, r Request) bool {
 	}
 	alloc := h.Node.Status.Allocatable
 	if mem, ok := alloc[corev1.ResourceMemory]; ok {
-		guests := (h.Used.MemoryMiB + r.Resources.MemoryMiB) << 20
+		guests := (h.Used.MemoryMiB + h.OverheadMiB + ReservedFor(r.Resources).MemoryMiB) << 20
 		if mem.Value()-h.Pods.MemoryBytes < guests {
 			return false
 		}
 	}
 	if cpu, ok := alloc[corev1.ResourceCPU]; ok {
-		ratio, err := strconv.ParseFloat(h.Hypervisor.Spec.CPUAllocationRatio, 64)
-		if err != nil || ratio <= 0 {
-			ratio = 16.0
-		}
-		guests := int64(float64((h.Used.VCPUs+r.Resources.VCPUs)*1000) / ratio)
+		guests := CPUShareMilli(h.Used.VCPUs+r.Resources.VCPUs, CPUAllocationRatio(h.Hypervisor))
 		if cpu.MilliValue()-h.Pods.MilliCPU < guests {
 			return false
 		}

@@ -135,7 +135,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, check func() e
 func TestDeploy(t *testing.T) {
 	ctx := context.Background()
 	started := time.Now()
-	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent")); err != nil {
+	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent"), tagOf(t, "pause")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 3*time.Minute, "the agents' DaemonSet ready on every node", func() error {

@@ -3,6 +3,7 @@ package deployed
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/controllers"
+	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
 // A pod that kube-scheduler placed on a real node holds memory there that kubenova must not
@@ -39,15 +42,7 @@ func TestAnInstanceDoesNotTakeMemoryAPodRequested(t *testing.T) {
 			}
 		}
 	}
-	var instances v1.InstanceList
-	if err := cluster.Client.List(ctx, &instances); err != nil {
-		t.Fatal(err)
-	}
-	for _, inst := range instances.Items {
-		if inst.Status.NodeName == node.Name && inst.Status.Flavor != nil {
-			free -= int64(inst.Status.Flavor.MemoryMiB) << 20
-		}
-	}
+	// (The guests already there are counted: their reservation pods are among the pods.)
 	// Leave 128 MiB: less than m1.tiny's 256.
 	hog := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "memory-hog"},
 		Spec: corev1.PodSpec{NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name},
@@ -107,4 +102,175 @@ func TestAnInstanceDoesNotTakeMemoryAPodRequested(t *testing.T) {
 		}
 		return client.IgnoreNotFound(err)
 	})
+}
+
+// An instance's vCPUs and memory, with QEMU's overhead, are carried by its namespace's
+// reservation pod on its node, which the node's kubelet admitted before the guest was spawned:
+// kube-scheduler keeps a pod that needs that memory Pending, and a ResourceQuota on
+// requests.memory holds a launch it has no room for (QuotaExceeded) until it grows; a quota on
+// count/instances.compute.kubenova.io refuses the create, as it refuses a pod's.
+func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	node := cluster.Nodes[0]
+	pinned := func(name string) *v1.Instance {
+		return &v1.Instance{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec: v1.InstanceSpec{Flavor: "m1.tiny", Image: v1.ImageReference{Name: "test-guest"},
+				NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name}}}
+	}
+	first := pinned("counted")
+	if err := cluster.Client.Create(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cluster.Client.Delete(context.Background(), first) }()
+	first = waitSettled(ctx, t, first.Name, v1.VMStateActive, 3*time.Minute)
+	one := scheduler.ReservedFor(scheduler.FlavorResources(first.Status.Flavor.FlavorSpec))
+	reservation := &corev1.Pod{}
+	eventually(t, time.Minute, "the reservation pod admitted by the kubelet", func() error {
+		key := client.ObjectKey{Namespace: "default", Name: controllers.ReservationPodName(scheduler.ReservationKey{Namespace: "default", Node: node.Name})}
+		if err := cluster.Client.Get(ctx, key, reservation); err != nil {
+			return err
+		}
+		admitted := controllers.AdmittedRequests(reservation)
+		if admitted.Memory().Value() < one.MemoryMiB<<20 {
+			return fmt.Errorf("phase %s, admitted %v; want %d MiB", reservation.Status.Phase, admitted, one.MemoryMiB)
+		}
+		return nil
+	})
+	if p := reservation.Spec.Priority; p == nil || *p != 1000000000 || reservation.Spec.NodeName != node.Name {
+		t.Errorf("reservation pod: priority %v, node %q", p, reservation.Spec.NodeName)
+	}
+	pid := qemuUser(t, node, first)
+	rss := residentBytes(t, pid)
+	t.Logf("FIGURE QEMU of an m1.tiny (256 MiB) booted under TCG: %d MiB resident; its reservation carries %d MiB", rss>>20, one.MemoryMiB)
+	if rss > one.MemoryMiB<<20 {
+		t.Errorf("QEMU %s holds %d MiB, more than the %d MiB its reservation carries", pid, rss>>20, one.MemoryMiB)
+	}
+
+	By := func(what string) { t.Log(what) }
+	By("a pod that needs 64 MiB more than the node has left beside the guest stays Pending")
+	hog := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "needs-the-guests-memory"},
+		Spec: corev1.PodSpec{NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name},
+			Containers: []corev1.Container{{Name: "pause", Image: tagOf(t, "pause"), ImagePullPolicy: corev1.PullNever,
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceMemory: *resource.NewQuantity(freeMemory(ctx, t, node.Name)+64<<20, resource.BinarySI)}}}}}}
+	if err := cluster.Client.Create(ctx, hog); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cluster.Client.Delete(context.Background(), hog) }()
+	eventually(t, time.Minute, "kube-scheduler finds no room for the pod", func() error {
+		if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(hog), hog); err != nil {
+			return err
+		}
+		for _, c := range hog.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && strings.Contains(c.Message, "Insufficient memory") {
+				return nil
+			}
+		}
+		return fmt.Errorf("node %q, conditions %v", hog.Spec.NodeName, hog.Status.Conditions)
+	})
+	if err := cluster.Client.Delete(ctx, hog); err != nil {
+		t.Fatal(err)
+	}
+
+	By("a quota with room for less than another m1.tiny holds the second launch")
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "compute"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourceRequestsMemory: resource.MustParse("64Ti"),
+			"count/instances.compute.kubenova.io": resource.MustParse("2")}}}
+	if err := cluster.Client.Create(ctx, quota); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cluster.Client.Delete(context.Background(), quota) }()
+	var used resource.Quantity
+	eventually(t, time.Minute, "the quota controller counts the namespace", func() error {
+		if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(quota), quota); err != nil {
+			return err
+		}
+		var ok bool
+		if used, ok = quota.Status.Used[corev1.ResourceRequestsMemory]; !ok || used.Value() < one.MemoryMiB<<20 {
+			return fmt.Errorf("used %v", quota.Status.Used)
+		}
+		return nil
+	})
+	setHard := func(bytes int64) {
+		t.Helper()
+		eventually(t, 30*time.Second, "the quota changed", func() error {
+			if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(quota), quota); err != nil {
+				return err
+			}
+			quota.Spec.Hard[corev1.ResourceRequestsMemory] = *resource.NewQuantity(bytes, resource.BinarySI)
+			return cluster.Client.Update(ctx, quota)
+		})
+	}
+	setHard(used.Value() + one.MemoryMiB<<19)
+	second := pinned("counted-2")
+	if err := cluster.Client.Create(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cluster.Client.Delete(context.Background(), second) }()
+	eventually(t, time.Minute, "the second launch waits with QuotaExceeded", func() error {
+		if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(second), second); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(second.Status.Conditions, v1.ConditionScheduled)
+		if second.Status.NodeName != "" || c == nil || c.Reason != v1.ReasonQuotaExceeded || !strings.Contains(c.Message, "exceeded quota compute: requests.memory") {
+			return fmt.Errorf("node %q, Scheduled %v", second.Status.NodeName, c)
+		}
+		return nil
+	})
+	By("the quota grows: the launch goes on by itself")
+	setHard(used.Value() + 2*one.MemoryMiB<<20)
+	second = waitSettled(ctx, t, second.Name, v1.VMStateActive, 3*time.Minute)
+	if out, err := node.Virsh(ctx, "domstate", string(second.UID)); err != nil || strings.TrimSpace(out) != "running" {
+		t.Errorf("virsh domstate on %s: %q, %v; want running", node.Name, out, err)
+	}
+
+	By("a third instance is refused at creation by count/instances.compute.kubenova.io")
+	err := cluster.Client.Create(ctx, pinned("counted-3"))
+	if err == nil || !strings.Contains(err.Error(), "exceeded quota: compute") || !strings.Contains(err.Error(), "count/instances.compute.kubenova.io") {
+		t.Errorf("third create: %v; want refused by quota compute's count/instances.compute.kubenova.io", err)
+	}
+}
+
+// freeMemory is what node's allocatable memory leaves beside the requests of its pods that have
+// not ended (reservation pods included).
+func freeMemory(ctx context.Context, t *testing.T, node string) int64 {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+		t.Fatal(err)
+	}
+	free := n.Status.Allocatable.Memory().Value()
+	var pods corev1.PodList
+	if err := cluster.Client.List(ctx, &pods, client.MatchingFields{"spec.nodeName": node}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			for _, c := range p.Spec.Containers {
+				free -= c.Resources.Requests.Memory().Value()
+			}
+		}
+	}
+	return free
+}
+
+// residentBytes is a process's resident memory (VmRSS).
+func residentBytes(t *testing.T, pid string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kib); err != nil {
+				t.Fatal(err)
+			}
+			return kib << 10
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%s/status", pid)
+	return 0
 }

@@ -160,7 +160,7 @@ func TestUndeployLeavesInstancesAndARedeployTakesThemOver(t *testing.T) {
 		}
 	}
 
-	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent")); err != nil {
+	if err := cluster.Deploy(ctx, tagOf(t, "manager"), tagOf(t, "agent"), tagOf(t, "pause")); err != nil {
 		t.Fatal(err)
 	}
 	pauseAndUnpause(ctx, t, node, inst.Name, string(inst.UID))

@@ -48,8 +48,9 @@ func ImageTag(tarball string) (string, error) {
 // overlay of config/default that sets the images and the test flags and nothing else. The
 // agents' flags: the hosts' provider network, and their listeners
 // on the node's own address, since the nodes share this machine's network namespace (on
-// separate machines the defaults, every address, do).
-func (c *Cluster) Deploy(ctx context.Context, managerImage, agentImage string) error {
+// separate machines the defaults, every address, do). The manager's: the reservation pods'
+// image, the nodes' own pause image (no registry serves the default here).
+func (c *Cluster) Deploy(ctx context.Context, managerImage, agentImage, pauseImage string) error {
 	dir := filepath.Join(c.WorkDir, "deploy")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -65,6 +66,8 @@ func (c *Cluster) Deploy(ctx context.Context, managerImage, agentImage string) e
 	for _, arg := range agentArgs {
 		fmt.Fprintf(&patch, "    - op: add\n      path: /spec/template/spec/containers/0/args/-\n      value: %q\n", arg)
 	}
+	var managerPatch strings.Builder
+	fmt.Fprintf(&managerPatch, "    - op: add\n      path: /spec/template/spec/containers/0/args/-\n      value: %q\n", "--reservation-image="+pauseImage)
 	name := func(image string) string { return image[:strings.LastIndex(image, ":")] }
 	tag := func(image string) string { return image[strings.LastIndex(image, ":")+1:] }
 	kustomization := fmt.Sprintf(`# Written by the deployed profile's test: config/default, its images, and test flags only.
@@ -82,7 +85,12 @@ patches:
     kind: DaemonSet
     name: kubenova-agent
   patch: |-
-%s`, base, name(managerImage), tag(managerImage), name(agentImage), tag(agentImage), patch.String())
+%s
+- target:
+    kind: Deployment
+    name: kubenova-manager
+  patch: |-
+%s`, base, name(managerImage), tag(managerImage), name(agentImage), tag(agentImage), patch.String(), managerPatch.String())
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		return err
 	}
