@@ -319,7 +319,7 @@ func (r *InstanceReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Hypervisor{}, handler.EnqueueRequestsFromMapFunc(r.instancesOnNode),
 			builder.WithPredicates(predicate.Funcs{UpdateFunc: hypervisorStateChanged, CreateFunc: never[event.CreateEvent], GenericFunc: never[event.GenericEvent]})).
 		Watches(&corev1.Node{}, waiting, builder.WithPredicates(predicate.Funcs{UpdateFunc: nodePlacementChanged})).
-		Watches(&corev1.ResourceQuota{}, handler.EnqueueRequestsFromMapFunc(r.instancesWaitingInNamespace)).
+		Watches(&corev1.ResourceQuota{}, handler.EnqueueRequestsFromMapFunc(r.instancesWaitingOnQuota)).
 		Complete(r)
 }
 

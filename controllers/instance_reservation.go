@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,6 +37,38 @@ const reservationAdmissionTimeout = 2 * time.Minute
 // and what the namespace's reservation pods will grow by, this launch included. A quota with
 // scopes is left to the API server, which judges the pod's write.
 func (r *InstanceReconciler) quotaExceeded(ctx context.Context, inst *v1.Instance) (*lifecycle.Refusal, error) {
+	return r.quotaExceededWith(ctx, inst, nil, "the launch")
+}
+
+// resizeQuotaExceeded says which ResourceQuota a resize to flavor would take past its hard
+// limit: the namespace's reservation pods grow by the new flavor less the old one once the
+// instance runs with it (Nova checks a resize's quota for that difference too).
+func (r *InstanceReconciler) resizeQuotaExceeded(ctx context.Context, inst *v1.Instance, flavor v1.FlavorSpec) (*lifecycle.Refusal, error) {
+	if inst.Status.Flavor == nil {
+		return nil, nil
+	}
+	ratio := r.cpuRatio(ctx, inst.Status.NodeName)
+	now := ReservationRequests(scheduler.ReservedFor(scheduler.FlavorResources(inst.Status.Flavor.FlavorSpec)), ratio)
+	then := ReservationRequests(scheduler.ReservedFor(scheduler.FlavorResources(flavor)), ratio)
+	extra := corev1.ResourceList{}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if d := then[name].DeepCopy(); d.Cmp(now[name]) > 0 {
+			d.Sub(now[name])
+			extra[name] = d
+		}
+	}
+	if len(extra) == 0 {
+		return nil, nil
+	}
+	refusal, err := r.quotaExceededWith(ctx, inst, extra, "the resize")
+	if refusal != nil {
+		refusal.Action = v1.ActionResize
+	}
+	return refusal, err
+}
+
+// quotaExceededWith is quotaExceeded with extra (CPU, memory) on top of what Placement knows.
+func (r *InstanceReconciler) quotaExceededWith(ctx context.Context, inst *v1.Instance, extra corev1.ResourceList, what string) (*lifecycle.Refusal, error) {
 	if r.Reservations == nil {
 		return nil, nil // nothing carries the instances to the quotas
 	}
@@ -46,6 +79,17 @@ func (r *InstanceReconciler) quotaExceeded(ctx context.Context, inst *v1.Instanc
 	growth, err := r.reservationGrowth(ctx, inst.Namespace)
 	if err != nil {
 		return nil, err
+	}
+	for name, q := range extra {
+		forms := []corev1.ResourceName{corev1.ResourceRequestsCPU, corev1.ResourceCPU, corev1.ResourceLimitsCPU}
+		if name == corev1.ResourceMemory {
+			forms = []corev1.ResourceName{corev1.ResourceRequestsMemory, corev1.ResourceMemory, corev1.ResourceLimitsMemory}
+		}
+		for _, f := range forms {
+			sum := growth[f].DeepCopy()
+			sum.Add(q)
+			growth[f] = sum
+		}
 	}
 	sort.Slice(quotas.Items, func(i, j int) bool { return quotas.Items[i].Name < quotas.Items[j].Name })
 	for _, q := range quotas.Items {
@@ -64,8 +108,8 @@ func (r *InstanceReconciler) quotaExceeded(ctx context.Context, inst *v1.Instanc
 			wanted.Add(more)
 			if wanted.Cmp(hard) > 0 {
 				return &lifecycle.Refusal{Reason: v1.ReasonQuotaExceeded, Message: fmt.Sprintf(
-					"exceeded quota %s: %s of %s needs %s more, %s of %s used; the launch goes on when the quota has room",
-					q.Name, name, inst.Namespace, more.String(), used.String(), hard.String())}, nil
+					"exceeded quota %s: %s of %s needs %s more, %s of %s used; %s goes on when the quota has room",
+					q.Name, name, inst.Namespace, more.String(), used.String(), hard.String(), what)}, nil
 			}
 		}
 	}
@@ -189,13 +233,18 @@ func (r *InstanceReconciler) instancesAwaitingReservation(_ context.Context, o c
 	return out
 }
 
-// instancesWaitingInNamespace lists the namespace's instances waiting to be placed: a
-// ResourceQuota's change may give them room.
-func (r *InstanceReconciler) instancesWaitingInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+// instancesWaitingOnQuota lists the namespace's instances that wait for a quota's room (a launch,
+// an unshelve or a resize): a ResourceQuota's change may give it.
+func (r *InstanceReconciler) instancesWaitingOnQuota(ctx context.Context, o client.Object) []reconcile.Request {
 	var list v1.InstanceList
-	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexWaiting: "true"},
-		client.UnsafeDisableDeepCopy); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.UnsafeDisableDeepCopy); err != nil {
 		return nil
 	}
-	return requestsFor(list.Items)
+	var out []reconcile.Request
+	for i := range list.Items {
+		if c := meta.FindStatusCondition(list.Items[i].Status.Conditions, v1.ConditionReady); c != nil && c.Reason == v1.ReasonQuotaExceeded {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return out
 }

@@ -57,6 +57,10 @@ func (r *InstanceReconciler) startSpecResize(ctx context.Context, inst *v1.Insta
 		st.refusal = &lifecycle.Refusal{Action: v1.ActionResize, Reason: v1.ReasonFlavorTooSmall, Message: msg}
 		return false, nil
 	}
+	if exceeded, err := r.resizeQuotaExceeded(ctx, inst, flavor.Spec); err != nil || exceeded != nil {
+		st.waiting = exceeded // a quota's change wakes it
+		return false, err
+	}
 	applied := v1.AppliedFlavor{Name: flavor.Name, FlavorSpec: flavor.Spec}
 	plan, refusal, err := r.planResize(ctx, inst, v1.ActionResize, applied, "")
 	if err != nil {

@@ -176,7 +176,8 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		// go on when a quota's change wakes them.
 		r.refusals.Store(req, err.Error())
 		log.FromContext(ctx).Info("reservation refused", "reservation", req, "reason", err.Error())
-		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+		// A pod of another node may be about to shrink (an instance that moved): soon again.
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
 	if err == nil {
 		r.refusals.Delete(req)

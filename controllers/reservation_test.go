@@ -144,6 +144,22 @@ var _ = Describe("Reservation pods", Ordered, func() {
 			used := quota.Status.Used[corev1.ResourceRequestsMemory]
 			g.Expect(used.Cmp(mib(wantMiB))).To(BeZero(), "used %s", used.String())
 		}).WithContext(ctx).Should(Succeed())
+
+		By("a resize to 4 GiB would take the quota past 4 GiB: it waits, and goes on when the quota grows")
+		makeFlavor(ctx, "reserve-4g", 1, 4096, 1)
+		patchInstance(ctx, inst, `{"spec":{"flavor":"reserve-4g"}}`)
+		Eventually(func(g Gomega) {
+			got := current(ctx, inst)
+			g.Expect(got.Status.Resize).To(BeNil())
+			expectReadyReason(g, got.Status.Conditions, v1.ReasonQuotaExceeded, "exceeded quota compute: requests.memory", "the resize")
+		}).WithContext(ctx).Should(Succeed())
+		Consistently(func() *v1.ResizeStatus { return current(ctx, inst).Status.Resize }).WithContext(ctx).Should(BeNil())
+		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(quota), quota)).To(Succeed())
+		quota.Spec.Hard[corev1.ResourceRequestsMemory] = resource.MustParse("8Gi")
+		Expect(k8s.Update(ctx, quota)).To(Succeed())
+		quota.Status.Hard = quota.Spec.Hard
+		Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
+		waitForVMState(ctx, inst, v1.VMStateResized)
 	})
 })
 

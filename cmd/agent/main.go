@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -174,7 +175,7 @@ func simulate(ctx context.Context, cfg *rest.Config, base agent.Node, sim simula
 		for i := 1; i <= sim.nodes; i++ {
 			names = append(names, fmt.Sprintf("%s-%03d", base.Name, i))
 		}
-		if err := ensureNodes(ctx, cfg, names, sim.zone); err != nil {
+		if err := ensureNodes(ctx, cfg, names, sim); err != nil {
 			return err
 		}
 	}
@@ -216,18 +217,35 @@ func simulate(ctx context.Context, cfg *rest.Config, base agent.Node, sim simula
 	return errors.Join(all...)
 }
 
-// ensureNodes creates the Node objects of simulated nodes that do not have one yet, as a
-// kubelet registers its node.
-func ensureNodes(ctx context.Context, cfg *rest.Config, names []string, zone string) error {
+// ensureNodes creates the Node objects of simulated nodes that do not have one yet, and reports
+// their capacity and allocatable, as a kubelet registers its node (with no kubelet version: no
+// kubelet admits their pods).
+func ensureNodes(ctx context.Context, cfg *rest.Config, names []string, sim simulation) error {
 	c, err := client.New(cfg, client.Options{Scheme: kubescheme.New()})
 	if err != nil {
 		return err
 	}
+	resources := corev1.ResourceList{
+		corev1.ResourceCPU:    *resource.NewQuantity(sim.vcpus, resource.DecimalSI),
+		corev1.ResourceMemory: *resource.NewQuantity(sim.memoryMiB<<20, resource.BinarySI),
+		corev1.ResourcePods:   *resource.NewQuantity(110, resource.DecimalSI),
+	}
 	for _, name := range names {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-			corev1.LabelHostname: name, scheduler.ZoneLabel: zone, "kubenova.io/simulated": "true"}}}
-		if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
+			corev1.LabelHostname: name, scheduler.ZoneLabel: sim.zone, "kubenova.io/simulated": "true"}}}
+		if err := c.Create(ctx, node); apierrors.IsAlreadyExists(err) {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(node), node); err != nil {
+				return fmt.Errorf("node %s: %w", name, err)
+			}
+		} else if err != nil {
 			return fmt.Errorf("create node %s: %w", name, err)
+		}
+		if len(node.Status.Allocatable) > 0 {
+			continue
+		}
+		node.Status.Capacity, node.Status.Allocatable = resources, resources
+		if err := c.Status().Update(ctx, node); err != nil {
+			return fmt.Errorf("node %s: report its allocatable: %w", name, err)
 		}
 	}
 	return nil

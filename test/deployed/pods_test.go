@@ -176,18 +176,22 @@ func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
 	By("a quota with room for less than another m1.tiny holds the second launch")
 	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "compute"},
 		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourceRequestsMemory: resource.MustParse("64Ti"),
-			"count/instances.compute.kubenova.io": resource.MustParse("2")}}}
+			countInstances: resource.MustParse("1000")}}}
 	if err := cluster.Client.Create(ctx, quota); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = cluster.Client.Delete(context.Background(), quota) }()
-	var used resource.Quantity
+	// The namespace holds the earlier tests' instances too: the limits are set from what the
+	// quota controller counted.
+	var used, count resource.Quantity
 	eventually(t, time.Minute, "the quota controller counts the namespace", func() error {
 		if err := cluster.Client.Get(ctx, client.ObjectKeyFromObject(quota), quota); err != nil {
 			return err
 		}
-		var ok bool
-		if used, ok = quota.Status.Used[corev1.ResourceRequestsMemory]; !ok || used.Value() < one.MemoryMiB<<20 {
+		var okMem, okCount bool
+		used, okMem = quota.Status.Used[corev1.ResourceRequestsMemory]
+		count, okCount = quota.Status.Used[countInstances]
+		if !okMem || !okCount || used.Value() < one.MemoryMiB<<20 || count.Value() < 1 {
 			return fmt.Errorf("used %v", quota.Status.Used)
 		}
 		return nil
@@ -199,6 +203,7 @@ func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
 				return err
 			}
 			quota.Spec.Hard[corev1.ResourceRequestsMemory] = *resource.NewQuantity(bytes, resource.BinarySI)
+			quota.Spec.Hard[countInstances] = *resource.NewQuantity(count.Value()+1, resource.DecimalSI)
 			return cluster.Client.Update(ctx, quota)
 		})
 	}
@@ -231,6 +236,9 @@ func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
 		t.Errorf("third create: %v; want refused by quota compute's count/instances.compute.kubenova.io", err)
 	}
 }
+
+// countInstances is the quota's object count of Instances.
+const countInstances corev1.ResourceName = "count/instances.compute.kubenova.io"
 
 // freeMemory is what node's allocatable memory leaves beside the requests of its pods that have
 // not ended (reservation pods included).
