@@ -133,8 +133,8 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	exists := err == nil
 	if want == (scheduler.Reserved{}) {
 		r.refusals.Delete(req)
-		if !exists {
-			return ctrl.Result{}, nil
+		if !exists || (!pod.DeletionTimestamp.IsZero() && r.hasKubelet(ctx, key.Node)) {
+			return ctrl.Result{}, nil // gone, or its kubelet is finishing its deletion
 		}
 		return ctrl.Result{}, r.deletePod(ctx, pod, key.Node)
 	}
@@ -147,6 +147,9 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	case !exists:
 		err = r.Create(ctx, r.newPod(key, requests))
 	case !pod.DeletionTimestamp.IsZero():
+		if !r.hasKubelet(ctx, key.Node) {
+			return ctrl.Result{}, r.deletePod(ctx, pod, key.Node)
+		}
 		return ctrl.Result{RequeueAfter: time.Second}, nil // created again once it is gone
 	case pod.Status.Phase == corev1.PodFailed:
 		// The kubelet refused it at admission (OutOfmemory, OutOfcpu): the waiting launches go
@@ -189,10 +192,16 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 // none does (nothing would ever finish a graceful deletion there).
 func (r *ReservationReconciler) deletePod(ctx context.Context, pod *corev1.Pod, node string) error {
 	opts := []client.DeleteOption{client.Preconditions{UID: &pod.UID}}
-	if !r.hasAllocatable(ctx, node) {
+	if !r.hasKubelet(ctx, node) {
 		opts = append(opts, client.GracePeriodSeconds(0))
 	}
 	return client.IgnoreNotFound(r.Delete(ctx, pod, opts...))
+}
+
+// hasKubelet says whether a kubelet runs node: its Node reports a kubelet version.
+func (r *ReservationReconciler) hasKubelet(ctx context.Context, node string) bool {
+	n := &corev1.Node{}
+	return r.Get(ctx, types.NamespacedName{Name: node}, n) == nil && n.Status.NodeInfo.KubeletVersion != ""
 }
 
 // hasAllocatable says whether node's Node reports allocatable resources (a kubelet runs it).
