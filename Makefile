@@ -115,6 +115,10 @@ bench-scale: control-plane build ## The scheduler's Go benchmarks; 1,000 instanc
 	go test ./internal/scheduler -run '^$$' -bench . -benchmem -count=5
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 100 --instances 1000 --runs 3 --work-dir $(WORK_DIR)/bench-scale
 
+.PHONY: bench-scale-large
+bench-scale-large: control-plane build ## 10,000 instances on 1,000 simulated nodes, once (the manager restarted if it loses its lease).
+	KUBENOVA_BIN=$(BIN) go run ./test/bench/scale --nodes 1000 --instances 10000 --runs 1 --work-dir $(WORK_DIR)/bench-scale-large
+
 .PHONY: bench-guests
 bench-guests: libvirt control-plane test-guest build ## Launch, power and image operations and a launch storm on real guests, beside the same done by hand.
 	KUBENOVA_BIN=$(BIN) go run ./test/bench/launch --runs 5 --work-dir $(WORK_DIR)/bench

@@ -56,6 +56,10 @@ type ManagerOptions struct {
 	// ReservationImage is the reservation pods' container image; "" writes no reservation
 	// pods (Kubernetes then does not count the guests, nor quotas limit them).
 	ReservationImage string
+	// DefaultEvictionStrategy applies to instances that name none; MaxDrainMovesPerNode and
+	// MaxDrainMoves bound the moves drains have in flight off one node and in all.
+	DefaultEvictionStrategy             v1.EvictionStrategy
+	MaxDrainMovesPerNode, MaxDrainMoves int
 	// RestartableInProcess lets one process build the manager again after a stop (a test
 	// that kills and restarts it in process): controller-runtime refuses a second controller
 	// of a name otherwise.
@@ -203,6 +207,11 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("migration controller: %w", err)
 	}
+	drain := &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), DefaultStrategy: o.DefaultEvictionStrategy,
+		MaxPerNode: o.MaxDrainMovesPerNode, MaxInFlight: o.MaxDrainMoves}
+	if err := drain.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("drain controller: %w", err)
+	}
 	if err := (&ServerGroupReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("server group controller: %w", err)
 	}
@@ -214,6 +223,9 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 		srv := &subresources.Server{Addr: o.SubresourcesAddr, Namespace: o.LeaseNamespace, ServiceName: o.SubresourcesService,
 			SecretName: o.SubresourcesSecret, Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clientset: clientset,
 			Agents: &consolelog.AgentClient{}}
+		if reservations != nil {
+			srv.Evictions = drain.AdmitReservationEviction
+		}
 		if err := mgr.Add(srv); err != nil {
 			return nil, err
 		}

@@ -11,11 +11,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -77,6 +79,7 @@ type ReservationReconciler struct {
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=pods/resize,verbs=patch
 // +kubebuilder:rbac:groups=scheduling.k8s.io,resources=priorityclasses,verbs=get;create
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create
 
 // requestFor is the reconcile request of a reservation.
 func (r *ReservationReconciler) requestFor(key scheduler.ReservationKey) reconcile.Request {
@@ -145,7 +148,12 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	requests := ReservationRequests(want, scheduler.CPUAllocationRatio(hv))
 	switch {
 	case !exists:
-		err = r.Create(ctx, r.newPod(key, requests))
+		if err := r.ensureDisruptionBudget(ctx, r.podKey(key).Namespace); err != nil {
+			return ctrl.Result{}, err
+		}
+		pod = r.newPod(key, requests)
+		r.ownByNode(ctx, pod, key.Node)
+		err = r.Create(ctx, pod)
 	case !pod.DeletionTimestamp.IsZero():
 		if !r.hasKubelet(ctx, key.Node) {
 			return ctrl.Result{}, r.deletePod(ctx, pod, key.Node)
@@ -314,6 +322,42 @@ func (r *ReservationReconciler) newPod(key scheduler.ReservationKey, requests co
 			}},
 		},
 	}
+}
+
+// ownByNode makes the pod's Node its controller, as a static pod's mirror is: kubectl drain
+// then evicts it like any managed pod (it refuses to touch pods with no controller unless
+// forced), and the pod goes with its Node.
+func (r *ReservationReconciler) ownByNode(ctx context.Context, pod *corev1.Pod, node string) {
+	n := &corev1.Node{}
+	if err := r.Get(ctx, types.NamespacedName{Name: node}, n); err != nil {
+		return // no Node (a node being registered): the pod stands alone
+	}
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID,
+		Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(false)}}
+}
+
+// ReservationDisruptionBudget is the PodDisruptionBudget of each namespace's reservation pods.
+const ReservationDisruptionBudget = "kubenova-guests"
+
+// ensureDisruptionBudget makes the namespace's PodDisruptionBudget over reservation pods, once:
+// none may be evicted (maxUnavailable 0), so that while the manager's eviction webhook cannot
+// answer a drain waits instead of taking the guests' requests from Kubernetes' sight.
+func (r *ReservationReconciler) ensureDisruptionBudget(ctx context.Context, namespace string) error {
+	pdb := &policyv1.PodDisruptionBudget{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ReservationDisruptionBudget}, pdb); err == nil {
+		return nil
+	} else if !apierrors.IsNotFound(err) {
+		return err
+	}
+	pdb = &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: ReservationDisruptionBudget,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubenova"}},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+			Selector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: ReservationLabel, Operator: metav1.LabelSelectorOpExists}}},
+		},
+	}
+	return client.IgnoreAlreadyExists(r.Create(ctx, pdb))
 }
 
 // EnsureReservationPriorityClass creates the reservation pods' PriorityClass if it is missing:

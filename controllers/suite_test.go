@@ -53,6 +53,8 @@ var (
 	imageFile   string
 	imageSum    string
 	cancel      context.CancelFunc
+	// drainer is the manager's drain controller: its eviction review is called directly.
+	drainer *DrainReconciler
 )
 
 const leaseNamespace = "kubenova-system"
@@ -93,6 +95,8 @@ var _ = BeforeSuite(func() {
 		SystemNamespace: leaseNamespace, Reservations: reservations,
 		Placement: placement, Pods: scheduler.NewPodLoad(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
+	drainer = &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), MaxPerNode: 1, MaxInFlight: 5, Retry: time.Second}
+	Expect(drainer.SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	// A Snapshot or Migration waits briefly for a missing instance here: the specs see both the
 	// wait and the failure.

@@ -341,6 +341,15 @@ type InstanceSpec struct {
 	// +optional
 	ServerGroup string `json:"serverGroup,omitempty"`
 
+	// EvictionStrategy says what a drain of the instance's node (kubectl drain, or any
+	// eviction of its reservation pod) does with it, as KubeVirt's evictionStrategy does:
+	// LiveMigrate moves it to another node while it runs, and the drain completes once it has
+	// left; None leaves it where it is, and the drain waits, saying why, until it is moved or
+	// deleted. Empty takes the manager's --default-eviction-strategy.
+	// +kubebuilder:validation:Enum=LiveMigrate;None
+	// +optional
+	EvictionStrategy EvictionStrategy `json:"evictionStrategy,omitempty"`
+
 	// UserData is cloud-init user data from a Secret, given to the guest on a NoCloud drive
 	// (Nova's user_data). It is read when the drive is made: the first boot on a node.
 	// +optional
@@ -860,3 +869,14 @@ type InstanceList struct {
 func init() {
 	registerTypes(&Instance{}, &InstanceList{})
 }
+
+// EvictionStrategy is what a drain of its node does with an instance.
+type EvictionStrategy string
+
+// Eviction strategies.
+const (
+	// EvictionLiveMigrate moves the instance to another node while it runs.
+	EvictionLiveMigrate EvictionStrategy = "LiveMigrate"
+	// EvictionNone leaves the instance on its node: the drain waits for a person.
+	EvictionNone EvictionStrategy = "None"
+)

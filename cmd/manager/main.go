@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	v1 "github.com/kubenova/kubenova/api/v1alpha1"
 	"github.com/kubenova/kubenova/controllers"
 	"github.com/kubenova/kubenova/internal/imagestore"
 	"github.com/kubenova/kubenova/internal/metrics"
@@ -48,12 +49,18 @@ func run() error {
 		apiService     = flag.String("subresources-service", "kubenova-manager-subresources", "the Service in --lease-namespace that kube-apiserver reaches the aggregated API through, which its certificate names")
 		apiSecret      = flag.String("subresources-secret", "kubenova-manager-subresources-tls", "the Secret in --lease-namespace that keeps the aggregated API's certificate, made by the manager")
 		reserveImage   = flag.String("reservation-image", controllers.DefaultReservationImage, "image of the reservation pods, which carry the instances' vCPUs and memory for kube-scheduler, the kubelet and ResourceQuotas (a pause container); empty writes none, leaving Kubernetes blind to the guests")
+		evictStrategy  = flag.String("default-eviction-strategy", string(v1.EvictionLiveMigrate), "what a drain of its node does with an instance whose spec.evictionStrategy is empty: LiveMigrate, or None")
+		drainPerNode   = flag.Int("max-drain-moves-per-node", 2, "how many instances a drain moves off one node at once (Nova's max_concurrent_live_migrations is per node too)")
+		drainMoves     = flag.Int("max-drain-moves", 5, "how many instances all drains move at once")
 		rescueImage    = flag.String("default-rescue-image", "", "ClusterImage a rescue boots when spec.rescue names no image; empty boots the instance's own image, as Nova does")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	if s := v1.EvictionStrategy(*evictStrategy); s != v1.EvictionLiveMigrate && s != v1.EvictionNone {
+		return fmt.Errorf("--default-eviction-strategy=%s: want LiveMigrate or None", s)
+	}
 
 	mgr, err := controllers.NewManager(ctrl.GetConfigOrDie(), controllers.ManagerOptions{
 		LeaderElect: *leaderElect, LeaseNamespace: *leaseNamespace, NodeDownGrace: *nodeDownGrace, AutoEvacuate: *autoEvacuate,
@@ -63,6 +70,7 @@ func run() error {
 		ResizeConfirmWindow: *confirmWindow, MissingInstanceTimeout: *missingWait,
 		SubresourcesAddr: *apiAddr, SubresourcesService: *apiService, SubresourcesSecret: *apiSecret,
 		DefaultRescueImage: *rescueImage, ReservationImage: *reserveImage,
+		DefaultEvictionStrategy: v1.EvictionStrategy(*evictStrategy), MaxDrainMovesPerNode: *drainPerNode, MaxDrainMoves: *drainMoves,
 	})
 	if err != nil {
 		return err
@@ -86,6 +94,7 @@ func run() error {
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 // +kubebuilder:rbac:groups=apiregistration.k8s.io,resources=apiservices,verbs=get;patch,resourceNames=v1alpha1.subresources.compute.kubenova.io
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;update,resourceNames=kubenova-reservation-eviction
 // +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create,resourceNames=kubenova-manager,namespace=kubenova-system
 
 // splitList splits a comma-separated flag, dropping empty items.

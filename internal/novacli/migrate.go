@@ -317,3 +317,138 @@ func (o *options) runEvacuate(ctx context.Context, node, target string, forceDow
 // coldMigrationResized is the reason of a cold migration whose instance waits in Resized
 // (the manager's controllers.ReasonResized).
 const coldMigrationResized = "Resized"
+
+func newHostEvacuateLiveCommand(o *options) *cobra.Command {
+	var (
+		wf         waitFlags
+		target     string
+		block      bool
+		maxServers int
+	)
+	cmd := &cobra.Command{
+		Use:   "host-evacuate-live NODE [--target-host NODE] [--block-migrate] [--max-servers N]",
+		Short: "Live-migrate every instance off a node without draining it (nova host-evacuate-live)",
+		Long: "host-evacuate-live creates one live Migration per running or paused instance of NODE, in\n" +
+			"the instance's namespace, as nova host-evacuate-live calls live-migration for each server\n" +
+			"of the host. Instances in other states are listed and left. --max-servers starts at most\n" +
+			"N moves; with --wait it keeps N in flight until every instance has moved, and fails if\n" +
+			"any move failed. Unlike kubectl drain it neither cordons NODE nor evicts its pods, so\n" +
+			"the scheduler may place new instances there meanwhile: cordon it first to empty it.",
+		Example: `  # Move everything off host-1, three at a time, and follow the moves
+  kubectl cordon host-1 && kubectl nova host-evacuate-live host-1 --max-servers 3 --wait`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mode := v1.BlockMigrationAuto
+			if cmd.Flags().Changed("block-migrate") {
+				mode = v1.BlockMigrationDisabled
+				if block {
+					mode = v1.BlockMigrationEnabled
+				}
+			}
+			return o.runHostEvacuateLive(cmd.Context(), args[0], v1.MigrationSpec{Type: v1.MigrationLive, TargetNode: target, BlockMigration: mode}, maxServers, wf)
+		},
+	}
+	cmd.Flags().StringVar(&target, "target-host", "", "The node to move the instances to; default: the scheduler's choice for each.")
+	cmd.Flags().BoolVar(&block, "block-migrate", false, "Copy the disks too (--block-migrate=false: only memory). Default: decided from the nodes' storage.")
+	cmd.Flags().IntVar(&maxServers, "max-servers", 0, "Move at most this many instances at once (0: all at once).")
+	wf.addWithUsage(cmd, "Follow the moves until each has succeeded or failed; fail if any failed.", 30*time.Minute)
+	return cmd
+}
+
+func (o *options) runHostEvacuateLive(ctx context.Context, node string, spec v1.MigrationSpec, maxServers int, wf waitFlags) error {
+	c, err := o.newClient()
+	if err != nil {
+		return err
+	}
+	out := o.streams.Out
+	if err := c.Get(ctx, client.ObjectKey{Name: node}, &v1.Hypervisor{}); err != nil {
+		return err
+	}
+	var list v1.InstanceList
+	if err := c.List(ctx, &list, client.MatchingFields{"status.nodeName": node}); err != nil {
+		return err
+	}
+	sort.Slice(list.Items, func(i, j int) bool {
+		return client.ObjectKeyFromObject(&list.Items[i]).String() < client.ObjectKeyFromObject(&list.Items[j]).String()
+	})
+	var queue []*v1.Instance
+	for i := range list.Items {
+		inst := &list.Items[i]
+		switch {
+		case !inst.DeletionTimestamp.IsZero():
+		case inst.Status.VMState != v1.VMStateActive && inst.Status.VMState != v1.VMStatePaused:
+			_, _ = fmt.Fprintf(out, "%s/%s not moved: it is %s (only a running or paused guest moves live)\n", inst.Namespace, inst.Name, inst.Status.VMState)
+		default:
+			queue = append(queue, inst)
+		}
+	}
+	if len(queue) == 0 {
+		_, _ = fmt.Fprintf(out, "no running instances on %s\n", node)
+		return nil
+	}
+	limit := maxServers
+	if limit <= 0 || limit > len(queue) {
+		limit = len(queue)
+	}
+	start := func(inst *v1.Instance) (*v1.Migration, error) {
+		s := spec
+		s.InstanceName = inst.Name
+		mig := &v1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, GenerateName: inst.Name + "-live-"}, Spec: s}
+		if err := c.Create(ctx, mig); err != nil {
+			return nil, fmt.Errorf("live-migrate %s/%s: %w", inst.Namespace, inst.Name, err)
+		}
+		_, _ = fmt.Fprintf(out, "migration.compute.kubenova.io/%s created (%s/%s)\n", mig.Name, inst.Namespace, inst.Name)
+		return mig, nil
+	}
+	if !wf.wait {
+		for _, inst := range queue[:limit] {
+			if _, err := start(inst); err != nil {
+				return err
+			}
+		}
+		for _, inst := range queue[limit:] {
+			_, _ = fmt.Fprintf(out, "%s/%s not moved: --max-servers %d\n", inst.Namespace, inst.Name, maxServers)
+		}
+		return nil
+	}
+	// Keep limit moves in flight: each ended move starts the next.
+	type result struct {
+		mig *v1.Migration
+		err error
+	}
+	done := make(chan result)
+	follow := func(mig *v1.Migration) {
+		err := waitForMigration(ctx, io.Discard, mig, func(ctx context.Context) error {
+			return c.Get(ctx, client.ObjectKeyFromObject(mig), mig)
+		}, o.pollInterval, wf.timeout)
+		done <- result{mig, err}
+	}
+	inFlight, next := 0, 0
+	var failed []string
+	for next < len(queue) || inFlight > 0 {
+		for inFlight < limit && next < len(queue) {
+			mig, err := start(queue[next])
+			next++
+			if err != nil {
+				failed = append(failed, err.Error())
+				continue
+			}
+			inFlight++
+			go follow(mig)
+		}
+		if inFlight == 0 {
+			break
+		}
+		r := <-done
+		inFlight--
+		if r.err != nil {
+			failed = append(failed, r.err.Error())
+			continue
+		}
+		_, _ = fmt.Fprintf(out, "%s/%s runs on %s: %d ms of downtime\n", r.mig.Namespace, r.mig.Spec.InstanceName, r.mig.Status.TargetNode, r.mig.Status.DowntimeMillis)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d live migrations failed:\n  %s", len(failed), len(queue), strings.Join(failed, "\n  "))
+	}
+	return nil
+}

@@ -145,3 +145,34 @@ func TestEvacuateFencesTheNodeAndCreatesOneMigrationPerInstance(t *testing.T) {
 		t.Errorf("evacuating a node that does not exist: %v", err)
 	}
 }
+
+func TestHostEvacuateLiveStartsAMovePerRunningInstanceUpToMaxServers(t *testing.T) {
+	hv := &v1.Hypervisor{ObjectMeta: metav1.ObjectMeta{Name: "host-1"}}
+	stopped := sampleInstance("batch")
+	stopped.Status.VMState = v1.VMStateStopped
+	paused := sampleInstance("db")
+	paused.Status.VMState = v1.VMStatePaused
+	elsewhere := sampleInstance("cache")
+	elsewhere.Status.NodeName = "host-2"
+	h := newHarness(t, hv, sampleInstance("web"), paused, stopped, elsewhere)
+	if err := h.run("host-evacuate-live", "host-1", "--max-servers", "1", "--block-migrate"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := h.opts.newClient()
+	var list v1.MigrationList
+	if err := c.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	want := v1.MigrationSpec{InstanceName: "db", Type: v1.MigrationLive, BlockMigration: v1.BlockMigrationEnabled}
+	if len(list.Items) != 1 || list.Items[0].Spec != want {
+		t.Fatalf("created %+v, want one Migration %+v (db comes first by name)", list.Items, want)
+	}
+	for _, line := range []string{"default/batch not moved: it is Stopped", "default/web not moved: --max-servers 1"} {
+		if !strings.Contains(h.out.String(), line) {
+			t.Errorf("printed %q, want a line %q", h.out, line)
+		}
+	}
+	if strings.Contains(h.out.String(), "cache") {
+		t.Errorf("printed an instance of another node: %q", h.out)
+	}
+}

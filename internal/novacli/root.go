@@ -100,7 +100,7 @@ func newRootCommand(o *options) *cobra.Command {
 	root.AddCommand(newRebootCommand(o), newLockCommand(o), newUnlockCommand(o))
 	root.AddCommand(newImageListCommand(o), newImageShowCommand(o), newSnapshotCommand(o), newRebuildCommand(o), newResizeCommand(o),
 		newRescueCommand(o), newUnrescueCommand(o))
-	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o), newEvacuateCommand(o), newQuarantineListCommand(o))
+	root.AddCommand(newMigrateCommand(o), newMigrationListCommand(o), newEvacuateCommand(o), newHostEvacuateLiveCommand(o), newQuarantineListCommand(o))
 	root.AddCommand(newServerGroupCreateCommand(o), newServerGroupListCommand(o), newServerGroupDeleteCommand(o))
 	return root
 }

@@ -160,3 +160,43 @@ func (s *Server) ensureCABundle(ctx context.Context, bundle []byte) error {
 	log.FromContext(ctx).Info("published the serving certificate's CA in the APIService", "apiService", APIServiceName)
 	return nil
 }
+
+// ensureWebhookCABundle puts the serving certificate's CA into the eviction webhook's
+// configuration, where kube-apiserver reads it; a cluster without that configuration (kubenova
+// installed without it) is left as it is.
+func (s *Server) ensureWebhookCABundle(ctx context.Context, bundle []byte) error {
+	cfg := &unstructured.Unstructured{}
+	cfg.SetAPIVersion("admissionregistration.k8s.io/v1")
+	cfg.SetKind("ValidatingWebhookConfiguration")
+	if err := s.APIReader.Get(ctx, client.ObjectKey{Name: EvictionWebhookName}, cfg); apierrors.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("ValidatingWebhookConfiguration %s: %w", EvictionWebhookName, err)
+	}
+	webhooks, _, _ := unstructured.NestedSlice(cfg.Object, "webhooks")
+	want := base64.StdEncoding.EncodeToString(bundle)
+	changed := false
+	for i, wh := range webhooks {
+		m, ok := wh.(map[string]any)
+		if !ok {
+			continue
+		}
+		if current, _, _ := unstructured.NestedString(m, "clientConfig", "caBundle"); current != want {
+			if err := unstructured.SetNestedField(m, want, "clientConfig", "caBundle"); err != nil {
+				return err
+			}
+			webhooks[i], changed = m, true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := unstructured.SetNestedSlice(cfg.Object, webhooks, "webhooks"); err != nil {
+		return err
+	}
+	if err := s.Client.Update(ctx, cfg); err != nil {
+		return fmt.Errorf("the CA bundle of ValidatingWebhookConfiguration %s: %w", EvictionWebhookName, err)
+	}
+	log.FromContext(ctx).Info("published the serving certificate's CA in the eviction webhook", "webhook", EvictionWebhookName)
+	return nil
+}

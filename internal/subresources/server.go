@@ -62,6 +62,8 @@ type Server struct {
 	Clientset kubernetes.Interface
 	// Agents calls the nodes' agents.
 	Agents *consolelog.AgentClient
+	// Evictions answers evictions of reservation pods (EvictionPath); nil lets them through.
+	Evictions ReservationEvictions
 	// RefreshPeriod is how often the front proxy's CA and the serving certificate are read
 	// again (five minutes when zero).
 	RefreshPeriod time.Duration
@@ -148,7 +150,10 @@ func (s *Server) refresh(ctx context.Context) error {
 		return err
 	}
 	s.serving.Store(cert)
-	return s.ensureCABundle(ctx, caBundle)
+	if err := s.ensureCABundle(ctx, caBundle); err != nil {
+		return err
+	}
+	return s.ensureWebhookCABundle(ctx, caBundle)
 }
 
 // Handler serves discovery and the subresources.
@@ -159,6 +164,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /apis/"+Group, s.authenticated(s.serveGroup))
 	mux.HandleFunc("GET "+prefix, s.authenticated(s.serveResourceList))
 	mux.HandleFunc("GET "+prefix+"/namespaces/{namespace}/instances/{name}/"+LogSubresource, s.authenticated(s.serveLog))
+	// kube-apiserver calls admission webhooks without the front proxy's certificate.
+	mux.HandleFunc("POST "+EvictionPath, s.serveEviction)
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		writeStatus(w, apierrors.NewNotFound(metav1.SchemeGroupVersion.WithResource("").GroupResource(), req.URL.Path))
 	})

@@ -222,7 +222,7 @@ var _ = Describe("Live migration", Ordered, disruptive, func() {
 		Expect(cluster.StartAgent(host("host-1"), slowMigrations)).To(Succeed())
 		Eventually(func(g Gomega) {
 			g.Expect(cluster.Client.Get(ctx, client.ObjectKeyFromObject(mig), mig)).To(Succeed())
-			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationSucceeded))
+			g.Expect(mig.Status.Phase).To(Equal(v1.MigrationSucceeded), "%s: %s", mig.Status.Reason, mig.Status.Message)
 		}).WithContext(ctx).WithTimeout(3 * time.Minute).Should(Succeed())
 		after := expectInstance(ctx, name, settled(v1.VMStateActive))
 		Expect(after.Status.NodeName).To(Equal("host-2"))

@@ -76,6 +76,13 @@ func run(nodes, instances, parallel int, workDir string) (figures, error) {
 		return figures{}, err
 	}
 	defer cluster.Stop()
+	supervisor := superviseManager(cluster)
+	restarted := false
+	defer func() {
+		if !restarted {
+			supervisor.stop()
+		}
+	}()
 
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.QPS, cfg.UserAgent = -1, "bench" // no client-side limit: the bench must not be the bottleneck
@@ -90,17 +97,16 @@ func run(nodes, instances, parallel int, workDir string) (figures, error) {
 	if err != nil {
 		return figures{}, err
 	}
-	manager := cluster.Process("manager")
 	fleet := cluster.Process("agent")
-	if manager == nil || fleet == nil {
-		return figures{}, errors.New("the manager or the simulated agents do not run")
+	if fleet == nil {
+		return figures{}, errors.New("the simulated agents do not run")
 	}
 	// Launch.
 	_, offset, err := benchutil.ReadWrites(auditLog, 0)
 	if err != nil {
 		return figures{}, err
 	}
-	before, err := usage(manager.Pid, fleet.Pid)
+	before, err := usage(supervisor, fleet.Pid)
 	if err != nil {
 		return figures{}, err
 	}
@@ -116,7 +122,7 @@ func run(nodes, instances, parallel int, workDir string) (figures, error) {
 	if err := w.waitAll(10*time.Minute, func(t *times) bool { return !t.active.IsZero() }); err != nil {
 		return figures{}, fmt.Errorf("waiting for Active: %w", err)
 	}
-	after, err := usage(manager.Pid, fleet.Pid)
+	after, err := usage(supervisor, fleet.Pid)
 	if err != nil {
 		return figures{}, err
 	}
@@ -148,7 +154,7 @@ func run(nodes, instances, parallel int, workDir string) (figures, error) {
 		return figures{}, fmt.Errorf("waiting for the deletes: %w", err)
 	}
 	gone := time.Since(start)
-	after, err = usage(manager.Pid, fleet.Pid)
+	after, err = usage(supervisor, fleet.Pid)
 	if err != nil {
 		return figures{}, err
 	}
@@ -160,6 +166,10 @@ func run(nodes, instances, parallel int, workDir string) (figures, error) {
 	fmt.Printf("  all gone after           %s\n", benchutil.Ms(gone))
 	f.allGone = gone
 	f.delete = report(writes, instances, before, after)
+	restarted = true
+	if f.managerRestarts = supervisor.stop(); f.managerRestarts > 0 {
+		fmt.Printf("  the manager was started again %d times (CPU counts every one; peak RSS is the last one's)\n", f.managerRestarts)
+	}
 	return f, nil
 }
 
@@ -176,7 +186,8 @@ func prepare(ctx context.Context, cluster *utils.Cluster, c client.Client, nodes
 	if err := cluster.CreateTinyImage(ctx, namespace, "bench-image"); err != nil {
 		return err
 	}
-	return benchutil.Poll(3*time.Minute, func() (bool, error) {
+	// A thousand simulated nodes take minutes to report on two cores.
+	return benchutil.Poll(max(3*time.Minute, time.Duration(nodes)*300*time.Millisecond), func() (bool, error) {
 		var hvs v1.HypervisorList
 		if err := c.List(ctx, &hvs); err != nil {
 			return false, err
@@ -349,8 +360,8 @@ func (w *watcher) launchFigures(start time.Time) (placed, active []time.Duration
 
 type processes struct{ manager, agents benchutil.ProcessUsage }
 
-func usage(managerPID, agentsPID int) (processes, error) {
-	m, err := benchutil.Usage(managerPID)
+func usage(manager *managerSupervisor, agentsPID int) (processes, error) {
+	m, err := manager.usage()
 	if err != nil {
 		return processes{}, err
 	}
@@ -371,6 +382,8 @@ type figures struct {
 	instances                                           int
 	allPlaced, allActive, activeP50, activeP95, allGone time.Duration
 	launch, delete                                      phase
+	// managerRestarts counts the manager's exits (a lost leader lease) and restarts.
+	managerRestarts int
 }
 
 // report prints one phase's writes and the processes' usage, and returns them.
@@ -430,6 +443,7 @@ func summarize(runs []figures) {
 		row(ph.name+": simulated agents CPU", "%.1f", "CPU-s", func(f figures) float64 { return seconds(ph.of(f).agentsCPU) })
 		row(ph.name+": simulated agents peak RSS", "%.0f", "MiB", func(f figures) float64 { return float64(ph.of(f).agentsRSS) })
 	}
+	row("manager restarts (lost leader lease)", "%.0f", "", func(f figures) float64 { return float64(f.managerRestarts) })
 }
 
 // spread formats the median of v and, with more than one value, its range: "17.8 (15.9-20.1)".
