@@ -89,6 +89,9 @@ func showProperties(inst *v1.Instance) []property {
 	if g := inst.Spec.ServerGroup; g != "" {
 		props = append(props, property{"serverGroup", g})
 	}
+	if e := inst.Spec.EvictionStrategy; e != "" {
+		props = append(props, property{"evictionStrategy", string(e)})
+	}
 	// One line per NIC, as the guest names them (eth0 first): network, MAC and addresses.
 	for i, nic := range st.Networks {
 		addrs := "no address seen yet"

@@ -234,3 +234,22 @@ func TestShowSaysWhatAResizeWaitsFor(t *testing.T) {
 		t.Errorf("resizeRequest = %q", got)
 	}
 }
+
+func TestShowSaysTheEvictionStrategyWhenSet(t *testing.T) {
+	inst := sampleInstance("web")
+	inst.Spec.EvictionStrategy = v1.EvictionNone
+	h := newHarness(t, inst, sampleInstance("db"))
+	if err := h.run("show", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, props := showTable(t, h.out.String()); props["evictionStrategy"] != "None" {
+		t.Errorf("show web: evictionStrategy %q, want None", props["evictionStrategy"])
+	}
+	h.out.Reset()
+	if err := h.run("show", "db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, props := showTable(t, h.out.String()); props["evictionStrategy"] != "" {
+		t.Errorf("show db (no strategy): evictionStrategy %q, want no line", props["evictionStrategy"])
+	}
+}

@@ -194,6 +194,12 @@ func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
 		if !okMem || !okCount || used.Value() < one.MemoryMiB<<20 || count.Value() < 1 {
 			return fmt.Errorf("used %v", quota.Status.Used)
 		}
+		// What the namespace holds now, so that the limits are not set from a count that an
+		// earlier test's leaving instances still swell.
+		pods, instances := namespaceUsage(ctx, t, "default")
+		if used.Value() != pods || count.Value() != instances {
+			return fmt.Errorf("quota counts %s and %s instances; the namespace holds %d bytes and %d instances", used.String(), count.String(), pods, instances)
+		}
 		return nil
 	})
 	setHard := func(bytes int64) {
@@ -235,6 +241,28 @@ func TestKubernetesCountsInstancesAndQuotasLimitThem(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "exceeded quota: compute") || !strings.Contains(err.Error(), "count/instances.compute.kubenova.io") {
 		t.Errorf("third create: %v; want refused by quota compute's count/instances.compute.kubenova.io", err)
 	}
+}
+
+// namespaceUsage is what a quota of the namespace should count now: its running pods' memory
+// requests and its instances.
+func namespaceUsage(ctx context.Context, t *testing.T, namespace string) (memory, instances int64) {
+	t.Helper()
+	var pods corev1.PodList
+	if err := cluster.Client.List(ctx, &pods, client.InNamespace(namespace)); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			for _, c := range p.Spec.Containers {
+				memory += c.Resources.Requests.Memory().Value()
+			}
+		}
+	}
+	var list v1.InstanceList
+	if err := cluster.Client.List(ctx, &list, client.InNamespace(namespace)); err != nil {
+		t.Fatal(err)
+	}
+	return memory, int64(len(list.Items))
 }
 
 // countInstances is the quota's object count of Instances.

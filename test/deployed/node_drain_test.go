@@ -15,7 +15,8 @@ import (
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
-// kubectl drain of a compute node with four running instances: the eviction of their
+// kubectl drain of a compute node with four running instances (after instance_test.go, which
+// makes the flavor and the image): the eviction of their
 // reservation pod is refused (429) while the manager live-migrates them, two at a time, and
 // the drain completes once they have left, the pod deleted. An instance whose eviction
 // strategy is None keeps a later drain waiting, named in what kubectl drain prints, until its
