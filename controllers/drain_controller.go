@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,6 +59,10 @@ type DrainReconciler struct {
 	// failed, and how often it looks at a draining node (drainRetry when zero).
 	Retry time.Duration
 	Now   func() time.Time
+	// Recorder tells each instance that stays on a draining node why (an Event in its own
+	// namespace), once per reason.
+	Recorder events.EventRecorder
+	told     sync.Map
 }
 
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=patch
@@ -86,10 +92,11 @@ func (r *DrainReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if !asked {
 		return ctrl.Result{}, nil
 	}
-	states, inFlight, err := r.survey(ctx, node.Name)
+	states, inFlight, err := r.survey(ctx, node.Name, r.Reader)
 	if err != nil || len(states) == 0 {
 		return ctrl.Result{}, err
 	}
+	r.tellWhyTheyStay(node.Name, states)
 	onNode := 0
 	for _, s := range states {
 		if s.moving {
@@ -117,19 +124,21 @@ func (r *DrainReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 }
 
 // survey reads where each instance of a draining node stands, and how many moves all drains
-// have in flight.
-func (r *DrainReconciler) survey(ctx context.Context, node string) ([]drainState, int, error) {
+// have in flight, listing the drains' Migrations through migrations (uncached where a decision
+// depends on it).
+func (r *DrainReconciler) survey(ctx context.Context, node string, migrations client.Reader) ([]drainState, int, error) {
 	var insts v1.InstanceList
 	if err := r.List(ctx, &insts, client.MatchingFields{indexNode: node}); err != nil {
 		return nil, 0, err
 	}
 	var migs v1.MigrationList
-	if err := r.Reader.List(ctx, &migs, client.HasLabels{DrainLabel}); err != nil {
+	if err := migrations.List(ctx, &migs, client.HasLabels{DrainLabel}); err != nil {
 		return nil, 0, err
 	}
 	inFlight := 0
-	// The latest drain Migration of each instance.
+	// The latest drain Migration of each instance, and how many of its drain's moves failed.
 	latest := map[types.NamespacedName]*v1.Migration{}
+	failures := map[types.NamespacedName]int{}
 	for i := range migs.Items {
 		m := &migs.Items[i]
 		if !migrationFinal(m) {
@@ -139,6 +148,9 @@ func (r *DrainReconciler) survey(ctx context.Context, node string) ([]drainState
 			continue
 		}
 		key := types.NamespacedName{Namespace: m.Namespace, Name: m.Spec.InstanceName}
+		if m.Status.Phase == v1.MigrationFailed {
+			failures[key]++
+		}
 		if prev, ok := latest[key]; !ok || prev.CreationTimestamp.Before(&m.CreationTimestamp) {
 			latest[key] = m
 		}
@@ -154,7 +166,8 @@ func (r *DrainReconciler) survey(ctx context.Context, node string) ([]drainState
 			continue // only the far end of a move is here: it leaves when the move ends
 		}
 		s := drainState{inst: inst}
-		mig := latest[client.ObjectKeyFromObject(inst)]
+		key := client.ObjectKeyFromObject(inst)
+		mig := latest[key]
 		strategy := inst.Spec.EvictionStrategy
 		if strategy == "" {
 			strategy = r.DefaultStrategy
@@ -166,8 +179,9 @@ func (r *DrainReconciler) survey(ctx context.Context, node string) ([]drainState
 			s.moving, s.why = true, "moving (migration "+mig.Name+")"
 		case strategy == v1.EvictionNone:
 			s.stays, s.why = true, "evictionStrategy None: it stays until it is moved or deleted"
-		case mig != nil && mig.Status.Phase == v1.MigrationFailed && now.Sub(mig.CreationTimestamp.Time) < r.Retry:
-			s.stays, s.why = true, fmt.Sprintf("its move failed (%s: %s); tried again within %s", mig.Status.Reason, mig.Status.Message, r.Retry)
+		case mig != nil && mig.Status.Phase == v1.MigrationFailed && now.Before(failedAt(mig).Add(r.retryAfter(failures[key]))):
+			s.stays, s.why = true, fmt.Sprintf("its move failed (%s: %s); tried again %s after the failure",
+				mig.Status.Reason, mig.Status.Message, r.retryAfter(failures[key]))
 		case inst.Status.Task != nil:
 			s.why = fmt.Sprintf("waits for its %s to end", inst.Status.Task.Action)
 			s.stays = true
@@ -184,6 +198,48 @@ func (r *DrainReconciler) survey(ctx context.Context, node string) ([]drainState
 	return states, inFlight, nil
 }
 
+// retryAfter is how long a drain waits after the failed-th failure of an instance's move: Retry,
+// doubled with each failure, at most ten minutes, so that a move that cannot succeed does not
+// pile up Migrations.
+func (r *DrainReconciler) retryAfter(failed int) time.Duration {
+	wait := r.Retry
+	for i := 1; i < failed && wait < 10*time.Minute; i++ {
+		wait *= 2
+	}
+	return min(wait, 10*time.Minute)
+}
+
+// failedAt is when a migration ended, or when it was made if it does not say.
+func failedAt(m *v1.Migration) time.Time {
+	if m.Status.CompletionTime != nil {
+		return m.Status.CompletionTime.Time
+	}
+	return m.CreationTimestamp.Time
+}
+
+// tellWhyTheyStay records on each instance that a drain cannot move now why, once per reason:
+// the Event is in the instance's own namespace, where its users look (the eviction's refusal,
+// which anyone who reaches the webhook could ask for, only counts them).
+func (r *DrainReconciler) tellWhyTheyStay(node string, states []drainState) {
+	if r.Recorder == nil {
+		return
+	}
+	for _, s := range states {
+		if !s.stays {
+			r.told.Delete(s.inst.UID)
+			continue
+		}
+		if prev, ok := r.told.Load(s.inst.UID); ok && prev.(string) == s.why {
+			continue
+		}
+		r.told.Store(s.inst.UID, s.why)
+		r.Recorder.Eventf(s.inst, nil, corev1.EventTypeWarning, ReasonDrainWaiting, "Drain", "node %s is being drained; the instance stays: %s", node, s.why)
+	}
+}
+
+// ReasonDrainWaiting: a drain of the instance's node cannot move it now.
+const ReasonDrainWaiting = "DrainWaiting"
+
 // AdmitReservationEviction answers an eviction of a reservation pod: it records on the pod's
 // Node that a drain asked for it to be emptied (unless dryRun), and says, for the refusal
 // kubectl drain prints and retries, what keeps the node: the instances of the pod's namespace
@@ -193,6 +249,12 @@ func (r *DrainReconciler) AdmitReservationEviction(ctx context.Context, pod *cor
 	if err := r.Get(ctx, types.NamespacedName{Name: pod.Spec.NodeName}, node); err != nil {
 		return "", err
 	}
+	msg := fmt.Sprintf("reservation pod %s/%s carries kubenova instances on node %s", pod.Namespace, pod.Name, node.Name)
+	if !node.Spec.Unschedulable {
+		// Not a drain (or not yet): nothing is recorded, so that a bare eviction, or a forged
+		// review, moves nothing.
+		return msg + "; kubenova moves them only off a cordoned node (kubectl cordon " + node.Name + ", or kubectl drain)", nil
+	}
 	if _, asked := node.Annotations[DrainAnnotation]; !asked && !dryRun {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{
 			DrainAnnotation: time.Now().UTC().Format(time.RFC3339)}}})
@@ -200,31 +262,27 @@ func (r *DrainReconciler) AdmitReservationEviction(ctx context.Context, pod *cor
 			return "", err
 		}
 	}
-	states, _, err := r.survey(ctx, node.Name)
+	// The cache is recent enough to say what is left; the decisions read fresh data.
+	states, _, err := r.survey(ctx, node.Name, r.Client)
 	if err != nil {
 		return "", err
 	}
-	var mine []string
-	others := 0
+	moving, waiting, none, cannot := 0, 0, 0, 0
 	for _, s := range states {
-		if s.inst.Namespace == pod.Namespace || pod.Labels[ReservationLabel] == reservationMoves {
-			mine = append(mine, s.inst.Namespace+"/"+s.inst.Name+": "+s.why)
-		} else {
-			others++
+		switch {
+		case s.moving:
+			moving++
+		case !s.stays:
+			waiting++
+		case strings.HasPrefix(s.why, "evictionStrategy None"):
+			none++
+		default:
+			cannot++
 		}
 	}
-	msg := fmt.Sprintf("reservation pod %s/%s carries kubenova instances on node %s", pod.Namespace, pod.Name, node.Name)
-	if !node.Spec.Unschedulable {
-		return msg + "; kubenova moves them only off a cordoned node (kubectl cordon " + node.Name + ", or kubectl drain)", nil
-	}
-	msg += fmt.Sprintf(": %d left; it goes once they have left", len(states))
-	if len(mine) > 0 {
-		msg += "; " + strings.Join(mine, "; ")
-	}
-	if others > 0 {
-		msg += fmt.Sprintf("; and %d of other namespaces", others)
-	}
-	return msg, nil
+	return msg + fmt.Sprintf(": %d left (%d moving, %d waiting for their turn, %d with evictionStrategy None, %d that cannot move now); "+
+		"the pod goes once they have left; each instance that stays says why in an Event (reason %s)",
+		len(states), moving, waiting, none, cannot, ReasonDrainWaiting), nil
 }
 
 // SetupWithManager watches Nodes, the drains' Migrations and the instances.

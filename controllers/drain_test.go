@@ -6,6 +6,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -54,8 +55,22 @@ var _ = Describe("Drain", Ordered, func() {
 		DeferCleanup(func(ctx SpecContext) { setUnschedulable(ctx, "node-a", false) })
 		msg, err = drainer.AdmitReservationEviction(ctx, pod, false)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(msg).To(ContainSubstring(ns + "/c: evictionStrategy None"))
 		Expect(msg).To(ContainSubstring("3 left"))
+		Expect(msg).To(ContainSubstring("1 with evictionStrategy None"))
+		for _, name := range []string{"a", "b", "c"} {
+			Expect(msg).NotTo(ContainSubstring(ns+"/"+name), "the refusal, which anyone reaching the webhook may ask for, names no instance")
+		}
+		Eventually(func(g Gomega) {
+			var list eventsv1.EventList
+			g.Expect(k8s.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
+			var notes []string
+			for _, e := range list.Items {
+				if e.Regarding.Name == "c" && e.Reason == ReasonDrainWaiting {
+					notes = append(notes, e.Note)
+				}
+			}
+			g.Expect(notes).To(ContainElement(ContainSubstring("evictionStrategy None")))
+		}).WithContext(ctx).Should(Succeed())
 		Eventually(drainMigrations).WithContext(ctx).ShouldNot(BeEmpty())
 		Consistently(func(g Gomega) {
 			migs, err := drainMigrations()

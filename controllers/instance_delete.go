@@ -83,6 +83,7 @@ func (r *InstanceReconciler) release(ctx context.Context, inst *v1.Instance) err
 	}
 	r.userDataChecked.Delete(inst.UID)
 	r.Placement.Release(inst.UID)
+	r.reservationWaits.Delete(inst.UID)
 	r.attempts.forget(inst.UID)
 	if controllerutil.RemoveFinalizer(inst, v1.FinalizerInstance) {
 		if err := r.Update(ctx, inst); apierrors.IsNotFound(err) {

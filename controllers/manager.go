@@ -207,8 +207,9 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("migration controller: %w", err)
 	}
-	drain := &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), DefaultStrategy: o.DefaultEvictionStrategy,
-		MaxPerNode: o.MaxDrainMovesPerNode, MaxInFlight: o.MaxDrainMoves}
+	drain := &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-drain"),
+		DefaultStrategy: o.DefaultEvictionStrategy,
+		MaxPerNode:      o.MaxDrainMovesPerNode, MaxInFlight: o.MaxDrainMoves}
 	if err := drain.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("drain controller: %w", err)
 	}

@@ -72,8 +72,10 @@ type ReservationReconciler struct {
 
 	queue keyQueue
 	// refusals holds, per reservation (its request), why the API server or the kubelet refused
-	// its last write: what the instances waiting on it are told.
+	// its last write (a refusal): what the instances waiting on it are told.
 	refusals sync.Map
+	// failedAt holds, per reservation, when the kubelet last refused its pod.
+	failedAt sync.Map
 }
 
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
@@ -148,6 +150,17 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	requests := ReservationRequests(want, scheduler.CPUAllocationRatio(hv))
 	switch {
 	case !exists:
+		if !r.nodeExists(ctx, key.Node) {
+			// No Node (gone, or not registered yet): a pod bound to it would be collected by
+			// Kubernetes' pod garbage collector, and made again, without end.
+			return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+		}
+		if v, ok := r.failedAt.Load(req); ok {
+			// The kubelet refused the last one: a while before the next, which it judges again.
+			if wait := reservationRecreateDelay - time.Since(v.(time.Time)); wait > 0 {
+				return ctrl.Result{RequeueAfter: wait}, nil
+			}
+		}
 		if err := r.ensureDisruptionBudget(ctx, r.podKey(key).Namespace); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -162,8 +175,9 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 	case pod.Status.Phase == corev1.PodFailed:
 		// The kubelet refused it at admission (OutOfmemory, OutOfcpu): the waiting launches go
 		// elsewhere, and a fresh pod is judged again.
-		r.refusals.Store(req, fmt.Sprintf("the kubelet on node %s refused reservation pod %s/%s (%s: %s)",
-			key.Node, pod.Namespace, pod.Name, pod.Status.Reason, pod.Status.Message))
+		r.refusals.Store(req, refusal{byKubelet: true, message: fmt.Sprintf("the kubelet on node %s refused reservation pod %s/%s (%s: %s)",
+			key.Node, pod.Namespace, pod.Name, pod.Status.Reason, pod.Status.Message)})
+		r.failedAt.Store(req, time.Now())
 		err = client.IgnoreNotFound(r.Delete(ctx, pod, client.Preconditions{UID: &pod.UID}))
 		return ctrl.Result{}, err
 	case !sameRequests(podRequests(pod), requests):
@@ -175,25 +189,44 @@ func (r *ReservationReconciler) Reconcile(ctx context.Context, req ctrl.Request)
 		err = r.resize(ctx, pod, requests)
 	default:
 		if refused := resizeRefused(pod); refused != "" {
-			r.refusals.Store(req, fmt.Sprintf("the kubelet on node %s cannot resize reservation pod %s/%s: %s",
-				key.Node, pod.Namespace, pod.Name, refused))
-		} else {
+			r.refusals.Store(req, refusal{byKubelet: true, message: fmt.Sprintf("the kubelet on node %s cannot resize reservation pod %s/%s: %s",
+				key.Node, pod.Namespace, pod.Name, refused)})
+		} else if !r.hasKubelet(ctx, key.Node) || reservationCovers(AdmittedRequests(pod), requests) {
 			r.refusals.Delete(req)
+			r.failedAt.Delete(req)
 		}
 		return ctrl.Result{}, nil
 	}
 	if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
 		// A ResourceQuota (or a policy) refused it: the launches waiting on it are told why and
 		// go on when a quota's change wakes them.
-		r.refusals.Store(req, err.Error())
+		r.refusals.Store(req, refusal{message: err.Error()})
 		log.FromContext(ctx).Info("reservation refused", "reservation", req, "reason", err.Error())
 		// A pod of another node may be about to shrink (an instance that moved): soon again.
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
-	if err == nil {
+	if v, ok := r.refusals.Load(req); err == nil && ok && !v.(refusal).byKubelet {
+		// The API server took the write; a kubelet's refusal stands until it admits the pod.
 		r.refusals.Delete(req)
 	}
 	return ctrl.Result{}, client.IgnoreAlreadyExists(err)
+}
+
+// reservationRecreateDelay is how long after a kubelet refused a reservation pod the next is
+// made.
+const reservationRecreateDelay = 10 * time.Second
+
+// refusal is why a reservation's last write, or its pod, was refused.
+type refusal struct {
+	message string
+	// byKubelet: the kubelet refused the pod or its resize (it stands until it admits one),
+	// rather than the API server its write.
+	byKubelet bool
+}
+
+// nodeExists says whether node has a Node object.
+func (r *ReservationReconciler) nodeExists(ctx context.Context, node string) bool {
+	return r.Get(ctx, types.NamespacedName{Name: node}, &corev1.Node{}) == nil
 }
 
 // deletePod deletes a reservation pod: gracefully where a kubelet runs the node, at once where
@@ -221,7 +254,7 @@ func (r *ReservationReconciler) hasAllocatable(ctx context.Context, node string)
 // Refusal is why the API server or the kubelet last refused a reservation, "" when it did not.
 func (r *ReservationReconciler) Refusal(key scheduler.ReservationKey) string {
 	if v, ok := r.refusals.Load(r.requestFor(key)); ok {
-		return v.(string)
+		return v.(refusal).message
 	}
 	return ""
 }
@@ -259,7 +292,7 @@ func sameRequests(a, b corev1.ResourceList) bool {
 // AdmittedRequests is what the kubelet has admitted of a reservation pod: the requests it
 // allocated to the running container (nil while it has not).
 func AdmittedRequests(pod *corev1.Pod) corev1.ResourceList {
-	if pod.Status.Phase != corev1.PodRunning {
+	if pod.Status.Phase != corev1.PodRunning || !pod.DeletionTimestamp.IsZero() {
 		return nil
 	}
 	for _, s := range pod.Status.ContainerStatuses {

@@ -95,7 +95,7 @@ var _ = BeforeSuite(func() {
 		SystemNamespace: leaseNamespace, Reservations: reservations,
 		Placement: placement, Pods: scheduler.NewPodLoad(), MaxSchedulingBackoff: 2 * time.Second, TerminateRetry: time.Second,
 		AllowResizeToSameHost: true}).SetupWithManager(mgr)).To(Succeed())
-	drainer = &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), MaxPerNode: 1, MaxInFlight: 5, Retry: time.Second}
+	drainer = &DrainReconciler{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("kubenova-drain"), MaxPerNode: 1, MaxInFlight: 5, Retry: time.Second}
 	Expect(drainer.SetupWithManager(mgr)).To(Succeed())
 	Expect((&HypervisorReconciler{Client: mgr.GetClient(), LeaseNamespace: leaseNamespace, Grace: time.Second}).SetupWithManager(mgr)).To(Succeed())
 	// A Snapshot or Migration waits briefly for a missing instance here: the specs see both the

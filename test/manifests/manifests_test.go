@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/kubenova/kubenova/api/v1alpha1"
+	"github.com/kubenova/kubenova/controllers"
 	"github.com/kubenova/kubenova/internal/consolelog"
 	"github.com/kubenova/kubenova/test/utils"
 )
@@ -128,6 +129,7 @@ func TestDefaultHoldsEveryPiece(t *testing.T) {
 		"ClusterRole/kubenova-view", "ClusterRole/kubenova-edit", "ClusterRole/kubenova-admin",
 		"ValidatingAdmissionPolicy/kubenova-agent-node-restriction", "ValidatingAdmissionPolicy/kubenova-instance-lock",
 		"ValidatingAdmissionPolicy/kubenova-migration-admin", "MutatingAdmissionPolicy/kubenova-instance-finalizer",
+		"ValidatingAdmissionPolicy/kubenova-reservation-pods", "ValidatingWebhookConfiguration/kubenova-reservation-eviction",
 		"CustomResourceDefinition/instances.compute.kubenova.io", "Service/kubenova-manager-metrics",
 		"Service/kubenova-agent-metrics", "Service/kubenova-manager-subresources",
 		"APIService/v1alpha1.subresources.compute.kubenova.io", "RoleBinding/kubenova-manager-auth-reader",
@@ -391,6 +393,46 @@ func TestTheManagerDoesItsWorkAndNoMore(t *testing.T) {
 	expectForbidden(t, "the manager changes a flavor",
 		mgr.Create(ctx, &v1.Flavor{ObjectMeta: metav1.ObjectMeta{Name: "rogue"}, Spec: v1.FlavorSpec{VCPUs: 1, MemoryMiB: 64, DiskGiB: 1}}),
 		"cannot create resource")
+}
+
+// TestOnlyTheManagerMakesReservationPods: a member may make pods, but neither with the
+// reservation label, nor under the reservation pods' PriorityClass, nor under their names; the
+// manager may.
+func TestOnlyTheManagerMakesReservationPods(t *testing.T) {
+	ctx := context.Background()
+	if err := controllers.EnsureReservationPriorityClass(ctx, cluster.Client, controllers.DefaultReservationPriorityClass); err != nil {
+		t.Fatal(err)
+	}
+	tenant := kubeconfigClient(t, cluster.Kubeconfig)
+	mgr := tokenClient(t, "kubenova-manager", nil)
+	pod := func(name string, change func(*corev1.Pod)) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "c", Image: "pause"}}}}
+		if change != nil {
+			change(p)
+		}
+		return p
+	}
+	labelled := func(p *corev1.Pod) { p.Labels = map[string]string{controllers.ReservationLabel: "home"} }
+	plain := pod("members-pod", nil)
+	expectAllowed(t, "a member makes a pod", tenant.Create(ctx, plain))
+	t.Cleanup(func() { _ = cluster.Client.Delete(context.Background(), plain, client.GracePeriodSeconds(0)) })
+	expectForbidden(t, "a member makes a pod with the reservation label", tenant.Create(ctx, pod("fake-reservation", labelled)),
+		"only kubenova's manager makes reservation pods")
+	expectForbidden(t, "a member labels a pod as a reservation",
+		tenant.Patch(ctx, plain, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"compute.kubenova.io/reservation":"home"}}}`))),
+		"only kubenova's manager makes reservation pods")
+	expectForbidden(t, "a member makes a pod under the reservations' PriorityClass",
+		tenant.Create(ctx, pod("high", func(p *corev1.Pod) { p.Spec.PriorityClassName = controllers.DefaultReservationPriorityClass })),
+		"for kubenova's reservation pods only")
+	expectForbidden(t, "a member takes a reservation pod's name", tenant.Create(ctx, pod("kubenova-guests-node-a", nil)),
+		"are kubenova's reservation pods'")
+	real := pod("kubenova-guests-node-a", func(p *corev1.Pod) {
+		labelled(p)
+		p.Spec.PriorityClassName = controllers.DefaultReservationPriorityClass
+	})
+	expectAllowed(t, "the manager makes a reservation pod", mgr.Create(ctx, real))
+	t.Cleanup(func() { _ = cluster.Client.Delete(context.Background(), real, client.GracePeriodSeconds(0)) })
 }
 
 // TestPeopleGetWhatNovasPolicyGivesThem: the built-in roles, with kubenova's rules folded in,

@@ -15,11 +15,14 @@ import (
 	"github.com/kubenova/kubenova/internal/scheduler"
 )
 
-// kubectl drain of a compute node with four running instances (after instance_test.go, which
-// makes the flavor and the image): the eviction of their
+// Node upkeep, the last of the deployed tests: a drain moves every instance of its node, the
+// earlier tests' too (their checks read a guest's console on the node it booted on).
+//
+// kubectl drain of a compute node with four running instances: the eviction of their
 // reservation pod is refused (429) while the manager live-migrates them, two at a time, and
 // the drain completes once they have left, the pod deleted. An instance whose eviction
-// strategy is None keeps a later drain waiting, named in what kubectl drain prints, until its
+// strategy is None keeps a later drain waiting, counted in what kubectl drain prints and named
+// in its own DrainWaiting Event, until its
 // strategy changes. The drained node is the second: the manager's pod is pinned to the first
 // (it mounts the image store there), and a drain of its own node would wait for it.
 func TestKubectlDrainMovesInstancesOffANode(t *testing.T) {
@@ -101,8 +104,11 @@ func TestKubectlDrainMovesInstancesOffANode(t *testing.T) {
 
 	stays := launch(v1.EvictionNone, "stays-put")[0]
 	out, err := kubectl("drain", from.Name, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=20s")
-	if err == nil || !strings.Contains(out, "default/stays-put: evictionStrategy None") {
-		t.Fatalf("kubectl drain with an instance whose strategy is None: %v\n%s\nwant it to wait, naming the instance", err, out)
+	if err == nil || !strings.Contains(out, "1 left (0 moving, 0 waiting for their turn, 1 with evictionStrategy None") {
+		t.Fatalf("kubectl drain with an instance whose strategy is None: %v\n%s\nwant it to wait, saying why", err, out)
+	}
+	if out := mustKubectl("get", "events", "-n", "default", "--field-selector", "involvedObject.name=stays-put,reason="+controllers.ReasonDrainWaiting, "-o", "jsonpath={.items[*].message}"); !strings.Contains(out, "evictionStrategy None") {
+		t.Errorf("the instance's DrainWaiting Event: %q; want it to say its strategy keeps it", out)
 	}
 	if got := getInstance(ctx, t, stays.Name); got.Status.NodeName != from.Name {
 		t.Fatalf("stays-put moved to %s", got.Status.NodeName)
