@@ -237,7 +237,7 @@ func (r *DrainReconciler) tellWhyTheyStay(node string, states []drainState) {
 	}
 }
 
-// ReasonDrainWaiting: a drain of the instance's node cannot move it now.
+// ReasonDrainWaiting is the reason of the Event that tells an instance a drain of its node cannot move it now.
 const ReasonDrainWaiting = "DrainWaiting"
 
 // AdmitReservationEviction answers an eviction of a reservation pod: it records on the pod's
