@@ -133,11 +133,7 @@ var _ = Describe("Reservation pods", Ordered, func() {
 		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "a reservation pod over quota: %v", err)
 
 		By("the quota grows: the launch goes on, and the quota counts its reservation")
-		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(quota), quota)).To(Succeed())
-		quota.Spec.Hard[corev1.ResourceRequestsMemory] = resource.MustParse("4Gi")
-		Expect(k8s.Update(ctx, quota)).To(Succeed())
-		quota.Status.Hard = quota.Spec.Hard
-		Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
+		setQuotaMemory(ctx, quota, "4Gi")
 		waitForVMState(ctx, inst, v1.VMStateActive)
 		Eventually(func(g Gomega) {
 			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(quota), quota)).To(Succeed())
@@ -154,14 +150,21 @@ var _ = Describe("Reservation pods", Ordered, func() {
 			expectReadyReason(g, got.Status.Conditions, v1.ReasonQuotaExceeded, "exceeded quota compute: requests.memory", "the resize")
 		}).WithContext(ctx).Should(Succeed())
 		Consistently(func() *v1.ResizeStatus { return current(ctx, inst).Status.Resize }).WithContext(ctx).Should(BeNil())
-		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(quota), quota)).To(Succeed())
-		quota.Spec.Hard[corev1.ResourceRequestsMemory] = resource.MustParse("8Gi")
-		Expect(k8s.Update(ctx, quota)).To(Succeed())
-		quota.Status.Hard = quota.Spec.Hard
-		Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
+		setQuotaMemory(ctx, quota, "8Gi")
 		waitForVMState(ctx, inst, v1.VMStateResized)
 	})
 })
+
+// setQuotaMemory sets a quota's hard requests.memory, in its spec and, as its quota controller
+// would, in its status.
+func setQuotaMemory(ctx SpecContext, quota *corev1.ResourceQuota, hard string) {
+	GinkgoHelper()
+	Expect(k8s.Get(ctx, client.ObjectKeyFromObject(quota), quota)).To(Succeed())
+	quota.Spec.Hard[corev1.ResourceRequestsMemory] = resource.MustParse(hard)
+	Expect(k8s.Update(ctx, quota)).To(Succeed())
+	quota.Status.Hard = quota.Spec.Hard
+	Expect(k8s.Status().Update(ctx, quota)).To(Succeed())
+}
 
 // setKubelet makes a Node look run by a kubelet of version (allocatable, and the version it
 // reports), or by none when version is "".

@@ -26,23 +26,8 @@ func TestAnInstanceDoesNotTakeMemoryAPodRequested(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	node := cluster.Nodes[0]
-	n := &corev1.Node{}
-	if err := cluster.Client.Get(ctx, client.ObjectKey{Name: node.Name}, n); err != nil {
-		t.Fatal(err)
-	}
-	free := n.Status.Allocatable.Memory().Value()
-	var pods corev1.PodList
-	if err := cluster.Client.List(ctx, &pods, client.MatchingFields{"spec.nodeName": node.Name}); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pods.Items {
-		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			for _, c := range p.Spec.Containers {
-				free -= c.Resources.Requests.Memory().Value()
-			}
-		}
-	}
 	// (The guests already there are counted: their reservation pods are among the pods.)
+	free := freeMemory(ctx, t, node.Name)
 	// Leave 128 MiB: less than m1.tiny's 256.
 	hog := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "memory-hog"},
 		Spec: corev1.PodSpec{NodeSelector: map[string]string{"kubernetes.io/hostname": node.Name},
